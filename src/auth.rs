@@ -1,0 +1,345 @@
+//! Registration, login and tokens: PASETO v4.local carrying the user id,
+//! username and token version; bcrypt off the async runtime.
+
+use crate::error::{ApiError, FieldError};
+use crate::http::{State, json_or_form_body, respond, with_state};
+use crate::users::{self, USER_COLUMNS, User};
+use rusty_paseto::prelude::*;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_postgres::GenericClient;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// The symmetric key tokens are sealed with.
+pub struct TokenKey(PasetoSymmetricKey<V4, Local>);
+
+impl TokenKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        TokenKey(PasetoSymmetricKey::<V4, Local>::from(Key::from(bytes)))
+    }
+}
+
+/// Who is calling, as proven by a valid, unrevoked token.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: i64,
+    pub username: String,
+    pub token_version: i32,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    user_id: i64,
+    username: String,
+    ver: i32,
+    exp: String,
+}
+
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+}
+
+pub fn issue_token(
+    key: &TokenKey,
+    user_id: i64,
+    username: &str,
+    token_version: i32,
+    ttl_secs: u64,
+) -> Result<IssuedToken, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("token: {e}"));
+    let token = PasetoBuilder::<V4, Local>::default()
+        .claim("user_id", user_id)
+        .and_then(|b| b.claim("username", username.to_string()))
+        .and_then(|b| b.claim("ver", token_version))
+        .map_err(|e| internal(&e))?
+        .expires_in(std::time::Duration::from_secs(ttl_secs))
+        .build(&key.0)
+        .map_err(|e| internal(&e))?;
+    // Report exactly the expiry sealed into the token.
+    let claims = decode_token(key, &token)?;
+    let expires_at = OffsetDateTime::parse(&claims.exp, &Rfc3339).map_err(|e| internal(&e))?;
+    Ok(IssuedToken { token, expires_at })
+}
+
+/// Checks the token's seal and expiry, then that the account still exists and
+/// the token predates no password change (one indexed lookup).
+pub async fn authenticate(state: &State, token: &str) -> Result<AuthUser, ApiError> {
+    let claims = decode_token(&state.token_key, token)?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            "select username, token_version from users where id = $1",
+            &[&claims.user_id],
+        )
+        .await?;
+    match row {
+        Some(row) if row.get::<_, i32>(1) == claims.ver => Ok(AuthUser {
+            id: claims.user_id,
+            username: row.get(0),
+            token_version: claims.ver,
+            expires_at: OffsetDateTime::parse(&claims.exp, &Rfc3339)
+                .map_err(|_| ApiError::Unauthorized("invalid token"))?,
+        }),
+        _ => Err(ApiError::Unauthorized("token has been revoked")),
+    }
+}
+
+fn decode_token(key: &TokenKey, token: &str) -> Result<Claims, ApiError> {
+    PasetoParser::<V4, Local>::default()
+        .parse_into::<Claims>(token, &key.0)
+        .map_err(|e| match rusty_paseto::Error::from(e) {
+            rusty_paseto::Error::Expired => ApiError::Unauthorized("token has expired"),
+            _ => ApiError::Unauthorized("invalid token"),
+        })
+}
+
+pub async fn hash_password(password: String, cost: u32) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+        .await
+        .map_err(|e| ApiError::Internal(format!("bcrypt task: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))
+}
+
+pub async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+        .await
+        .map_err(|e| ApiError::Internal(format!("bcrypt task: {e}")))
+}
+
+// ---- validation shared with users ----
+
+pub const PASSWORD_MIN_BYTES: usize = 8;
+/// bcrypt ignores everything past 72 bytes; refuse rather than silently truncate.
+pub const PASSWORD_MAX_BYTES: usize = 72;
+
+pub fn check_password(field: &str, password: &str, errors: &mut Vec<FieldError>) {
+    let n = password.len();
+    if !(PASSWORD_MIN_BYTES..=PASSWORD_MAX_BYTES).contains(&n) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes long"),
+        ));
+    }
+}
+
+fn check_username(username: &str, errors: &mut Vec<FieldError>) {
+    let n = username.chars().count();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !(3..=50).contains(&n) || !username.chars().all(allowed) {
+        errors.push(FieldError::new(
+            "username",
+            "must be 3 to 50 characters of letters, digits, '_', '.' or '-'",
+        ));
+    }
+}
+
+// ---- routes ----
+
+#[derive(Deserialize)]
+struct RegisterRequest {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    display_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+#[derive(Serialize)]
+pub struct AuthResponse {
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub user: User,
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    register(state.clone())
+        .or(login(state.clone()))
+        .unify()
+        .or(me(state))
+        .unify()
+}
+
+/// POST /api/v1/auth/register
+fn register(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path!("auth" / "register")
+        .and(warp::post())
+        .and(with_state(state))
+        .and(json_or_form_body(limit))
+        .then(|state, body| async move { respond(register_user(state, body).await) })
+}
+
+/// POST /api/v1/auth/login
+fn login(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path!("auth" / "login")
+        .and(warp::post())
+        .and(with_state(state))
+        .and(json_or_form_body(limit))
+        .then(|state, body| async move { respond(login_user(state, body).await) })
+}
+
+/// GET /api/v1/auth/me
+fn me(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("auth" / "me")
+        .and(warp::get())
+        .and(crate::http::auth(state.clone()))
+        .and(with_state(state))
+        .then(|user: AuthUser, state: State| async move {
+            respond(
+                users::get_user(&state, user.id)
+                    .await
+                    .map(|u| warp::reply::json(&u)),
+            )
+        })
+}
+
+async fn register_user(state: State, req: RegisterRequest) -> Result<impl Reply, ApiError> {
+    let mut errors = Vec::new();
+    check_username(&req.username, &mut errors);
+    check_password("password", &req.password, &mut errors);
+    let display_name = users::check_display_name(req.display_name.as_deref(), &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let hash = hash_password(req.password, state.config.auth.bcrypt_cost).await?;
+    let client = state.pool.get().await?;
+    let user = insert_user(&*client, &req.username, &hash, display_name.as_deref()).await?;
+    let reply = auth_response(&state, user, 0)?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&reply),
+        StatusCode::CREATED,
+    ))
+}
+
+async fn login_user(state: State, req: LoginRequest) -> Result<impl Reply, ApiError> {
+    let client = state.pool.get().await?;
+    let found = client
+        .query_opt(
+            &format!(
+                "select {USER_COLUMNS}, password_hash, token_version from users
+                 where lower(username) = lower($1)"
+            ),
+            &[&req.username],
+        )
+        .await?;
+    drop(client);
+    let Some(row) = found else {
+        // Same bcrypt work as a real check, so response time does not reveal whether the user exists.
+        verify_password(req.password, state.dummy_hash.clone()).await?;
+        return Err(ApiError::InvalidCredentials);
+    };
+    if !verify_password(req.password, row.get("password_hash")).await? {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let reply = auth_response(&state, User::from_row(&row), row.get("token_version"))?;
+    Ok(warp::reply::json(&reply))
+}
+
+pub fn auth_response(
+    state: &State,
+    user: User,
+    token_version: i32,
+) -> Result<AuthResponse, ApiError> {
+    let issued = issue_token(
+        &state.token_key,
+        user.id,
+        &user.username,
+        token_version,
+        state.config.auth.token_ttl_secs,
+    )?;
+    Ok(AuthResponse {
+        token: issued.token,
+        expires_at: issued.expires_at,
+        user,
+    })
+}
+
+async fn insert_user(
+    client: &impl GenericClient,
+    username: &str,
+    password_hash: &str,
+    display_name: Option<&str>,
+) -> Result<User, ApiError> {
+    let row = client
+        .query_one(
+            &format!(
+                "insert into users (username, password_hash, display_name) values ($1, $2, $3)
+                 returning {USER_COLUMNS}"
+            ),
+            &[&username, &password_hash, &display_name],
+        )
+        .await
+        .map_err(|e| match crate::error::unique_violation(&e) {
+            Some("users_username_key") => ApiError::UsernameTaken,
+            _ => e.into(),
+        })?;
+    Ok(User::from_row(&row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_tampering() {
+        let key = TokenKey::new([7; 32]);
+        let t = issue_token(&key, 42, "alice", 3, 3600).unwrap();
+        let c = decode_token(&key, &t.token).unwrap();
+        assert_eq!((c.user_id, c.username.as_str(), c.ver), (42, "alice", 3));
+        let other = TokenKey::new([8; 32]);
+        assert!(decode_token(&other, &t.token).is_err());
+        assert!(decode_token(&key, "v4.local.garbage").is_err());
+    }
+
+    #[test]
+    fn usernames_follow_the_rules() {
+        for ok in ["abc", "a.b-c_d", &"x".repeat(50)] {
+            let mut e = vec![];
+            check_username(ok, &mut e);
+            assert!(e.is_empty(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            &"x".repeat(51),
+            "has space",
+            "emoji😀",
+            "semi;colon",
+            "",
+        ] {
+            let mut e = vec![];
+            check_username(bad, &mut e);
+            assert!(!e.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_8_to_72_bytes() {
+        let check = |p: &str| {
+            let mut e = vec![];
+            check_password("password", p, &mut e);
+            e.is_empty()
+        };
+        assert!(check("12345678"));
+        assert!(check(&"a".repeat(72)));
+        assert!(!check("1234567"));
+        assert!(!check(&"a".repeat(73)));
+        // 24 three-byte characters = 72 bytes; one more is 75 bytes.
+        assert!(check(&"€".repeat(24)));
+        assert!(!check(&"€".repeat(25)));
+    }
+}

@@ -1,0 +1,507 @@
+//! Chats: groups and direct messages, listing by activity, rename and delete.
+//! Membership changes live in [`members`], read markers in [`read`].
+
+pub mod members;
+pub mod read;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, FieldError};
+use crate::events::{self, EventKind, NewEvent};
+use crate::http::{Page, State, auth, id_param, json_body, query_map, respond, with_state};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use tokio_postgres::{GenericClient, Row};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub const CHAT_NAME_MAX_CHARS: usize = 100;
+pub const MAX_MEMBER_IDS: usize = 1000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Chat {
+    pub id: i64,
+    pub name: Option<String>,
+    pub is_group: bool,
+    pub creator_id: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub last_read_message_id: Option<i64>,
+    pub unread_count: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<Member>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub user_id: i64,
+    pub username: String,
+    pub display_name: Option<String>,
+    pub is_admin: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub joined_at: OffsetDateTime,
+}
+
+/// Chat columns as seen by member `$2`, for `Chat::from_row`; `c` is chats, `m` the membership.
+const CHAT_COLUMNS: &str = "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
+    m.last_read_message_id,
+    (select count(*) from messages x
+      where x.chat_id = c.id and x.id > coalesce(m.last_read_message_id, 0)
+        and x.sender_id is distinct from m.user_id) as unread_count";
+
+impl Chat {
+    fn from_row(row: &Row) -> Chat {
+        Chat {
+            id: row.get("id"),
+            name: row.get("name"),
+            is_group: row.get("is_group"),
+            creator_id: row.get("creator_id"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+            last_read_message_id: row.get("last_read_message_id"),
+            unread_count: row.get("unread_count"),
+            members: None,
+        }
+    }
+}
+
+/// The chat as member `user_id` sees it, with members; `None` if they are not a member.
+pub async fn fetch_chat_detail(
+    client: &impl GenericClient,
+    chat_id: i64,
+    user_id: i64,
+) -> Result<Option<Chat>, ApiError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select {CHAT_COLUMNS} from chats c
+                 join chat_members m on m.chat_id = c.id and m.user_id = $2
+                 where c.id = $1"
+            ),
+            &[&chat_id, &user_id],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut chat = Chat::from_row(&row);
+    chat.members = Some(
+        fetch_members(client, &[chat_id])
+            .await?
+            .remove(&chat_id)
+            .unwrap_or_default(),
+    );
+    Ok(Some(chat))
+}
+
+/// Members of several chats in one query (no N+1 on chat lists).
+pub async fn fetch_members(
+    client: &impl GenericClient,
+    chat_ids: &[i64],
+) -> Result<HashMap<i64, Vec<Member>>, ApiError> {
+    let rows = client
+        .query(
+            "select m.chat_id, m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
+             from chat_members m join users u on u.id = m.user_id
+             where m.chat_id = any($1)
+             order by m.chat_id, m.joined_at, m.user_id",
+            &[&chat_ids],
+        )
+        .await?;
+    let mut out: HashMap<i64, Vec<Member>> = HashMap::new();
+    for r in rows {
+        out.entry(r.get("chat_id")).or_default().push(Member {
+            user_id: r.get("user_id"),
+            username: r.get("username"),
+            display_name: r.get("display_name"),
+            is_admin: r.get("is_admin"),
+            joined_at: r.get("joined_at"),
+        });
+    }
+    Ok(out)
+}
+
+/// The caller's role in a chat, locking the chat row so concurrent membership
+/// changes of one chat run one at a time. `None`: not a member (→ 404).
+pub struct Role {
+    pub is_group: bool,
+    pub is_admin: bool,
+    pub creator_id: Option<i64>,
+    pub name: Option<String>,
+}
+
+pub async fn lock_role(
+    client: &impl GenericClient,
+    chat_id: i64,
+    user_id: i64,
+) -> Result<Role, ApiError> {
+    let row = client
+        .query_opt(
+            "select c.is_group, m.is_admin, c.creator_id, c.name
+             from chats c join chat_members m on m.chat_id = c.id and m.user_id = $2
+             where c.id = $1
+             for update of c",
+            &[&chat_id, &user_id],
+        )
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    Ok(Role {
+        is_group: row.get(0),
+        is_admin: row.get(1),
+        creator_id: row.get(2),
+        name: row.get(3),
+    })
+}
+
+/// Trims a chat name; groups need 1-100 characters, DMs may have none.
+fn check_name(raw: Option<&str>, required: bool, errors: &mut Vec<FieldError>) -> Option<String> {
+    let name = raw.map(str::trim).filter(|n| !n.is_empty());
+    match name {
+        None if required => errors.push(FieldError::new("name", "is required for a group chat")),
+        Some(n) if n.chars().count() > CHAT_NAME_MAX_CHARS => errors.push(FieldError::new(
+            "name",
+            format!("must be 1 to {CHAT_NAME_MAX_CHARS} characters"),
+        )),
+        _ => {}
+    }
+    name.map(str::to_string)
+}
+
+/// Dedups member ids and drops the caller's own; errors on bad or too many ids.
+pub fn check_member_ids(ids: &[i64], caller: i64, errors: &mut Vec<FieldError>) -> Vec<i64> {
+    if ids.len() > MAX_MEMBER_IDS {
+        errors.push(FieldError::new(
+            "member_ids",
+            format!("at most {MAX_MEMBER_IDS} ids"),
+        ));
+        return Vec::new();
+    }
+    if let Some(bad) = ids.iter().find(|&&id| id <= 0) {
+        errors.push(FieldError::new(
+            "member_ids",
+            format!("{bad} is not a valid user id"),
+        ));
+    }
+    let mut out: Vec<i64> = ids.iter().copied().filter(|&id| id != caller).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Fails with a 400 listing the ids that name no user.
+pub async fn ensure_users_exist(client: &impl GenericClient, ids: &[i64]) -> Result<(), ApiError> {
+    let rows = client
+        .query(
+            "select id from unnest($1::bigint[]) as id
+             where not exists (select 1 from users u where u.id = id) order by id",
+            &[&ids],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let unknown: Vec<String> = rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0).to_string())
+        .collect();
+    Err(ApiError::validation(
+        "member_ids",
+        format!("unknown user ids: {}", unknown.join(", ")),
+    ))
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    create(state.clone())
+        .or(list(state.clone()))
+        .unify()
+        .or(get(state.clone()))
+        .unify()
+        .or(update(state.clone()))
+        .unify()
+        .or(delete(state.clone()))
+        .unify()
+        .or(members::routes(state.clone()))
+        .unify()
+        .or(read::routes(state))
+        .unify()
+}
+
+/// POST /api/v1/chats
+fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path!("chats")
+        .and(warp::post())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(json_body(limit))
+        .then(|user, state, body| async move { respond(create_chat(state, user, body).await) })
+}
+
+/// GET /api/v1/chats?limit&offset&with_members
+fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("chats")
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(query_map())
+        .then(|user, state, q| async move { respond(list_chats(state, user, q).await) })
+}
+
+/// GET /api/v1/chats/:id
+fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("chats")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|id: i64, user: AuthUser, state: State| async move {
+            respond(
+                get_chat(&state, id, user.id)
+                    .await
+                    .map(|c| warp::reply::json(&c)),
+            )
+        })
+}
+
+/// PUT /api/v1/chats/:id
+fn update(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path("chats")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::put())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(json_body(limit))
+        .then(|id, user, state, body| async move { respond(rename_chat(state, user, id, body).await) })
+}
+
+/// DELETE /api/v1/chats/:id
+fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("chats")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|id, user, state| async move { respond(delete_chat(state, user, id).await) })
+}
+
+pub async fn get_chat(state: &State, chat_id: i64, user_id: i64) -> Result<Chat, ApiError> {
+    let client = state.pool.get().await?;
+    fetch_chat_detail(&*client, chat_id, user_id)
+        .await?
+        .ok_or(ApiError::NotFound("chat"))
+}
+
+#[derive(Deserialize)]
+struct CreateChatRequest {
+    name: Option<String>,
+    #[serde(default)]
+    is_group: bool,
+    #[serde(default)]
+    member_ids: Vec<i64>,
+}
+
+async fn create_chat(
+    state: State,
+    user: AuthUser,
+    req: CreateChatRequest,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let name = check_name(req.name.as_deref(), req.is_group, &mut errors);
+    let others = check_member_ids(&req.member_ids, user.id, &mut errors);
+    if !req.is_group && errors.is_empty() && others.len() != 1 {
+        errors.push(FieldError::new(
+            "member_ids",
+            "a direct message needs exactly one other user",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    ensure_users_exist(&tx, &others).await?;
+    let dm_key = (!req.is_group).then(|| {
+        let (a, b) = (user.id.min(others[0]), user.id.max(others[0]));
+        format!("{a}:{b}")
+    });
+    let created = tx
+        .query_opt(
+            "insert into chats (name, is_group, creator_id, dm_key) values ($1, $2, $3, $4)
+             on conflict (dm_key) do nothing
+             returning id",
+            &[&name, &req.is_group, &user.id, &dm_key],
+        )
+        .await?;
+    let (chat_id, status) = match created {
+        Some(row) => (row.get::<_, i64>(0), StatusCode::CREATED),
+        None => {
+            // The DM exists already (perhaps created concurrently): return it.
+            let row = tx
+                .query_one("select id from chats where dm_key = $1", &[&dm_key])
+                .await?;
+            (row.get::<_, i64>(0), StatusCode::OK)
+        }
+    };
+    // For an existing DM this re-adds whichever of the two had left it.
+    let mut all = vec![user.id];
+    all.extend(&others);
+    let added: Vec<i64> = tx
+        .query(
+            "insert into chat_members (chat_id, user_id, is_admin)
+             select $1, u, u = $2 from unnest($3::bigint[]) as u
+             on conflict do nothing
+             returning user_id",
+            &[&chat_id, &user.id, &all],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let chat = fetch_chat_detail(&tx, chat_id, user.id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("created chat vanished".into()))?;
+    if !added.is_empty() {
+        let mut pending =
+            vec![NewEvent::new(chat_id, EventKind::ChatCreated, &chat).to_users(added.clone())];
+        if status == StatusCode::OK {
+            pending.push(members::member_added_event(&chat, &added));
+        }
+        events::emit(&tx, &pending).await?;
+    }
+    tx.commit().await?;
+    Ok(warp::reply::with_status(warp::reply::json(&chat), status).into_response())
+}
+
+async fn list_chats(
+    state: State,
+    user: AuthUser,
+    q: HashMap<String, String>,
+) -> Result<impl Reply, ApiError> {
+    let page = Page::from_query(&q)?;
+    let with_members = match q.get("with_members").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => {
+            return Err(ApiError::validation(
+                "with_members",
+                "must be true or false",
+            ));
+        }
+    };
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "select {CHAT_COLUMNS} from chat_members m join chats c on c.id = m.chat_id
+                 where m.user_id = $1
+                 order by c.last_activity_at desc, c.id desc
+                 limit $2 offset $3"
+            ),
+            &[&user.id, &page.limit, &page.offset],
+        )
+        .await?;
+    let mut chats: Vec<Chat> = rows.iter().map(Chat::from_row).collect();
+    if with_members {
+        let ids: Vec<i64> = chats.iter().map(|c| c.id).collect();
+        let mut members = fetch_members(&*client, &ids).await?;
+        for chat in &mut chats {
+            chat.members = Some(members.remove(&chat.id).unwrap_or_default());
+        }
+    }
+    Ok(warp::reply::json(&chats))
+}
+
+#[derive(Deserialize)]
+struct RenameChatRequest {
+    name: Option<String>,
+}
+
+async fn rename_chat(
+    state: State,
+    user: AuthUser,
+    chat_id: i64,
+    req: RenameChatRequest,
+) -> Result<impl Reply, ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let role = lock_role(&tx, chat_id, user.id).await?;
+    if !role.is_admin {
+        return Err(ApiError::NotChatAdmin);
+    }
+    let mut errors = Vec::new();
+    let name = check_name(req.name.as_deref(), role.is_group, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    tx.execute(
+        "update chats set name = $2 where id = $1",
+        &[&chat_id, &name],
+    )
+    .await?;
+    let chat = fetch_chat_detail(&tx, chat_id, user.id)
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    let note = match &name {
+        Some(n) => format!("{} renamed the chat to \"{n}\"", user.username),
+        None => format!("{} removed the chat's name", user.username),
+    };
+    events::emit(
+        &tx,
+        &[
+            NewEvent::new(chat_id, EventKind::ChatUpdated, &chat),
+            NewEvent::system(chat_id, note),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(warp::reply::json(&chat))
+}
+
+async fn delete_chat(state: State, user: AuthUser, chat_id: i64) -> Result<impl Reply, ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let role = lock_role(&tx, chat_id, user.id).await?;
+    let allowed = match role.creator_id {
+        Some(creator) => creator == user.id,
+        // The creator's account is gone: any admin may delete.
+        None => role.is_admin,
+    };
+    if !allowed {
+        return Err(ApiError::NotChatCreator);
+    }
+    let pending = vec![delete_chat_event(&tx, chat_id).await?];
+    events::emit(&tx, &pending).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a chat (messages and memberships cascade) and returns the event that
+/// tells its former members.
+pub async fn delete_chat_event(
+    client: &impl GenericClient,
+    chat_id: i64,
+) -> Result<NewEvent, ApiError> {
+    let members: Vec<i64> = client
+        .query(
+            "select user_id from chat_members where chat_id = $1 order by user_id",
+            &[&chat_id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    client
+        .execute("delete from chats where id = $1", &[&chat_id])
+        .await?;
+    Ok(NewEvent::new(
+        chat_id,
+        EventKind::ChatDeleted,
+        serde_json::json!({ "chat_id": chat_id }),
+    )
+    .to_users(members))
+}

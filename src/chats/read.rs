@@ -1,0 +1,108 @@
+//! Read markers: how far each member has read, moved forward only.
+
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::events::{self, Live};
+use crate::http::{State, auth, id_param, json_body, respond, with_state};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+use warp::Filter;
+use warp::Rejection;
+use warp::reply::Response;
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    mark_read(state)
+}
+
+/// POST /api/v1/chats/:id/read
+fn mark_read(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path("chats")
+        .and(id_param())
+        .and(warp::path!("read"))
+        .and(warp::post())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(json_body(limit))
+        .then(
+            |chat_id, user: AuthUser, state: State, body: ReadRequest| async move {
+                let result = async {
+                    let client = state.pool.get().await?;
+                    let marker =
+                        advance_read_marker(&*client, chat_id, user.id, body.message_id).await?;
+                    Ok::<_, ApiError>(warp::reply::json(&marker))
+                };
+                respond(result.await)
+            },
+        )
+}
+
+#[derive(Deserialize)]
+pub struct ReadRequest {
+    pub message_id: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadMarker {
+    pub chat_id: i64,
+    pub last_read_message_id: Option<i64>,
+    pub unread_count: i64,
+}
+
+/// Moves the member's marker to `message_id` unless it is already past it, and
+/// tells the chat when it moved. The message must belong to the chat.
+pub async fn advance_read_marker(
+    client: &impl GenericClient,
+    chat_id: i64,
+    user_id: i64,
+    message_id: i64,
+) -> Result<ReadMarker, ApiError> {
+    let row = client
+        .query_opt(
+            "with member as (
+                 select last_read_message_id from chat_members where chat_id = $1 and user_id = $2
+             ), target as (
+                 select id from messages where id = $3 and chat_id = $1
+             ), moved as (
+                 update chat_members set last_read_message_id = $3
+                 where chat_id = $1 and user_id = $2 and exists (select 1 from target)
+                   and coalesce(last_read_message_id, 0) < $3
+                 returning last_read_message_id
+             )
+             select exists(select 1 from target) as found,
+                    coalesce((select last_read_message_id from moved), member.last_read_message_id) as marker,
+                    exists(select 1 from moved) as moved
+             from member",
+            &[&chat_id, &user_id, &message_id],
+        )
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    if !row.get::<_, bool>("found") {
+        return Err(ApiError::NotFound("message"));
+    }
+    let marker: Option<i64> = row.get("marker");
+    if row.get::<_, bool>("moved") {
+        events::notify_live(
+            client,
+            &Live::Read {
+                chat_id,
+                user_id,
+                message_id,
+            },
+        )
+        .await?;
+    }
+    let unread: i64 = client
+        .query_one(
+            "select count(*) from messages
+             where chat_id = $1 and id > coalesce($3, 0) and sender_id is distinct from $2",
+            &[&chat_id, &user_id, &marker],
+        )
+        .await?
+        .get(0);
+    Ok(ReadMarker {
+        chat_id,
+        last_read_message_id: marker,
+        unread_count: unread,
+    })
+}

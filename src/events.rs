@@ -1,0 +1,165 @@
+//! The event log: every durable change is appended here and announced with
+//! `NOTIFY` in the same transaction that made it.
+//!
+//! Ordering: [`emit`] bumps the single `event_seq` row, whose row lock is held
+//! until commit. Event ids are therefore handed out in commit order and have no
+//! holes, which makes "every event after N" a complete answer the moment N is
+//! visible — the property WebSocket replay and the cross-node listener rely on.
+//! Because the lock is held to commit, `emit` must be the last statement of
+//! its transaction: anything after it would lengthen the serialised section.
+
+use crate::error::ApiError;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+
+/// Channel of durable events (they carry an `event_id`).
+pub const EVENTS_CHANNEL: &str = "chatapp_events";
+/// Channel of ephemeral signals: typing, read markers, presence, session control.
+pub const LIVE_CHANNEL: &str = "chatapp_live";
+
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; larger events are
+/// announced by id only and read back from the log by each listener.
+pub const NOTIFY_PAYLOAD_LIMIT: i32 = 7900;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Message,
+    MessageUpdated,
+    MessageDeleted,
+    ChatCreated,
+    ChatUpdated,
+    ChatDeleted,
+    MemberAdded,
+    MemberRemoved,
+    System,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::MessageUpdated => "message_updated",
+            EventKind::MessageDeleted => "message_deleted",
+            EventKind::ChatCreated => "chat_created",
+            EventKind::ChatUpdated => "chat_updated",
+            EventKind::ChatDeleted => "chat_deleted",
+            EventKind::MemberAdded => "member_added",
+            EventKind::MemberRemoved => "member_removed",
+            EventKind::System => "system",
+        }
+    }
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewEvent {
+    pub chat_id: i64,
+    pub kind: EventKind,
+    /// Users addressed besides the chat's members: those added (they subscribe
+    /// on it), removed, or members of a deleted chat.
+    pub user_ids: Vec<i64>,
+    /// The frame payload, without `event_id` (added from the log).
+    pub payload: Value,
+}
+
+impl NewEvent {
+    pub fn new(chat_id: i64, kind: EventKind, payload: impl Serialize) -> NewEvent {
+        NewEvent {
+            chat_id,
+            kind,
+            user_ids: Vec::new(),
+            payload: serde_json::to_value(payload).unwrap_or(Value::Null),
+        }
+    }
+
+    pub fn to_users(mut self, user_ids: Vec<i64>) -> NewEvent {
+        self.user_ids = user_ids;
+        self
+    }
+
+    /// A human-readable note in the chat about a membership or name change.
+    pub fn system(chat_id: i64, message: String) -> NewEvent {
+        NewEvent::new(
+            chat_id,
+            EventKind::System,
+            serde_json::json!({ "chat_id": chat_id, "message": message }),
+        )
+    }
+}
+
+/// Appends `events` to the log in order and NOTIFYs each; returns their ids.
+/// Call it last in the transaction (see the module docs).
+pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Vec<i64>, ApiError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch = serde_json::to_value(events).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let rows = client
+        .query(
+            "with seq as (
+                 update event_seq set last_id = last_id + jsonb_array_length($1::jsonb)
+                 returning last_id - jsonb_array_length($1::jsonb) as base
+             ), ins as (
+                 insert into events (id, chat_id, kind, user_ids, payload)
+                 select seq.base + e.ord, (e.v->>'chat_id')::bigint, e.v->>'kind',
+                        array(select jsonb_array_elements_text(e.v->'user_ids')::bigint),
+                        e.v->'payload'
+                 from seq, jsonb_array_elements($1::jsonb) with ordinality as e(v, ord)
+                 returning id, chat_id, kind, user_ids, payload
+             )
+             select ins.id,
+                    pg_notify($2, case when octet_length(n.text) < $3 then n.text
+                                       else json_build_object('id', ins.id)::text end)
+             from ins, lateral (
+                 select json_build_object(
+                     'id', ins.id, 'chat_id', ins.chat_id, 'kind', ins.kind, 'user_ids', ins.user_ids,
+                     'frame', json_build_object('type', ins.kind,
+                                                'payload', ins.payload || jsonb_build_object('event_id', ins.id))
+                 )::text as text
+             ) n",
+            &[&batch, &EVENTS_CHANNEL, &NOTIFY_PAYLOAD_LIMIT],
+        )
+        .await?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Ephemeral signals: delivered to whoever is connected now, never replayed.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Live {
+    Typing {
+        chat_id: i64,
+        user_id: i64,
+        username: String,
+    },
+    Read {
+        chat_id: i64,
+        user_id: i64,
+        message_id: i64,
+    },
+    Presence {
+        user_id: i64,
+        online: bool,
+        last_seen: Option<String>,
+    },
+    /// Sockets of this user holding tokens older than `token_version` must close.
+    TokensRevoked {
+        user_id: i64,
+        token_version: i32,
+    },
+    UserDeleted {
+        user_id: i64,
+    },
+}
+
+pub async fn notify_live(client: &impl GenericClient, signal: &Live) -> Result<(), ApiError> {
+    let payload = serde_json::to_string(signal).map_err(|e| ApiError::Internal(e.to_string()))?;
+    client
+        .execute("select pg_notify($1, $2)", &[&LIVE_CHANNEL, &payload])
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Filters every resource shares: state, JSON/form bodies with a size limit,
+//! path ids, pagination and the bearer-token `auth()` filter.
+
+use crate::AppState;
+use crate::auth::{self, AuthUser};
+use crate::error::{ApiError, FieldError};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::{Buf, Filter, Rejection, Reply};
+
+pub type State = Arc<AppState>;
+
+pub fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Turns a handler's result into a response, so handlers can use `?`.
+pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
+    result.into_response()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them
+/// (chunked bodies included), then returns it with its declared kind.
+fn limited_body(
+    limit: u64,
+    allow_form: bool,
+) -> impl Filter<Extract = ((BodyKind, Vec<u8>),), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::body::stream())
+        .and_then(move |headers: HeaderMap, stream| {
+            read_limited(headers, stream, limit, allow_form)
+        })
+}
+
+async fn read_limited<S, B>(
+    headers: HeaderMap,
+    stream: S,
+    limit: u64,
+    allow_form: bool,
+) -> Result<(BodyKind, Vec<u8>), Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let kind = body_kind(&headers, allow_form)?;
+    let declared = headers
+        .get(warp::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(ApiError::bad_request("invalid_body", e.to_string()))
+        })?;
+        if body.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(warp::reject::custom(ApiError::PayloadTooLarge));
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            body.extend_from_slice(piece);
+            let n = piece.len();
+            chunk.advance(n);
+        }
+    }
+    Ok((kind, body))
+}
+
+fn body_kind(headers: &HeaderMap, allow_form: bool) -> Result<BodyKind, Rejection> {
+    let Some(value) = headers.get(warp::http::header::CONTENT_TYPE) else {
+        // Lenient: curl users forget the header; the body must still be JSON.
+        return Ok(BodyKind::Json);
+    };
+    let mime = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-www-form-urlencoded" if allow_form => Ok(BodyKind::Form),
+        _ => Err(warp::reject::custom(ApiError::UnsupportedMediaType)),
+    }
+}
+
+/// A JSON body of at most `limit` bytes, decoded into `T`.
+pub fn json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    limited_body(limit, false).and_then(|(_, body): (BodyKind, Vec<u8>)| async move {
+        decode_json(&body).map_err(warp::reject::custom)
+    })
+}
+
+/// A JSON or `application/x-www-form-urlencoded` body (register and login accept both).
+pub fn json_or_form_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    limited_body(limit, true).and_then(|(kind, body): (BodyKind, Vec<u8>)| async move {
+        match kind {
+            BodyKind::Json => decode_json(&body),
+            BodyKind::Form => decode_form(&body),
+        }
+        .map_err(warp::reject::custom)
+    })
+}
+
+pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "request body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+}
+
+fn decode_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Form values are all strings; go through a JSON object so typed fields still
+    // deserialize (warp's own form filter needs every field to be a string anyway).
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("invalid_body", "form body is not UTF-8"))?;
+    let mut map = serde_json::Map::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.insert(form_decode(k)?, serde_json::Value::String(form_decode(v)?));
+    }
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid form body: {e}")))
+}
+
+fn form_decode(raw: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("invalid_body", "malformed form encoding");
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// A positive id path segment; anything else is a 400 rather than a 404.
+pub fn id_param() -> impl Filter<Extract = (i64,), Error = Rejection> + Copy {
+    warp::path::param::<String>()
+        .and_then(|raw: String| async move { parse_id(&raw).map_err(warp::reject::custom) })
+}
+
+pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::bad_request(
+            "invalid_id",
+            format!(
+                "`{}` is not a valid id (a positive integer)",
+                truncate(raw, 40)
+            ),
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The raw query string as a map; never rejects (an absent query is empty).
+pub fn query_map() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Copy {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|raw: String| async move {
+            let mut map = HashMap::new();
+            for pair in raw.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let k = form_decode(k).map_err(warp::reject::custom)?;
+                let v = form_decode(v).map_err(warp::reject::custom)?;
+                map.insert(k, v);
+            }
+            Ok::<_, Rejection>(map)
+        })
+}
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    /// `limit` 1-100 (default 50) and `offset` >= 0; anything else is a 400.
+    pub fn from_query(q: &HashMap<String, String>) -> Result<Page, ApiError> {
+        let mut errors = Vec::new();
+        let limit = int_param(q, "limit", 1, MAX_LIMIT, &mut errors).unwrap_or(DEFAULT_LIMIT);
+        let offset = int_param(q, "offset", 0, i64::MAX, &mut errors).unwrap_or(0);
+        if errors.is_empty() {
+            Ok(Page { limit, offset })
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+/// Reads an optional integer query parameter within `min..=max`, collecting errors.
+pub fn int_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+    errors: &mut Vec<FieldError>,
+) -> Option<i64> {
+    let raw = q.get(name)?;
+    match raw.trim().parse::<i64>() {
+        Ok(v) if v >= min && v <= max => Some(v),
+        _ => {
+            let range = if max == i64::MAX {
+                format!("an integer >= {min}")
+            } else {
+                format!("an integer from {min} to {max}")
+            };
+            errors.push(FieldError::new(name, format!("must be {range}")));
+            None
+        }
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub fn auth(state: State) -> impl Filter<Extract = (AuthUser,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_state(state))
+        .and_then(|header: Option<String>, state: State| async move {
+            let token = header
+                .as_deref()
+                .and_then(bearer_token)
+                .ok_or(ApiError::Unauthorized("missing bearer token"))
+                .map_err(warp::reject::custom)?;
+            auth::authenticate(&state, token)
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
+/// Extracts the token of a `Bearer` header; the scheme is case-insensitive.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_rejects_out_of_range_values() {
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            Page::from_query(&q(&[])).unwrap(),
+            Page {
+                limit: 50,
+                offset: 0
+            }
+        );
+        for bad in [
+            &[("limit", "0")][..],
+            &[("limit", "101")],
+            &[("limit", "abc")],
+            &[("offset", "-1")],
+            &[("limit", "99999999999999999999999")],
+        ] {
+            assert!(Page::from_query(&q(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn ids_must_be_positive_integers() {
+        assert_eq!(parse_id("42").unwrap(), 42);
+        for bad in ["0", "-1", "abc", "99999999999999999999", "1.5", ""] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn form_decoding_handles_escapes() {
+        assert_eq!(form_decode("a+b%21").unwrap(), "a b!");
+        assert!(form_decode("%zz").is_err());
+        assert!(form_decode("%ff").is_err());
+    }
+}

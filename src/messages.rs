@@ -1,0 +1,484 @@
+//! Messages: send (idempotent by client_id), fetch, page through, edit, delete.
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, FieldError};
+use crate::events::{self, EventKind, NewEvent};
+use crate::http::{
+    Page, State, auth, id_param, int_param, json_body, query_map, respond, with_state,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use tokio_postgres::{GenericClient, Row};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub const CLIENT_ID_MAX_CHARS: usize = 64;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub chat_id: i64,
+    pub sender_id: Option<i64>,
+    pub content: String,
+    pub is_edited: bool,
+    pub client_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    pub sender: Option<Sender>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sender {
+    pub id: i64,
+    pub username: String,
+    pub display_name: Option<String>,
+}
+
+/// Message columns for `Message::from_row`; `m` is messages, `u` the sender (left join).
+const MESSAGE_COLUMNS: &str = "m.id, m.chat_id, m.sender_id, m.content, m.is_edited, m.client_id,
+    m.created_at, m.updated_at, u.username, u.display_name";
+
+impl Message {
+    fn from_row(row: &Row) -> Message {
+        let sender_id: Option<i64> = row.get("sender_id");
+        let username: Option<String> = row.get("username");
+        Message {
+            id: row.get("id"),
+            chat_id: row.get("chat_id"),
+            sender_id,
+            content: row.get("content"),
+            is_edited: row.get("is_edited"),
+            client_id: row.get("client_id"),
+            created_at: row.get("created_at"),
+            updated_at: row.get("updated_at"),
+            sender: sender_id.zip(username).map(|(id, username)| Sender {
+                id,
+                username,
+                display_name: row.get("display_name"),
+            }),
+        }
+    }
+
+    /// The WebSocket payload: the seed's shape plus what clients need to reconcile.
+    pub fn event_payload(&self) -> serde_json::Value {
+        let ts = |t: &OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        serde_json::json!({
+            "message_id": self.id,
+            "chat_id": self.chat_id,
+            "content": self.content,
+            "sender_id": self.sender_id,
+            "username": self.sender.as_ref().map(|s| &s.username),
+            "display_name": self.sender.as_ref().and_then(|s| s.display_name.as_ref()),
+            "timestamp": ts(&self.created_at),
+            "client_id": self.client_id,
+            "created_at": ts(&self.created_at),
+            "updated_at": ts(&self.updated_at),
+            "is_edited": self.is_edited,
+        })
+    }
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    send(state.clone())
+        .or(history(state.clone()))
+        .unify()
+        .or(get(state.clone()))
+        .unify()
+        .or(edit(state.clone()))
+        .unify()
+        .or(delete(state))
+        .unify()
+}
+
+/// POST /api/v1/messages
+fn send(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path!("messages")
+        .and(warp::post())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(json_body(limit))
+        .then(
+            |user: AuthUser, state: State, req: SendRequest| async move {
+                let result = send_message(&state, user.id, req).await.map(|sent| {
+                    let status = if sent.duplicate {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CREATED
+                    };
+                    warp::reply::with_status(warp::reply::json(&sent.message), status)
+                });
+                respond(result)
+            },
+        )
+}
+
+/// GET /api/v1/messages/chat/:chatId?limit&before_id&after_id&offset
+fn history(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("messages" / "chat" / ..)
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(query_map())
+        .then(|chat_id, user, state, q| async move {
+            respond(fetch_history(state, user, chat_id, q).await)
+        })
+}
+
+/// GET /api/v1/messages/:id
+fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("messages")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|id, user: AuthUser, state: State| async move {
+            let result = async {
+                let client = state.pool.get().await?;
+                fetch_visible(&*client, id, user.id)
+                    .await?
+                    .ok_or(ApiError::NotFound("message"))
+            };
+            respond(result.await.map(|m| warp::reply::json(&m)))
+        })
+}
+
+/// PUT /api/v1/messages/:id
+fn edit(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path("messages")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::put())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(json_body(limit))
+        .then(|id, user, state, body| async move { respond(edit_message(state, user, id, body).await) })
+}
+
+/// DELETE /api/v1/messages/:id
+fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("messages")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|id, user, state| async move { respond(delete_message(state, user, id).await) })
+}
+
+/// Trims content and checks its length in characters.
+fn check_content(raw: &str, max_chars: usize, errors: &mut Vec<FieldError>) -> String {
+    let content = raw.trim();
+    let n = content.chars().count();
+    if n == 0 || n > max_chars {
+        errors.push(FieldError::new(
+            "content",
+            format!("must be 1 to {max_chars} characters after trimming"),
+        ));
+    }
+    content.to_string()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {
+    #[serde(default)]
+    pub chat_id: i64,
+    #[serde(default)]
+    pub content: String,
+    pub client_id: Option<String>,
+}
+
+pub struct Sent {
+    pub message: Message,
+    /// The `message` event's id; `None` for an idempotent retry (nothing new happened).
+    pub event_id: Option<i64>,
+    pub duplicate: bool,
+}
+
+/// Stores a message exactly once per (sender, client_id), shared by REST and WebSocket.
+pub async fn send_message(
+    state: &State,
+    sender_id: i64,
+    req: SendRequest,
+) -> Result<Sent, ApiError> {
+    let mut errors = Vec::new();
+    if req.chat_id <= 0 {
+        errors.push(FieldError::new("chat_id", "must be a positive chat id"));
+    }
+    let content = check_content(&req.content, state.config.limits.message_chars, &mut errors);
+    if let Some(c) = &req.client_id {
+        let n = c.chars().count();
+        if n == 0 || n > CLIENT_ID_MAX_CHARS {
+            errors.push(FieldError::new(
+                "client_id",
+                format!("must be 1 to {CLIENT_ID_MAX_CHARS} characters"),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "with member as (
+                     select 1 from chat_members where chat_id = $1 and user_id = $2
+                 ), m as (
+                     insert into messages (chat_id, sender_id, content, client_id)
+                     select $1, $2, $3, $4 from member
+                     on conflict (sender_id, client_id) where client_id is not null do nothing
+                     returning *
+                 ), touched as (
+                     update chats set last_activity_at = now() where id = (select chat_id from m)
+                 )
+                 select {MESSAGE_COLUMNS}
+                 from m left join users u on u.id = m.sender_id"
+            ),
+            &[&req.chat_id, &sender_id, &content, &req.client_id],
+        )
+        .await?;
+    let Some(row) = row else {
+        drop(tx);
+        return existing_by_client_id(&*client, req.chat_id, sender_id, req.client_id.as_deref())
+            .await;
+    };
+    let message = Message::from_row(&row);
+    let ids = events::emit(
+        &tx,
+        &[NewEvent::new(
+            message.chat_id,
+            EventKind::Message,
+            message.event_payload(),
+        )],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Sent {
+        message,
+        event_id: ids.first().copied(),
+        duplicate: false,
+    })
+}
+
+/// Nothing was inserted: either the sender is not a member, or this client_id
+/// was used before (possibly by a concurrent request that has committed since).
+async fn existing_by_client_id(
+    client: &impl GenericClient,
+    chat_id: i64,
+    sender_id: i64,
+    client_id: Option<&str>,
+) -> Result<Sent, ApiError> {
+    let Some(client_id) = client_id else {
+        return Err(ApiError::NotFound("chat"));
+    };
+    let row = client
+        .query_opt(
+            &format!(
+                "select {MESSAGE_COLUMNS} from messages m left join users u on u.id = m.sender_id
+                 where m.sender_id = $1 and m.client_id = $2
+                   and exists (select 1 from chat_members c where c.chat_id = $3 and c.user_id = $1)"
+            ),
+            &[&sender_id, &client_id, &chat_id],
+        )
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    let message = Message::from_row(&row);
+    if message.chat_id != chat_id {
+        return Err(ApiError::Conflict {
+            code: "client_id_reused",
+            message: "this client_id was already used for a message in another chat".into(),
+        });
+    }
+    Ok(Sent {
+        message,
+        event_id: None,
+        duplicate: true,
+    })
+}
+
+/// A message as seen by `user_id`: `None` unless they are a member of its chat.
+pub async fn fetch_visible(
+    client: &impl GenericClient,
+    id: i64,
+    user_id: i64,
+) -> Result<Option<Message>, ApiError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select {MESSAGE_COLUMNS} from messages m
+                 join chat_members c on c.chat_id = m.chat_id and c.user_id = $2
+                 left join users u on u.id = m.sender_id
+                 where m.id = $1"
+            ),
+            &[&id, &user_id],
+        )
+        .await?;
+    Ok(row.as_ref().map(Message::from_row))
+}
+
+async fn fetch_history(
+    state: State,
+    user: AuthUser,
+    chat_id: i64,
+    q: HashMap<String, String>,
+) -> Result<impl Reply, ApiError> {
+    let page = Page::from_query(&q);
+    let mut errors = match &page {
+        Err(ApiError::Validation(e)) => e.clone(),
+        _ => Vec::new(),
+    };
+    let before = int_param(&q, "before_id", 1, i64::MAX, &mut errors);
+    let after = int_param(&q, "after_id", 1, i64::MAX, &mut errors);
+    if before.is_some() && after.is_some() {
+        errors.push(FieldError::new(
+            "after_id",
+            "cannot be combined with before_id",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let page = page?;
+    let client = state.pool.get().await?;
+    // Membership is part of the query; after_id pages are read oldest-first and flipped.
+    let rows = client
+        .query(
+            &format!(
+                "select * from (
+                     select {MESSAGE_COLUMNS} from messages m
+                     left join users u on u.id = m.sender_id
+                     where m.chat_id = $1
+                       and exists (select 1 from chat_members c where c.chat_id = $1 and c.user_id = $2)
+                       and ($3::bigint is null or m.id < $3)
+                       and ($4::bigint is null or m.id > $4)
+                     order by case when $4::bigint is null then -m.id else m.id end
+                     limit $5 offset $6
+                 ) page order by id desc"
+            ),
+            &[&chat_id, &user.id, &before, &after, &page.limit, &page.offset],
+        )
+        .await?;
+    if rows.is_empty() {
+        let member = client
+            .query_opt(
+                "select 1 from chat_members where chat_id = $1 and user_id = $2",
+                &[&chat_id, &user.id],
+            )
+            .await?;
+        if member.is_none() {
+            return Err(ApiError::NotFound("chat"));
+        }
+    }
+    let messages: Vec<Message> = rows.iter().map(Message::from_row).collect();
+    Ok(warp::reply::json(&messages))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EditRequest {
+    #[serde(default)]
+    pub content: String,
+}
+
+/// The caller's relation to a message, with the message row locked.
+struct Access {
+    chat_id: i64,
+    is_sender: bool,
+    is_chat_admin: bool,
+}
+
+async fn lock_access(
+    client: &impl GenericClient,
+    id: i64,
+    user_id: i64,
+) -> Result<Access, ApiError> {
+    let row = client
+        .query_opt(
+            "select m.chat_id, m.sender_id is not distinct from $2, c.is_admin
+             from messages m join chat_members c on c.chat_id = m.chat_id and c.user_id = $2
+             where m.id = $1
+             for update of m",
+            &[&id, &user_id],
+        )
+        .await?
+        .ok_or(ApiError::NotFound("message"))?;
+    Ok(Access {
+        chat_id: row.get(0),
+        is_sender: row.get(1),
+        is_chat_admin: row.get(2),
+    })
+}
+
+async fn edit_message(
+    state: State,
+    user: AuthUser,
+    id: i64,
+    req: EditRequest,
+) -> Result<impl Reply, ApiError> {
+    let mut errors = Vec::new();
+    let content = check_content(&req.content, state.config.limits.message_chars, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let access = lock_access(&tx, id, user.id).await?;
+    if !access.is_sender {
+        return Err(ApiError::NotMessageSender);
+    }
+    let row = tx
+        .query_one(
+            &format!(
+                "with m as (update messages set content = $2, is_edited = true where id = $1 returning *)
+                 select {MESSAGE_COLUMNS} from m left join users u on u.id = m.sender_id"
+            ),
+            &[&id, &content],
+        )
+        .await?;
+    let message = Message::from_row(&row);
+    events::emit(
+        &tx,
+        &[NewEvent::new(
+            access.chat_id,
+            EventKind::MessageUpdated,
+            message.event_payload(),
+        )],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(warp::reply::json(&message))
+}
+
+async fn delete_message(state: State, user: AuthUser, id: i64) -> Result<impl Reply, ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let access = lock_access(&tx, id, user.id).await?;
+    if !access.is_sender && !access.is_chat_admin {
+        return Err(ApiError::NotMessageSender);
+    }
+    tx.execute("delete from messages where id = $1", &[&id])
+        .await?;
+    events::emit(
+        &tx,
+        &[NewEvent::new(
+            access.chat_id,
+            EventKind::MessageDeleted,
+            serde_json::json!({ "chat_id": access.chat_id, "message_id": id }),
+        )],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,316 @@
+//! Users: listing and search, profiles, password change, account deletion.
+
+use crate::auth::{self, AuthUser};
+use crate::error::{ApiError, FieldError};
+use crate::events;
+use crate::http::{Page, State, auth, id_param, json_body, query_map, respond, with_state};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use tokio_postgres::{GenericClient, Row};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// The columns `User::from_row` reads, for `select`/`returning` lists.
+pub const USER_COLUMNS: &str = "id, username, display_name, created_at, last_seen";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub display_name: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+}
+
+impl User {
+    pub fn from_row(row: &Row) -> User {
+        User {
+            id: row.get("id"),
+            username: row.get("username"),
+            display_name: row.get("display_name"),
+            created_at: row.get("created_at"),
+            last_seen: row.get("last_seen"),
+        }
+    }
+}
+
+pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
+
+/// Trims a display name; blank means "none". Over 100 characters is an error.
+pub fn check_display_name(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let trimmed = raw?.trim();
+    if trimmed.chars().count() > DISPLAY_NAME_MAX_CHARS {
+        errors.push(FieldError::new(
+            "display_name",
+            format!("must be at most {DISPLAY_NAME_MAX_CHARS} characters"),
+        ));
+        return None;
+    }
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    list(state.clone())
+        .or(last_seen(state.clone()))
+        .unify()
+        .or(get(state.clone()))
+        .unify()
+        .or(update(state.clone()))
+        .unify()
+        .or(delete(state))
+        .unify()
+}
+
+/// GET /api/v1/users?limit&offset&q
+fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("users")
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(query_map())
+        .then(|_: AuthUser, state, q| async move { respond(list_users(state, q).await) })
+}
+
+/// POST /api/v1/users/last-seen
+fn last_seen(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("users" / "last-seen")
+        .and(warp::post())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|user: AuthUser, state: State| async move {
+            respond(
+                touch_last_seen(&state, user.id)
+                    .await
+                    .map(|u| warp::reply::json(&u)),
+            )
+        })
+}
+
+/// GET /api/v1/users/:id
+fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("users")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|id: i64, _: AuthUser, state: State| async move {
+            respond(get_user(&state, id).await.map(|u| warp::reply::json(&u)))
+        })
+}
+
+/// PUT /api/v1/users/:id
+fn update(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.config.limits.body_bytes;
+    warp::path("users")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::put())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .and(json_body(limit))
+        .then(|id, user, state, body| async move { respond(update_user(state, user, id, body).await) })
+}
+
+/// DELETE /api/v1/users/:id
+fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("users")
+        .and(id_param())
+        .and(warp::path::end())
+        .and(warp::delete())
+        .and(auth(state.clone()))
+        .and(with_state(state))
+        .then(|id, user, state| async move { respond(delete_user(state, user, id).await) })
+}
+
+pub async fn get_user(state: &State, id: i64) -> Result<User, ApiError> {
+    let client = state.pool.get().await?;
+    fetch_user(&*client, id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))
+}
+
+pub async fn fetch_user(client: &impl GenericClient, id: i64) -> Result<Option<User>, ApiError> {
+    let row = client
+        .query_opt(
+            &format!("select {USER_COLUMNS} from users where id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(User::from_row))
+}
+
+async fn list_users(state: State, q: HashMap<String, String>) -> Result<impl Reply, ApiError> {
+    let page = Page::from_query(&q)?;
+    let search = q.get("q").map(|s| s.trim()).filter(|s| !s.is_empty());
+    if search.is_some_and(|s| s.chars().count() > 100) {
+        return Err(ApiError::validation("q", "must be at most 100 characters"));
+    }
+    // A prefix pattern with LIKE's own wildcards escaped.
+    let pattern = search.map(|s| {
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("{}%", escaped.to_lowercase())
+    });
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "select {USER_COLUMNS} from users
+                 where $1::text is null
+                    or lower(username) like $1 escape '\\'
+                    or lower(display_name) like $1 escape '\\'
+                 order by id
+                 limit $2 offset $3"
+            ),
+            &[&pattern, &page.limit, &page.offset],
+        )
+        .await?;
+    let users: Vec<User> = rows.iter().map(User::from_row).collect();
+    Ok(warp::reply::json(&users))
+}
+
+async fn touch_last_seen(state: &State, id: i64) -> Result<User, ApiError> {
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("update users set last_seen = now() where id = $1 returning {USER_COLUMNS}"),
+            &[&id],
+        )
+        .await?;
+    row.as_ref()
+        .map(User::from_row)
+        .ok_or(ApiError::NotFound("user"))
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct UpdateUserRequest {
+    #[serde(default, deserialize_with = "present")]
+    display_name: Option<Option<String>>,
+    password: Option<String>,
+    current_password: Option<String>,
+}
+
+async fn update_user(
+    state: State,
+    caller: AuthUser,
+    id: i64,
+    req: UpdateUserRequest,
+) -> Result<impl Reply, ApiError> {
+    if id != caller.id {
+        return Err(ApiError::NotYourAccount);
+    }
+    let mut errors = Vec::new();
+    let display_name = req
+        .display_name
+        .map(|d| check_display_name(d.as_deref(), &mut errors));
+    if let Some(p) = &req.password {
+        auth::check_password("password", p, &mut errors);
+        if req.current_password.is_none() {
+            errors.push(FieldError::new(
+                "current_password",
+                "is required to change the password",
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+
+    let new_hash = match (req.password, req.current_password) {
+        (Some(password), Some(current)) => {
+            let client = state.pool.get().await?;
+            let hash: String = client
+                .query_one("select password_hash from users where id = $1", &[&id])
+                .await?
+                .get(0);
+            drop(client);
+            if !auth::verify_password(current, hash).await? {
+                return Err(ApiError::validation("current_password", "is incorrect"));
+            }
+            Some(auth::hash_password(password, state.config.auth.bcrypt_cost).await?)
+        }
+        _ => None,
+    };
+
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_one(
+            &format!(
+                "update users set
+                    display_name = case when $2 then $3 else display_name end,
+                    password_hash = coalesce($4, password_hash),
+                    token_version = token_version + case when $4 is null then 0 else 1 end
+                 where id = $1
+                 returning {USER_COLUMNS}, token_version"
+            ),
+            &[
+                &id,
+                &display_name.is_some(),
+                &display_name.flatten(),
+                &new_hash,
+            ],
+        )
+        .await?;
+    if new_hash.is_some() {
+        // Open sockets holding the old tokens are closed, like the tokens themselves.
+        events::notify_live(
+            &tx,
+            &events::Live::TokensRevoked {
+                user_id: id,
+                token_version: row.get("token_version"),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(warp::reply::json(&User::from_row(&row)))
+}
+
+async fn delete_user(state: State, caller: AuthUser, id: i64) -> Result<impl Reply, ApiError> {
+    if id != caller.id {
+        return Err(ApiError::NotYourAccount);
+    }
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    // Lock the account row first so two concurrent deletes cannot interleave.
+    let exists = tx
+        .query_opt("select 1 from users where id = $1 for update", &[&id])
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::NotFound("user"));
+    }
+    let mut pending = Vec::new();
+    let chat_ids: Vec<i64> = tx
+        .query(
+            "select chat_id from chat_members where user_id = $1 order by chat_id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for chat_id in chat_ids {
+        // Each membership ends exactly as if the user had left the chat.
+        pending.extend(crate::chats::members::leave_chat(&tx, chat_id, id, id).await?);
+    }
+    tx.execute("delete from users where id = $1", &[&id])
+        .await?;
+    events::emit(&tx, &pending).await?;
+    events::notify_live(&tx, &events::Live::UserDeleted { user_id: id }).await?;
+    tx.commit().await?;
+    Ok(warp::http::StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,445 @@
+//! One WebSocket connection: a reader loop (this task) and a writer task that
+//! owns the socket's sending half and drains the connection's bounded queue.
+
+use super::protocol::{ClientFrame, ServerFrame, parse_client_frame};
+use super::registry::{
+    CloseReason, GARBAGE, IDLE, Registration, TOKEN_EXPIRED, TOO_BIG, UNAVAILABLE,
+};
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::events::{Live, notify_live};
+use crate::http::State;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use warp::ws::{Message, WebSocket};
+
+/// Bad frames tolerated per window before the client is closed with 1008.
+const BAD_FRAME_WINDOW: Duration = Duration::from_secs(10);
+const REPLAY_PAGE: i64 = 500;
+
+/// Serves one upgraded socket until either side closes it.
+pub async fn run(socket: WebSocket, state: State, user: AuthUser, since: Option<i64>) {
+    let hub = state.hub.clone();
+    hub.connection_opened();
+    let registration = hub.registry.register(user.id, user.token_version);
+    let id = registration.id;
+    let (sink, stream) = socket.split();
+    match snapshot(&state, user.id).await {
+        Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
+            let recovered = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
+            let ready = ServerFrame::Ready {
+                user_id: user.id,
+                last_event_id: snap.last_id,
+                chat_ids: snap.chat_ids,
+                recovered,
+            };
+            let replay = since.filter(|_| recovered).map(|s| (s, snap.last_id));
+            let reader_kill = registration.kill.clone();
+            let writer = tokio::spawn(write_loop(
+                sink,
+                registration,
+                state.clone(),
+                user.id,
+                ready.to_text(None),
+                replay,
+            ));
+            read_loop(stream, reader_kill, &state, &user, id).await;
+            hub.registry.unregister(id);
+            let _ = writer.await;
+        }
+        Ok(_) => {
+            // Killed (e.g. the account was deleted) before it was ready.
+            let reason = *registration.kill.borrow();
+            close_socket(
+                sink,
+                reason.unwrap_or(TOKEN_EXPIRED),
+                state.hub.config.close_flush_timeout_ms,
+            )
+            .await;
+        }
+        Err(e) => {
+            log::warn!("cannot open WebSocket session: {e:?}");
+            hub.registry.unregister(id);
+            close_socket(sink, UNAVAILABLE, state.hub.config.close_flush_timeout_ms).await;
+        }
+    }
+    hub.connection_closed();
+}
+
+struct Snapshot {
+    last_id: i64,
+    pruned_through: i64,
+    chat_ids: Vec<i64>,
+}
+
+/// The user's chats as of the latest committed event, read in one statement
+/// (one snapshot): membership changes commit with their events.
+async fn snapshot(state: &State, user_id: i64) -> Result<Snapshot, ApiError> {
+    let client = state.pool.get().await?;
+    let row = client
+        .query_one(
+            "select s.last_id, s.pruned_through,
+                    array(select chat_id from chat_members where user_id = $1 order by chat_id)
+             from event_seq s",
+            &[&user_id],
+        )
+        .await?;
+    Ok(Snapshot {
+        last_id: row.get(0),
+        pruned_through: row.get(1),
+        chat_ids: row.get(2),
+    })
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Sends `ready`, replays `(since, upto]`, then drains the queue and pings,
+/// until killed or the reader is gone.
+async fn write_loop(
+    mut sink: Sink,
+    registration: Registration,
+    state: State,
+    user_id: i64,
+    ready: String,
+    replay: Option<(i64, i64)>,
+) {
+    let Registration {
+        id: conn_id,
+        mut rx,
+        mut kill,
+        queued_bytes,
+        ..
+    } = registration;
+    let flush_ms = state.hub.config.close_flush_timeout_ms;
+    match drive(
+        &mut sink,
+        &mut rx,
+        &mut kill,
+        &queued_bytes,
+        &state,
+        conn_id,
+        user_id,
+        ready,
+        replay,
+    )
+    .await
+    {
+        // The reader unregistered: the client went away.
+        Ok(true) => {
+            let _ = tokio::time::timeout(Duration::from_millis(flush_ms), sink.close()).await;
+        }
+        Ok(false) => {
+            let reason = (*kill.borrow()).unwrap_or(IDLE);
+            if reason.drain {
+                drain(&mut sink, &mut rx, &queued_bytes, flush_ms).await;
+            }
+            close_socket(sink, reason, flush_ms).await;
+        }
+        Err(_) => {} // The socket is broken; nothing more can be sent.
+    }
+}
+
+/// The writer's work; `Ok(true)` when the queue closed, `Ok(false)` when killed.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    sink: &mut Sink,
+    rx: &mut mpsc::Receiver<Arc<str>>,
+    kill: &mut watch::Receiver<Option<CloseReason>>,
+    queued_bytes: &AtomicUsize,
+    state: &State,
+    conn_id: u64,
+    user_id: i64,
+    ready: String,
+    replay: Option<(i64, i64)>,
+) -> Result<bool, warp::Error> {
+    if !send(sink, Message::text(ready), kill).await? {
+        return Ok(false);
+    }
+    if let Some((since, upto)) = replay {
+        if !replay_events(sink, conn_id, state, user_id, since, upto, kill).await? {
+            return Ok(false);
+        }
+    }
+    let ping_every = Duration::from_millis(state.hub.config.ping_interval_ms);
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    loop {
+        tokio::select! {
+            biased;
+            _ = kill.changed() => return Ok(false),
+            frame = rx.recv() => match frame {
+                Some(frame) => {
+                    queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                    if !send(sink, Message::text(frame.as_ref()), kill).await? {
+                        return Ok(false);
+                    }
+                }
+                None => return Ok(true),
+            },
+            _ = ping.tick() => {
+                if !send(sink, Message::ping(Vec::new()), kill).await? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
+/// Sends one message unless the connection is killed meanwhile (a client that
+/// stopped reading blocks the send; the kill must still get through).
+async fn send(
+    sink: &mut Sink,
+    message: Message,
+    kill: &mut watch::Receiver<Option<CloseReason>>,
+) -> Result<bool, warp::Error> {
+    if kill.borrow().is_some() {
+        return Ok(false);
+    }
+    tokio::select! {
+        result = sink.send(message) => result.map(|_| true),
+        _ = kill.changed() => Ok(false),
+    }
+}
+
+async fn replay_events(
+    sink: &mut Sink,
+    conn_id: u64,
+    state: &State,
+    user_id: i64,
+    mut after: i64,
+    upto: i64,
+    kill: &mut watch::Receiver<Option<CloseReason>>,
+) -> Result<bool, warp::Error> {
+    loop {
+        let frames = match fetch_replay(state, user_id, after, upto).await {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("replay failed: {e:?}");
+                state.hub.registry.kill(conn_id, UNAVAILABLE);
+                return Ok(false);
+            }
+        };
+        let done = (frames.len() as i64) < REPLAY_PAGE;
+        for (id, frame) in frames {
+            after = id;
+            if !send(sink, Message::text(frame), kill).await? {
+                return Ok(false);
+            }
+        }
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+/// The user's events in `(after, upto]`: their chats' events and those
+/// addressed to them (`chat_created` only the latter).
+async fn fetch_replay(
+    state: &State,
+    user_id: i64,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<(i64, String)>, ApiError> {
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "select id, json_build_object('type', kind,
+                                          'payload', payload || jsonb_build_object('event_id', id))::text
+             from events
+             where id > $2 and id <= $3
+               and ($1 = any(user_ids)
+                    or (kind <> 'chat_created'
+                        and chat_id in (select chat_id from chat_members where user_id = $1)))
+             order by id limit $4",
+            &[&user_id, &after, &upto, &REPLAY_PAGE],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn drain(
+    sink: &mut Sink,
+    rx: &mut mpsc::Receiver<Arc<str>>,
+    queued: &AtomicUsize,
+    flush_ms: u64,
+) {
+    let flush = async {
+        while let Ok(frame) = rx.try_recv() {
+            queued.fetch_sub(frame.len(), Ordering::Relaxed);
+            if sink.feed(Message::text(frame.as_ref())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.flush().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(flush_ms), flush).await;
+}
+
+async fn close_socket(mut sink: Sink, reason: CloseReason, flush_ms: u64) {
+    let close = async {
+        let _ = sink
+            .send(Message::close_with(reason.code, reason.reason))
+            .await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(flush_ms), close).await;
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    mut kill: watch::Receiver<Option<CloseReason>>,
+    state: &State,
+    user: &AuthUser,
+    id: u64,
+) {
+    let hub = &state.hub;
+    let idle = Duration::from_millis(hub.config.idle_timeout_ms);
+    let mut idle_deadline = Instant::now() + idle;
+    let until_expiry = (user.expires_at - time::OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    let expiry = tokio::time::sleep(until_expiry);
+    tokio::pin!(expiry);
+    let mut bad_frames = 0u32;
+    let mut window_start = Instant::now();
+    loop {
+        tokio::select! {
+            _ = kill.changed() => return,
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                hub.registry.kill(id, IDLE);
+                return;
+            }
+            _ = &mut expiry => {
+                hub.registry.kill(id, TOKEN_EXPIRED);
+                return;
+            }
+            message = stream.next() => {
+                let message = match message {
+                    None => return,
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // tungstenite reports an oversized frame as a capacity error.
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+                            hub.registry.kill(id, TOO_BIG);
+                        }
+                        return;
+                    }
+                };
+                idle_deadline = Instant::now() + idle;
+                if message.is_close() {
+                    return;
+                }
+                let reply = if let Ok(text) = message.to_str() {
+                    handle_text(state, user, id, text).await
+                } else if message.is_binary() {
+                    Err(ServerFrame::Error {
+                        code: "invalid_frame",
+                        error: "binary frames are not supported; send JSON text".into(),
+                        reference: None,
+                    })
+                } else {
+                    continue; // ping/pong: the idle deadline already moved.
+                };
+                let frame = match reply {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        if window_start.elapsed() > BAD_FRAME_WINDOW {
+                            window_start = Instant::now();
+                            bad_frames = 0;
+                        }
+                        bad_frames += 1;
+                        if bad_frames > hub.config.max_bad_frames {
+                            hub.registry.kill(id, GARBAGE);
+                            return;
+                        }
+                        error.to_text(None)
+                    }
+                };
+                hub.registry.send_to(id, Arc::from(frame));
+            }
+        }
+    }
+}
+
+/// Handles one client text frame. `Ok(Some)` is the reply, `Ok(None)` means
+/// none is due, and `Err` is an error frame for a malformed frame (counted
+/// towards the garbage limit). Refusals of well-formed requests are replies.
+async fn handle_text(
+    state: &State,
+    user: &AuthUser,
+    id: u64,
+    text: &str,
+) -> Result<Option<String>, ServerFrame> {
+    let (frame, reference) = parse_client_frame(text).map_err(ServerFrame::from)?;
+    let result = handle_frame(state, user, id, frame).await;
+    Ok(match result {
+        Ok(Some(frame)) => Some(frame.to_text(reference.as_ref())),
+        Ok(None) => None,
+        Err(e) => Some(ServerFrame::error(&e, reference).to_text(None)),
+    })
+}
+
+async fn handle_frame(
+    state: &State,
+    user: &AuthUser,
+    id: u64,
+    frame: ClientFrame,
+) -> Result<Option<ServerFrame>, ApiError> {
+    let hub = &state.hub;
+    match frame {
+        ClientFrame::Ping => Ok(Some(ServerFrame::Pong {})),
+        ClientFrame::Message(req) => {
+            let sent = crate::messages::send_message(state, user.id, req).await?;
+            Ok(Some(ServerFrame::Ack(json!({
+                "message_id": sent.message.id,
+                "event_id": sent.event_id,
+                "chat_id": sent.message.chat_id,
+                "client_id": sent.message.client_id,
+                "duplicate": sent.duplicate,
+            }))))
+        }
+        ClientFrame::JoinChat { chat_id } | ClientFrame::LeaveChat { chat_id } => {
+            let pause = matches!(frame, ClientFrame::LeaveChat { .. });
+            if !hub.registry.set_paused(id, chat_id, pause) {
+                return Err(ApiError::NotFound("chat"));
+            }
+            Ok(Some(ServerFrame::Ack(
+                json!({ "chat_id": chat_id, "subscribed": !pause }),
+            )))
+        }
+        ClientFrame::Typing { chat_id } => {
+            if !hub.registry.is_member(id, chat_id) {
+                return Err(ApiError::NotFound("chat"));
+            }
+            if hub.typing_allowed(user.id, chat_id) {
+                let client = state.pool.get().await?;
+                let signal = Live::Typing {
+                    chat_id,
+                    user_id: user.id,
+                    username: user.username.clone(),
+                };
+                notify_live(&*client, &signal).await?;
+            }
+            Ok(None)
+        }
+        ClientFrame::Read {
+            chat_id,
+            message_id,
+        } => {
+            let client = state.pool.get().await?;
+            let marker =
+                crate::chats::read::advance_read_marker(&*client, chat_id, user.id, message_id)
+                    .await?;
+            Ok(Some(ServerFrame::Ack(
+                serde_json::to_value(marker).unwrap_or(Value::Null),
+            )))
+        }
+    }
+}

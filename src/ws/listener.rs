@@ -1,0 +1,271 @@
+//! The node's one LISTEN connection: turns NOTIFYs into dispatches.
+//!
+//! Durable events arrive in commit order, which is id order, and ids have no
+//! holes (see `events`). A notification whose id is not `last + 1` therefore
+//! means something was missed — a notification too large to carry its frame,
+//! or ones sent while this connection was down — and the missing range is read
+//! back from the event log before going on. That one rule covers oversized
+//! payloads, reconnects and startup alike.
+
+use super::Hub;
+use super::protocol::ServerFrame;
+use super::registry::{ACCOUNT_DELETED, Event, TOKEN_EXPIRED};
+use crate::events::{EVENTS_CHANNEL, LIVE_CHANNEL, Live};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
+
+/// The NOTIFY payload of a durable event; `frame` is absent when it was too large.
+#[derive(Deserialize)]
+struct Announced {
+    id: i64,
+    chat_id: Option<i64>,
+    kind: Option<String>,
+    #[serde(default)]
+    user_ids: Vec<i64>,
+    frame: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Connects, LISTENs and dispatches until the hub shuts down, reconnecting with backoff.
+pub async fn run(hub: Arc<Hub>, mut ready: Option<tokio::sync::oneshot::Sender<()>>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listen_once(&hub, &mut ready).await {
+            Ok(()) => return,
+            Err(e) => {
+                log::warn!("event listener lost its connection: {e}; reconnecting in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if hub.is_shutting_down() {
+            return;
+        }
+    }
+}
+
+async fn listen_once(
+    hub: &Arc<Hub>,
+    ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut pg: tokio_postgres::Config = hub
+        .database_url
+        .parse()
+        .expect("database url was validated at startup");
+    pg.connect_timeout(Duration::from_secs(5));
+    pg.application_name("chatapp-listener");
+    let (client, mut connection) = pg.connect(NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("listener connection error: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    let result = serve(hub, &client, &mut rx, ready).await;
+    driver.abort();
+    result
+}
+
+async fn serve(
+    hub: &Arc<Hub>,
+    client: &Client,
+    rx: &mut mpsc::UnboundedReceiver<Notification>,
+    ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!("listen {EVENTS_CHANNEL}; listen {LIVE_CHANNEL}"))
+        .await?;
+    if let Some(ready) = ready.take() {
+        // First start: begin at the current head; older events are history.
+        let head: i64 = client
+            .query_one("select last_id from event_seq", &[])
+            .await?
+            .get(0);
+        hub.registry.advance_to(head);
+        let _ = ready.send(());
+    } else {
+        // Reconnected: whatever was announced while we were away is in the log.
+        catch_up(hub, client, i64::MAX).await?;
+    }
+    let mut shutdown = hub.shutdown_signal();
+    loop {
+        let notification = tokio::select! {
+            n = rx.recv() => n,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(n) = notification else {
+            // The driver ended: the connection is gone.
+            return client.batch_execute("select 1").await;
+        };
+        if n.channel() == EVENTS_CHANNEL {
+            on_event(hub, client, n.payload()).await?;
+        } else {
+            on_live(hub, n.payload());
+        }
+    }
+}
+
+async fn on_event(
+    hub: &Arc<Hub>,
+    client: &Client,
+    payload: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let announced: Announced = match serde_json::from_str(payload) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("unreadable event notification: {e}");
+            return Ok(());
+        }
+    };
+    let last = hub.registry.last_event_id();
+    if announced.id <= last {
+        return Ok(());
+    }
+    match (announced.id == last + 1, announced.kind, announced.frame) {
+        (true, Some(kind), Some(frame)) => {
+            hub.registry.dispatch(Arc::new(Event {
+                id: announced.id,
+                chat_id: announced.chat_id,
+                kind,
+                user_ids: announced.user_ids,
+                frame: Arc::from(frame.get()),
+            }));
+            Ok(())
+        }
+        _ => catch_up(hub, client, announced.id).await,
+    }
+}
+
+/// Dispatches every logged event after the last dispatched one, up to `upto`.
+async fn catch_up(hub: &Arc<Hub>, client: &Client, upto: i64) -> Result<(), tokio_postgres::Error> {
+    loop {
+        let after = hub.registry.last_event_id();
+        let events = fetch_events(client, after, upto, 1000).await?;
+        let done = events.len() < 1000;
+        if let Some(first) = events.first() {
+            if first.id != after + 1 {
+                log::warn!(
+                    "events {}..{} were pruned before this node could dispatch them",
+                    after + 1,
+                    first.id - 1
+                );
+            }
+        }
+        for event in events {
+            hub.registry.dispatch(Arc::new(event));
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// Logged events with ids in `(after, upto]`, oldest first, as frames.
+pub async fn fetch_events(
+    client: &impl tokio_postgres::GenericClient,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<Event>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select id, chat_id, kind, user_ids,
+                    json_build_object('type', kind,
+                                      'payload', payload || jsonb_build_object('event_id', id))::text
+             from events where id > $1 and id <= $2 order by id limit $3",
+            &[&after, &upto, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Event {
+            id: r.get(0),
+            chat_id: r.get(1),
+            kind: r.get(2),
+            user_ids: r.get(3),
+            frame: Arc::from(r.get::<_, String>(4)),
+        })
+        .collect())
+}
+
+fn on_live(hub: &Arc<Hub>, payload: &str) {
+    let signal: Live = match serde_json::from_str(payload) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("unreadable live notification: {e}");
+            return;
+        }
+    };
+    let registry = &hub.registry;
+    match signal {
+        Live::Typing {
+            chat_id,
+            user_id,
+            username,
+        } => {
+            let frame = ServerFrame::Typing {
+                chat_id,
+                user_id,
+                username,
+            }
+            .to_text(None);
+            registry.broadcast_room(chat_id, Arc::from(frame), Some(user_id));
+        }
+        Live::Read {
+            chat_id,
+            user_id,
+            message_id,
+        } => {
+            let frame = ServerFrame::Read {
+                chat_id,
+                user_id,
+                message_id,
+            }
+            .to_text(None);
+            registry.broadcast_room(chat_id, Arc::from(frame), None);
+        }
+        Live::Presence {
+            user_id,
+            online,
+            last_seen,
+        } => {
+            // Who shares a chat with them is a database question; ask it off this loop.
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let frame = ServerFrame::Presence {
+                    user_id,
+                    online,
+                    last_seen,
+                }
+                .to_text(None);
+                if let Err(e) = super::presence::fan_out(&hub, user_id, Arc::from(frame)).await {
+                    log::warn!("presence fan-out failed: {e:?}");
+                }
+            });
+        }
+        Live::TokensRevoked {
+            user_id,
+            token_version,
+        } => {
+            registry.kill_user(user_id, TOKEN_EXPIRED, |v| v < token_version);
+        }
+        Live::UserDeleted { user_id } => {
+            registry.kill_user(user_id, ACCOUNT_DELETED, |_| true);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Real-time delivery over WebSocket.
+//!
+//! Every durable change is committed to PostgreSQL with a NOTIFY (see
+//! `events`); each node's [`listener`] hears it and dispatches it into the
+//! node's [`registry`], whose per-connection queues are drained by one writer
+//! task per socket ([`conn`]). One path serves one node or many.
+
+pub mod conn;
+pub mod listener;
+pub mod presence;
+pub mod protocol;
+pub mod registry;
+
+use crate::config::{Config, WsConfig};
+use crate::db::Pool;
+use crate::error::ApiError;
+use crate::http::{State, bearer_token, query_map, with_state};
+use registry::{Registry, SHUTTING_DOWN};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// Shared real-time state of one node: the registry plus what its background
+/// tasks (listener, presence, pruning) and connections need.
+pub struct Hub {
+    /// Random per process, so a restarted node is a new node to its peers.
+    pub node_id: String,
+    pub registry: Registry,
+    pub pool: Pool,
+    pub database_url: String,
+    pub config: WsConfig,
+    shutting_down: AtomicBool,
+    shutdown_tx: watch::Sender<bool>,
+    /// When each (user, chat) last had a typing signal forwarded from this node.
+    typing_sent: Mutex<HashMap<(i64, i64), Instant>>,
+    live_connections: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Hub {
+    /// Creates the hub and starts its background tasks; returns once the
+    /// listener is LISTENing, so nothing committed after `build()` is missed.
+    pub async fn start(config: &Config, pool: Pool) -> Result<Arc<Hub>, ApiError> {
+        let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
+        let node_id: String = crate::random_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let hub = Arc::new(Hub {
+            node_id,
+            registry: Registry::new(config.ws.queue_frames, config.ws.queue_bytes, presence_tx),
+            pool,
+            database_url: config.database.url.clone(),
+            config: config.ws.clone(),
+            shutting_down: AtomicBool::new(false),
+            shutdown_tx: watch::channel(false).0,
+            typing_sent: Mutex::new(HashMap::new()),
+            live_connections: AtomicUsize::new(0),
+            all_closed: Notify::new(),
+        });
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(listener::run(hub.clone(), Some(ready_tx)));
+        tokio::spawn(presence::track(hub.clone(), presence_rx));
+        tokio::spawn(presence::maintain(hub.clone()));
+        match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
+            Ok(Ok(())) => Ok(hub),
+            _ => Err(ApiError::DatabaseUnavailable),
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Closes every socket with 1001 after flushing its queue, waits for them
+    /// (bounded by the flush timeout), stops background tasks and marks this
+    /// node's users offline.
+    pub async fn shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let closing = self.registry.kill_all(SHUTTING_DOWN);
+        log::info!("closing {closing} WebSocket connection(s)");
+        let wait =
+            Duration::from_millis(self.config.close_flush_timeout_ms) + Duration::from_secs(1);
+        let all_closed = async {
+            while self.live_connections.load(Ordering::SeqCst) > 0 {
+                let notified = self.all_closed.notified();
+                if self.live_connections.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(wait, all_closed).await;
+        let _ = self.shutdown_tx.send(true);
+        if let Err(e) = presence::leave(self).await {
+            log::warn!("could not mark this node's users offline: {e:?}");
+        }
+    }
+
+    fn connection_opened(&self) {
+        self.live_connections.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn connection_closed(&self) {
+        if self.live_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    /// True at most once per `typing_interval_ms` for a user in a chat.
+    fn typing_allowed(&self, user_id: i64, chat_id: i64) -> bool {
+        let interval = Duration::from_millis(self.config.typing_interval_ms);
+        let now = Instant::now();
+        let mut sent = self.typing_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.len() > 100_000 {
+            sent.retain(|_, at| now.duration_since(*at) < interval);
+        }
+        match sent.get(&(user_id, chat_id)) {
+            Some(at) if now.duration_since(*at) < interval => false,
+            _ => {
+                sent.insert((user_id, chat_id), now);
+                true
+            }
+        }
+    }
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    health(state.clone()).or(connect(state)).unify()
+}
+
+#[derive(Serialize)]
+struct WsHealth {
+    status: &'static str,
+    node_id: String,
+    #[serde(flatten)]
+    stats: registry::Stats,
+}
+
+/// GET /ws/health
+fn health(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ws" / "health")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: State| {
+            let hub = &state.hub;
+            warp::reply::json(&WsHealth {
+                status: if hub.is_shutting_down() {
+                    "shutting_down"
+                } else {
+                    "ok"
+                },
+                node_id: hub.node_id.clone(),
+                stats: hub.registry.stats(),
+            })
+            .into_response()
+        })
+}
+
+/// GET /ws?token=...&since=...
+fn connect(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let max_frame = state.config.ws.max_frame_bytes;
+    warp::path!("ws")
+        .and(warp::get())
+        .and(query_map())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_state(state))
+        .and_then(
+            |q: HashMap<String, String>, header: Option<String>, state: State| async move {
+                authorize(&state, &q, header.as_deref())
+                    .await
+                    .map(|(user, since)| (state, user, since))
+                    .map_err(warp::reject::custom)
+            },
+        )
+        .untuple_one()
+        .and(warp::ws())
+        .map(move |state: State, user, since, ws: warp::ws::Ws| {
+            ws.max_message_size(max_frame)
+                .max_frame_size(max_frame)
+                .on_upgrade(move |socket| conn::run(socket, state, user, since))
+                .into_response()
+        })
+}
+
+/// Checks the token (query `token` or `Authorization: Bearer`) and `since`
+/// before upgrading, so failures are plain JSON errors.
+async fn authorize(
+    state: &State,
+    q: &HashMap<String, String>,
+    header: Option<&str>,
+) -> Result<(crate::auth::AuthUser, Option<i64>), ApiError> {
+    if state.hub.is_shutting_down() {
+        return Err(ApiError::DatabaseUnavailable);
+    }
+    let token = q
+        .get("token")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+        .or_else(|| header.and_then(bearer_token))
+        .ok_or(ApiError::Unauthorized("missing token"))?;
+    let user = crate::auth::authenticate(state, token).await?;
+    let since = match q.get("since") {
+        None => None,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(v) if v >= 0 => Some(v),
+            _ => {
+                return Err(ApiError::validation(
+                    "since",
+                    "must be an event id (an integer >= 0)",
+                ));
+            }
+        },
+    };
+    Ok((user, since))
+}

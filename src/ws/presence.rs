@@ -1,0 +1,262 @@
+//! Presence across nodes, and event-log retention.
+//!
+//! Each node records which users it holds connections for in
+//! `presence_sessions` and heartbeats its `presence_nodes` row. A user is
+//! online while any live node holds a session for them. Nodes reap peers whose
+//! heartbeat is older than `presence_timeout_secs`, so a node that died
+//! without saying goodbye has its users shown offline within that time.
+
+use super::Hub;
+use super::registry::PresenceChange;
+use crate::error::ApiError;
+use crate::events::{Live, notify_live};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
+    t.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+}
+
+/// Applies this node's presence changes to the database, in order.
+pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceChange>) {
+    while let Some(change) = changes.recv().await {
+        let result = if change.online {
+            went_online(&hub, change.user_id).await
+        } else {
+            went_offline(&hub, change.user_id).await
+        };
+        if let Err(e) = result {
+            log::warn!("presence update for user {} failed: {e:?}", change.user_id);
+        }
+    }
+}
+
+async fn went_online(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
+    let client = hub.pool.get().await?;
+    let row = client
+        .query_one(
+            "with ins as (
+                 insert into presence_sessions (node_id, user_id)
+                 select $1, $2 where exists (select 1 from users where id = $2)
+                 on conflict do nothing
+             )
+             select exists(select 1 from presence_sessions where user_id = $2 and node_id <> $1),
+                    (select last_seen from users where id = $2)",
+            &[&hub.node_id, &user_id],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        let last_seen = rfc3339(row.get(1));
+        notify_live(
+            &*client,
+            &Live::Presence {
+                user_id,
+                online: true,
+                last_seen,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn went_offline(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
+    let client = hub.pool.get().await?;
+    let row = client
+        .query_one(
+            "with del as (
+                 delete from presence_sessions where node_id = $1 and user_id = $2
+             ), elsewhere as (
+                 select exists(select 1 from presence_sessions where user_id = $2 and node_id <> $1) as online
+             ), seen as (
+                 update users set last_seen = now()
+                 where id = $2 and not (select online from elsewhere)
+                 returning last_seen
+             )
+             select (select online from elsewhere), (select last_seen from seen)",
+            &[&hub.node_id, &user_id],
+        )
+        .await?;
+    let last_seen: Option<OffsetDateTime> = row.get(1);
+    if !row.get::<_, bool>(0) && last_seen.is_some() {
+        notify_live(
+            &*client,
+            &Live::Presence {
+                user_id,
+                online: false,
+                last_seen: rfc3339(last_seen),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends a presence frame to this node's users who share a chat with `user_id`.
+pub async fn fan_out(hub: &Hub, user_id: i64, frame: Arc<str>) -> Result<(), ApiError> {
+    let local = hub.registry.connected_users();
+    if local.is_empty() {
+        return Ok(());
+    }
+    let client = hub.pool.get().await?;
+    let rows = client
+        .query(
+            "select distinct other.user_id
+             from chat_members mine join chat_members other on other.chat_id = mine.chat_id
+             where mine.user_id = $1 and other.user_id = any($2) and other.user_id <> $1",
+            &[&user_id, &local],
+        )
+        .await?;
+    let users: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    hub.registry.broadcast_users(&users, frame);
+    Ok(())
+}
+
+/// Registers the node, then heartbeats, reaps dead peers and prunes old events.
+pub async fn maintain(hub: Arc<Hub>) {
+    let cfg = hub.config.clone();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(cfg.presence_heartbeat_secs));
+    let mut prune = tokio::time::interval(Duration::from_secs(cfg.prune_interval_secs));
+    let mut shutdown = hub.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if let Err(e) = beat(&hub).await {
+                    log::warn!("presence heartbeat failed: {e:?}");
+                }
+            }
+            _ = prune.tick() => {
+                if let Err(e) = prune_events(&hub).await {
+                    log::warn!("event pruning failed: {e:?}");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn beat(hub: &Hub) -> Result<(), ApiError> {
+    let client = hub.pool.get().await?;
+    // Upsert rather than update: if peers reaped us during a stall, come back
+    // with every user we still hold.
+    let rejoined = client
+        .query_one(
+            "with old as (select 1 from presence_nodes where node_id = $1)
+             insert into presence_nodes (node_id) values ($1)
+             on conflict (node_id) do update set heartbeat_at = now()
+             returning not exists (select 1 from old)",
+            &[&hub.node_id],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if rejoined {
+        let users = hub.registry.connected_users();
+        client
+            .execute(
+                "insert into presence_sessions (node_id, user_id)
+                 select $1, u from unnest($2::bigint[]) u where exists (select 1 from users where id = u)
+                 on conflict do nothing",
+                &[&hub.node_id, &users],
+            )
+            .await?;
+    }
+    reap(hub, &*client).await
+}
+
+/// Removes nodes that stopped heartbeating; their users with no other session go offline.
+async fn reap(hub: &Hub, client: &impl tokio_postgres::GenericClient) -> Result<(), ApiError> {
+    let timeout = hub.config.presence_timeout_secs as f64;
+    let rows = client
+        .query(
+            "with dead as (
+                 delete from presence_nodes
+                 where heartbeat_at < now() - make_interval(secs => $1) and node_id <> $2
+                 returning node_id
+             ), gone as (
+                 select distinct s.user_id from presence_sessions s join dead d on d.node_id = s.node_id
+             ), offline as (
+                 update users set last_seen = now()
+                 where id in (select user_id from gone)
+                   and not exists (select 1 from presence_sessions s
+                                   where s.user_id = users.id
+                                     and s.node_id not in (select node_id from dead))
+                 returning id, last_seen
+             )
+             select id, last_seen from offline",
+            &[&timeout, &hub.node_id],
+        )
+        .await?;
+    for row in rows {
+        let user_id: i64 = row.get(0);
+        let last_seen = rfc3339(row.get(1));
+        notify_live(
+            client,
+            &Live::Presence {
+                user_id,
+                online: false,
+                last_seen,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops events older than the retention and records how far replay can reach.
+pub async fn prune_events(hub: &Hub) -> Result<u64, ApiError> {
+    let client = hub.pool.get().await?;
+    let retention = hub.config.event_retention_secs as f64;
+    let row = client
+        .query_one(
+            "with gone as (
+                 delete from events where created_at < now() - make_interval(secs => $1) returning id
+             ), mark as (
+                 update event_seq set pruned_through = greatest(pruned_through, (select max(id) from gone))
+                 where exists (select 1 from gone)
+             )
+             select count(*) from gone",
+            &[&retention],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// This node is leaving: its sessions go, and users connected nowhere else go offline.
+pub async fn leave(hub: &Hub) -> Result<(), ApiError> {
+    let client = hub.pool.get().await?;
+    let rows = client
+        .query(
+            "with mine as (
+                 delete from presence_sessions where node_id = $1 returning user_id
+             ), node as (
+                 delete from presence_nodes where node_id = $1
+             ), offline as (
+                 update users set last_seen = now()
+                 where id in (select user_id from mine)
+                   and not exists (select 1 from presence_sessions s
+                                   where s.user_id = users.id and s.node_id <> $1)
+                 returning id, last_seen
+             )
+             select id, last_seen from offline",
+            &[&hub.node_id],
+        )
+        .await?;
+    for row in rows {
+        let user_id: i64 = row.get(0);
+        notify_live(
+            &*client,
+            &Live::Presence {
+                user_id,
+                online: false,
+                last_seen: rfc3339(row.get(1)),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

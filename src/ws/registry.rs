@@ -1,0 +1,481 @@
+//! The room registry: which connections receive which chat's events.
+//!
+//! `rooms` maps a chat id to the connections subscribed to it (members that
+//! have not paused it with `leave_chat`); `users` maps a user to their
+//! connections on this node. Each connection has a bounded queue drained by
+//! its writer task. Everything sits behind one mutex held only for
+//! non-blocking work (`try_send`), so dispatch never waits on a socket.
+//!
+//! Membership follows the event stream: `chat_created`/`member_added` subscribe
+//! the addressed users' connections, `member_removed`/`chat_deleted`
+//! unsubscribe them right after delivering that last event. A connection
+//! registers *before* it reads its membership snapshot (as of event `L`) and
+//! buffers whatever is dispatched meanwhile; on activation the buffered events
+//! after `L` are applied to it alone. So no event falls between snapshot and
+//! subscription, and none is applied twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch};
+
+pub type ConnId = u64;
+
+/// A durable event as dispatched: routing data plus its serialised frame.
+#[derive(Debug)]
+pub struct Event {
+    pub id: i64,
+    pub chat_id: Option<i64>,
+    pub kind: String,
+    pub user_ids: Vec<i64>,
+    pub frame: Arc<str>,
+}
+
+/// Why a connection must close, and whether its queue is flushed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+    pub drain: bool,
+}
+
+pub const SLOW_CONSUMER: CloseReason = CloseReason {
+    code: 4008,
+    reason: "slow consumer",
+    drain: false,
+};
+pub const TOKEN_EXPIRED: CloseReason = CloseReason {
+    code: 4001,
+    reason: "token expired or revoked",
+    drain: false,
+};
+pub const ACCOUNT_DELETED: CloseReason = CloseReason {
+    code: 4003,
+    reason: "account deleted",
+    drain: false,
+};
+pub const SHUTTING_DOWN: CloseReason = CloseReason {
+    code: 1001,
+    reason: "server shutting down",
+    drain: true,
+};
+pub const IDLE: CloseReason = CloseReason {
+    code: 4000,
+    reason: "idle timeout",
+    drain: false,
+};
+pub const TOO_BIG: CloseReason = CloseReason {
+    code: 1009,
+    reason: "frame too large",
+    drain: false,
+};
+pub const UNAVAILABLE: CloseReason = CloseReason {
+    code: 1011,
+    reason: "database unavailable",
+    drain: false,
+};
+pub const GARBAGE: CloseReason = CloseReason {
+    code: 1008,
+    reason: "too many invalid frames",
+    drain: false,
+};
+
+/// Events a connection may buffer while it reads its snapshot; past this it is
+/// closed as a slow consumer and resumes with `since`.
+const PENDING_LIMIT: usize = 10_000;
+
+/// The receiving half a connection's tasks own.
+pub struct Registration {
+    pub id: ConnId,
+    pub rx: mpsc::Receiver<Arc<str>>,
+    pub kill: watch::Receiver<Option<CloseReason>>,
+    pub queued_bytes: Arc<AtomicUsize>,
+}
+
+struct Conn {
+    user_id: i64,
+    token_version: i32,
+    tx: mpsc::Sender<Arc<str>>,
+    kill: watch::Sender<Option<CloseReason>>,
+    queued_bytes: Arc<AtomicUsize>,
+    member_of: HashSet<i64>,
+    paused: HashSet<i64>,
+    /// `Some` until activation: events dispatched since registration.
+    pending: Option<Vec<Arc<Event>>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<ConnId, Conn>,
+    rooms: HashMap<i64, HashSet<ConnId>>,
+    users: HashMap<i64, HashSet<ConnId>>,
+    pending: HashSet<ConnId>,
+    /// The last durable event dispatched on this node.
+    last_event_id: i64,
+}
+
+/// A user's first connection opened or last one closed on this node.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceChange {
+    pub user_id: i64,
+    pub online: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Stats {
+    pub connections: usize,
+    pub connected_users: usize,
+    pub active_rooms: usize,
+    pub events_delivered: u64,
+    pub slow_consumer_disconnects: u64,
+}
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    queue_frames: usize,
+    queue_bytes: usize,
+    events_delivered: AtomicU64,
+    slow_disconnects: AtomicU64,
+    presence: mpsc::UnboundedSender<PresenceChange>,
+}
+
+impl Registry {
+    pub fn new(
+        queue_frames: usize,
+        queue_bytes: usize,
+        presence: mpsc::UnboundedSender<PresenceChange>,
+    ) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            next_id: AtomicU64::new(1),
+            queue_frames,
+            queue_bytes,
+            events_delivered: AtomicU64::new(0),
+            slow_disconnects: AtomicU64::new(0),
+            presence,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a
+        // way that matters more than losing every connection would.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn last_event_id(&self) -> i64 {
+        self.lock().last_event_id
+    }
+
+    /// Starts at `id` without dispatching older events (a node starting up).
+    pub fn advance_to(&self, id: i64) {
+        let mut inner = self.lock();
+        inner.last_event_id = inner.last_event_id.max(id);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        Stats {
+            connections: inner.conns.len(),
+            connected_users: inner.users.len(),
+            active_rooms: inner.rooms.len(),
+            events_delivered: self.events_delivered.load(Ordering::Relaxed),
+            slow_consumer_disconnects: self.slow_disconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Registers a connection that buffers events until [`Registry::activate`].
+    pub fn register(&self, user_id: i64, token_version: i32) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue_frames);
+        let (kill_tx, kill_rx) = watch::channel(None);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let mut inner = self.lock();
+        inner.conns.insert(
+            id,
+            Conn {
+                user_id,
+                token_version,
+                tx,
+                kill: kill_tx,
+                queued_bytes: queued_bytes.clone(),
+                member_of: HashSet::new(),
+                paused: HashSet::new(),
+                pending: Some(Vec::new()),
+            },
+        );
+        inner.pending.insert(id);
+        let conns = inner.users.entry(user_id).or_default();
+        conns.insert(id);
+        if conns.len() == 1 {
+            let _ = self.presence.send(PresenceChange {
+                user_id,
+                online: true,
+            });
+        }
+        Registration {
+            id,
+            rx,
+            kill: kill_rx,
+            queued_bytes,
+        }
+    }
+
+    /// Subscribes the connection to `chat_ids` (its membership as of event
+    /// `snapshot_id`) and applies what was buffered after that. Returns false
+    /// if the connection was closed meanwhile.
+    pub fn activate(&self, id: ConnId, chat_ids: &[i64], snapshot_id: i64) -> bool {
+        let mut inner = self.lock();
+        inner.pending.remove(&id);
+        let Some(conn) = inner.conns.get_mut(&id) else {
+            return false;
+        };
+        let buffered = conn.pending.take().unwrap_or_default();
+        conn.member_of = chat_ids.iter().copied().collect();
+        for &chat in chat_ids {
+            inner.rooms.entry(chat).or_default().insert(id);
+        }
+        for event in buffered.iter().filter(|e| e.id > snapshot_id) {
+            self.route(&mut inner, event, Some(id));
+        }
+        true
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        let mut inner = self.lock();
+        self.remove_locked(&mut inner, id);
+    }
+
+    fn remove_locked(&self, inner: &mut Inner, id: ConnId) {
+        let Some(conn) = inner.conns.remove(&id) else {
+            return;
+        };
+        inner.pending.remove(&id);
+        for chat in &conn.member_of {
+            unsubscribe_room(&mut inner.rooms, *chat, id);
+        }
+        if let Some(conns) = inner.users.get_mut(&conn.user_id) {
+            conns.remove(&id);
+            if conns.is_empty() {
+                inner.users.remove(&conn.user_id);
+                let _ = self.presence.send(PresenceChange {
+                    user_id: conn.user_id,
+                    online: false,
+                });
+            }
+        }
+    }
+
+    /// Closes a connection: it stops receiving at once; its tasks send the close frame.
+    fn kill_locked(&self, inner: &mut Inner, id: ConnId, reason: CloseReason) {
+        if let Some(conn) = inner.conns.get(&id) {
+            let _ = conn.kill.send(Some(reason));
+            if reason == SLOW_CONSUMER {
+                self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.remove_locked(inner, id);
+    }
+
+    pub fn kill(&self, id: ConnId, reason: CloseReason) {
+        let mut inner = self.lock();
+        self.kill_locked(&mut inner, id, reason);
+    }
+
+    /// Closes every connection of `user_id` for which `which(token_version)` holds.
+    pub fn kill_user(&self, user_id: i64, reason: CloseReason, which: impl Fn(i32) -> bool) {
+        let mut inner = self.lock();
+        let ids: Vec<ConnId> = inner
+            .users
+            .get(&user_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| inner.conns.get(id).is_some_and(|c| which(c.token_version)))
+            .collect();
+        for id in ids {
+            self.kill_locked(&mut inner, id, reason);
+        }
+    }
+
+    pub fn kill_all(&self, reason: CloseReason) -> usize {
+        let mut inner = self.lock();
+        let ids: Vec<ConnId> = inner.conns.keys().copied().collect();
+        for &id in &ids {
+            self.kill_locked(&mut inner, id, reason);
+        }
+        ids.len()
+    }
+
+    /// Queues a frame for one connection; a full queue closes it (4008).
+    pub fn send_to(&self, id: ConnId, frame: Arc<str>) {
+        let mut inner = self.lock();
+        if !self.offer(&inner, id, &frame) {
+            self.kill_locked(&mut inner, id, SLOW_CONSUMER);
+        }
+    }
+
+    /// Tries to queue without waiting; false means the consumer is too slow.
+    fn offer(&self, inner: &Inner, id: ConnId, frame: &Arc<str>) -> bool {
+        let Some(conn) = inner.conns.get(&id) else {
+            return true;
+        };
+        let len = frame.len();
+        if conn.queued_bytes.load(Ordering::Relaxed) + len > self.queue_bytes {
+            return false;
+        }
+        match conn.tx.try_send(frame.clone()) {
+            Ok(()) => {
+                conn.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                self.events_delivered.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+
+    fn deliver(&self, inner: &mut Inner, targets: Vec<ConnId>, frame: &Arc<str>) {
+        let slow: Vec<ConnId> = targets
+            .into_iter()
+            .filter(|&id| !self.offer(inner, id, frame))
+            .collect();
+        for id in slow {
+            self.kill_locked(inner, id, SLOW_CONSUMER);
+        }
+    }
+
+    /// Dispatches a durable event, in id order; older or repeated ids are ignored.
+    pub fn dispatch(&self, event: Arc<Event>) {
+        let mut inner = self.lock();
+        if event.id <= inner.last_event_id {
+            return;
+        }
+        inner.last_event_id = event.id;
+        let pending: Vec<ConnId> = inner.pending.iter().copied().collect();
+        for id in pending {
+            let overflow = match inner.conns.get_mut(&id).and_then(|c| c.pending.as_mut()) {
+                Some(buf) => {
+                    buf.push(event.clone());
+                    buf.len() > PENDING_LIMIT
+                }
+                None => false,
+            };
+            if overflow {
+                self.kill_locked(&mut inner, id, SLOW_CONSUMER);
+            }
+        }
+        self.route(&mut inner, &event, None);
+    }
+
+    /// Applies an event's membership effects and delivers it — to every
+    /// subscriber, or (`only`) to one connection being activated.
+    fn route(&self, inner: &mut Inner, event: &Event, only: Option<ConnId>) {
+        let Some(chat) = event.chat_id else { return };
+        let addressed: Vec<ConnId> = event
+            .user_ids
+            .iter()
+            .flat_map(|u| inner.users.get(u).into_iter().flatten().copied())
+            .filter(|id| only.is_none_or(|o| o == *id) && !inner.pending.contains(id))
+            .collect();
+        let subscribes = matches!(event.kind.as_str(), "chat_created" | "member_added");
+        if subscribes {
+            for &id in &addressed {
+                if let Some(conn) = inner.conns.get_mut(&id) {
+                    conn.member_of.insert(chat);
+                    conn.paused.remove(&chat);
+                    inner.rooms.entry(chat).or_default().insert(id);
+                }
+            }
+        }
+        // chat_created tells only the users it adds; the rest of the chat hears member_added.
+        let mut targets = addressed.clone();
+        if event.kind != "chat_created" {
+            if let Some(room) = inner.rooms.get(&chat) {
+                targets.extend(
+                    room.iter()
+                        .copied()
+                        .filter(|id| only.is_none_or(|o| o == *id) && !addressed.contains(id)),
+                );
+            }
+        }
+        self.deliver(inner, targets, &event.frame);
+        // A chat_deleted event addresses every member, paused connections included.
+        let leaves = match event.kind.as_str() {
+            "member_removed" | "chat_deleted" => addressed,
+            _ => Vec::new(),
+        };
+        for id in leaves {
+            if let Some(conn) = inner.conns.get_mut(&id) {
+                conn.member_of.remove(&chat);
+                conn.paused.remove(&chat);
+            }
+            unsubscribe_room(&mut inner.rooms, chat, id);
+        }
+    }
+
+    /// Delivers an ephemeral frame to a chat's subscribers, except `skip_user`'s connections.
+    pub fn broadcast_room(&self, chat: i64, frame: Arc<str>, skip_user: Option<i64>) {
+        let mut inner = self.lock();
+        let targets: Vec<ConnId> = inner
+            .rooms
+            .get(&chat)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|id| {
+                skip_user.is_none_or(|u| inner.conns.get(id).is_some_and(|c| c.user_id != u))
+            })
+            .collect();
+        self.deliver(&mut inner, targets, &frame);
+    }
+
+    /// Delivers an ephemeral frame to every connection of these users.
+    pub fn broadcast_users(&self, users: &[i64], frame: Arc<str>) {
+        let mut inner = self.lock();
+        let targets: Vec<ConnId> = users
+            .iter()
+            .flat_map(|u| inner.users.get(u).into_iter().flatten().copied())
+            .collect();
+        self.deliver(&mut inner, targets, &frame);
+    }
+
+    pub fn connected_users(&self) -> Vec<i64> {
+        self.lock().users.keys().copied().collect()
+    }
+
+    pub fn is_member(&self, id: ConnId, chat: i64) -> bool {
+        self.lock()
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.member_of.contains(&chat))
+    }
+
+    /// `join_chat` (resume) / `leave_chat` (pause); false when not a member.
+    pub fn set_paused(&self, id: ConnId, chat: i64, paused: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(conn) = inner.conns.get_mut(&id) else {
+            return false;
+        };
+        if !conn.member_of.contains(&chat) {
+            return false;
+        }
+        if paused {
+            conn.paused.insert(chat);
+            unsubscribe_room(&mut inner.rooms, chat, id);
+        } else {
+            conn.paused.remove(&chat);
+            inner.rooms.entry(chat).or_default().insert(id);
+        }
+        true
+    }
+}
+
+fn unsubscribe_room(rooms: &mut HashMap<i64, HashSet<ConnId>>, chat: i64, id: ConnId) {
+    if let Some(room) = rooms.get_mut(&chat) {
+        room.remove(&id);
+        if room.is_empty() {
+            rooms.remove(&chat);
+        }
+    }
+}
