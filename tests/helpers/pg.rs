@@ -1,0 +1,258 @@
+//! A throwaway PostgreSQL for the tests: `DATABASE_URL` when set, otherwise a
+//! private cluster started once per test binary and removed when it exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Mutex, OnceCell};
+
+struct Server {
+    /// URL of the server's maintenance database (`postgres`).
+    admin_url: String,
+    template: String,
+}
+
+static SERVER: OnceCell<Server> = OnceCell::const_new();
+static CREATE_LOCK: Mutex<()> = Mutex::const_new(());
+static DB_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// Creates a fresh, migrated database and returns its URL.
+pub async fn fresh_database() -> String {
+    let server = SERVER.get_or_init(init).await;
+    let name = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        DB_SEQ.fetch_add(1, Ordering::Relaxed),
+        nanos() % 1_000_000
+    );
+    let _serial = CREATE_LOCK.lock().await;
+    let admin = connect(&server.admin_url).await;
+    admin
+        .batch_execute(&format!(
+            "create database {name} template {}",
+            server.template
+        ))
+        .await
+        .expect("create test database");
+    with_database(&server.admin_url, &name)
+}
+
+/// An empty (unmigrated) database, for migration tests.
+pub async fn empty_database() -> String {
+    let server = SERVER.get_or_init(init).await;
+    let name = format!(
+        "e_{}_{}",
+        std::process::id(),
+        DB_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = connect(&server.admin_url).await;
+    admin
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .expect("create empty database");
+    with_database(&server.admin_url, &name)
+}
+
+/// The admin URL of the test server (to create or inspect databases).
+pub async fn admin_url() -> String {
+    SERVER.get_or_init(init).await.admin_url.clone()
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to test PostgreSQL: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// Replaces the database name in a postgres:// URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn init() -> Server {
+    let admin_url = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => with_database(&url, "postgres"),
+        _ => tokio::task::spawn_blocking(start_private_cluster)
+            .await
+            .expect("cluster start task"),
+    };
+    let template = format!("tpl_{}_{}", std::process::id(), nanos() % 1_000_000);
+    let admin = connect(&admin_url).await;
+    admin
+        .batch_execute(&format!("create database {template}"))
+        .await
+        .expect("create template database");
+    let mut config = chatapp::config::Config::default();
+    config.database.url = with_database(&admin_url, &template);
+    chatapp::run_migrations(&config)
+        .await
+        .expect("migrate template");
+    Server {
+        admin_url,
+        template,
+    }
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    candidates.sort();
+    if let Some(dir) = candidates.pop() {
+        return dir;
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    panic!(
+        "PostgreSQL server binaries not found: run scripts/test.sh (it installs them) or set DATABASE_URL"
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a PostgreSQL binary, as the `postgres` user when we are root (it refuses root).
+fn pg_command(bin: &Path, root: bool) -> Command {
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_private_cluster() -> String {
+    let bindir = pg_bindir();
+    let root = is_root();
+    let dir = std::env::temp_dir().join(format!(
+        "chatapp-test-pg-{}-{}",
+        std::process::id(),
+        nanos() % 1_000_000
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    if root {
+        let ok = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown of the test cluster directory failed");
+    }
+    let data = dir.join("data");
+    let out = pg_command(&bindir.join("initdb"), root)
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale",
+            "C",
+            "-D",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    // Durability is irrelevant for throwaway data; speed is not.
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB",
+        dir.display()
+    );
+    let out = pg_command(&bindir.join("pg_ctl"), root)
+        .arg("-D")
+        .arg(&data)
+        .args(["-o", &options, "-l"])
+        .arg(dir.join("log"))
+        .args(["-w", "-t", "60", "start"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl start failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+    spawn_reaper(&bindir, &data, &dir, root);
+    std::thread::sleep(Duration::from_millis(50));
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// Stops the cluster and deletes it once this test process has exited.
+fn spawn_reaper(bindir: &Path, data: &Path, dir: &Path, root: bool) {
+    let pg_ctl = bindir.join("pg_ctl");
+    let run_as = if root { "runuser -u postgres -- " } else { "" };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+         {run_as}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        pg_ctl = pg_ctl.display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cluster reaper");
+}
