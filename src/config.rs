@@ -237,6 +237,8 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        // An empty variable (e.g. `CHATAPP_TOKEN_KEY=` in a compose file) counts as unset.
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         if let Some(v) = env("PORT") {
             self.port = parse_env("PORT", &v, "a port number 1-65535")?;
         }
