@@ -106,9 +106,14 @@ pub async fn hash_password(password: String, cost: u32) -> Result<String, ApiErr
 }
 
 pub async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-        .await
-        .map_err(|e| ApiError::Internal(format!("bcrypt task: {e}")))
+    // bcrypt reads only the first 72 bytes, so a longer password would match by
+    // truncation; no stored password is longer. Still hash, for equal timing.
+    let too_long = password.len() > PASSWORD_MAX_BYTES;
+    tokio::task::spawn_blocking(move || {
+        bcrypt::verify(password, &hash).unwrap_or(false) && !too_long
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("bcrypt task: {e}")))
 }
 
 // ---- validation shared with users ----

@@ -132,6 +132,20 @@ impl TestApp {
         (status, value)
     }
 
+    /// Sends a hand-built request (raw bodies, odd headers); returns the status and JSON body (Null if none).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("non-JSON response ({status}): {text}"))
+        };
+        (status, value)
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.request(Method::GET, path, Some(token), None).await
     }
@@ -239,5 +253,25 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Asserts an error response: the status, the envelope `{error, code}` with a
+/// non-empty message, and `fields` present exactly when the code is `validation_failed`.
+#[track_caller]
+pub fn assert_error(status: StatusCode, body: &Value, expected: u16, code: &str) {
+    assert_eq!(status.as_u16(), expected, "unexpected status; body: {body}");
+    assert_eq!(body["code"], code, "unexpected code; body: {body}");
+    assert!(
+        body["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "error message missing: {body}"
+    );
+    if code == "validation_failed" {
+        assert!(
+            body["fields"].as_array().is_some_and(|f| !f.is_empty()),
+            "validation error without fields: {body}"
+        );
+    } else {
+        assert!(body.get("fields").is_none(), "unexpected fields: {body}");
     }
 }
