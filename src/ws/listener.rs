@@ -50,14 +50,14 @@ pub async fn run(hub: Arc<Hub>, mut ready: Option<tokio::sync::oneshot::Sender<(
 async fn listen_once(
     hub: &Arc<Hub>,
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), String> {
     let mut pg: tokio_postgres::Config = hub
         .database_url
         .parse()
         .expect("database url was validated at startup");
     pg.connect_timeout(Duration::from_secs(5));
     pg.application_name("chatapp-listener");
-    let (client, mut connection) = pg.connect(NoTls).await?;
+    let (client, mut connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -86,21 +86,24 @@ async fn serve(
     client: &Client,
     rx: &mut mpsc::UnboundedReceiver<Notification>,
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), String> {
+    let db = |e: tokio_postgres::Error| e.to_string();
     client
         .batch_execute(&format!("listen {EVENTS_CHANNEL}; listen {LIVE_CHANNEL}"))
-        .await?;
+        .await
+        .map_err(db)?;
     if let Some(ready) = ready.take() {
         // First start: begin at the current head; older events are history.
         let head: i64 = client
             .query_one("select last_id from event_seq", &[])
-            .await?
+            .await
+            .map_err(db)?
             .get(0);
         hub.registry.advance_to(head);
         let _ = ready.send(());
     } else {
         // Reconnected: whatever was announced while we were away is in the log.
-        catch_up(hub, client, i64::MAX).await?;
+        catch_up(hub, client, i64::MAX).await.map_err(db)?;
     }
     let mut shutdown = hub.shutdown_signal();
     loop {
@@ -109,11 +112,10 @@ async fn serve(
             _ = shutdown.changed() => return Ok(()),
         };
         let Some(n) = notification else {
-            // The driver ended: the connection is gone.
-            return client.batch_execute("select 1").await;
+            return Err("the connection closed".into());
         };
         if n.channel() == EVENTS_CHANNEL {
-            on_event(hub, client, n.payload()).await?;
+            on_event(hub, client, n.payload()).await.map_err(db)?;
         } else {
             on_live(hub, n.payload());
         }

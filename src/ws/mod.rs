@@ -63,6 +63,8 @@ impl Hub {
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
         });
+        // Register the node before any connection can record a session on it.
+        presence::beat(&hub).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(listener::run(hub.clone(), Some(ready_tx)));
         tokio::spawn(presence::track(hub.clone(), presence_rx));

@@ -24,7 +24,13 @@ fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
 
 /// Applies this node's presence changes to the database, in order.
 pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceChange>) {
-    while let Some(change) = changes.recv().await {
+    let mut shutdown = hub.shutdown_signal();
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            _ = shutdown.changed() => None,
+        };
+        let Some(change) = change else { return };
         let result = if change.online {
             went_online(&hub, change.user_id).await
         } else {
@@ -140,7 +146,7 @@ pub async fn maintain(hub: Arc<Hub>) {
     }
 }
 
-async fn beat(hub: &Hub) -> Result<(), ApiError> {
+pub async fn beat(hub: &Hub) -> Result<(), ApiError> {
     let client = hub.pool.get().await?;
     // Upsert rather than update: if peers reaped us during a stall, come back
     // with every user we still hold.
