@@ -1,0 +1,790 @@
+//! The WebSocket protocol (issue 3): connecting, the ready frame, and every
+//! client frame type with its reply, validation and limits.
+
+mod helpers;
+
+use futures_util::SinkExt;
+use helpers::ws::Closed;
+use helpers::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Long enough for a frame that was going to arrive to have arrived.
+const QUIET: Duration = Duration::from_millis(600);
+
+/// A plain HTTP GET of `/ws` with WebSocket upgrade headers, as a browser would send it.
+async fn upgrade_request(app: &TestApp, query: &str, auth: Option<&str>) -> (StatusCode, Value) {
+    let mut req = app
+        .http
+        .get(app.url(&format!("/ws{query}")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}"));
+    (status, body)
+}
+
+/// The error payload of an `error` frame.
+fn error_payload(frame: &Value) -> &Value {
+    assert_eq!(frame["type"], "error", "expected an error frame: {frame}");
+    &frame["payload"]
+}
+
+/// Sends a frame and returns the reply to it, skipping event broadcasts.
+async fn reply_to(ws: &mut WsClient, frame: Value) -> Value {
+    reply_and_events(ws, frame).await.0
+}
+
+/// Sends a frame; returns the reply and the broadcasts that arrived before it.
+async fn reply_and_events(ws: &mut WsClient, frame: Value) -> (Value, Vec<Value>) {
+    ws.send_json(frame).await;
+    let mut skipped = Vec::new();
+    loop {
+        let f = ws.next_json().await;
+        if matches!(f["type"].as_str(), Some("ack" | "error" | "pong")) {
+            return (f, skipped);
+        }
+        skipped.push(f);
+    }
+}
+
+/// A group of `owner` and `others`, and an open connection (past `ready`) for each.
+async fn group_with_sockets(
+    app: &TestApp,
+    owner: &TestUser,
+    others: &[&TestUser],
+) -> (i64, Vec<WsClient>) {
+    let chat = app.create_group(owner, "room", others).await;
+    let mut sockets = Vec::new();
+    for user in std::iter::once(owner).chain(others.iter().copied()) {
+        let mut ws = app.connect_ws(user, None).await;
+        ws.next_of_type("ready").await;
+        sockets.push(ws);
+    }
+    (chat, sockets)
+}
+
+#[tokio::test]
+async fn connecting_with_query_token_sends_ready_with_user_chats_and_head() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let g1 = app.create_group(&alice, "one", &[&bob]).await;
+    let g2 = app.create_dm(&alice, &bob).await;
+    let _not_mine = app.create_group(&bob, "bob only", &[]).await;
+    let db = helpers::pg::connect(&app.database_url).await;
+    let head: i64 = db
+        .query_one("select last_id from event_seq", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Act
+    let mut ws = app.connect_ws(&alice, None).await;
+    let ready = ws.next_json().await;
+
+    // Assert: ready is the very first frame.
+    assert_eq!(ready["type"], "ready", "{ready}");
+    let p = &ready["payload"];
+    assert_eq!(p["user_id"], alice.id);
+    assert_eq!(p["last_event_id"], head);
+    let mut chats: Vec<i64> = p["chat_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    chats.sort_unstable();
+    let mut expected = vec![g1, g2];
+    expected.sort_unstable();
+    assert_eq!(chats, expected);
+    assert_eq!(
+        p["recovered"], false,
+        "no since means nothing was recovered"
+    );
+}
+
+#[tokio::test]
+async fn connecting_with_authorization_bearer_header_works() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let chat = app.create_group(&alice, "g", &[]).await;
+    let mut req = format!("ws://{}/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", alice.token).parse().unwrap(),
+    );
+
+    // Act
+    let (stream, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade with a bearer header");
+    let mut ws = WsClient { stream };
+
+    // Assert
+    let ready = ws.next_of_type("ready").await;
+    assert_eq!(ready["payload"]["user_id"], alice.id);
+    assert_eq!(ready["payload"]["chat_ids"], json!([chat]));
+}
+
+#[tokio::test]
+async fn bad_or_missing_token_is_a_401_json_error_before_the_upgrade() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mut tampered = alice.token.clone();
+    tampered.pop();
+    tampered.push(if alice.token.ends_with('A') { 'B' } else { 'A' });
+    let cases: Vec<(&str, String, Option<String>)> = vec![
+        ("no token at all", String::new(), None),
+        ("empty query token", "?token=".into(), None),
+        ("garbage query token", "?token=garbage".into(), None),
+        ("tampered query token", format!("?token={tampered}"), None),
+        (
+            "garbage bearer header",
+            String::new(),
+            Some("Bearer garbage".into()),
+        ),
+        (
+            "non-bearer scheme",
+            String::new(),
+            Some(format!("Basic {}", alice.token)),
+        ),
+    ];
+    for (case, query, auth) in cases {
+        let (status, body) = upgrade_request(&app, &query, auth.as_deref()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {body}");
+        assert_eq!(body["code"], "unauthorized", "{case}: {body}");
+        assert!(body["error"].is_string(), "{case}: {body}");
+    }
+
+    // The WebSocket client sees the refusal as a failed handshake with status 401.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws?token=garbage", app.addr))
+        .await
+        .expect_err("handshake must fail");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected an HTTP error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn revoked_token_is_refused_before_the_upgrade() {
+    // Arrange: a password change revokes the old token.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let (status, body) = app
+        .put(
+            &format!("/api/v1/users/{}", alice.id),
+            &alice.token,
+            json!({ "password": "a brand new password", "current_password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Act
+    let (status, body) = upgrade_request(&app, &format!("?token={}", alice.token), None).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn invalid_since_is_a_400_before_the_upgrade() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    for since in ["abc", "-1", "1.5"] {
+        let (status, body) =
+            upgrade_request(&app, &format!("?token={}&since={since}", alice.token), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "since={since}: {body}");
+        assert_eq!(body["code"], "validation_failed", "since={since}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn message_frame_is_stored_acked_with_ref_and_broadcast_in_seed_shape() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+
+    // Act
+    let (ack, early) = reply_and_events(
+        &mut ws[0],
+        json!({"type": "message", "ref": "r-1",
+               "payload": {"chat_id": chat, "content": "  hello over ws  ", "client_id": "c-1"}}),
+    )
+    .await;
+
+    // Assert: the ack names the stored message and its event, echoing ref.
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["ref"], "r-1", "{ack}");
+    let message_id = ack["payload"]["message_id"].as_i64().expect("message_id");
+    let event_id = ack["payload"]["event_id"].as_i64().expect("event_id");
+
+    // Bob gets the message frame with the seed's fields plus the new ones.
+    let frame = ws[1].next_of_type("message").await;
+    let p = &frame["payload"];
+    assert_eq!(p["message_id"], message_id);
+    assert_eq!(p["event_id"], event_id);
+    assert_eq!(
+        p["content"], "hello over ws",
+        "content is trimmed like REST"
+    );
+    assert_eq!(p["sender_id"], alice.id);
+    assert_eq!(p["username"], alice.username.as_str());
+    assert_eq!(p["chat_id"], chat);
+    assert_eq!(p["client_id"], "c-1");
+    assert!(p["timestamp"].is_string(), "{frame}");
+    assert!(p["created_at"].is_string(), "{frame}");
+
+    // The sender's own connection gets the same event (before or after the ack).
+    let own = match early.into_iter().find(|f| f["type"] == "message") {
+        Some(f) => f,
+        None => ws[0].next_of_type("message").await,
+    };
+    assert_eq!(own["payload"]["event_id"], event_id);
+
+    // It was stored exactly like POST /messages.
+    let (status, stored) = app
+        .get(&format!("/api/v1/messages/{message_id}"), &bob.token)
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["content"], "hello over ws");
+    assert_eq!(stored["client_id"], "c-1");
+    assert_eq!(stored["chat_id"], chat);
+}
+
+#[tokio::test]
+async fn message_frame_obeys_rest_validation_and_permissions() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[]).await;
+    let bobs_chat = app.create_group(&bob, "private", &[]).await;
+    let long = "x".repeat(4001);
+    let long_id = "i".repeat(65);
+    let cases = [
+        (
+            "empty content",
+            json!({"chat_id": chat, "content": ""}),
+            "validation_failed",
+        ),
+        (
+            "blank content",
+            json!({"chat_id": chat, "content": "   "}),
+            "validation_failed",
+        ),
+        (
+            "too long content",
+            json!({"chat_id": chat, "content": long}),
+            "validation_failed",
+        ),
+        (
+            "missing chat_id",
+            json!({"content": "hi"}),
+            "validation_failed",
+        ),
+        (
+            "zero chat_id",
+            json!({"chat_id": 0, "content": "hi"}),
+            "validation_failed",
+        ),
+        (
+            "client_id over 64 chars",
+            json!({"chat_id": chat, "content": "hi", "client_id": long_id}),
+            "validation_failed",
+        ),
+        (
+            "non-member chat",
+            json!({"chat_id": bobs_chat, "content": "hi"}),
+            "not_found",
+        ),
+        (
+            "nonexistent chat",
+            json!({"chat_id": 999_999, "content": "hi"}),
+            "not_found",
+        ),
+        (
+            "chat_id of wrong type",
+            json!({"chat_id": "one", "content": "hi"}),
+            "invalid_payload",
+        ),
+    ];
+
+    for (i, (case, payload, code)) in cases.into_iter().enumerate() {
+        // Act
+        let reference = format!("bad-{i}");
+        let reply = reply_to(
+            &mut ws[0],
+            json!({"type": "message", "payload": payload, "ref": reference}),
+        )
+        .await;
+
+        // Assert
+        let p = error_payload(&reply);
+        assert_eq!(p["code"], code, "{case}: {reply}");
+        assert_eq!(
+            p["ref"],
+            reference.as_str(),
+            "{case}: ref is echoed: {reply}"
+        );
+        assert!(p["error"].is_string(), "{case}: {reply}");
+    }
+
+    // Nothing was stored in either chat.
+    for (chat, user) in [(chat, &alice), (bobs_chat, &bob)] {
+        let (status, history) = app
+            .get(&format!("/api/v1/messages/chat/{chat}"), &user.token)
+            .await;
+        assert_eq!(status, 200, "{history}");
+        assert_eq!(history, json!([]));
+    }
+}
+
+#[tokio::test]
+async fn message_frame_retry_with_same_client_id_returns_the_same_message_once() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+    let frame = json!({"type": "message", "payload": {"chat_id": chat, "content": "once", "client_id": "retry-1"}});
+
+    // Act
+    let first = reply_to(&mut ws[0], frame.clone()).await;
+    let second = reply_to(&mut ws[0], frame).await;
+    let (status, rest) = app
+        .post(
+            "/api/v1/messages",
+            &alice.token,
+            json!({"chat_id": chat, "content": "once", "client_id": "retry-1"}),
+        )
+        .await;
+
+    // Assert: one message, reported three times.
+    assert_eq!(first["type"], "ack", "{first}");
+    assert_eq!(second["type"], "ack", "{second}");
+    let id = &first["payload"]["message_id"];
+    assert_eq!(&second["payload"]["message_id"], id);
+    assert_eq!(second["payload"]["duplicate"], true, "{second}");
+    assert_eq!(
+        status, 200,
+        "a REST retry of a WS send is a duplicate: {rest}"
+    );
+    assert_eq!(&rest["id"], id);
+    // Bob heard of it once: the next message he sees is a later one.
+    let later = app.send_message(&alice, chat, "later").await;
+    let frame = ws[1].next_of_type("message").await;
+    assert_eq!(&frame["payload"]["message_id"], id);
+    let frame = ws[1].next_of_type("message").await;
+    assert_eq!(frame["payload"]["message_id"], later["id"]);
+}
+
+#[tokio::test]
+async fn leave_chat_pauses_and_join_chat_resumes_delivery_on_that_connection_only() {
+    // Arrange: alice has two connections; bob writes.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let mut paused = app.connect_ws(&alice, None).await;
+    paused.next_of_type("ready").await;
+    let mut other = app.connect_ws(&alice, None).await;
+    other.next_of_type("ready").await;
+
+    // Act: pause on one connection, then a message arrives.
+    let ack = reply_to(
+        &mut paused,
+        json!({"type": "leave_chat", "payload": {"chat_id": chat}, "ref": 7}),
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["ref"], 7);
+    let missed = app.send_message(&bob, chat, "while paused").await;
+
+    // Assert: the other connection still gets it.
+    let frame = other.next_of_type("message").await;
+    assert_eq!(frame["payload"]["message_id"], missed["id"]);
+
+    // Act: resume, then another message.
+    let ack = reply_to(
+        &mut paused,
+        json!({"type": "join_chat", "payload": {"chat_id": chat}}),
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let live = app.send_message(&bob, chat, "after resume").await;
+
+    // Assert: the paused connection skipped the first and gets the second.
+    let frame = paused.next_of_type("message").await;
+    assert_eq!(
+        frame["payload"]["message_id"], live["id"],
+        "a paused connection must not get the chat's events"
+    );
+    // Pausing did not unsubscribe the user: the other connection got both.
+    let frame = other.next_of_type("message").await;
+    assert_eq!(frame["payload"]["message_id"], live["id"]);
+}
+
+#[tokio::test]
+async fn join_or_leave_chat_of_a_chat_you_are_not_in_is_not_found() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (_, mut ws) = group_with_sockets(&app, &alice, &[]).await;
+    let bobs_chat = app.create_group(&bob, "private", &[]).await;
+    for kind in ["join_chat", "leave_chat"] {
+        for chat in [bobs_chat, 999_999] {
+            let reply = reply_to(
+                &mut ws[0],
+                json!({"type": kind, "payload": {"chat_id": chat}, "ref": "j"}),
+            )
+            .await;
+            let p = error_payload(&reply);
+            assert_eq!(p["code"], "not_found", "{kind} {chat}: {reply}");
+            assert_eq!(p["ref"], "j", "{reply}");
+        }
+    }
+    // join_chat must not have subscribed alice to bob's chat.
+    app.send_message(&bob, bobs_chat, "secret").await;
+    ws[0].expect_no("message", QUIET).await;
+}
+
+#[tokio::test]
+async fn typing_reaches_other_members_but_not_the_typer() {
+    // Arrange: alice has a second connection; carol is in no shared chat.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+    let _carols = app.create_group(&carol, "c", &[]).await;
+    let mut alice2 = app.connect_ws(&alice, None).await;
+    alice2.next_of_type("ready").await;
+    let mut carol_ws = app.connect_ws(&carol, None).await;
+    carol_ws.next_of_type("ready").await;
+
+    // Act
+    ws[0]
+        .send_json(json!({"type": "typing", "payload": {"chat_id": chat}}))
+        .await;
+
+    // Assert
+    let frame = ws[1].next_of_type("typing").await;
+    assert_eq!(
+        frame["payload"],
+        json!({"chat_id": chat, "user_id": alice.id, "username": alice.username})
+    );
+    // The typer's connections (and non-members) get no typing frame.
+    alice2.expect_no("typing", QUIET).await;
+    ws[0].expect_no("typing", Duration::from_millis(50)).await;
+    carol_ws
+        .expect_no("typing", Duration::from_millis(50))
+        .await;
+}
+
+#[tokio::test]
+async fn typing_is_forwarded_at_most_once_per_two_seconds_per_user_per_chat() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+    let chat2 = app.create_group(&alice, "second", &[&bob]).await;
+    let mut bob2 = app.connect_ws(&bob, None).await;
+    bob2.next_of_type("ready").await;
+
+    // Act: five typing frames in quick succession.
+    for _ in 0..5 {
+        ws[0]
+            .send_json(json!({"type": "typing", "payload": {"chat_id": chat}}))
+            .await;
+    }
+
+    // Assert: exactly one reaches bob within the window.
+    let first = bob2.next_of_type("typing").await;
+    assert_eq!(first["payload"]["chat_id"], chat);
+    bob2.expect_no("typing", Duration::from_millis(1000)).await;
+
+    // The limit is per chat and per user: other pairs are forwarded at once.
+    ws[0]
+        .send_json(json!({"type": "typing", "payload": {"chat_id": chat2}}))
+        .await;
+    let second = bob2.next_of_type("typing").await;
+    assert_eq!(second["payload"]["chat_id"], chat2);
+    ws[1]
+        .send_json(json!({"type": "typing", "payload": {"chat_id": chat}}))
+        .await;
+    let from_bob = ws[0].next_of_type("typing").await;
+    assert_eq!(from_bob["payload"]["user_id"], bob.id);
+}
+
+#[tokio::test]
+async fn typing_is_forwarded_again_once_the_interval_has_passed() {
+    let app = spawn_app_with(|c| c.ws.typing_interval_ms = 300).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+    let typing = json!({"type": "typing", "payload": {"chat_id": chat}});
+
+    ws[0].send_json(typing.clone()).await;
+    ws[1].next_of_type("typing").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ws[0].send_json(typing).await;
+
+    let again = ws[1].next_of_type("typing").await;
+    assert_eq!(again["payload"]["user_id"], alice.id);
+}
+
+#[tokio::test]
+async fn typing_in_a_chat_you_are_not_in_is_not_found() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (_, mut ws) = group_with_sockets(&app, &alice, &[]).await;
+    let bobs_chat = app.create_group(&bob, "private", &[]).await;
+    let mut bob_ws = app.connect_ws(&bob, None).await;
+    bob_ws.next_of_type("ready").await;
+
+    let reply = reply_to(
+        &mut ws[0],
+        json!({"type": "typing", "payload": {"chat_id": bobs_chat}, "ref": "t"}),
+    )
+    .await;
+
+    assert_eq!(error_payload(&reply)["code"], "not_found", "{reply}");
+    assert_eq!(error_payload(&reply)["ref"], "t");
+    bob_ws.expect_no("typing", QUIET).await;
+}
+
+#[tokio::test]
+async fn read_frame_moves_the_marker_forward_only_and_tells_the_members() {
+    // Arrange: bob sent two messages alice has not read.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+    let m1 = app.send_message(&bob, chat, "one").await["id"]
+        .as_i64()
+        .unwrap();
+    let m2 = app.send_message(&bob, chat, "two").await["id"]
+        .as_i64()
+        .unwrap();
+
+    // Act: read up to m2.
+    let ack = reply_to(
+        &mut ws[0],
+        json!({"type": "read", "payload": {"chat_id": chat, "message_id": m2}, "ref": "r"}),
+    )
+    .await;
+
+    // Assert
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["ref"], "r");
+    assert_eq!(ack["payload"]["last_read_message_id"], m2);
+    assert_eq!(ack["payload"]["unread_count"], 0);
+    let read = ws[1].next_of_type("read").await;
+    assert_eq!(
+        read["payload"],
+        json!({"chat_id": chat, "user_id": alice.id, "message_id": m2})
+    );
+
+    // Act: an older read does not move the marker back, and tells nobody.
+    let ack = reply_to(
+        &mut ws[0],
+        json!({"type": "read", "payload": {"chat_id": chat, "message_id": m1}}),
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["payload"]["last_read_message_id"], m2);
+    ws[1].expect_no("read", QUIET).await;
+    let (status, detail) = app
+        .get(&format!("/api/v1/chats/{chat}"), &alice.token)
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["last_read_message_id"], m2);
+    assert_eq!(detail["unread_count"], 0);
+}
+
+#[tokio::test]
+async fn read_frame_for_unknown_message_or_foreign_chat_is_not_found() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[]).await;
+    let bobs_chat = app.create_group(&bob, "private", &[]).await;
+    let bobs_msg = app.send_message(&bob, bobs_chat, "secret").await["id"]
+        .as_i64()
+        .unwrap();
+    let cases = [
+        ("unknown message", chat, 999_999),
+        ("message of another chat", chat, bobs_msg),
+        ("chat you are not in", bobs_chat, bobs_msg),
+    ];
+    for (case, chat_id, message_id) in cases {
+        let reply = reply_to(
+            &mut ws[0],
+            json!({"type": "read", "payload": {"chat_id": chat_id, "message_id": message_id}}),
+        )
+        .await;
+        assert_eq!(
+            error_payload(&reply)["code"],
+            "not_found",
+            "{case}: {reply}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ping_gets_pong_with_ref() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+
+    let pong = reply_to(&mut ws, json!({"type": "ping", "ref": "p-9"})).await;
+
+    assert_eq!(pong["type"], "pong", "{pong}");
+    assert_eq!(pong["ref"], "p-9");
+}
+
+#[tokio::test]
+async fn invalid_frames_get_an_error_frame_and_the_connection_stays_open() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+    let cases = [
+        ("not json", "not json", "invalid_json"),
+        ("truncated json", r#"{"type": "ping""#, "invalid_json"),
+        ("json array", "[1, 2]", "invalid_frame"),
+        (
+            "unknown type",
+            r#"{"type": "dance", "payload": {}}"#,
+            "unknown_type",
+        ),
+        ("missing type", r#"{"payload": {}}"#, "unknown_type"),
+        (
+            "payload of the wrong shape",
+            r#"{"type": "typing", "payload": {"chat_id": "x"}}"#,
+            "invalid_payload",
+        ),
+    ];
+
+    for (case, text, code) in cases {
+        // Act
+        ws.send_text(text).await;
+
+        // Assert
+        let reply = ws.next_json().await;
+        assert_eq!(error_payload(&reply)["code"], code, "{case}: {reply}");
+    }
+    // An unknown type keeps the client's ref.
+    ws.send_text(r#"{"type": "dance", "ref": "u1"}"#).await;
+    let reply = ws.next_json().await;
+    assert_eq!(error_payload(&reply)["ref"], "u1", "{reply}");
+    // Binary frames are refused the same way.
+    ws.stream
+        .send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    let reply = ws.next_json().await;
+    assert_eq!(error_payload(&reply)["code"], "invalid_frame", "{reply}");
+
+    // The connection is still usable.
+    let pong = reply_to(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_client_flooding_garbage_is_closed_with_1008() {
+    // Arrange
+    let app = spawn_app_with(|c| c.ws.max_bad_frames = 3).await;
+    let alice = app.register("alice").await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+
+    // Act
+    for _ in 0..10 {
+        if ws
+            .stream
+            .send(Message::Text("garbage".into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+
+    // Assert
+    assert_eq!(ws.closed().await, Closed::Code(1008));
+}
+
+#[tokio::test]
+async fn well_formed_refusals_do_not_count_as_garbage() {
+    // Arrange: refusals of valid frames (not_found) are ordinary replies.
+    let app = spawn_app_with(|c| c.ws.max_bad_frames = 3).await;
+    let alice = app.register("alice").await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+
+    // Act
+    for _ in 0..10 {
+        let reply = reply_to(
+            &mut ws,
+            json!({"type": "leave_chat", "payload": {"chat_id": 999_999}}),
+        )
+        .await;
+        assert_eq!(error_payload(&reply)["code"], "not_found");
+    }
+
+    // Assert
+    let pong = reply_to(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_frame_over_64_kib_closes_the_connection_with_1009() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let chat = app.create_group(&alice, "g", &[]).await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+
+    // A frame just under the limit is read (and refused on its content).
+    let near =
+        json!({"type": "message", "payload": {"chat_id": chat, "content": "x".repeat(60 * 1024)}});
+    let reply = reply_to(&mut ws, near).await;
+    assert_eq!(
+        error_payload(&reply)["code"],
+        "validation_failed",
+        "{reply}"
+    );
+
+    // Act
+    let over =
+        json!({"type": "message", "payload": {"chat_id": chat, "content": "x".repeat(64 * 1024)}});
+    let _ = ws.stream.send(Message::Text(over.to_string().into())).await;
+
+    // Assert
+    assert_eq!(ws.closed().await, Closed::Code(1009));
+}
