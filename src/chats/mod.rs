@@ -193,8 +193,8 @@ pub fn check_member_ids(ids: &[i64], caller: i64, errors: &mut Vec<FieldError>) 
 pub async fn ensure_users_exist(client: &impl GenericClient, ids: &[i64]) -> Result<(), ApiError> {
     let rows = client
         .query(
-            "select id from unnest($1::bigint[]) as id
-             where not exists (select 1 from users u where u.id = id) order by id",
+            "select t.id from unnest($1::bigint[]) as t(id)
+             where not exists (select 1 from users u where u.id = t.id) order by t.id",
             &[&ids],
         )
         .await?;

@@ -95,7 +95,7 @@ pub async fn advance_read_marker(
     let unread: i64 = client
         .query_one(
             "select count(*) from messages
-             where chat_id = $1 and id > coalesce($3, 0) and sender_id is distinct from $2",
+             where chat_id = $1 and id > coalesce($3::bigint, 0) and sender_id is distinct from $2",
             &[&chat_id, &user_id, &marker],
         )
         .await?
