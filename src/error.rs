@@ -183,6 +183,10 @@ impl From<tokio_postgres::Error> for ApiError {
             log::warn!("database connection error: {e}");
             return ApiError::DatabaseUnavailable;
         }
+        // Client text PostgreSQL cannot store (a NUL character) is bad input, not a 500.
+        if e.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
+            return ApiError::bad_request("invalid_text", "text must not contain NUL characters");
+        }
         ApiError::Internal(format!("database error: {e:?}"))
     }
 }
@@ -260,6 +264,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         )
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
+    } else if let Some(crate::http::InvalidId(e)) = rejection.find() {
+        e.clone()
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         ApiError::bad_request("length_required", "a Content-Length header is required")
     } else {

@@ -129,6 +129,13 @@ pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "request body is empty; send a JSON object",
         ));
     }
+    // Every body is an object; serde would also read a struct from an array.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "request body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
 }
@@ -170,9 +177,18 @@ fn form_decode(raw: &str) -> Result<String, ApiError> {
 
 /// A positive id path segment; anything else is a 400 rather than a 404.
 pub fn id_param() -> impl Filter<Extract = (i64,), Error = Rejection> + Copy {
-    warp::path::param::<String>()
-        .and_then(|raw: String| async move { parse_id(&raw).map_err(warp::reject::custom) })
+    warp::path::param::<String>().and_then(|raw: String| async move {
+        parse_id(&raw).map_err(|e| warp::reject::custom(InvalidId(e)))
+    })
 }
+
+/// The rejection of [`id_param`]. Kept apart from [`ApiError`] so that a route
+/// that matched (e.g. `/users/last-seen` answering 401) wins over a sibling
+/// `/users/:id` route that merely failed to parse `last-seen` as an id.
+#[derive(Debug)]
+pub struct InvalidId(pub ApiError);
+
+impl warp::reject::Reject for InvalidId {}
 
 pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
     match raw.parse::<i64>() {

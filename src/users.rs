@@ -53,16 +53,14 @@ pub fn check_display_name(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Op
 }
 
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    // warp reports the rejection of the *last* route tried, so `last-seen` goes
-    // after the `:id` routes: otherwise their "invalid id" hides its 401.
     list(state.clone())
+        .or(last_seen(state.clone()))
+        .unify()
         .or(get(state.clone()))
         .unify()
         .or(update(state.clone()))
         .unify()
-        .or(delete(state.clone()))
-        .unify()
-        .or(last_seen(state))
+        .or(delete(state))
         .unify()
 }
 
