@@ -44,7 +44,10 @@ struct MigrateArgs {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = argh::from_env();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     if cli.version {
         println!("chatapp {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -92,6 +95,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Like `argh::from_env`, but a bad flag also prints the (sub)command's usage.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let early = match Cli::from_args(&["chatapp"], &args) {
+        Ok(cli) => return Ok(cli),
+        Err(early) => early,
+    };
+    if early.status.is_ok() {
+        print!("{}", early.output);
+        return Err(ExitCode::SUCCESS);
+    }
+    eprint!("{}", early.output);
+    let mut help: Vec<&str> = args
+        .iter()
+        .copied()
+        .take(1)
+        .filter(|a| matches!(*a, "serve" | "migrate"))
+        .collect();
+    help.push("--help");
+    if let Err(usage) = Cli::from_args(&["chatapp"], &help) {
+        eprint!("\n{}", usage.output);
+    }
+    Err(ExitCode::from(2))
 }
 
 async fn serve(config: Config) -> Result<(), chatapp::StartError> {
