@@ -300,7 +300,7 @@ impl Config {
         check_range(
             "auth.token_ttl_secs",
             self.auth.token_ttl_secs,
-            60,
+            1,
             366 * 24 * 3600,
         )?;
         check_range("auth.bcrypt_cost", self.auth.bcrypt_cost as u64, 4, 31)?;
