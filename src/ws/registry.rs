@@ -102,6 +102,9 @@ struct Conn {
     paused: HashSet<i64>,
     /// `Some` until activation: events dispatched since registration.
     pending: Option<Vec<Arc<Event>>>,
+    /// The snapshot id it was activated at: events up to it reach the client
+    /// by replay (or predate it), so a late dispatch of one must not repeat it.
+    snapshot_id: i64,
 }
 
 #[derive(Default)]
@@ -202,6 +205,7 @@ impl Registry {
                 member_of: HashSet::new(),
                 paused: HashSet::new(),
                 pending: Some(Vec::new()),
+                snapshot_id: 0,
             },
         );
         inner.pending.insert(id);
@@ -232,6 +236,7 @@ impl Registry {
         };
         let buffered = conn.pending.take().unwrap_or_default();
         conn.member_of = chat_ids.iter().copied().collect();
+        conn.snapshot_id = snapshot_id;
         for &chat in chat_ids {
             inner.rooms.entry(chat).or_default().insert(id);
         }
@@ -399,6 +404,15 @@ impl Registry {
                 );
             }
         }
+        // The listener may dispatch an event committed before a connection's
+        // snapshot after activating it: its membership effect is already in the
+        // snapshot (re-applying it is harmless), but delivering it would be a duplicate.
+        targets.retain(|id| {
+            inner
+                .conns
+                .get(id)
+                .is_some_and(|c| c.snapshot_id < event.id)
+        });
         self.deliver(inner, targets, &event.frame);
         // A chat_deleted event addresses every member, paused connections included.
         let leaves = match event.kind.as_str() {
