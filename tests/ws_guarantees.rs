@@ -1,0 +1,791 @@
+//! Delivery guarantees (issue 3): commit order and completeness under
+//! concurrent writers, recovery with `since`, retention, slow consumers,
+//! keepalive, presence, shutdown and the health endpoint.
+
+mod helpers;
+
+use helpers::ws::Closed;
+use helpers::*;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::MaybeTlsStream;
+
+/// Long enough for a frame that was going to arrive to have arrived.
+const QUIET: Duration = Duration::from_millis(600);
+
+/// An open connection for `user` and its `ready` payload.
+async fn connected(app: &TestApp, user: &TestUser, since: Option<i64>) -> (WsClient, Value) {
+    let mut ws = app.connect_ws(user, since).await;
+    let ready = ws.next_json().await;
+    assert_eq!(ready["type"], "ready", "first frame must be ready: {ready}");
+    (ws, ready["payload"].clone())
+}
+
+/// `(event_id, message_id)` of every committed message in `chat`, in commit order.
+async fn committed_messages(app: &TestApp, chat: i64) -> Vec<(i64, i64)> {
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.query(
+        "select id, (payload->>'message_id')::bigint from events
+         where kind = 'message' and chat_id = $1 order by id",
+        &[&chat],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Reads until `n` message frames have arrived; returns `(event_id, message_id)` of each.
+async fn read_messages(ws: &mut WsClient, n: usize) -> Vec<(i64, i64)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let f = ws.next_json().await;
+        if f["type"] == "message" {
+            seen.push(message_ids(&f));
+        }
+    }
+    seen
+}
+
+fn message_ids(frame: &Value) -> (i64, i64) {
+    (
+        frame["payload"]["event_id"].as_i64().expect("event_id"),
+        frame["payload"]["message_id"].as_i64().expect("message_id"),
+    )
+}
+
+fn assert_strictly_increasing(seen: &[(i64, i64)]) {
+    for pair in seen.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0,
+            "event ids out of order or repeated: {pair:?}"
+        );
+    }
+}
+
+/// A tiny deterministic PRNG (xorshift), seeded per run and printed on failure.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("rng seed: {seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Sends `count` messages from `user` into `chat`; returns their ids.
+async fn write_messages(
+    app: Arc<TestApp>,
+    user: TestUser,
+    chat: i64,
+    count: usize,
+    pause: Duration,
+) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let m = app
+            .send_message(&user, chat, &format!("{} #{i}", user.username))
+            .await;
+        ids.push(m["id"].as_i64().unwrap());
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_are_seen_by_every_client_in_commit_order_exactly_once() {
+    // Arrange: 8 writers and 2 listeners in one chat.
+    const WRITERS: usize = 8;
+    const EACH: usize = 25;
+    let app = Arc::new(spawn_app().await);
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(app.register("writer").await);
+    }
+    let l1 = app.register("listener").await;
+    let l2 = app.register("listener").await;
+    let mut members: Vec<&TestUser> = writers.iter().skip(1).collect();
+    members.extend([&l1, &l2]);
+    let chat = app.create_group(&writers[0], "busy", &members).await;
+    let mut readers = Vec::new();
+    for user in [&l1, &l2] {
+        let (mut ws, _) = connected(&app, user, None).await;
+        readers.push(tokio::spawn(async move {
+            read_messages(&mut ws, WRITERS * EACH).await
+        }));
+    }
+
+    // Act: everyone writes at once.
+    let tasks: Vec<_> = writers
+        .iter()
+        .map(|w| {
+            tokio::spawn(write_messages(
+                app.clone(),
+                w.clone(),
+                chat,
+                EACH,
+                Duration::ZERO,
+            ))
+        })
+        .collect();
+    let mut sent = HashSet::new();
+    for t in tasks {
+        sent.extend(t.await.unwrap());
+    }
+
+    // Assert: each listener saw exactly the committed messages, in commit order.
+    let committed = committed_messages(&app, chat).await;
+    assert_eq!(committed.len(), WRITERS * EACH);
+    let committed_ids: HashSet<i64> = committed.iter().map(|c| c.1).collect();
+    assert_eq!(committed_ids, sent);
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        assert_strictly_increasing(&seen);
+        assert_eq!(seen, committed, "a listener's view differs from the log");
+    }
+    // Event ids have no holes: consecutive commits get consecutive ids.
+    for pair in committed.windows(2) {
+        assert_eq!(pair[0].0 + 1, pair[1].0, "hole in event ids: {pair:?}");
+    }
+}
+
+#[tokio::test]
+async fn reconnecting_with_since_replays_exactly_the_missed_events_then_live_ones() {
+    // Arrange: bob has seen three messages.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (mut ws, _) = connected(&app, &bob, None).await;
+    for i in 0..3 {
+        app.send_message(&alice, chat, &format!("before {i}")).await;
+    }
+    let seen = read_messages(&mut ws, 3).await;
+    let since = seen.last().unwrap().0;
+    drop(ws);
+
+    // Act: events happen while he is away, then he resumes.
+    for i in 0..4 {
+        app.send_message(&alice, chat, &format!("away {i}")).await;
+    }
+    app.put(
+        &format!("/api/v1/chats/{chat}"),
+        &alice.token,
+        json!({"name": "renamed while away"}),
+    )
+    .await;
+    app.send_message(&alice, chat, "away last").await;
+    let (mut ws, ready) = connected(&app, &bob, Some(since)).await;
+
+    // Assert: recovered, and the replay is exactly the log after `since`.
+    assert_eq!(ready["recovered"], true, "{ready}");
+    let db = helpers::pg::connect(&app.database_url).await;
+    let missed: Vec<(i64, String)> = db
+        .query(
+            "select id, kind from events where id > $1 order by id",
+            &[&since],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(missed.len(), 7, "{missed:?}");
+    assert_eq!(ready["last_event_id"], missed.last().unwrap().0);
+    for (id, kind) in &missed {
+        let f = ws.next_json().await;
+        assert_eq!(f["type"], kind.as_str(), "{f}");
+        assert_eq!(f["payload"]["event_id"], *id, "{f}");
+    }
+    // Then live events, with no duplicate of the replay in between.
+    let live = app.send_message(&alice, chat, "live").await;
+    let f = ws.next_json().await;
+    assert_eq!(f["type"], "message", "{f}");
+    assert_eq!(f["payload"]["message_id"], live["id"]);
+    assert_eq!(f["payload"]["event_id"], missed.last().unwrap().0 + 1);
+}
+
+#[tokio::test]
+async fn since_at_the_head_recovers_with_nothing_to_replay() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let chat = app.create_group(&alice, "g", &[]).await;
+    app.send_message(&alice, chat, "old").await;
+    let (_, ready) = connected(&app, &alice, None).await;
+    let head = ready["last_event_id"].as_i64().unwrap();
+
+    let (mut ws, ready) = connected(&app, &alice, Some(head)).await;
+
+    assert_eq!(ready["recovered"], true, "{ready}");
+    let live = app.send_message(&alice, chat, "new").await;
+    let f = ws.next_json().await;
+    assert_eq!(
+        f["payload"]["message_id"], live["id"],
+        "no replay expected: {f}"
+    );
+}
+
+#[tokio::test]
+async fn since_ahead_of_the_log_is_not_recovered() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    app.create_group(&alice, "g", &[]).await;
+
+    let (_, ready) = connected(&app, &alice, Some(1_000_000)).await;
+
+    assert_eq!(ready["recovered"], false, "{ready}");
+}
+
+#[tokio::test]
+async fn replay_includes_chats_joined_while_away_and_nothing_from_chats_left() {
+    // Arrange: bob is in `left`; he is removed from it and added to `joined` while away.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let left = app.create_group(&alice, "left", &[&bob]).await;
+    let (_, ready) = connected(&app, &bob, None).await;
+    let since = ready["last_event_id"].as_i64().unwrap();
+
+    app.delete(
+        &format!("/api/v1/chats/{left}/members/{}", bob.id),
+        &alice.token,
+    )
+    .await;
+    app.send_message(&alice, left, "after bob left").await;
+    let joined = app.create_group(&alice, "joined", &[&bob]).await;
+    let in_joined = app.send_message(&alice, joined, "hello bob").await;
+
+    // Act
+    let (mut ws, ready) = connected(&app, &bob, Some(since)).await;
+
+    // Assert
+    assert_eq!(ready["recovered"], true);
+    assert_eq!(ready["chat_ids"], json!([joined]));
+    let kinds: Vec<(String, i64)> = {
+        let mut out = Vec::new();
+        loop {
+            let f = ws.next_json().await;
+            let chat = f["payload"]["chat_id"]
+                .as_i64()
+                .or(f["payload"]["id"].as_i64())
+                .unwrap();
+            out.push((f["type"].as_str().unwrap().to_string(), chat));
+            if f["payload"]["message_id"] == in_joined["id"] {
+                break out;
+            }
+        }
+    };
+    assert_eq!(
+        kinds,
+        vec![
+            ("member_removed".to_string(), left),
+            ("chat_created".to_string(), joined),
+            ("message".to_string(), joined),
+        ]
+    );
+    // And live events of the new chat follow.
+    let live = app.send_message(&alice, joined, "live").await;
+    let f = ws.next_of_type("message").await;
+    assert_eq!(f["payload"]["message_id"], live["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnecting_with_since_in_a_loop_sees_every_message_once_in_order() {
+    // Arrange
+    const WRITERS: usize = 4;
+    const EACH: usize = 30;
+    let app = Arc::new(spawn_app().await);
+    let reader = app.register("reader").await;
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(app.register("writer").await);
+    }
+    let refs: Vec<&TestUser> = writers.iter().chain([&reader]).collect();
+    let chat = app.create_group(&writers[0], "busy", &refs[1..]).await;
+    let (ws, ready) = connected(&app, &reader, None).await;
+    drop(ws);
+    let mut since = ready["last_event_id"].as_i64().unwrap();
+
+    // Act: writers send while the reader keeps dropping and resuming.
+    let tasks: Vec<_> = writers
+        .iter()
+        .map(|w| {
+            tokio::spawn(write_messages(
+                app.clone(),
+                w.clone(),
+                chat,
+                EACH,
+                Duration::from_millis(3),
+            ))
+        })
+        .collect();
+    let mut rng = Rng::seeded();
+    let mut seen: Vec<(i64, i64)> = Vec::new();
+    let mut reconnects = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < WRITERS * EACH {
+        assert!(tokio::time::Instant::now() < deadline, "gave up");
+        let (mut ws, ready) = connected(&app, &reader, Some(since)).await;
+        assert_eq!(ready["recovered"], true, "{ready}");
+        reconnects += 1;
+        let take = 1 + rng.below(12);
+        for _ in 0..take {
+            let Some(f) = ws.next_json_within(Duration::from_secs(5)).await else {
+                break;
+            };
+            if let Some(id) = f["payload"]["event_id"].as_i64() {
+                assert!(
+                    id > since,
+                    "duplicate or old event after since={since}: {f}"
+                );
+                since = id;
+            }
+            if f["type"] == "message" {
+                seen.push(message_ids(&f));
+            }
+        }
+        if rng.below(2) == 0 {
+            let _ = ws.stream.close(None).await;
+        }
+        drop(ws);
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Assert
+    let committed = committed_messages(&app, chat).await;
+    assert_eq!(committed.len(), WRITERS * EACH);
+    assert_strictly_increasing(&seen);
+    assert_eq!(seen, committed, "after {reconnects} reconnects");
+}
+
+#[tokio::test]
+async fn since_older_than_the_retention_is_not_recovered() {
+    // Arrange: events are kept one second and pruned every second.
+    let app = spawn_app_with(|c| {
+        c.ws.event_retention_secs = 1;
+        c.ws.prune_interval_secs = 1;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let chat = app.create_group(&alice, "g", &[]).await;
+    app.send_message(&alice, chat, "soon forgotten").await;
+    let (_, ready) = connected(&app, &alice, None).await;
+    let head = ready["last_event_id"].as_i64().unwrap();
+    let db = helpers::pg::connect(&app.database_url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let pruned: i64 = db
+            .query_one("select pruned_through from event_seq", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if pruned >= head {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events were never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left: i64 = db
+        .query_one("select count(*) from events where id <= $1", &[&head])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "pruned events are deleted");
+
+    // Act
+    let (mut stale, ready) = connected(&app, &alice, Some(0)).await;
+
+    // Assert: the client must re-fetch over REST.
+    assert_eq!(ready["recovered"], false, "{ready}");
+    stale.expect_no("message", QUIET).await;
+    // A since at the pruned head lost nothing.
+    let (_, ready) = connected(&app, &alice, Some(head)).await;
+    assert_eq!(ready["recovered"], true, "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_4008_while_others_get_everything() {
+    // Arrange: small queues; a slow client with a tiny receive buffer.
+    let app = Arc::new(
+        spawn_app_with(|c| {
+            c.ws.queue_frames = 8;
+            c.ws.queue_bytes = 32 * 1024;
+            c.ws.close_flush_timeout_ms = 10_000;
+        })
+        .await,
+    );
+    let alice = app.register("alice").await;
+    let slow_user = app.register("slow").await;
+    let fast_user = app.register("fast").await;
+    let chat = app
+        .create_group(&alice, "g", &[&slow_user, &fast_user])
+        .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/ws?token={}", app.addr, slow_user.token);
+    let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("slow client connects");
+    let mut slow = WsClient { stream };
+    slow.next_of_type("ready").await;
+    let (mut fast, _) = connected(&app, &fast_user, None).await;
+    let fast_reader = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        loop {
+            let f = fast.next_of_type("message").await;
+            if f["payload"]["content"] == "END" {
+                return ids;
+            }
+            ids.push(f["payload"]["message_id"].as_i64().unwrap());
+        }
+    });
+
+    // Act: large messages until the slow client is cut off (bounded).
+    let big = "x".repeat(3000);
+    let mut sent = Vec::new();
+    let mut cut_off = false;
+    for _ in 0..60 {
+        let batch: Vec<_> = (0..4)
+            .map(|_| {
+                let (app, alice, big) = (app.clone(), alice.clone(), big.clone());
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for _ in 0..10 {
+                        ids.push(
+                            app.send_message(&alice, chat, &big).await["id"]
+                                .as_i64()
+                                .unwrap(),
+                        );
+                    }
+                    ids
+                })
+            })
+            .collect();
+        for t in batch {
+            sent.extend(t.await.unwrap());
+        }
+        if app.ws_health().await["slow_consumer_disconnects"] == 1 {
+            cut_off = true;
+            break;
+        }
+    }
+    app.send_message(&alice, chat, "END").await;
+
+    // Assert: the slow client was cut off with 4008 ...
+    assert!(cut_off, "the slow client was never disconnected");
+    assert_eq!(slow.closed().await, Closed::Code(4008));
+    // ... while the other client got every message, in order.
+    let got = fast_reader.await.unwrap();
+    let mut expected = sent.clone();
+    expected.sort_unstable();
+    let mut got_sorted = got.clone();
+    got_sorted.sort_unstable();
+    assert_eq!(got_sorted, expected, "the fast client missed messages");
+    let committed: Vec<i64> = committed_messages(&app, chat)
+        .await
+        .into_iter()
+        .map(|c| c.1)
+        .filter(|id| sent.contains(id))
+        .collect();
+    assert_eq!(
+        got, committed,
+        "the fast client saw them out of commit order"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_while_a_reading_client_stays_connected() {
+    // Arrange: ping every 200 ms, drop after 1 s of silence.
+    let app = spawn_app_with(|c| {
+        c.ws.ping_interval_ms = 200;
+        c.ws.idle_timeout_ms = 1000;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (mut silent, _) = connected(&app, &alice, None).await;
+    let (mut reading, _) = connected(&app, &bob, None).await;
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut pings = 0;
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => return (reading, pings),
+                msg = reading.stream.next() => match msg {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) => pings += 1,
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => panic!("reading client closed: {f:?}"),
+                    Some(Ok(_)) => {}
+                    other => panic!("reading client lost: {other:?}"),
+                },
+            }
+        }
+    });
+
+    // Act: wait until the server has dropped one connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = app.ws_health().await;
+        if health["connections"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody was dropped: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the remaining one time to outlive the idle timeout too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_tx.send(()).unwrap();
+    let (mut reading, pings) = reader.await.unwrap();
+
+    // Assert: the server pinged the reading client, which answered and stayed.
+    assert!(pings >= 3, "server pings: {pings}");
+    assert_eq!(app.ws_health().await["connections"], 1);
+    reading.send_json(json!({"type": "ping"})).await;
+    assert_eq!(reading.next_of_type("pong").await["type"], "pong");
+    // The silent one's connection is over (a close frame, or a reset when it
+    // finally answers the queued pings on a socket the server already closed).
+    let _ = silent.closed().await;
+}
+
+#[tokio::test]
+async fn presence_goes_online_and_offline_to_users_sharing_a_chat() {
+    // Arrange: alice shares a chat with bob; carol does not.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    app.create_group(&alice, "g", &[&bob]).await;
+    app.create_group(&carol, "alone", &[]).await;
+    let (mut a, _) = connected(&app, &alice, None).await;
+    let (mut c, _) = connected(&app, &carol, None).await;
+
+    // Act: bob opens two connections.
+    let (mut b1, _) = connected(&app, &bob, None).await;
+    let online = a.next_of_type("presence").await;
+    let (b2, _) = connected(&app, &bob, None).await;
+
+    // Assert
+    assert_eq!(online["payload"]["user_id"], bob.id, "{online}");
+    assert_eq!(online["payload"]["online"], true, "{online}");
+    c.expect_no("presence", Duration::from_millis(100)).await;
+
+    // Act: closing one of two connections changes nothing.
+    let _ = b1.stream.close(None).await;
+    drop(b1);
+    a.expect_no("presence", QUIET).await;
+
+    // Act: closing the last one.
+    drop(b2);
+    let offline = a.next_of_type("presence").await;
+
+    // Assert
+    assert_eq!(offline["payload"]["user_id"], bob.id, "{offline}");
+    assert_eq!(offline["payload"]["online"], false, "{offline}");
+    let last_seen = offline["payload"]["last_seen"].clone();
+    assert!(last_seen.is_string(), "{offline}");
+    let (status, user) = app
+        .get(&format!("/api/v1/users/{}", bob.id), &alice.token)
+        .await;
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["last_seen"], last_seen);
+    c.expect_no("presence", Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn users_of_a_node_that_died_without_goodbye_are_shown_offline() {
+    // Arrange: a peer node holds bob's session and stopped heartbeating long ago.
+    let app = spawn_app_with(|c| {
+        c.ws.presence_heartbeat_secs = 1;
+        c.ws.presence_timeout_secs = 2;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.create_group(&alice, "g", &[&bob]).await;
+    let (mut a, _) = connected(&app, &alice, None).await;
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.batch_execute(&format!(
+        "insert into presence_nodes (node_id, heartbeat_at) values ('ghost', now() - interval '1 hour');
+         insert into presence_sessions (node_id, user_id) values ('ghost', {});
+         update users set last_seen = null where id = {};",
+        bob.id, bob.id
+    ))
+    .await
+    .unwrap();
+
+    // Act: the live node's next heartbeat reaps the dead one.
+    let offline = a.next_of_type("presence").await;
+
+    // Assert
+    assert_eq!(offline["payload"]["user_id"], bob.id, "{offline}");
+    assert_eq!(offline["payload"]["online"], false, "{offline}");
+    assert!(offline["payload"]["last_seen"].is_string(), "{offline}");
+    let row = db
+        .query_one(
+            "select last_seen is not null,
+                    exists(select 1 from presence_nodes where node_id = 'ghost'),
+                    exists(select 1 from presence_sessions where node_id = 'ghost')
+             from users where id = $1",
+            &[&bob.id],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "bob's last_seen was set");
+    assert!(!row.get::<_, bool>(1), "the dead node was removed");
+    assert!(!row.get::<_, bool>(2), "its sessions were removed");
+}
+
+#[tokio::test]
+async fn a_user_still_connected_elsewhere_stays_online_when_a_dead_node_is_reaped() {
+    // Arrange: bob is connected here and also had a session on a dead node.
+    let app = spawn_app_with(|c| {
+        c.ws.presence_heartbeat_secs = 1;
+        c.ws.presence_timeout_secs = 2;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.create_group(&alice, "g", &[&bob]).await;
+    let (mut a, _) = connected(&app, &alice, None).await;
+    let (_b, _) = connected(&app, &bob, None).await;
+    let online = a.next_of_type("presence").await;
+    assert_eq!(online["payload"]["online"], true);
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.batch_execute(&format!(
+        "insert into presence_nodes (node_id, heartbeat_at) values ('ghost', now() - interval '1 hour');
+         insert into presence_sessions (node_id, user_id) values ('ghost', {});",
+        bob.id
+    ))
+    .await
+    .unwrap();
+
+    // Act: wait until the ghost is reaped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone: bool = db
+            .query_one(
+                "select not exists(select 1 from presence_nodes where node_id = 'ghost')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if gone {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Assert
+    a.expect_no("presence", QUIET).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001_and_marks_users_offline() {
+    // Arrange
+    let mut app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.create_group(&alice, "g", &[&bob]).await;
+    let (mut a, _) = connected(&app, &alice, None).await;
+    let (mut b, _) = connected(&app, &bob, None).await;
+    // Both sessions are recorded once alice hears bob come online.
+    a.next_of_type("presence").await;
+    let database_url = app.database_url.clone();
+
+    // Act
+    let ((), a_closed, b_closed) = tokio::join!(app.stop(), a.closed(), b.closed());
+
+    // Assert
+    assert_eq!(a_closed, Closed::Code(1001));
+    assert_eq!(b_closed, Closed::Code(1001));
+    let db = helpers::pg::connect(&database_url).await;
+    let row = db
+        .query_one(
+            "select count(*) filter (where last_seen is null),
+                    (select count(*) from presence_sessions)
+             from users where id = any($1)",
+            &[&vec![alice.id, bob.id]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0, "last_seen set for both");
+    assert_eq!(row.get::<_, i64>(1), 0, "no sessions left");
+}
+
+#[tokio::test]
+async fn ws_health_reports_connections_users_rooms_and_deliveries() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    app.create_group(&alice, "solo", &[]).await;
+    let before = app.ws_health().await;
+
+    // Act
+    let (_a1, _) = connected(&app, &alice, None).await;
+    let (_a2, _) = connected(&app, &alice, None).await;
+    let (mut b, _) = connected(&app, &bob, None).await;
+    app.send_message(&alice, chat, "counted").await;
+    b.next_of_type("message").await;
+    let during = app.ws_health().await;
+
+    // Assert
+    assert_eq!(before["status"], "ok", "{before}");
+    assert!(
+        before["node_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{before}"
+    );
+    assert_eq!(before["connections"], 0, "{before}");
+    assert_eq!(before["connected_users"], 0);
+    assert_eq!(before["active_rooms"], 0);
+    assert_eq!(before["slow_consumer_disconnects"], 0);
+    assert_eq!(during["connections"], 3, "{during}");
+    assert_eq!(during["connected_users"], 2, "{during}");
+    assert_eq!(during["active_rooms"], 2, "{during}");
+    assert_eq!(during["node_id"], before["node_id"]);
+    let delivered = |h: &Value| h["events_delivered"].as_u64().expect("events_delivered");
+    assert!(
+        delivered(&during) >= delivered(&before) + 3,
+        "one message to three connections: {before} -> {during}"
+    );
+    // Closing a connection is reflected.
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = app.ws_health().await;
+        if h["connections"] == 2 && h["connected_users"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
