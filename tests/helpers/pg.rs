@@ -169,6 +169,83 @@ fn free_port() -> u16 {
 }
 
 fn start_private_cluster() -> String {
+    let cluster = PrivateCluster::create();
+    cluster.url.clone()
+}
+
+/// A PostgreSQL cluster of its own, for tests that stop and restart the
+/// database (the shared one must stay up). Removed when the test process exits.
+pub struct PrivateCluster {
+    /// URL of the cluster's maintenance database (`postgres`).
+    pub url: String,
+    bindir: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    options: String,
+    root: bool,
+}
+
+impl PrivateCluster {
+    /// Initializes and starts a new cluster on a free port.
+    pub fn create() -> PrivateCluster {
+        create_cluster()
+    }
+
+    /// Stops PostgreSQL (fast mode: clients are disconnected) and waits.
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"]);
+    }
+
+    /// Starts PostgreSQL again on the same port and waits until it accepts connections.
+    pub fn start(&self) {
+        let mut cmd = pg_command(&self.bindir.join("pg_ctl"), self.root);
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["-o", &self.options, "-l"])
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "start"]);
+        run_pg_ctl(cmd, &self.log, "start");
+    }
+
+    /// A new, migrated database in this cluster; returns its URL.
+    pub async fn migrated_database(&self) -> String {
+        let name = format!(
+            "o_{}_{}",
+            std::process::id(),
+            DB_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        connect(&self.url)
+            .await
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("create database in private cluster");
+        let url = with_database(&self.url, &name);
+        let mut config = chatapp::config::Config::default();
+        config.database.url = url.clone();
+        chatapp::run_migrations(&config)
+            .await
+            .expect("migrate private cluster database");
+        url
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let mut cmd = pg_command(&self.bindir.join("pg_ctl"), self.root);
+        cmd.arg("-D").arg(&self.data).args(args);
+        run_pg_ctl(cmd, &self.log, args.last().copied().unwrap_or("pg_ctl"));
+    }
+}
+
+fn run_pg_ctl(mut cmd: Command, log: &Path, what: &str) {
+    let out = cmd.stdout(Stdio::null()).output().expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl {what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn create_cluster() -> PrivateCluster {
     let bindir = pg_bindir();
     let root = is_root();
     let dir = std::env::temp_dir().join(format!(
@@ -216,24 +293,18 @@ fn start_private_cluster() -> String {
          -c full_page_writes=off -c max_connections=400 -c shared_buffers=64MB",
         dir.display()
     );
-    let out = pg_command(&bindir.join("pg_ctl"), root)
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "-t", "60", "start"])
-        .stdout(Stdio::null())
-        .output()
-        .expect("run pg_ctl");
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
-    spawn_reaper(&bindir, &data, &dir, root);
+    let cluster = PrivateCluster {
+        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        log: dir.join("log"),
+        bindir,
+        data,
+        options,
+        root,
+    };
+    cluster.start();
+    spawn_reaper(&cluster.bindir, &cluster.data, &dir, root);
     std::thread::sleep(Duration::from_millis(50));
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    cluster
 }
 
 /// Stops the cluster and deletes it once this test process has exited.
