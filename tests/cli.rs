@@ -209,11 +209,13 @@ fn no_command_fails_with_a_hint() {
 
 // ---- config ----
 
+/// (YAML file, environment, texts the error line must contain)
+type ConfigCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[test]
 fn invalid_config_values_are_one_line_errors_naming_the_key() {
     let dir = TempDir::new();
-    // (yaml file, env, text the error must contain)
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    let cases: &[ConfigCase] = &[
         (
             "auth:\n  token_key: abc\n",
             &[],
@@ -479,6 +481,14 @@ struct Server {
     log: std::sync::mpsc::Receiver<String>,
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Never leave a server behind, even when a test fails midway.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `chatapp serve` and waits for its "listening on" log line.
 fn start_server(dir: &TempDir, env: &[(&str, &str)]) -> Server {
     let mut child = chatapp(dir, &["serve"], env).spawn().unwrap();
@@ -513,6 +523,7 @@ fn start_server(dir: &TempDir, env: &[(&str, &str)]) -> Server {
             }
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("server did not start: {seen:#?}");
             }
         }
@@ -539,30 +550,27 @@ async fn serve_on_port_0_answers_and_exits_0_on_sigterm_and_sigint() {
             ("CHATAPP_HOST", "127.0.0.1"),
             ("CHATAPP_BCRYPT_COST", "4"),
         ];
-        let Server {
-            mut child,
-            addr,
-            startup_log,
-            log: _log,
-        } = start_server(&dir, &env);
+        let mut server = start_server(&dir, &env);
+        let addr = server.addr.clone();
         assert!(
-            startup_log
+            server
+                .startup_log
                 .iter()
                 .any(|l| l.contains("WARN") && l.contains("token_key")),
-            "no WARN about the random token key: {startup_log:#?}"
+            "no WARN about the random token key: {:#?}",
+            server.startup_log
         );
 
         let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
         assert_eq!(health.status(), 200);
 
-        signal(&child, sig);
+        signal(&server.child, sig);
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = server.child.try_wait().unwrap() {
                 break status;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
                 panic!("server ignored {sig}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -586,7 +594,7 @@ async fn serve_logs_one_line_per_request_without_query_or_secrets() {
         ("CHATAPP_BCRYPT_COST", "4"),
         ("CHATAPP_TOKEN_KEY", TEST_TOKEN_KEY),
     ];
-    let mut server = start_server(&dir, &env);
+    let server = start_server(&dir, &env);
     assert!(
         !server.startup_log.iter().any(|l| l.contains("WARN")),
         "a configured key needs no warning: {:#?}",
@@ -625,8 +633,7 @@ async fn serve_logs_one_line_per_request_without_query_or_secrets() {
             Err(_) => panic!("no request log line: {lines:#?}"),
         }
     }
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    drop(server);
 
     let register = lines
         .iter()

@@ -20,6 +20,7 @@ pub const TEST_TOKEN_KEY: &str = "000102030405060708090a0b0c0d0e0f10111213141516
 pub const PASSWORD: &str = "correct horse battery";
 
 /// The configuration tests start from: cheap bcrypt, quiet, port 0.
+#[allow(clippy::field_reassign_with_default)]
 pub fn test_config(database_url: &str) -> Config {
     let mut config = Config::default();
     config.host = "127.0.0.1".into();

@@ -308,6 +308,7 @@ fn create_cluster() -> PrivateCluster {
 }
 
 /// Stops the cluster and deletes it once this test process has exited.
+#[allow(clippy::zombie_processes)] // the reaper must outlive this process
 fn spawn_reaper(bindir: &Path, data: &Path, dir: &Path, root: bool) {
     let pg_ctl = bindir.join("pg_ctl");
     let run_as = if root { "runuser -u postgres -- " } else { "" };
