@@ -55,7 +55,7 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorsConfig {
     /// Allowed origins; `["*"]` allows any origin, an empty list disables CORS.
@@ -125,14 +125,6 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
-        }
-    }
-}
-
-impl Default for CorsConfig {
-    fn default() -> Self {
-        CorsConfig {
-            origins: Vec::new(),
         }
     }
 }

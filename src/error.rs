@@ -215,8 +215,9 @@ pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
             let c = code.code();
             c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03"
         }
-        // No SQLSTATE: an I/O error, a protocol error or a closed connection.
-        None => e.as_db_error().is_none(),
+        // No SQLSTATE: a broken socket is an outage; anything else (a type
+        // conversion, a protocol surprise) is a bug and must surface as a 500.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
 

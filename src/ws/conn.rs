@@ -161,10 +161,10 @@ async fn drive(
     if !send(sink, Message::text(ready), kill).await? {
         return Ok(false);
     }
-    if let Some((since, upto)) = replay {
-        if !replay_events(sink, conn_id, state, user_id, since, upto, kill).await? {
-            return Ok(false);
-        }
+    if let Some((since, upto)) = replay
+        && !replay_events(sink, conn_id, state, user_id, since, upto, kill).await?
+    {
+        return Ok(false);
     }
     let ping_every = Duration::from_millis(state.hub.config.ping_interval_ms);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);

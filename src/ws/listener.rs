@@ -159,14 +159,14 @@ async fn catch_up(hub: &Arc<Hub>, client: &Client, upto: i64) -> Result<(), toki
         let after = hub.registry.last_event_id();
         let events = fetch_events(client, after, upto, 1000).await?;
         let done = events.len() < 1000;
-        if let Some(first) = events.first() {
-            if first.id != after + 1 {
-                log::warn!(
-                    "events {}..{} were pruned before this node could dispatch them",
-                    after + 1,
-                    first.id - 1
-                );
-            }
+        if let Some(first) = events.first()
+            && first.id != after + 1
+        {
+            log::warn!(
+                "events {}..{} were pruned before this node could dispatch them",
+                after + 1,
+                first.id - 1
+            );
         }
         for event in events {
             hub.registry.dispatch(Arc::new(event));

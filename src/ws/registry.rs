@@ -395,14 +395,14 @@ impl Registry {
         }
         // chat_created tells only the users it adds; the rest of the chat hears member_added.
         let mut targets = addressed.clone();
-        if event.kind != "chat_created" {
-            if let Some(room) = inner.rooms.get(&chat) {
-                targets.extend(
-                    room.iter()
-                        .copied()
-                        .filter(|id| only.is_none_or(|o| o == *id) && !addressed.contains(id)),
-                );
-            }
+        if event.kind != "chat_created"
+            && let Some(room) = inner.rooms.get(&chat)
+        {
+            targets.extend(
+                room.iter()
+                    .copied()
+                    .filter(|id| only.is_none_or(|o| o == *id) && !addressed.contains(id)),
+            );
         }
         // The listener may dispatch an event committed before a connection's
         // snapshot after activating it: its membership effect is already in the
