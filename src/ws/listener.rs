@@ -105,6 +105,17 @@ async fn serve(
         // Reconnected: whatever was announced while we were away is in the log.
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
     }
+    // Presence fan-outs need a query each, so they run off this loop, but one
+    // at a time: a user's offline and online must not reach clients swapped.
+    let (presence_tx, mut presence_rx) = mpsc::unbounded_channel::<(i64, Arc<str>)>();
+    let fan_out_hub = hub.clone();
+    tokio::spawn(async move {
+        while let Some((user_id, frame)) = presence_rx.recv().await {
+            if let Err(e) = super::presence::fan_out(&fan_out_hub, user_id, frame).await {
+                log::warn!("presence fan-out failed: {e:?}");
+            }
+        }
+    });
     let mut shutdown = hub.shutdown_signal();
     loop {
         let notification = tokio::select! {
@@ -117,7 +128,7 @@ async fn serve(
         if n.channel() == EVENTS_CHANNEL {
             on_event(hub, client, n.payload()).await.map_err(db)?;
         } else {
-            on_live(hub, n.payload());
+            on_live(hub, n.payload(), &presence_tx);
         }
     }
 }
@@ -205,7 +216,7 @@ pub async fn fetch_events(
         .collect())
 }
 
-fn on_live(hub: &Arc<Hub>, payload: &str) {
+fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64, Arc<str>)>) {
     let signal: Live = match serde_json::from_str(payload) {
         Ok(s) => s,
         Err(e) => {
@@ -247,18 +258,13 @@ fn on_live(hub: &Arc<Hub>, payload: &str) {
             last_seen,
         } => {
             // Who shares a chat with them is a database question; ask it off this loop.
-            let hub = hub.clone();
-            tokio::spawn(async move {
-                let frame = ServerFrame::Presence {
-                    user_id,
-                    online,
-                    last_seen,
-                }
-                .to_text(None);
-                if let Err(e) = super::presence::fan_out(&hub, user_id, Arc::from(frame)).await {
-                    log::warn!("presence fan-out failed: {e:?}");
-                }
-            });
+            let frame = ServerFrame::Presence {
+                user_id,
+                online,
+                last_seen,
+            }
+            .to_text(None);
+            let _ = presence.send((user_id, Arc::from(frame)));
         }
         Live::TokensRevoked {
             user_id,

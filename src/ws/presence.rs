@@ -42,9 +42,28 @@ pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceC
     }
 }
 
+/// Serialises a user's presence changes across nodes for the rest of the
+/// transaction, so each one's check for sessions elsewhere sees the others':
+/// otherwise a connection opening on one node while the last one closes on
+/// another can leave the user shown offline while connected.
+async fn lock_user(
+    client: &impl tokio_postgres::GenericClient,
+    user_id: i64,
+) -> Result<(), ApiError> {
+    client
+        .execute(
+            "select 1 from users where id = $1 for no key update",
+            &[&user_id],
+        )
+        .await?;
+    Ok(())
+}
+
 async fn went_online(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
-    let client = hub.pool.get().await?;
-    let row = client
+    let mut client = hub.pool.get().await?;
+    let tx = client.transaction().await?;
+    lock_user(&tx, user_id).await?;
+    let row = tx
         .query_one(
             "with ins as (
                  insert into presence_sessions (node_id, user_id)
@@ -59,7 +78,7 @@ async fn went_online(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
     if !row.get::<_, bool>(0) {
         let last_seen = rfc3339(row.get(1));
         notify_live(
-            &*client,
+            &tx,
             &Live::Presence {
                 user_id,
                 online: true,
@@ -68,12 +87,15 @@ async fn went_online(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
         )
         .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
 async fn went_offline(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
-    let client = hub.pool.get().await?;
-    let row = client
+    let mut client = hub.pool.get().await?;
+    let tx = client.transaction().await?;
+    lock_user(&tx, user_id).await?;
+    let row = tx
         .query_one(
             "with del as (
                  delete from presence_sessions where node_id = $1 and user_id = $2
@@ -91,7 +113,7 @@ async fn went_offline(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
     let last_seen: Option<OffsetDateTime> = row.get(1);
     if !row.get::<_, bool>(0) && last_seen.is_some() {
         notify_live(
-            &*client,
+            &tx,
             &Live::Presence {
                 user_id,
                 online: false,
@@ -100,6 +122,7 @@ async fn went_offline(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
         )
         .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
