@@ -740,6 +740,72 @@ async fn shutdown_closes_every_connection_with_1001_and_marks_users_offline() {
     assert_eq!(row.get::<_, i64>(1), 0, "no sessions left");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_queued_frames_before_closing_with_1001() {
+    // Arrange: a client with a tiny receive buffer that is not reading, so
+    // the server holds frames for it in its queue.
+    // Messages larger than the kernel's socket buffers can absorb (4 MiB).
+    const COUNT: usize = 150;
+    let mut app = spawn_app_with(|c| {
+        c.ws.close_flush_timeout_ms = 10_000;
+        c.ws.queue_bytes = 64 << 20;
+        c.limits.message_chars = 60_000;
+        c.limits.body_bytes = 128 * 1024;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/ws?token={}", app.addr, bob.token);
+    let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("client connects");
+    let mut ws = WsClient { stream };
+    ws.next_of_type("ready").await;
+    let before = app.ws_health().await["events_delivered"].as_u64().unwrap();
+    let big = "y".repeat(60_000);
+    let mut sent = Vec::new();
+    for _ in 0..COUNT {
+        sent.push(app.send_message(&alice, chat, &big).await["id"].clone());
+    }
+    // Every message has been handed to the connection (queued or written).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.ws_health().await["events_delivered"].as_u64().unwrap() < before + COUNT as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "not dispatched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Act: stop the server while the client starts reading.
+    let read_all = async {
+        let mut got = Vec::new();
+        loop {
+            use futures_util::StreamExt;
+            match ws.stream.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let f: Value = serde_json::from_str(&t).unwrap();
+                    if f["type"] == "message" {
+                        got.push(f["payload"]["message_id"].clone());
+                    }
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return (got, f.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    };
+    let ((), (got, code)) = tokio::join!(app.stop(), read_all);
+
+    // Assert: everything queued arrived, then the close frame.
+    assert_eq!(code, Some(1001));
+    assert_eq!(got.len(), sent.len(), "queued frames were dropped");
+    assert_eq!(got, sent);
+}
+
 #[tokio::test]
 async fn ws_health_reports_connections_users_rooms_and_deliveries() {
     // Arrange

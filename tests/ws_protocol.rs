@@ -788,3 +788,67 @@ async fn a_frame_over_64_kib_closes_the_connection_with_1009() {
     // Assert
     assert_eq!(ws.closed().await, Closed::Code(1009));
 }
+
+/// Records every log line of this test binary, so tests can inspect them.
+struct CaptureLog(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for CaptureLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        // What a server at the default level (info) writes; the test's own
+        // WebSocket client logs its request line at debug level.
+        if record.level() <= log::Level::Info {
+            let line = format!("{} {}", record.target(), record.args());
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURED: CaptureLog = CaptureLog(std::sync::Mutex::new(Vec::new()));
+
+#[tokio::test]
+async fn the_token_in_the_query_string_is_never_logged() {
+    // Arrange
+    let _ = log::set_logger(&CAPTURED);
+    log::set_max_level(log::LevelFilter::Trace);
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bogus = "bogus-token-that-must-not-be-logged";
+
+    // Act: one accepted and one refused connection with tokens in the query.
+    let mut ws = app.connect_ws(&alice, Some(0)).await;
+    ws.next_of_type("ready").await;
+    let (status, _) = upgrade_request(&app, &format!("?token={bogus}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    drop(ws);
+
+    // Assert: both requests were logged, without their query strings.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = CAPTURED.0.lock().unwrap().clone();
+        let ws_lines: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("chatapp::request") && l.contains("/ws"))
+            .collect();
+        for line in &lines {
+            assert!(!line.contains(&alice.token), "token logged: {line}");
+            assert!(!line.contains(bogus), "token logged: {line}");
+            assert!(!line.contains("token="), "query logged: {line}");
+        }
+        if ws_lines.iter().any(|l| l.contains(" 101 "))
+            && ws_lines.iter().any(|l| l.contains(" 401 "))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests not logged: {ws_lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
