@@ -45,14 +45,16 @@ pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceC
 /// Serialises a user's presence changes across nodes for the rest of the
 /// transaction, so each one's check for sessions elsewhere sees the others':
 /// otherwise a connection opening on one node while the last one closes on
-/// another can leave the user shown offline while connected.
+/// another can leave the user shown offline while connected. An advisory lock
+/// (two-key space: 'pres', user id), not a row lock: `leave` and `reap` lock
+/// session rows before user rows, and taking the user row first would deadlock.
 async fn lock_user(
     client: &impl tokio_postgres::GenericClient,
     user_id: i64,
 ) -> Result<(), ApiError> {
     client
         .execute(
-            "select 1 from users where id = $1 for no key update",
+            "select pg_advisory_xact_lock(1886545267, ($1::bigint % 2147483647)::int)",
             &[&user_id],
         )
         .await?;
