@@ -378,6 +378,92 @@ async fn a_client_reconnecting_with_since_in_a_loop_sees_every_message_once_in_o
 }
 
 #[tokio::test]
+async fn events_too_large_for_a_notify_payload_are_delivered_in_order() {
+    // Arrange: messages may be far larger than PostgreSQL's 8000-byte NOTIFY limit.
+    let app = spawn_app_with(|c| c.limits.message_chars = 20_000).await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (mut ws, _) = connected(&app, &bob, None).await;
+    let contents = [
+        "small".to_string(),
+        "L".repeat(20_000),
+        "small again".to_string(),
+        "M".repeat(9_000),
+        "last".to_string(),
+    ];
+
+    // Act
+    for c in &contents {
+        app.send_message(&alice, chat, c).await;
+    }
+
+    // Assert
+    let mut last = 0;
+    for c in &contents {
+        let f = ws.next_of_type("message").await;
+        assert_eq!(f["payload"]["content"].as_str().unwrap(), c.as_str());
+        let id = f["payload"]["event_id"].as_i64().unwrap();
+        assert!(id > last, "out of order");
+        last = id;
+    }
+    let edited = app
+        .put(
+            &format!(
+                "/api/v1/messages/{}",
+                app.send_message(&alice, chat, "x").await["id"]
+            ),
+            &alice.token,
+            json!({"content": "E".repeat(20_000)}),
+        )
+        .await;
+    assert_eq!(edited.0, 200);
+    let f = ws.next_of_type("message_updated").await;
+    assert_eq!(f["payload"]["content"].as_str().unwrap().len(), 20_000);
+}
+
+#[tokio::test]
+async fn a_listener_that_loses_its_database_connection_catches_up_from_the_log() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (mut ws, _) = connected(&app, &bob, None).await;
+    let db = helpers::pg::connect(&app.database_url).await;
+
+    // Act: kill the node's LISTEN connection, then write while it is away.
+    let killed: i64 = db
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity
+             where application_name = 'chatapp-listener' and datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "exactly one listener connection per node");
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            app.send_message(&alice, chat, &format!("during outage {i}"))
+                .await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+
+    // Assert: every one arrives once, in order, as soon as the listener is
+    // back (no later event is needed to reveal the gap).
+    let seen = read_messages(&mut ws, sent.len()).await;
+    assert_strictly_increasing(&seen);
+    assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), sent);
+    let live = app.send_message(&alice, chat, "live").await;
+    let f = ws.next_of_type("message").await;
+    assert_eq!(f["payload"]["message_id"], live["id"]);
+}
+
+#[tokio::test]
 async fn since_older_than_the_retention_is_not_recovered() {
     // Arrange: events are kept one second and pruned every second.
     let app = spawn_app_with(|c| {
@@ -571,6 +657,18 @@ async fn a_silent_client_is_dropped_while_a_reading_client_stays_connected() {
     // The silent one's connection is over (a close frame, or a reset when it
     // finally answers the queued pings on a socket the server already closed).
     let _ = silent.closed().await;
+}
+
+#[test]
+fn keepalive_and_retention_defaults_match_the_spec() {
+    let ws = chatapp::config::Config::default().ws;
+    assert_eq!(ws.ping_interval_ms, 30_000);
+    assert_eq!(ws.idle_timeout_ms, 75_000);
+    assert_eq!(ws.event_retention_secs, 7 * 24 * 3600);
+    assert_eq!(ws.max_frame_bytes, 64 * 1024);
+    assert_eq!(ws.typing_interval_ms, 2_000);
+    // A dead node's users go offline within 60 s: timeout plus one heartbeat.
+    assert!(ws.presence_timeout_secs + ws.presence_heartbeat_secs <= 60);
 }
 
 #[tokio::test]

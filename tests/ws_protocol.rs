@@ -271,6 +271,44 @@ async fn message_frame_is_stored_acked_with_ref_and_broadcast_in_seed_shape() {
 }
 
 #[tokio::test]
+async fn a_message_sent_over_the_socket_produces_the_same_event_as_one_sent_over_rest() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let (chat, mut ws) = group_with_sockets(&app, &alice, &[&bob]).await;
+
+    // Act
+    app.post(
+        "/api/v1/messages",
+        &alice.token,
+        json!({"chat_id": chat, "content": "same", "client_id": "via-rest"}),
+    )
+    .await;
+    ws[0]
+        .send_json(json!({"type": "message", "payload": {"chat_id": chat, "content": "same", "client_id": "via-ws"}}))
+        .await;
+
+    // Assert: identical frames but for ids and times.
+    let mut rest = ws[1].next_of_type("message").await;
+    let mut sock = ws[1].next_of_type("message").await;
+    for f in [&mut rest, &mut sock] {
+        let p = f["payload"].as_object_mut().unwrap();
+        for volatile in [
+            "message_id",
+            "event_id",
+            "client_id",
+            "timestamp",
+            "created_at",
+            "updated_at",
+        ] {
+            assert!(p.remove(volatile).is_some(), "{volatile} missing");
+        }
+    }
+    assert_eq!(rest, sock);
+}
+
+#[tokio::test]
 async fn message_frame_obeys_rest_validation_and_permissions() {
     // Arrange
     let app = spawn_app().await;
