@@ -57,6 +57,7 @@ async fn listen_once(
         .expect("database url was validated at startup");
     pg.connect_timeout(Duration::from_secs(5));
     pg.application_name("chatapp-listener");
+    crate::db::session_defaults(&mut pg);
     let (client, mut connection) = pg.connect(NoTls).await.map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
     let driver = tokio::spawn(async move {
