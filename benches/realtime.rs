@@ -31,11 +31,11 @@ fn summarize(name: &str, mut samples: Vec<Duration>) -> Duration {
     pct(0.5)
 }
 
-async fn rest_send_latency(app: &TestApp) -> Duration {
+async fn rest_send_latency(app: &TestApp, label: &str, sends: usize) -> Duration {
     let user = app.register("bench").await;
     let chat = app.create_group(&user, "bench", &[]).await;
-    let mut samples = Vec::with_capacity(SENDS);
-    for i in 0..SENDS {
+    let mut samples = Vec::with_capacity(sends);
+    for i in 0..sends {
         let started = Instant::now();
         let (status, _) = app
             .post(
@@ -47,7 +47,7 @@ async fn rest_send_latency(app: &TestApp) -> Duration {
         samples.push(started.elapsed());
         assert_eq!(status, 201);
     }
-    summarize("REST POST /messages", samples)
+    summarize(label, samples)
 }
 
 async fn ws_send_latency(app: &TestApp) -> Duration {
@@ -149,7 +149,7 @@ fn main() {
         })
         .await;
         println!("chatapp end-to-end benchmarks (loopback, PostgreSQL with fsync off)");
-        let rest = rest_send_latency(&app).await;
+        let rest = rest_send_latency(&app, "REST POST /messages", SENDS).await;
         let ws = ws_send_latency(&app).await;
         println!(
             "  ratio REST/WebSocket send median: {:.2}",
@@ -161,6 +161,17 @@ fn main() {
         println!(
             "  ratio one-chat-each/shared throughput: {:.2}",
             separate / shared
+        );
+
+        // The same server with PostgreSQL's JIT left on (its default), as before
+        // `db::session_defaults` turned it off.
+        let url = helpers::pg::fresh_database().await;
+        let jit = spawn_node(&format!("{url}?options=-c%20jit%3Don"), |_| {}).await;
+        let with_jit = rest_send_latency(&jit, "REST POST /messages, jit=on", 300).await;
+        let without = rest_send_latency(&app, "REST POST /messages, jit=off", 300).await;
+        println!(
+            "  ratio jit=on/jit=off send median: {:.2}",
+            with_jit.as_secs_f64() / without.as_secs_f64()
         );
     });
 }
