@@ -98,7 +98,7 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
     let batch = serde_json::to_value(events).map_err(|e| ApiError::Internal(e.to_string()))?;
     let rows = client
         .query(
-            "with seq as (
+            &format!("with seq as (
                  update event_seq set last_id = last_id + jsonb_array_length($1::jsonb)
                  returning last_id - jsonb_array_length($1::jsonb) as base
              ), ins as (
@@ -107,7 +107,7 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
                         array(select jsonb_array_elements_text(e.v->'user_ids')::bigint),
                         e.v->'payload'
                  from seq, jsonb_array_elements($1::jsonb) with ordinality as e(v, ord)
-                 returning id, chat_id, kind, user_ids, payload
+                 returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
              )
              select ins.id,
                     pg_notify($2, case when octet_length(n.text) < $3 then n.text
@@ -115,10 +115,9 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
              from ins, lateral (
                  select json_build_object(
                      'id', ins.id, 'chat_id', ins.chat_id, 'kind', ins.kind, 'user_ids', ins.user_ids,
-                     'frame', json_build_object('type', ins.kind,
-                                                'payload', ins.payload || jsonb_build_object('event_id', ins.id))
+                     'frame', ins.frame::json
                  )::text as text
-             ) n",
+             ) n"),
             &[&batch, &EVENTS_CHANNEL, &NOTIFY_PAYLOAD_LIMIT],
         )
         .await?;
@@ -127,9 +126,15 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
     Ok(ids)
 }
 
+/// SQL for a logged event's frame text, with `event_id` added to its payload;
+/// the one definition the emitter, the listener and replay share.
+pub const FRAME_SQL: &str = "json_build_object('type', kind, 'payload', payload || jsonb_build_object('event_id', id))::text";
+
 /// Ephemeral signals: delivered to whoever is connected now, never replayed.
+/// Serialised in the frame shape `{"type", "payload"}`, so the NOTIFY payload
+/// of `typing`, `read` and `presence` is forwarded to clients as it is.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum Live {
     Typing {
         chat_id: i64,
@@ -146,7 +151,8 @@ pub enum Live {
         online: bool,
         last_seen: Option<String>,
     },
-    /// Sockets of this user holding tokens older than `token_version` must close.
+    /// Control, never forwarded: sockets of this user holding tokens older
+    /// than `token_version` must close.
     TokensRevoked {
         user_id: i64,
         token_version: i32,

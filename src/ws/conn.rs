@@ -7,7 +7,7 @@ use super::registry::{
 };
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::events::{Live, notify_live};
+use crate::events::{FRAME_SQL, Live, notify_live};
 use crate::http::State;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -248,14 +248,15 @@ async fn fetch_replay(
     let client = state.pool.get().await?;
     let rows = client
         .query(
-            "select id, json_build_object('type', kind,
-                                          'payload', payload || jsonb_build_object('event_id', id))::text
+            &format!(
+                "select id, {FRAME_SQL}
              from events
              where id > $2 and id <= $3
                and ($1 = any(user_ids)
                     or (kind <> 'chat_created'
                         and chat_id in (select chat_id from chat_members where user_id = $1)))
-             order by id limit $4",
+             order by id limit $4"
+            ),
             &[&user_id, &after, &upto, &REPLAY_PAGE],
         )
         .await?;

@@ -8,9 +8,8 @@
 //! payloads, reconnects and startup alike.
 
 use super::Hub;
-use super::protocol::ServerFrame;
 use super::registry::{ACCOUNT_DELETED, Event, TOKEN_EXPIRED};
-use crate::events::{EVENTS_CHANNEL, LIVE_CHANNEL, Live};
+use crate::events::{EVENTS_CHANNEL, FRAME_SQL, LIVE_CHANNEL, Live};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -198,10 +197,10 @@ pub async fn fetch_events(
 ) -> Result<Vec<Event>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "select id, chat_id, kind, user_ids,
-                    json_build_object('type', kind,
-                                      'payload', payload || jsonb_build_object('event_id', id))::text
-             from events where id > $1 and id <= $2 order by id limit $3",
+            &format!(
+                "select id, chat_id, kind, user_ids, {FRAME_SQL}
+                 from events where id > $1 and id <= $2 order by id limit $3"
+            ),
             &[&after, &upto, &limit],
         )
         .await?;
@@ -226,46 +225,16 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
         }
     };
     let registry = &hub.registry;
+    // typing, read and presence payloads are already frames (see `Live`).
+    let frame = || Arc::<str>::from(payload);
     match signal {
         Live::Typing {
-            chat_id,
-            user_id,
-            username,
-        } => {
-            let frame = ServerFrame::Typing {
-                chat_id,
-                user_id,
-                username,
-            }
-            .to_text(None);
-            registry.broadcast_room(chat_id, Arc::from(frame), Some(user_id));
-        }
-        Live::Read {
-            chat_id,
-            user_id,
-            message_id,
-        } => {
-            let frame = ServerFrame::Read {
-                chat_id,
-                user_id,
-                message_id,
-            }
-            .to_text(None);
-            registry.broadcast_room(chat_id, Arc::from(frame), None);
-        }
-        Live::Presence {
-            user_id,
-            online,
-            last_seen,
-        } => {
+            chat_id, user_id, ..
+        } => registry.broadcast_room(chat_id, frame(), Some(user_id)),
+        Live::Read { chat_id, .. } => registry.broadcast_room(chat_id, frame(), None),
+        Live::Presence { user_id, .. } => {
             // Who shares a chat with them is a database question; ask it off this loop.
-            let frame = ServerFrame::Presence {
-                user_id,
-                online,
-                last_seen,
-            }
-            .to_text(None);
-            let _ = presence.send((user_id, Arc::from(frame)));
+            let _ = presence.send((user_id, frame()));
         }
         Live::TokensRevoked {
             user_id,

@@ -97,21 +97,6 @@ pub enum ServerFrame {
         #[serde(rename = "ref")]
         reference: Option<Value>,
     },
-    Typing {
-        chat_id: i64,
-        user_id: i64,
-        username: String,
-    },
-    Read {
-        chat_id: i64,
-        user_id: i64,
-        message_id: i64,
-    },
-    Presence {
-        user_id: i64,
-        online: bool,
-        last_seen: Option<String>,
-    },
 }
 
 impl ServerFrame {
