@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -71,10 +72,11 @@ pub fn issue_token(
 pub async fn authenticate(state: &State, token: &str) -> Result<AuthUser, ApiError> {
     let claims = decode_token(&state.token_key, token)?;
     let client = state.pool.get().await?;
+    // Typed parameters skip the prepare round trip: this runs on every request.
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "select username, token_version from users where id = $1",
-            &[&claims.user_id],
+            &[(&claims.user_id, Type::INT8)],
         )
         .await?;
     match row {

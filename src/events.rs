@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 /// Channel of durable events (they carry an `event_id`).
 pub const EVENTS_CHANNEL: &str = "chatapp_events";
@@ -97,7 +98,7 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
     }
     let batch = serde_json::to_value(events).map_err(|e| ApiError::Internal(e.to_string()))?;
     let rows = client
-        .query(
+        .query_typed(
             &format!("with seq as (
                  update event_seq set last_id = last_id + jsonb_array_length($1::jsonb)
                  returning last_id - jsonb_array_length($1::jsonb) as base
@@ -118,7 +119,11 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
                      'frame', ins.frame::json
                  )::text as text
              ) n"),
-            &[&batch, &EVENTS_CHANNEL, &NOTIFY_PAYLOAD_LIMIT],
+            &[
+                (&batch, Type::JSONB),
+                (&EVENTS_CHANNEL, Type::TEXT),
+                (&NOTIFY_PAYLOAD_LIMIT, Type::INT4),
+            ],
         )
         .await?;
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();

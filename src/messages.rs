@@ -9,6 +9,7 @@ use crate::http::{
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use time::OffsetDateTime;
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -232,7 +233,7 @@ pub async fn send_message(
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
     let row = tx
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "with member as (
                      select 1 from chat_members where chat_id = $1 and user_id = $2
@@ -247,7 +248,12 @@ pub async fn send_message(
                  select {MESSAGE_COLUMNS}
                  from m left join users u on u.id = m.sender_id"
             ),
-            &[&req.chat_id, &sender_id, &content, &req.client_id],
+            &[
+                (&req.chat_id, Type::INT8),
+                (&sender_id, Type::INT8),
+                (&content, Type::TEXT),
+                (&req.client_id, Type::TEXT),
+            ],
         )
         .await?;
     let Some(row) = row else {
@@ -354,6 +360,9 @@ async fn fetch_history(
     let page = page?;
     let client = state.pool.get().await?;
     // Membership is part of the query; after_id pages are read oldest-first and flipped.
+    // A plain `m.id` ordering (not an expression) lets the (chat_id, id) index
+    // serve the page without reading and sorting the chat's whole history.
+    let order = if after.is_some() { "m.id" } else { "m.id desc" };
     let rows = client
         .query(
             &format!(
@@ -364,7 +373,7 @@ async fn fetch_history(
                        and exists (select 1 from chat_members c where c.chat_id = $1 and c.user_id = $2)
                        and ($3::bigint is null or m.id < $3)
                        and ($4::bigint is null or m.id > $4)
-                     order by case when $4::bigint is null then -m.id else m.id end
+                     order by {order}
                      limit $5 offset $6
                  ) page order by id desc"
             ),
