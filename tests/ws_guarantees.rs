@@ -306,6 +306,83 @@ async fn replay_includes_chats_joined_while_away_and_nothing_from_chats_left() {
     assert_eq!(f["payload"]["message_id"], live["id"]);
 }
 
+/// Waits until some session is blocked waiting for a lock on `table`.
+async fn wait_for_lock_waiter(db: &tokio_postgres::Client, table: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "select count(*) from pg_locks where relation = $1::text::regclass and not granted",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody waited on {table}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_runs() {
+    // Arrange: bob misses two messages in `room` while away.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let room = app.create_group(&alice, "room", &[&bob]).await;
+    let (ws, ready) = connected(&app, &bob, None).await;
+    drop(ws);
+    let since = ready["last_event_id"].as_i64().unwrap();
+    let missed = [
+        app.send_message(&alice, room, "one").await["id"].clone(),
+        app.send_message(&alice, room, "two").await["id"].clone(),
+    ];
+    // Hold the event log so the replay blocks right after `ready`.
+    let mut holder = helpers::pg::connect(&app.database_url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("lock table events in access exclusive mode")
+        .await
+        .unwrap();
+
+    // Act: bob resumes; while his replay waits, he is removed from `room`.
+    let (mut ws, ready) = connected(&app, &bob, Some(since)).await;
+    assert_eq!(ready["recovered"], true);
+    assert_eq!(ready["chat_ids"], json!([room]));
+    let observer = helpers::pg::connect(&app.database_url).await;
+    wait_for_lock_waiter(&observer, "events").await;
+    let removal = chatapp::chats::members::leave_chat(&tx, room, bob.id, alice.id)
+        .await
+        .unwrap();
+    chatapp::events::emit(&tx, &removal).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Assert: what `ready` promised (bob was in `room`) is replayed, then the removal.
+    let mut frames = Vec::new();
+    loop {
+        let f = ws.next_json().await;
+        let kind = f["type"].as_str().unwrap().to_string();
+        frames.push((kind.clone(), f["payload"]["message_id"].clone()));
+        if kind == "member_removed" {
+            break;
+        }
+    }
+    assert_eq!(
+        frames,
+        vec![
+            ("message".to_string(), missed[0].clone()),
+            ("message".to_string(), missed[1].clone()),
+            ("member_removed".to_string(), Value::Null),
+        ]
+    );
+    ws.expect_no("system", QUIET).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reconnecting_with_since_in_a_loop_sees_every_message_once_in_order() {
     // Arrange
@@ -803,6 +880,51 @@ async fn a_user_still_connected_elsewhere_stays_online_when_a_dead_node_is_reape
 
     // Assert
     a.expect_no("presence", QUIET).await;
+}
+
+#[tokio::test]
+async fn a_stalled_node_reaped_by_its_peers_shows_its_users_online_again_when_it_rejoins() {
+    // Arrange: bob is connected; alice watches his presence.
+    let app = spawn_app_with(|c| {
+        c.ws.presence_heartbeat_secs = 1;
+        c.ws.presence_timeout_secs = 2;
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    app.create_group(&alice, "g", &[&bob]).await;
+    let (mut a, _) = connected(&app, &alice, None).await;
+    let (_b, _) = connected(&app, &bob, None).await;
+    assert_eq!(a.next_of_type("presence").await["payload"]["online"], true);
+
+    // Act: a peer reaps this node (as after a heartbeat stall), marking bob offline.
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.execute(
+        "delete from presence_nodes where node_id = $1",
+        &[&app.state.hub.node_id],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "update users set last_seen = now() where id = $1",
+        &[&bob.id],
+    )
+    .await
+    .unwrap();
+
+    // Assert: its next heartbeat brings bob back, and his watchers hear it.
+    let back = a.next_of_type("presence").await;
+    assert_eq!(back["payload"]["user_id"], bob.id, "{back}");
+    assert_eq!(back["payload"]["online"], true, "{back}");
+    let sessions: i64 = db
+        .query_one(
+            "select count(*) from presence_sessions where user_id = $1",
+            &[&bob.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 1);
 }
 
 #[tokio::test]

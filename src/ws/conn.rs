@@ -33,13 +33,17 @@ pub async fn run(socket: WebSocket, state: State, user: AuthUser, since: Option<
     match snapshot(&state, user.id).await {
         Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
             let recovered = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
+            // Replay follows the snapshot `ready` reports, not membership as of
+            // the replay query: a change committed in between arrives live.
+            let replay = since
+                .filter(|_| recovered)
+                .map(|s| (s, snap.last_id, snap.chat_ids.clone()));
             let ready = ServerFrame::Ready {
                 user_id: user.id,
                 last_event_id: snap.last_id,
                 chat_ids: snap.chat_ids,
                 recovered,
             };
-            let replay = since.filter(|_| recovered).map(|s| (s, snap.last_id));
             let reader_kill = registration.kill.clone();
             let writer = tokio::spawn(write_loop(
                 sink,
@@ -107,7 +111,7 @@ async fn write_loop(
     state: State,
     user_id: i64,
     ready: String,
-    replay: Option<(i64, i64)>,
+    replay: Option<(i64, i64, Vec<i64>)>,
 ) {
     let Registration {
         id: conn_id,
@@ -156,13 +160,13 @@ async fn drive(
     conn_id: u64,
     user_id: i64,
     ready: String,
-    replay: Option<(i64, i64)>,
+    replay: Option<(i64, i64, Vec<i64>)>,
 ) -> Result<bool, warp::Error> {
     if !send(sink, Message::text(ready), kill).await? {
         return Ok(false);
     }
-    if let Some((since, upto)) = replay
-        && !replay_events(sink, conn_id, state, user_id, since, upto, kill).await?
+    if let Some((since, upto, chat_ids)) = replay
+        && !replay_events(sink, conn_id, state, user_id, since, upto, &chat_ids, kill).await?
     {
         return Ok(false);
     }
@@ -206,6 +210,7 @@ async fn send(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replay_events(
     sink: &mut Sink,
     conn_id: u64,
@@ -213,10 +218,11 @@ async fn replay_events(
     user_id: i64,
     mut after: i64,
     upto: i64,
+    chat_ids: &[i64],
     kill: &mut watch::Receiver<Option<CloseReason>>,
 ) -> Result<bool, warp::Error> {
     loop {
-        let frames = match fetch_replay(state, user_id, after, upto).await {
+        let frames = match fetch_replay(state, user_id, after, upto, chat_ids).await {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("replay failed: {e:?}");
@@ -237,13 +243,14 @@ async fn replay_events(
     }
 }
 
-/// The user's events in `(after, upto]`: their chats' events and those
-/// addressed to them (`chat_created` only the latter).
+/// The user's events in `(after, upto]`: the events of `chat_ids` (their
+/// chats as of `upto`) and those addressed to them (`chat_created` only the latter).
 async fn fetch_replay(
     state: &State,
     user_id: i64,
     after: i64,
     upto: i64,
+    chat_ids: &[i64],
 ) -> Result<Vec<(i64, String)>, ApiError> {
     let client = state.pool.get().await?;
     let rows = client
@@ -253,11 +260,10 @@ async fn fetch_replay(
              from events
              where id > $2 and id <= $3
                and ($1 = any(user_ids)
-                    or (kind <> 'chat_created'
-                        and chat_id in (select chat_id from chat_members where user_id = $1)))
+                    or (kind <> 'chat_created' and chat_id = any($5)))
              order by id limit $4"
             ),
-            &[&user_id, &after, &upto, &REPLAY_PAGE],
+            &[&user_id, &after, &upto, &REPLAY_PAGE, &chat_ids],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

@@ -187,14 +187,32 @@ pub async fn beat(hub: &Hub) -> Result<(), ApiError> {
         .get::<_, bool>(0);
     if rejoined {
         let users = hub.registry.connected_users();
-        client
-            .execute(
-                "insert into presence_sessions (node_id, user_id)
-                 select $1, u from unnest($2::bigint[]) u where exists (select 1 from users where id = u)
-                 on conflict do nothing",
+        // The reaper showed users held nowhere else offline: show them online again.
+        let back = client
+            .query(
+                "with ins as (
+                     insert into presence_sessions (node_id, user_id)
+                     select $1, u from unnest($2::bigint[]) u where exists (select 1 from users where id = u)
+                     on conflict do nothing
+                     returning user_id
+                 )
+                 select ins.user_id, u.last_seen from ins join users u on u.id = ins.user_id
+                 where not exists (select 1 from presence_sessions s
+                                   where s.user_id = ins.user_id and s.node_id <> $1)",
                 &[&hub.node_id, &users],
             )
             .await?;
+        for row in back {
+            notify_live(
+                &*client,
+                &Live::Presence {
+                    user_id: row.get(0),
+                    online: true,
+                    last_seen: rfc3339(row.get(1)),
+                },
+            )
+            .await?;
+        }
     }
     reap(hub, &*client).await
 }
