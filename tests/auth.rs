@@ -363,6 +363,69 @@ async fn login_with_odd_passwords_is_a_401_not_an_error() {
     }
 }
 
+/// The fastest of `n` logins, in seconds.
+async fn fastest_login(app: &TestApp, username: &str, password: &str, n: usize) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let (status, body) = app.login(username, password).await;
+        best = best.min(started.elapsed().as_secs_f64());
+        assert!(status == 200 || status == 401, "{status}: {body}");
+    }
+    best
+}
+
+#[tokio::test]
+async fn an_unknown_user_costs_a_password_check_like_a_wrong_password() {
+    // Arrange: a bcrypt cost where one check takes tens of milliseconds.
+    let app = spawn_app_with(|cfg| cfg.auth.bcrypt_cost = 10).await;
+    let user = app.register("timing").await;
+
+    // Act
+    let wrong_password = fastest_login(&app, &user.username, "not the password", 3).await;
+    let unknown_user = fastest_login(&app, &unique_name("ghost"), PASSWORD, 3).await;
+
+    // Assert: no shortcut for unknown users (they are checked against a dummy
+    // hash), so their 401 is not several times faster than a real check.
+    assert!(
+        unknown_user * 3.0 >= wrong_password,
+        "unknown user: {unknown_user:.4}s, wrong password: {wrong_password:.4}s"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_logins_does_not_stall_other_requests() {
+    // The test server shares this test's single-threaded runtime: bcrypt on
+    // the runtime would hold every other request until it finished.
+    let app = std::sync::Arc::new(spawn_app_with(|cfg| cfg.auth.bcrypt_cost = 12).await);
+    let user = app.register("burst").await;
+    let one_login = fastest_login(&app, &user.username, PASSWORD, 1).await;
+
+    // Act: four logins at once; meanwhile, health checks one after another.
+    let logins: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, name) = (app.clone(), user.username.clone());
+            tokio::spawn(async move { app.login(&name, PASSWORD).await.0 })
+        })
+        .collect();
+    let mut slowest_health = 0.0f64;
+    while !logins.iter().all(|l| l.is_finished()) {
+        let started = std::time::Instant::now();
+        let (status, body) = app.request(Method::GET, "/health", None, None).await;
+        slowest_health = slowest_health.max(started.elapsed().as_secs_f64());
+        assert_eq!(status, 200, "{body}");
+    }
+    for login in logins {
+        assert_eq!(login.await.unwrap(), 200);
+    }
+
+    // Assert: no health check waited anywhere near as long as one bcrypt check.
+    assert!(
+        slowest_health * 2.0 < one_login,
+        "slowest health check {slowest_health:.4}s vs one login {one_login:.4}s"
+    );
+}
+
 // ---- tokens ----
 
 #[tokio::test]
