@@ -249,6 +249,30 @@ async fn typing_and_read_markers_cross_nodes() {
 }
 
 #[tokio::test]
+async fn typing_from_one_user_on_two_nodes_is_forwarded_at_most_once_per_interval() {
+    // Arrange: alice has a connection on each node; bob watches on node A.
+    let (a, b) = two_nodes().await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let chat = a.create_group(&alice, "g", &[&bob]).await;
+    let (mut watcher, _) = connected(&a, &bob, None).await;
+    let (mut alice_a, _) = connected(&a, &alice, None).await;
+    let (mut alice_b, _) = connected(&b, &alice, None).await;
+    let typing = json!({"type": "typing", "payload": {"chat_id": chat}});
+
+    // Act: she types in both tabs at once.
+    alice_a.send_json(typing.clone()).await;
+    alice_b.send_json(typing).await;
+
+    // Assert: bob sees one typing signal within the 2 s window, not two.
+    let first = watcher.next_of_type("typing").await;
+    assert_eq!(first["payload"]["user_id"], alice.id);
+    watcher
+        .expect_no("typing", Duration::from_millis(1000))
+        .await;
+}
+
+#[tokio::test]
 async fn a_user_is_online_while_connected_to_any_node() {
     // Arrange: alice watches from node A; bob connects to both nodes.
     let (a, b) = two_nodes().await;

@@ -230,7 +230,11 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
     match signal {
         Live::Typing {
             chat_id, user_id, ..
-        } => registry.broadcast_room(chat_id, frame(), Some(user_id)),
+        } => {
+            if hub.typing_deliverable(user_id, chat_id) {
+                registry.broadcast_room(chat_id, frame(), Some(user_id));
+            }
+        }
         Live::Read { chat_id, .. } => registry.broadcast_room(chat_id, frame(), None),
         Live::Presence { user_id, .. } => {
             // Who shares a chat with them is a database question; ask it off this loop.

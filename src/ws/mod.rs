@@ -38,6 +38,9 @@ pub struct Hub {
     shutdown_tx: watch::Sender<bool>,
     /// When each (user, chat) last had a typing signal forwarded from this node.
     typing_sent: Mutex<HashMap<(i64, i64), Instant>>,
+    /// When each (user, chat) last had a typing signal delivered here, from any
+    /// node: a user typing on two nodes must not get past the limit.
+    typing_heard: Mutex<HashMap<(i64, i64), Instant>>,
     live_connections: AtomicUsize,
     all_closed: Notify,
 }
@@ -60,6 +63,7 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
             typing_sent: Mutex::new(HashMap::new()),
+            typing_heard: Mutex::new(HashMap::new()),
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
         });
@@ -122,9 +126,23 @@ impl Hub {
 
     /// True at most once per `typing_interval_ms` for a user in a chat.
     fn typing_allowed(&self, user_id: i64, chat_id: i64) -> bool {
+        self.throttle_typing(&self.typing_sent, user_id, chat_id)
+    }
+
+    /// The same limit on what the listener delivers, whichever node it came from.
+    fn typing_deliverable(&self, user_id: i64, chat_id: i64) -> bool {
+        self.throttle_typing(&self.typing_heard, user_id, chat_id)
+    }
+
+    fn throttle_typing(
+        &self,
+        map: &Mutex<HashMap<(i64, i64), Instant>>,
+        user_id: i64,
+        chat_id: i64,
+    ) -> bool {
         let interval = Duration::from_millis(self.config.typing_interval_ms);
         let now = Instant::now();
-        let mut sent = self.typing_sent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sent = map.lock().unwrap_or_else(|p| p.into_inner());
         if sent.len() > 100_000 {
             sent.retain(|_, at| now.duration_since(*at) < interval);
         }
