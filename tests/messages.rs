@@ -367,6 +367,27 @@ async fn ten_concurrent_sends_with_one_client_id_store_one_message() {
 }
 
 #[tokio::test]
+async fn a_retry_after_a_restart_still_returns_the_original_with_200() {
+    // Arrange: a send with a client_id, then the server restarts.
+    let mut app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let chat = app.create_group(&alice, "g", &[]).await;
+    let body = json!({ "chat_id": chat, "content": "survives", "client_id": "restart-1" });
+    let (status, original) = send(&app, &alice, body.clone()).await;
+    assert_eq!(status, 201, "{original}");
+    app.stop().await;
+    let restarted = spawn_node(&app.database_url, |_| {}).await;
+
+    // Act
+    let (status, retry) = send(&restarted, &alice, body).await;
+
+    // Assert: the database, not process memory, remembers the client_id.
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry, original);
+    assert_eq!(stored_in_chat(&restarted, chat).await, 1);
+}
+
+#[tokio::test]
 async fn a_client_id_reused_in_another_chat_is_409() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;

@@ -179,3 +179,23 @@ async fn database_outage_is_503_and_the_server_recovers() {
     let (status, body) = app.login(&bob.username, PASSWORD).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn health_is_200_ok_with_service_version_timestamp_and_database() {
+    let app = spawn_app().await;
+
+    let (status, body) = health(&app).await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["service"], "chatapp");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["database"], "ok");
+    let timestamp = body["timestamp"].as_str().expect("timestamp string");
+    let parsed =
+        time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("not RFC 3339: {timestamp}: {e}"));
+    assert!(timestamp.ends_with('Z'), "not UTC: {timestamp}");
+    let skew = (time::OffsetDateTime::now_utc() - parsed).abs();
+    assert!(skew < time::Duration::minutes(1), "timestamp {timestamp}");
+}

@@ -488,6 +488,56 @@ async fn deleting_your_account_removes_memberships_and_keeps_messages_anonymous(
 }
 
 #[tokio::test]
+async fn deleting_the_last_admins_account_promotes_a_member_and_drops_chats_left_empty() {
+    // Arrange: alice is the only admin of a shared group and the only member of another.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let shared = app.create_group(&alice, "shared", &[&bob]).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/chats/{shared}/members"),
+            &alice.token,
+            json!({ "member_ids": [carol.id] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let solo = app.create_group(&alice, "solo", &[]).await;
+    app.send_message(&alice, solo, "note to self").await;
+
+    // Act
+    let (status, body) = app.delete(&user_path(alice.id), &alice.token).await;
+    assert_eq!(status, 204, "{body}");
+
+    // Assert: bob, the longest-standing remaining member, is now the admin...
+    let (status, chat) = app
+        .get(&format!("/api/v1/chats/{shared}"), &bob.token)
+        .await;
+    assert_eq!(status, 200, "{chat}");
+    let admins: Vec<i64> = chat["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["is_admin"] == true)
+        .map(|m| m["user_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(admins, [bob.id], "{chat}");
+    // ...and the chat nobody is left in is gone, with its messages.
+    let db = pg::connect(&app.database_url).await;
+    let remaining: i64 = db
+        .query_one(
+            "select (select count(*) from chats where id = $1)
+                  + (select count(*) from messages where chat_id = $1)",
+            &[&solo],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(remaining, 0);
+}
+
+#[tokio::test]
 async fn deleting_someone_elses_account_is_403() {
     let app = spawn_app().await;
     let me = app.register("me").await;
