@@ -548,6 +548,26 @@ async fn chat_list_paginates_with_limit_and_offset() {
 }
 
 #[tokio::test]
+async fn chat_list_defaults_to_50_chats() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let db = pg::connect(&app.database_url).await;
+    db.execute(
+        "with c as (
+             insert into chats (name, is_group, creator_id)
+             select 'g' || g, true, $1 from generate_series(1, 55) g returning id
+         )
+         insert into chat_members (chat_id, user_id, is_admin) select id, $1, true from c",
+        &[&alice.id],
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(list(&app, &alice, "").await.len(), 50);
+    assert_eq!(list(&app, &alice, "?limit=100").await.len(), 55);
+}
+
+#[tokio::test]
 async fn chat_list_rejects_bad_pagination_and_flags() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
