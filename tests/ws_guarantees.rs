@@ -928,6 +928,36 @@ async fn a_stalled_node_reaped_by_its_peers_shows_its_users_online_again_when_it
 }
 
 #[tokio::test]
+async fn a_socket_upgraded_while_shutdown_starts_is_closed_with_1001_too() {
+    // Arrange: alice's upgrade request is held in authentication (the users
+    // table is locked) until shutdown has begun.
+    let mut app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mut holder = helpers::pg::connect(&app.database_url).await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("lock table users in access exclusive mode")
+        .await
+        .unwrap();
+    let (addr, token) = (app.addr, alice.token.clone());
+    let connecting = tokio::spawn(async move { WsClient::connect(addr, &token, None).await });
+    let observer = helpers::pg::connect(&app.database_url).await;
+    wait_for_lock_waiter(&observer, "users").await;
+
+    // Act: shutdown starts (it closes the sockets it knows of), then the upgrade completes.
+    let hub = app.state.hub.clone();
+    let stopping = tokio::spawn(async move { app.stop().await });
+    while !hub.is_shutting_down() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.commit().await.unwrap();
+    let mut ws = connecting.await.unwrap();
+
+    // Assert
+    assert_eq!(ws.closed().await, Closed::Code(1001));
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
 async fn shutdown_closes_every_connection_with_1001_and_marks_users_offline() {
     // Arrange
     let mut app = spawn_app().await;

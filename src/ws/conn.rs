@@ -29,6 +29,11 @@ pub async fn run(socket: WebSocket, state: State, user: AuthUser, since: Option<
     hub.connection_opened();
     let registration = hub.registry.register(user.id, user.token_version);
     let id = registration.id;
+    // Authorized before shutdown began but registered after it closed every
+    // socket it knew of: close this one the same way.
+    if hub.is_shutting_down() {
+        hub.registry.kill(id, super::registry::SHUTTING_DOWN);
+    }
     let (sink, stream) = socket.split();
     match snapshot(&state, user.id).await {
         Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
