@@ -313,6 +313,35 @@ mod tests {
         assert!(decode_token(&key, "v4.local.garbage").is_err());
     }
 
+    /// bcrypt must not run on the async runtime: on a single-threaded runtime
+    /// another task keeps making progress while a password is checked. Run
+    /// inline, the check would finish inside one poll and the ticker would
+    /// never get a turn.
+    #[tokio::test(flavor = "current_thread")]
+    async fn password_checks_leave_the_runtime_free() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hash = bcrypt::hash("password", 8).unwrap();
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        assert!(verify_password("password".into(), hash).await.unwrap());
+        let after_verify = ticks.load(Ordering::Relaxed);
+        let hashed = hash_password("password".into(), 8).await.unwrap();
+        let during_hash = ticks.load(Ordering::Relaxed) - after_verify;
+        ticker.abort();
+        assert!(hashed.starts_with("$2"));
+        assert!(after_verify > 1, "the runtime was blocked while verifying");
+        assert!(during_hash > 1, "the runtime was blocked while hashing");
+    }
+
     #[test]
     fn usernames_follow_the_rules() {
         for ok in ["abc", "a.b-c_d", &"x".repeat(50)] {

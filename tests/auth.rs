@@ -393,39 +393,6 @@ async fn an_unknown_user_costs_a_password_check_like_a_wrong_password() {
     );
 }
 
-#[tokio::test]
-async fn a_burst_of_logins_does_not_stall_other_requests() {
-    // The test server shares this test's single-threaded runtime: bcrypt on
-    // the runtime would hold every other request until it finished.
-    let app = std::sync::Arc::new(spawn_app_with(|cfg| cfg.auth.bcrypt_cost = 12).await);
-    let user = app.register("burst").await;
-    let one_login = fastest_login(&app, &user.username, PASSWORD, 1).await;
-
-    // Act: four logins at once; meanwhile, health checks one after another.
-    let logins: Vec<_> = (0..4)
-        .map(|_| {
-            let (app, name) = (app.clone(), user.username.clone());
-            tokio::spawn(async move { app.login(&name, PASSWORD).await.0 })
-        })
-        .collect();
-    let mut slowest_health = 0.0f64;
-    while !logins.iter().all(|l| l.is_finished()) {
-        let started = std::time::Instant::now();
-        let (status, body) = app.request(Method::GET, "/health", None, None).await;
-        slowest_health = slowest_health.max(started.elapsed().as_secs_f64());
-        assert_eq!(status, 200, "{body}");
-    }
-    for login in logins {
-        assert_eq!(login.await.unwrap(), 200);
-    }
-
-    // Assert: no health check waited anywhere near as long as one bcrypt check.
-    assert!(
-        slowest_health * 2.0 < one_login,
-        "slowest health check {slowest_health:.4}s vs one login {one_login:.4}s"
-    );
-}
-
 // ---- tokens ----
 
 #[tokio::test]
