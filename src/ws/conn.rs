@@ -3,7 +3,7 @@
 
 use super::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use super::registry::{
-    CloseReason, GARBAGE, IDLE, Registration, TOKEN_EXPIRED, TOO_BIG, UNAVAILABLE,
+    ACCOUNT_DELETED, CloseReason, GARBAGE, IDLE, Registration, TOKEN_EXPIRED, TOO_BIG, UNAVAILABLE,
 };
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -35,7 +35,17 @@ pub async fn run(socket: WebSocket, state: State, user: AuthUser, since: Option<
         hub.registry.kill(id, super::registry::SHUTTING_DOWN);
     }
     let (sink, stream) = socket.split();
-    match snapshot(&state, user.id).await {
+    let snapshot = snapshot(&state, user.id).await;
+    // A password change or account deletion committed between the token check
+    // and registration was announced before this socket could hear it.
+    if let Ok(snap) = &snapshot {
+        match snap.token_version {
+            None => hub.registry.kill(id, ACCOUNT_DELETED),
+            Some(v) if v != user.token_version => hub.registry.kill(id, TOKEN_EXPIRED),
+            Some(_) => {}
+        }
+    }
+    match snapshot {
         Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
             let recovered = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
             // Replay follows the snapshot `ready` reports, not membership as of
@@ -85,6 +95,8 @@ struct Snapshot {
     last_id: i64,
     pruned_through: i64,
     chat_ids: Vec<i64>,
+    /// `None` when the account no longer exists.
+    token_version: Option<i32>,
 }
 
 /// The user's chats as of the latest committed event, read in one statement
@@ -94,7 +106,8 @@ async fn snapshot(state: &State, user_id: i64) -> Result<Snapshot, ApiError> {
     let row = client
         .query_one(
             "select s.last_id, s.pruned_through,
-                    array(select chat_id from chat_members where user_id = $1 order by chat_id)
+                    array(select chat_id from chat_members where user_id = $1 order by chat_id),
+                    (select token_version from users where id = $1)
              from event_seq s",
             &[&user_id],
         )
@@ -103,6 +116,7 @@ async fn snapshot(state: &State, user_id: i64) -> Result<Snapshot, ApiError> {
         last_id: row.get(0),
         pruned_through: row.get(1),
         chat_ids: row.get(2),
+        token_version: row.get(3),
     })
 }
 

@@ -117,10 +117,18 @@ async fn serve(
         }
     });
     let mut shutdown = hub.shutdown_signal();
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + LIVENESS_INTERVAL,
+        LIVENESS_INTERVAL,
+    );
     loop {
         let notification = tokio::select! {
             n = rx.recv() => n,
-            _ = shutdown.changed() => return Ok(()),
+            _ = check.tick() => {
+                check_head(hub, client).await?;
+                continue;
+            }
+            _ = super::stopping(&mut shutdown) => return Ok(()),
         };
         let Some(n) = notification else {
             return Err("the connection closed".into());
@@ -131,6 +139,28 @@ async fn serve(
             on_live(hub, n.payload(), &presence_tx);
         }
     }
+}
+
+/// How often the listener proves its connection alive and compares the log's
+/// head with what it dispatched.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A connection can die without a reset (a partition): nothing would arrive
+/// and nothing would fail. A bounded query detects that (the caller then
+/// reconnects and catches up), and dispatches anything a lost notification hid.
+async fn check_head(hub: &Arc<Hub>, client: &Client) -> Result<(), String> {
+    let query = client.query_one("select last_id from event_seq", &[]);
+    let head: i64 = match tokio::time::timeout(Duration::from_secs(5), query).await {
+        Ok(Ok(row)) => row.get(0),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("the connection stopped answering".into()),
+    };
+    if head > hub.registry.last_event_id() {
+        catch_up(hub, client, head)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 async fn on_event(

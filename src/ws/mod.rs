@@ -156,6 +156,12 @@ impl Hub {
     }
 }
 
+/// Resolves once shutdown has begun — also when it began before this call,
+/// which `changed()` would miss for a receiver made after the signal.
+pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     health(state.clone()).or(connect(state)).unify()
 }

@@ -28,7 +28,7 @@ pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceC
     loop {
         let change = tokio::select! {
             change = changes.recv() => change,
-            _ = shutdown.changed() => None,
+            _ = super::stopping(&mut shutdown) => None,
         };
         let Some(change) = change else { return };
         let result = if change.online {
@@ -166,7 +166,7 @@ pub async fn maintain(hub: Arc<Hub>) {
                     log::warn!("event pruning failed: {e:?}");
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = super::stopping(&mut shutdown) => return,
         }
     }
 }
