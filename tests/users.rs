@@ -594,3 +594,26 @@ async fn last_seen_requires_a_token() {
         .await;
     assert_error(status, &body, 401, "unauthorized");
 }
+
+#[tokio::test]
+async fn account_deletion_finds_the_users_messages_and_chats_by_index() {
+    // Deleting a user nulls `messages.sender_id` and `chats.creator_id`; without
+    // an index each deletion would scan those whole tables.
+    let app = spawn_app().await;
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.batch_execute("set enable_seqscan = off").await.unwrap();
+    for query in [
+        "explain update messages set sender_id = null where sender_id = 1",
+        "explain update chats set creator_id = null where creator_id = 1",
+    ] {
+        let plan: Vec<String> = db
+            .query(query, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index"), "{query} scans the table:\n{plan}");
+    }
+}
