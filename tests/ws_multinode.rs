@@ -3,6 +3,7 @@
 
 mod helpers;
 
+use helpers::realtime::*;
 use helpers::ws::Closed;
 use helpers::*;
 use serde_json::{Value, json};
@@ -18,29 +19,6 @@ async fn two_nodes() -> (TestApp, TestApp) {
     let a = spawn_app().await;
     let b = spawn_node(&a.database_url, |_| {}).await;
     (a, b)
-}
-
-/// An open connection on `node` for `user` and its `ready` payload.
-async fn connected(node: &TestApp, user: &TestUser, since: Option<i64>) -> (WsClient, Value) {
-    let mut ws = node.connect_ws(user, since).await;
-    let ready = ws.next_json().await;
-    assert_eq!(ready["type"], "ready", "first frame must be ready: {ready}");
-    (ws, ready["payload"].clone())
-}
-
-/// `(event_id, message_id)` of every committed message in `chat`, in commit order.
-async fn committed_messages(app: &TestApp, chat: i64) -> Vec<(i64, i64)> {
-    let db = helpers::pg::connect(&app.database_url).await;
-    db.query(
-        "select id, (payload->>'message_id')::bigint from events
-         where kind = 'message' and chat_id = $1 order by id",
-        &[&chat],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect()
 }
 
 /// Every message id of `chat` through `GET /messages/chat/:id`, paging with before_id.
@@ -65,47 +43,6 @@ async fn rest_history(app: &TestApp, user: &TestUser, chat: i64) -> HashSet<i64>
         }
         before = page.iter().min().copied();
         ids.extend(page);
-    }
-}
-
-/// Reads until `n` message frames have arrived; returns `(event_id, message_id)` of each.
-async fn read_messages(ws: &mut WsClient, n: usize) -> Vec<(i64, i64)> {
-    let mut seen = Vec::new();
-    while seen.len() < n {
-        let f = ws.next_json().await;
-        if f["type"] == "message" {
-            seen.push(message_ids(&f));
-        }
-    }
-    seen
-}
-
-fn message_ids(frame: &Value) -> (i64, i64) {
-    (
-        frame["payload"]["event_id"].as_i64().expect("event_id"),
-        frame["payload"]["message_id"].as_i64().expect("message_id"),
-    )
-}
-
-/// A tiny deterministic PRNG (xorshift), seeded per run and printed for reruns.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        eprintln!("rng seed: {seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 

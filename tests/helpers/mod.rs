@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod realtime;
 pub mod ws;
 
 use chatapp::config::Config;

@@ -1,0 +1,69 @@
+//! Helpers the real-time tests share: connecting, reading message frames,
+//! the committed log to compare against, and a seeded PRNG for random schedules.
+
+use super::{TestApp, TestUser, WsClient};
+use serde_json::Value;
+
+/// An open connection for `user` and its `ready` payload.
+pub async fn connected(app: &TestApp, user: &TestUser, since: Option<i64>) -> (WsClient, Value) {
+    let mut ws = app.connect_ws(user, since).await;
+    let ready = ws.next_json().await;
+    assert_eq!(ready["type"], "ready", "first frame must be ready: {ready}");
+    (ws, ready["payload"].clone())
+}
+
+/// `(event_id, message_id)` of every committed message in `chat`, in commit order.
+pub async fn committed_messages(app: &TestApp, chat: i64) -> Vec<(i64, i64)> {
+    let db = super::pg::connect(&app.database_url).await;
+    db.query(
+        "select id, (payload->>'message_id')::bigint from events
+         where kind = 'message' and chat_id = $1 order by id",
+        &[&chat],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Reads until `n` message frames have arrived; returns `(event_id, message_id)` of each.
+pub async fn read_messages(ws: &mut WsClient, n: usize) -> Vec<(i64, i64)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let f = ws.next_json().await;
+        if f["type"] == "message" {
+            seen.push(message_ids(&f));
+        }
+    }
+    seen
+}
+
+pub fn message_ids(frame: &Value) -> (i64, i64) {
+    (
+        frame["payload"]["event_id"].as_i64().expect("event_id"),
+        frame["payload"]["message_id"].as_i64().expect("message_id"),
+    )
+}
+
+/// A tiny deterministic PRNG (xorshift), seeded per run and printed on failure.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
+        eprintln!("rng seed: {seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
