@@ -729,9 +729,9 @@ async fn presence_goes_online_and_offline_to_users_sharing_a_chat() {
     c.expect_no("presence", Duration::from_millis(100)).await;
 }
 
-#[tokio::test]
-async fn users_of_a_node_that_died_without_goodbye_are_shown_offline() {
-    // Arrange: a peer node holds bob's session and stopped heartbeating long ago.
+/// A server with a 1 s presence heartbeat and 2 s timeout; bob shares a group
+/// with alice, whose open socket (returned) watches his presence.
+async fn presence_watch() -> (TestApp, TestUser, WsClient) {
     let app = spawn_app_with(|c| {
         c.ws.presence_heartbeat_secs = 1;
         c.ws.presence_timeout_secs = 2;
@@ -740,7 +740,14 @@ async fn users_of_a_node_that_died_without_goodbye_are_shown_offline() {
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     app.create_group(&alice, "g", &[&bob]).await;
-    let (mut a, _) = connected(&app, &alice, None).await;
+    let (a, _) = connected(&app, &alice, None).await;
+    (app, bob, a)
+}
+
+#[tokio::test]
+async fn users_of_a_node_that_died_without_goodbye_are_shown_offline() {
+    // Arrange: a peer node holds bob's session and stopped heartbeating long ago.
+    let (app, bob, mut a) = presence_watch().await;
     let db = helpers::pg::connect(&app.database_url).await;
     db.batch_execute(&format!(
         "insert into presence_nodes (node_id, heartbeat_at) values ('ghost', now() - interval '1 hour');
@@ -776,15 +783,7 @@ async fn users_of_a_node_that_died_without_goodbye_are_shown_offline() {
 #[tokio::test]
 async fn a_user_still_connected_elsewhere_stays_online_when_a_dead_node_is_reaped() {
     // Arrange: bob is connected here and also had a session on a dead node.
-    let app = spawn_app_with(|c| {
-        c.ws.presence_heartbeat_secs = 1;
-        c.ws.presence_timeout_secs = 2;
-    })
-    .await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    app.create_group(&alice, "g", &[&bob]).await;
-    let (mut a, _) = connected(&app, &alice, None).await;
+    let (app, bob, mut a) = presence_watch().await;
     let (_b, _) = connected(&app, &bob, None).await;
     let online = a.next_of_type("presence").await;
     assert_eq!(online["payload"]["online"], true);
@@ -822,15 +821,7 @@ async fn a_user_still_connected_elsewhere_stays_online_when_a_dead_node_is_reape
 #[tokio::test]
 async fn a_stalled_node_reaped_by_its_peers_shows_its_users_online_again_when_it_rejoins() {
     // Arrange: bob is connected; alice watches his presence.
-    let app = spawn_app_with(|c| {
-        c.ws.presence_heartbeat_secs = 1;
-        c.ws.presence_timeout_secs = 2;
-    })
-    .await;
-    let alice = app.register("alice").await;
-    let bob = app.register("bob").await;
-    app.create_group(&alice, "g", &[&bob]).await;
-    let (mut a, _) = connected(&app, &alice, None).await;
+    let (app, bob, mut a) = presence_watch().await;
     let (_b, _) = connected(&app, &bob, None).await;
     assert_eq!(a.next_of_type("presence").await["payload"]["online"], true);
 
