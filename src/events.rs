@@ -11,6 +11,7 @@
 use crate::error::ApiError;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::LazyLock;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
@@ -99,26 +100,7 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
     let batch = serde_json::to_value(events).map_err(|e| ApiError::Internal(e.to_string()))?;
     let rows = client
         .query_typed(
-            &format!("with seq as (
-                 update event_seq set last_id = last_id + jsonb_array_length($1::jsonb)
-                 returning last_id - jsonb_array_length($1::jsonb) as base
-             ), ins as (
-                 insert into events (id, chat_id, kind, user_ids, payload)
-                 select seq.base + e.ord, (e.v->>'chat_id')::bigint, e.v->>'kind',
-                        array(select jsonb_array_elements_text(e.v->'user_ids')::bigint),
-                        e.v->'payload'
-                 from seq, jsonb_array_elements($1::jsonb) with ordinality as e(v, ord)
-                 returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
-             )
-             select ins.id,
-                    pg_notify($2, case when octet_length(n.text) < $3 then n.text
-                                       else json_build_object('id', ins.id)::text end)
-             from ins, lateral (
-                 select json_build_object(
-                     'id', ins.id, 'chat_id', ins.chat_id, 'kind', ins.kind, 'user_ids', ins.user_ids,
-                     'frame', ins.frame::json
-                 )::text as text
-             ) n"),
+            &EMIT_SQL,
             &[
                 (&batch, Type::JSONB),
                 (&EVENTS_CHANNEL, Type::TEXT),
@@ -134,6 +116,34 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
 /// SQL for a logged event's frame text, with `event_id` added to its payload;
 /// the one definition the emitter, the listener and replay share.
 pub const FRAME_SQL: &str = "json_build_object('type', kind, 'payload', payload || jsonb_build_object('event_id', id))::text";
+
+/// Appends a JSON array of [`NewEvent`]s (`$1`) and NOTIFYs each on channel
+/// `$2`, inlining frames shorter than `$3` bytes. Public so the benchmark's
+/// pgbench ceiling runs the very statement the server runs.
+pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with seq as (
+             update event_seq set last_id = last_id + jsonb_array_length($1::jsonb)
+             returning last_id - jsonb_array_length($1::jsonb) as base
+         ), ins as (
+             insert into events (id, chat_id, kind, user_ids, payload)
+             select seq.base + e.ord, (e.v->>'chat_id')::bigint, e.v->>'kind',
+                    array(select jsonb_array_elements_text(e.v->'user_ids')::bigint),
+                    e.v->'payload'
+             from seq, jsonb_array_elements($1::jsonb) with ordinality as e(v, ord)
+             returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
+         )
+         select ins.id,
+                pg_notify($2, case when octet_length(n.text) < $3 then n.text
+                                   else json_build_object('id', ins.id)::text end)
+         from ins, lateral (
+             select json_build_object(
+                 'id', ins.id, 'chat_id', ins.chat_id, 'kind', ins.kind, 'user_ids', ins.user_ids,
+                 'frame', ins.frame::json
+             )::text as text
+         ) n"
+    )
+});
 
 /// Ephemeral signals: delivered to whoever is connected now, never replayed.
 /// Serialised in the frame shape `{"type", "payload"}`, so the NOTIFY payload

@@ -8,6 +8,7 @@ use crate::http::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use time::OffsetDateTime;
 use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
@@ -42,6 +43,27 @@ pub struct Sender {
 /// Message columns for `Message::from_row`; `m` is messages, `u` the sender (left join).
 const MESSAGE_COLUMNS: &str = "m.id, m.chat_id, m.sender_id, m.content, m.is_edited, m.client_id,
     m.created_at, m.updated_at, u.username, u.display_name";
+
+/// Inserts message `$3` with client id `$4` from `$2` into chat `$1` if `$2`
+/// is a member (nothing when not, or when the client id was used), touches
+/// the chat and returns the message with its sender. Public so the
+/// benchmark's pgbench ceiling runs the very statement the server runs.
+pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with member as (
+             select 1 from chat_members where chat_id = $1 and user_id = $2
+         ), m as (
+             insert into messages (chat_id, sender_id, content, client_id)
+             select $1, $2, $3, $4 from member
+             on conflict (sender_id, client_id) where client_id is not null do nothing
+             returning *
+         ), touched as (
+             update chats set last_activity_at = now() where id = (select chat_id from m)
+         )
+         select {MESSAGE_COLUMNS}
+         from m left join users u on u.id = m.sender_id"
+    )
+});
 
 impl Message {
     fn from_row(row: &Row) -> Message {
@@ -234,20 +256,7 @@ pub async fn send_message(
     let tx = client.transaction().await?;
     let row = tx
         .query_typed_opt(
-            &format!(
-                "with member as (
-                     select 1 from chat_members where chat_id = $1 and user_id = $2
-                 ), m as (
-                     insert into messages (chat_id, sender_id, content, client_id)
-                     select $1, $2, $3, $4 from member
-                     on conflict (sender_id, client_id) where client_id is not null do nothing
-                     returning *
-                 ), touched as (
-                     update chats set last_activity_at = now() where id = (select chat_id from m)
-                 )
-                 select {MESSAGE_COLUMNS}
-                 from m left join users u on u.id = m.sender_id"
-            ),
+            &SEND_SQL,
             &[
                 (&req.chat_id, Type::INT8),
                 (&sender_id, Type::INT8),

@@ -115,7 +115,7 @@ async fn init() -> Server {
     }
 }
 
-fn pg_bindir() -> PathBuf {
+pub fn pg_bindir() -> PathBuf {
     if let Ok(dir) = std::env::var("PG_BINDIR") {
         return PathBuf::from(dir);
     }

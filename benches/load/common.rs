@@ -1,0 +1,543 @@
+//! What every scenario needs: options, databases, `chatapp serve` processes,
+//! seeded users and chats, loopback WebSocket clients, percentiles.
+
+use crate::pg;
+use chatapp::auth::{TokenKey, issue_token};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+pub const USAGE: &str =
+    "usage: cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
+       [--server URL (with DATABASE_URL of its database and CHATAPP_TOKEN_KEY)] [scenario options]
+scenarios: send fanout idle history login recovery all
+options (comma lists run each size):
+  send      --clients 1,16,64 --chats 4 --duration 10
+  fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10
+  idle      --connections 10000,50000 --per-node 18000
+  history   --messages 10000,1000000 --requests 2000 --concurrency 8
+  login     --logins 50 --cost 12 (default: the server's configured cost)
+  recovery  --clients 1000 --missed 10000 --chats 10";
+
+/// Parsed command line. Anything `--name value` not known here is a scenario
+/// option, read with [`Opts::list`] / [`Opts::num`].
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub scenarios: Vec<String>,
+    /// Small sizes that finish in seconds (CI, `cargo test`).
+    pub smoke: bool,
+    pub repeats: usize,
+    pub out: Option<PathBuf>,
+    /// A running server to drive instead of starting one.
+    pub server: Option<String>,
+    options: HashMap<String, String>,
+    pub command_line: String,
+}
+
+impl Opts {
+    pub fn parse() -> Opts {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        // `cargo bench` appends --bench; `cargo test` runs this binary without it.
+        let bench_mode = args.iter().any(|a| a == "--bench");
+        let mut opts = Opts {
+            scenarios: Vec::new(),
+            smoke: !bench_mode,
+            repeats: 3,
+            out: None,
+            server: None,
+            options: HashMap::new(),
+            command_line: std::iter::once("cargo bench --bench load --".to_string())
+                .chain(args.iter().filter(|a| *a != "--bench").cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let mut it = args.into_iter().filter(|a| a != "--bench");
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                "--smoke" => opts.smoke = true,
+                _ if arg.starts_with("--") => {
+                    let Some(value) = it.next() else {
+                        usage_error(&format!("{arg} needs a value"));
+                    };
+                    let name = arg.trim_start_matches("--");
+                    match name {
+                        "repeats" => {
+                            opts.repeats = value
+                                .parse()
+                                .ok()
+                                .filter(|n| *n >= 1)
+                                .unwrap_or_else(|| usage_error("--repeats must be >= 1"))
+                        }
+                        "out" => opts.out = Some(PathBuf::from(value)),
+                        "server" => opts.server = Some(value.trim_end_matches('/').to_string()),
+                        _ => {
+                            opts.options.insert(name.to_string(), value);
+                        }
+                    }
+                }
+                "all" => opts.scenarios.extend(crate::SCENARIOS.map(String::from)),
+                _ if crate::SCENARIOS.contains(&arg.as_str()) || arg == crate::idle::WORKER => {
+                    opts.scenarios.push(arg)
+                }
+                _ if !bench_mode => {
+                    // `cargo test <filter>` passes its filter here too: the
+                    // caller wants particular tests, not this benchmark.
+                    println!("load: skipped (test filter {arg:?})");
+                    std::process::exit(0);
+                }
+                _ => usage_error(&format!("unknown scenario {arg:?}")),
+            }
+        }
+        if opts.scenarios.is_empty() {
+            if bench_mode {
+                usage_error("name a scenario, or `all`");
+            }
+            opts.scenarios.extend(crate::SCENARIOS.map(String::from));
+        }
+        if opts.smoke && !opts.options.contains_key("repeats") {
+            opts.repeats = opts.repeats.min(if bench_mode { 3 } else { 1 });
+        }
+        opts
+    }
+
+    /// A comma list option: `--name 1,16,64`; `full` or `smoke` by default.
+    pub fn list(&self, name: &str, full: &[u64], smoke: &[u64]) -> Vec<u64> {
+        match self.options.get(name) {
+            Some(v) => v
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .replace('_', "")
+                        .parse()
+                        .unwrap_or_else(|_| usage_error(&format!("--{name}: bad number {s:?}")))
+                })
+                .collect(),
+            None if self.smoke => smoke.to_vec(),
+            None => full.to_vec(),
+        }
+    }
+
+    pub fn num(&self, name: &str, full: u64, smoke: u64) -> u64 {
+        self.list(name, &[full], &[smoke])[0]
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.options.get(name).map(String::as_str)
+    }
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("load: {msg}\n{USAGE}");
+    std::process::exit(2);
+}
+
+/// Shared by every scenario of one run.
+pub struct Env {
+    pub opts: Opts,
+    pub token_key_hex: String,
+    pub token_key: TokenKey,
+    pub log_dir: PathBuf,
+    /// Makes usernames unique when a run reuses a database.
+    pub nonce: String,
+    pub password_hash: String,
+}
+
+pub const PASSWORD: &str = "bench-password-1";
+
+impl Env {
+    pub async fn new(opts: Opts) -> Env {
+        let token_key_hex = match (&opts.server, std::env::var("CHATAPP_TOKEN_KEY")) {
+            (Some(_), Ok(key)) => key,
+            (Some(_), Err(_)) => usage_error(
+                "--server needs CHATAPP_TOKEN_KEY (the server's key) and DATABASE_URL (its database)",
+            ),
+            (None, _) => chatapp::random_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        };
+        let key = chatapp::config::parse_token_key(&token_key_hex)
+            .unwrap_or_else(|e| usage_error(&format!("CHATAPP_TOKEN_KEY: {e:?}")));
+        let log_dir = target_dir().join("bench").join("logs");
+        std::fs::create_dir_all(&log_dir).expect("create target/bench/logs");
+        let password_hash = bcrypt::hash(PASSWORD, 4).expect("bcrypt");
+        Env {
+            opts,
+            token_key_hex,
+            token_key: TokenKey::new(key),
+            log_dir,
+            nonce: format!("{:x}", now_nanos() % 0xffff_ffff),
+            password_hash,
+        }
+    }
+
+    /// A fresh migrated database (the server's own with `--server`).
+    pub async fn database(&self) -> String {
+        if self.opts.server.is_some() {
+            return std::env::var("DATABASE_URL").expect("DATABASE_URL with --server");
+        }
+        pg::fresh_database().await
+    }
+
+    /// `chatapp serve` on `database_url` (or the `--server` given).
+    pub async fn server(&self, database_url: &str, opts: ServerOpts) -> Server {
+        if let Some(url) = &self.opts.server {
+            return Server {
+                url: url.clone(),
+                child: None,
+            };
+        }
+        Server::start(self, database_url, opts).await
+    }
+
+    pub fn token(&self, user_id: i64, username: &str) -> String {
+        issue_token(&self.token_key, user_id, username, 0, 24 * 3600)
+            .expect("mint token")
+            .token
+    }
+
+    pub fn smoke(&self) -> bool {
+        self.opts.smoke
+    }
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+pub fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOpts {
+    pub bcrypt_cost: u32,
+    pub pool_size: Option<u32>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        ServerOpts {
+            bcrypt_cost: 4,
+            pool_size: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A `chatapp serve` child process (killed on drop), or a running server.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    child: Option<Child>,
+}
+
+static SERVER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Server {
+    async fn start(env: &Env, database_url: &str, opts: ServerOpts) -> Server {
+        let port = free_port();
+        let log = env.log_dir.join(format!(
+            "server-{}-{}.log",
+            std::process::id(),
+            SERVER_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log_file = std::fs::File::create(&log).expect("server log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatapp"));
+        cmd.arg("serve")
+            .current_dir(&env.log_dir)
+            .env_remove("CONFIG_PATH")
+            .env("DATABASE_URL", database_url)
+            .env("PORT", port.to_string())
+            .env("CHATAPP_HOST", "127.0.0.1")
+            .env("CHATAPP_TOKEN_KEY", &env.token_key_hex)
+            .env("CHATAPP_BCRYPT_COST", opts.bcrypt_cost.to_string())
+            .env("CHATAPP_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file);
+        if let Some(n) = opts.pool_size {
+            cmd.env("CHATAPP_DB_POOL_SIZE", n.to_string());
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn chatapp serve");
+        let server = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", server.url)).send().await
+                && r.status().is_success()
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chatapp serve did not become healthy; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        self.url.replacen("http://", "ws://", 1)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("server address ip:port")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the server process, KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// CPU time (user + system) the server process has used, seconds.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        proc_cpu_secs(self.pid()?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it).
+pub fn raise_fd_limit() -> u64 {
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        lim.rlim_cur
+    }
+}
+
+/// Loopback source addresses 127.0.0.2.. so many sockets to one server port
+/// do not run out of ephemeral ports (about 28,000 per source address).
+pub fn source_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (i % 200) as u8)
+}
+
+pub async fn connect_db(url: &str) -> tokio_postgres::Client {
+    pg::connect(url).await
+}
+
+/// Inserts `n` users straight into the database (bcrypt at cost 4 once, shared)
+/// and mints their tokens with the server's key: REST registration at the
+/// configured cost would take minutes for thousands of users.
+pub async fn seed_users(
+    env: &Env,
+    db: &tokio_postgres::Client,
+    prefix: &str,
+    n: usize,
+) -> Vec<User> {
+    let rows = db
+        .query(
+            "insert into users (username, password_hash)
+             select $1 || '_' || g, $2 from generate_series(1, $3::int) g
+             returning id, username",
+            &[
+                &format!("{prefix}_{}", env.nonce),
+                &env.password_hash,
+                &(n as i32),
+            ],
+        )
+        .await
+        .expect("seed users");
+    let mut users: Vec<User> = rows
+        .iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let username: String = r.get(1);
+            User {
+                token: env.token(id, &username),
+                id,
+                username,
+            }
+        })
+        .collect();
+    users.sort_by_key(|u| u.id);
+    users
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub token: String,
+}
+
+/// A group chat owned by `members[0]` with all of `members`, inserted directly.
+pub async fn seed_chat(db: &tokio_postgres::Client, name: &str, members: &[i64]) -> i64 {
+    let row = db
+        .query_one(
+            "with c as (
+                 insert into chats (name, is_group, creator_id) values ($1, true, ($2::bigint[])[1]) returning id
+             ), m as (
+                 insert into chat_members (chat_id, user_id, is_admin)
+                 select c.id, u, u = ($2::bigint[])[1] from c, unnest($2::bigint[]) u
+             )
+             select id from c",
+            &[&name, &members],
+        )
+        .await
+        .expect("seed chat");
+    row.get(0)
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A WebSocket client from `source` with small buffers (so the client side of
+/// tens of thousands of sockets fits in memory too).
+pub async fn ws_connect(server: SocketAddr, source: Ipv4Addr, path: &str) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket
+        .connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let url = format!("ws://{server}{path}");
+    client_async_with_config(url, stream, Some(config))
+        .await
+        .map(|(ws, _)| ws)
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// Connects as `user` and waits for `ready`; returns the socket and `last_event_id`.
+pub async fn ws_login(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    user: &User,
+    since: Option<i64>,
+) -> Result<(Ws, serde_json::Value), String> {
+    let path = match since {
+        Some(s) => format!("/ws?token={}&since={s}", user.token),
+        None => format!("/ws?token={}", user.token),
+    };
+    let mut ws = ws_connect(server, source, &path).await?;
+    loop {
+        let frame = next_json(&mut ws, Duration::from_secs(60)).await?;
+        if frame["type"] == "ready" {
+            return Ok((ws, frame["payload"].clone()));
+        }
+    }
+}
+
+/// The next text frame as JSON (answering pings on the way).
+pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Result<serde_json::Value, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| "timed out waiting for a frame".to_string())?
+            .ok_or("socket closed")?
+            .map_err(|e| e.to_string())?;
+        match msg {
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str()).map_err(|e| e.to_string());
+            }
+            Message::Ping(p) => {
+                let _ = ws.send(Message::Pong(p)).await;
+            }
+            Message::Close(c) => return Err(format!("closed: {c:?}")),
+            _ => {}
+        }
+    }
+}
+
+/// Percentiles of a sample, nearest-rank.
+pub struct Percentiles(Vec<f64>);
+
+impl Percentiles {
+    pub fn new(mut samples: Vec<f64>) -> Percentiles {
+        samples.sort_by(f64::total_cmp);
+        Percentiles(samples)
+    }
+
+    pub fn at(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
+        self.0[rank - 1]
+    }
+
+    pub fn max(&self) -> f64 {
+        self.0.last().copied().unwrap_or(f64::NAN)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,260 @@
+//! `send`: C concurrent clients POST /api/v1/messages into a few chats, side
+//! by side with pgbench running the transaction the handler commits (the
+//! same statements, generated from the server's own SQL) at the same
+//! concurrency against the same database.
+
+use crate::common::{Env, Percentiles, ServerOpts, User, connect_db, seed_chat, seed_users};
+use crate::pg;
+use crate::report::Report;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SCENARIO: &str = "send";
+const CONTENT: &str = "a benchmark message of ordinary length, about sixty bytes";
+
+pub async fn run(env: &Env, report: &mut Report) {
+    let clients = env.opts.list("clients", &[1, 16, 64], &[1, 4]);
+    let n_chats = env.opts.num("chats", 4, 2) as usize;
+    let secs = env.opts.num("duration", 10, 1);
+    report.command(
+        SCENARIO,
+        format!(
+            "cargo bench --bench load -- send --clients {} --chats {n_chats} --duration {secs} --repeats {}",
+            join(&clients),
+            env.opts.repeats
+        ),
+    );
+    let db_url = env.database().await;
+    let db = connect_db(&db_url).await;
+    let max_c = *clients.iter().max().unwrap_or(&1) as usize;
+    let users = seed_users(env, &db, "send", max_c).await;
+    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    let mut chats = Vec::new();
+    for i in 0..n_chats {
+        chats.push(seed_chat(&db, &format!("send {i}"), &ids).await);
+    }
+    let pool = (max_c as u32).clamp(16, 64);
+    let server = env
+        .server(
+            &db_url,
+            ServerOpts {
+                pool_size: Some(pool),
+                ..ServerOpts::default()
+            },
+        )
+        .await;
+    let script = write_pgbench_script(env, &chats, &users);
+    let duration = Duration::from_secs(secs);
+    for _ in 0..env.opts.repeats {
+        for &c in &clients {
+            let case = format!("C={c}");
+            let (sent, elapsed, latencies, errors) =
+                chatapp_load(&server.url, &users[..c as usize], &chats, duration).await;
+            report.check(
+                SCENARIO,
+                errors == 0,
+                format!("{case}: every POST /messages answered 201 ({errors} did not)"),
+            );
+            record(report, &case, "chatapp", sent as f64 / elapsed, latencies);
+            let (tps, latencies) = pgbench(&db_url, &script, c as usize, secs);
+            record(report, &case, "pgbench", tps, latencies);
+        }
+        // Both sides' rows really landed: the log has one event per message.
+        let row = db
+            .query_one(
+                "select (select count(*) from messages), (select count(*) from events where kind = 'message')",
+                &[],
+            )
+            .await
+            .expect("count");
+        let (messages, events): (i64, i64) = (row.get(0), row.get(1));
+        report.check(
+            SCENARIO,
+            messages == events && messages > 0,
+            format!("{messages} messages committed with {events} message events"),
+        );
+    }
+    if let Some(&c) = clients.iter().max() {
+        let case = format!("C={c}");
+        let ours = report.median(SCENARIO, &case, "chatapp", "messages/s");
+        let ceiling = report.median(SCENARIO, &case, "pgbench", "messages/s");
+        if let (Some(ours), Some(ceiling)) = (ours, ceiling) {
+            report.target(
+                SCENARIO,
+                &format!("{case} chatapp / pgbench messages/s"),
+                ours / ceiling,
+                ">=",
+                0.8,
+            );
+        }
+        if let Some(p99) = report.median(SCENARIO, &case, "chatapp", "p99 latency") {
+            report.target(
+                SCENARIO,
+                &format!("{case} chatapp p99 latency ms"),
+                p99,
+                "<=",
+                20.0,
+            );
+        }
+    }
+}
+
+fn record(report: &mut Report, case: &str, system: &str, per_sec: f64, latencies: Vec<f64>) {
+    let p = Percentiles::new(latencies);
+    report.add(SCENARIO, case, system, "messages/s", "1/s", per_sec);
+    report.add(SCENARIO, case, system, "p50 latency", "ms", p.at(0.50));
+    report.add(SCENARIO, case, system, "p99 latency", "ms", p.at(0.99));
+    report.add(SCENARIO, case, system, "p999 latency", "ms", p.at(0.999));
+}
+
+/// Closed loop: each client sends its next message when the last was answered.
+/// Returns (messages, seconds, latencies in ms, failures).
+async fn chatapp_load(
+    url: &str,
+    senders: &[User],
+    chats: &[i64],
+    duration: Duration,
+) -> (usize, f64, Vec<f64>, usize) {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for (i, user) in senders.iter().enumerate() {
+        let url = format!("{url}/api/v1/messages");
+        let auth = format!("Bearer {}", user.token);
+        let chat = chats[i % chats.len()];
+        tasks.push(tokio::spawn(async move {
+            // One keep-alive connection per client, as a real client holds.
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("http client");
+            let body = serde_json::json!({ "chat_id": chat, "content": CONTENT }).to_string();
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = http
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map(|r| r.status() == 201)
+                    .unwrap_or(false);
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                if !ok {
+                    failures += 1;
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for t in tasks {
+        let (l, f) = t.await.expect("sender task");
+        all.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (all.len(), elapsed, all, failures)
+}
+
+/// The handler's transaction as a pgbench script: its statements, with the
+/// request's parameters as pgbench variables (`-M prepared` binds them).
+fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
+    let first_chat = chats[0];
+    assert!(
+        chats.windows(2).all(|w| w[1] == w[0] + 1),
+        "seeded chats have consecutive ids"
+    );
+    let first_user = users[0].id;
+    assert!(
+        users.windows(2).all(|w| w[1].id == w[0].id + 1),
+        "seeded users have consecutive ids"
+    );
+    let send = chatapp::messages::SEND_SQL
+        .replace("$1", ":chat")
+        .replace("$2", ":sender")
+        .replace("$3", &format!("'{CONTENT}'"))
+        .replace("$4", "null::text");
+    let batch = "jsonb_build_array(jsonb_build_object('chat_id', :chat::bigint, 'kind', 'message', \
+         'user_ids', '[]'::jsonb, 'payload', jsonb_build_object('message_id', :m_id::bigint, \
+         'chat_id', :chat::bigint, 'content', :m_content::text, 'sender_id', :sender::bigint, \
+         'username', :m_username::text, 'display_name', null, 'timestamp', :m_created_at::text, \
+         'client_id', null, 'created_at', :m_created_at::text, 'updated_at', :m_updated_at::text, \
+         'is_edited', false)))";
+    let emit = chatapp::events::EMIT_SQL
+        .replace("$1", batch)
+        .replace("$2", &format!("'{}'", chatapp::events::EVENTS_CHANNEL))
+        .replace("$3", &chatapp::events::NOTIFY_PAYLOAD_LIMIT.to_string());
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let script = format!(
+        "\\set chat {first_chat} + (:client_id % {n})\n\\set sender {first_user} + :client_id\n\
+         begin;\n{}\n\\gset m_\n{};\ncommit;\n",
+        one_line(&send),
+        one_line(&emit),
+        n = chats.len(),
+    );
+    let path = env
+        .log_dir
+        .join(format!("send-{}.pgbench.sql", std::process::id()));
+    std::fs::write(&path, script).expect("write pgbench script");
+    path
+}
+
+/// Runs pgbench for `secs`; returns (transactions/s, latencies in ms).
+fn pgbench(db_url: &str, script: &Path, clients: usize, secs: u64) -> (f64, Vec<f64>) {
+    let dir = script
+        .parent()
+        .expect("script dir")
+        .join(format!("pgbench-{clients}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("pgbench log dir");
+    let out = Command::new(pg::pg_bindir().join("pgbench"))
+        .current_dir(&dir)
+        // The session settings chatapp's pool uses (db::session_defaults).
+        .env("PGOPTIONS", "-c jit=off")
+        .args(["-n", "-M", "prepared", "-l", "--log-prefix", "tx"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &secs.to_string(), "-f"])
+        .arg(script)
+        .arg(db_url)
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    // Per-transaction log: client_id transaction_no latency_us script_no epoch epoch_us
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("pgbench logs").flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        latencies.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .filter_map(|v| v.parse::<f64>().ok())
+                .map(|us| us / 1e3),
+        );
+    }
+    (tps, latencies)
+}
+
+fn join(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
