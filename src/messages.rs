@@ -368,24 +368,9 @@ async fn fetch_history(
     }
     let page = page?;
     let client = state.pool.get().await?;
-    // Membership is part of the query; after_id pages are read oldest-first and flipped.
-    // A plain `m.id` ordering (not an expression) lets the (chat_id, id) index
-    // serve the page without reading and sorting the chat's whole history.
-    let order = if after.is_some() { "m.id" } else { "m.id desc" };
     let rows = client
         .query(
-            &format!(
-                "select * from (
-                     select {MESSAGE_COLUMNS} from messages m
-                     left join users u on u.id = m.sender_id
-                     where m.chat_id = $1
-                       and exists (select 1 from chat_members c where c.chat_id = $1 and c.user_id = $2)
-                       and ($3::bigint is null or m.id < $3)
-                       and ($4::bigint is null or m.id > $4)
-                     order by {order}
-                     limit $5 offset $6
-                 ) page order by id desc"
-            ),
+            history_sql(after.is_some()),
             &[&chat_id, &user.id, &before, &after, &page.limit, &page.offset],
         )
         .await?;
@@ -402,6 +387,31 @@ async fn fetch_history(
     }
     let messages: Vec<Message> = rows.iter().map(Message::from_row).collect();
     Ok(warp::reply::json(&messages))
+}
+
+/// A page of chat `$1` for member `$2`: before id `$3` or after id `$4`
+/// (either may be null), `$5` messages from offset `$6`, newest first.
+/// Membership is part of the query; after_id pages are read oldest-first and
+/// flipped. A plain `m.id` ordering (not an expression) lets the (chat_id, id)
+/// index serve the page without reading and sorting the chat's whole history.
+pub fn history_sql(oldest_first: bool) -> &'static str {
+    static SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
+        ["m.id desc", "m.id"].map(|order| {
+            format!(
+                "select * from (
+                     select {MESSAGE_COLUMNS} from messages m
+                     left join users u on u.id = m.sender_id
+                     where m.chat_id = $1
+                       and exists (select 1 from chat_members c where c.chat_id = $1 and c.user_id = $2)
+                       and ($3::bigint is null or m.id < $3)
+                       and ($4::bigint is null or m.id > $4)
+                     order by {order}
+                     limit $5 offset $6
+                 ) page order by id desc"
+            )
+        })
+    });
+    &SQL[oldest_first as usize]
 }
 
 #[derive(Debug, Deserialize)]

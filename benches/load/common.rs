@@ -6,7 +6,7 @@ use chatapp::auth::{TokenKey, issue_token};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -509,6 +509,76 @@ pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Result<serde_json::Val
             Message::Close(c) => return Err(format!("closed: {c:?}")),
             _ => {}
         }
+    }
+}
+
+/// Runs pgbench for `secs`; returns (transactions/s, latencies in ms).
+pub fn pgbench(db_url: &str, script: &Path, clients: usize, secs: u64) -> (f64, Vec<f64>) {
+    let dir = script.parent().expect("script dir").join(format!(
+        "{}-c{clients}",
+        script.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("pgbench log dir");
+    let out = Command::new(pg::pg_bindir().join("pgbench"))
+        .current_dir(&dir)
+        // The session settings chatapp's pool uses (db::session_defaults).
+        .env("PGOPTIONS", "-c jit=off")
+        .args(["-n", "-M", "prepared", "-l", "--log-prefix", "tx"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &secs.to_string(), "-f"])
+        .arg(script)
+        .arg(db_url)
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    // Per-transaction log: client_id transaction_no latency_us script_no epoch epoch_us
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("pgbench logs").flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        latencies.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .filter_map(|v| v.parse::<f64>().ok())
+                .map(|us| us / 1e3),
+        );
+    }
+    (tps, latencies)
+}
+
+pub fn join(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// A small deterministic generator (xorshift), so runs pick the same cursors.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
     }
 }
 

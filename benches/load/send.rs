@@ -3,11 +3,11 @@
 //! same statements, generated from the server's own SQL) at the same
 //! concurrency against the same database.
 
-use crate::common::{Env, Percentiles, ServerOpts, User, connect_db, seed_chat, seed_users};
-use crate::pg;
+use crate::common::{
+    Env, Percentiles, ServerOpts, User, connect_db, join, pgbench, seed_chat, seed_users,
+};
 use crate::report::Report;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "send";
@@ -203,58 +203,4 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .join(format!("send-{}.pgbench.sql", std::process::id()));
     std::fs::write(&path, script).expect("write pgbench script");
     path
-}
-
-/// Runs pgbench for `secs`; returns (transactions/s, latencies in ms).
-fn pgbench(db_url: &str, script: &Path, clients: usize, secs: u64) -> (f64, Vec<f64>) {
-    let dir = script
-        .parent()
-        .expect("script dir")
-        .join(format!("pgbench-{clients}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("pgbench log dir");
-    let out = Command::new(pg::pg_bindir().join("pgbench"))
-        .current_dir(&dir)
-        // The session settings chatapp's pool uses (db::session_defaults).
-        .env("PGOPTIONS", "-c jit=off")
-        .args(["-n", "-M", "prepared", "-l", "--log-prefix", "tx"])
-        .args([
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &clients.min(2).to_string(),
-        ])
-        .args(["-T", &secs.to_string(), "-f"])
-        .arg(script)
-        .arg(db_url)
-        .output()
-        .expect("run pgbench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tps = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    // Per-transaction log: client_id transaction_no latency_us script_no epoch epoch_us
-    let mut latencies = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("pgbench logs").flatten() {
-        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        latencies.extend(
-            text.lines()
-                .filter_map(|l| l.split_whitespace().nth(2))
-                .filter_map(|v| v.parse::<f64>().ok())
-                .map(|us| us / 1e3),
-        );
-    }
-    (tps, latencies)
-}
-
-fn join(v: &[u64]) -> String {
-    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
