@@ -1138,3 +1138,36 @@ async fn permission_matrix_for_every_chat_and_message_action() {
         failures.join("\n")
     );
 }
+
+#[tokio::test]
+async fn event_timestamps_are_the_text_rest_bodies_carry() {
+    // Arrange: message events are built in SQL; their timestamps must read
+    // exactly like the REST body's, whatever the session time zone.
+    let app = spawn_app().await;
+    let db = pg::connect(&app.database_url).await;
+    db.batch_execute("set timezone = 'Asia/Kolkata'")
+        .await
+        .unwrap();
+    let sql = format!(
+        "select {}",
+        chatapp::messages::rfc3339_sql("$1::timestamptz")
+    );
+    for text in [
+        "2026-11-25T05:45:10Z",
+        "2026-11-25T05:45:10.1Z",
+        "2026-11-25T05:45:10.120Z",
+        "2026-11-25T05:45:10.100200Z",
+        "2026-11-25T05:45:10.123456Z",
+        "1999-12-31T23:59:59.999999+05:30",
+    ] {
+        let t = OffsetDateTime::parse(text, &Rfc3339).unwrap();
+
+        // Act
+        let row = db.query_one(sql.as_str(), &[&t]).await.unwrap();
+
+        // Assert
+        let rest = json!(t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap());
+        assert_eq!(json!(row.get::<_, String>(0)), rest, "{text}");
+        assert_eq!(ts(&rest), t);
+    }
+}

@@ -162,8 +162,8 @@ async fn chatapp_load(
     (all.len(), elapsed, all, failures)
 }
 
-/// The handler's transaction as a pgbench script: its statements, with the
-/// request's parameters as pgbench variables (`-M prepared` binds them).
+/// The handler's statement as a pgbench script, with the request's
+/// parameters as pgbench variables (`-M prepared` binds them).
 fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
     let first_chat = chats[0];
     assert!(
@@ -180,22 +180,10 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .replace("$2", ":sender")
         .replace("$3", &format!("'{CONTENT}'"))
         .replace("$4", "null::text");
-    let batch = "jsonb_build_array(jsonb_build_object('chat_id', :chat::bigint, 'kind', 'message', \
-         'user_ids', '[]'::jsonb, 'payload', jsonb_build_object('message_id', :m_id::bigint, \
-         'chat_id', :chat::bigint, 'content', :m_content::text, 'sender_id', :sender::bigint, \
-         'username', :m_username::text, 'display_name', null, 'timestamp', :m_created_at::text, \
-         'client_id', null, 'created_at', :m_created_at::text, 'updated_at', :m_updated_at::text, \
-         'is_edited', false)))";
-    let emit = chatapp::events::EMIT_SQL
-        .replace("$1", batch)
-        .replace("$2", &format!("'{}'", chatapp::events::EVENTS_CHANNEL))
-        .replace("$3", &chatapp::events::NOTIFY_PAYLOAD_LIMIT.to_string());
-    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
+    // One statement, committed on its own: exactly what the handler sends.
     let script = format!(
-        "\\set chat {first_chat} + (:client_id % {n})\n\\set sender {first_user} + :client_id\n\
-         begin;\n{}\n\\gset m_\n{};\ncommit;\n",
-        one_line(&send),
-        one_line(&emit),
+        "\\set chat {first_chat} + (:client_id % {n})\n\\set sender {first_user} + :client_id\n{one_line};\n",
         n = chats.len(),
     );
     let path = env
