@@ -26,6 +26,8 @@ use warp::Filter;
 pub struct AppState {
     pub config: Config,
     pub pool: db::Pool,
+    /// The shared connection message sends are pipelined on (see [`db::Pipeline`]).
+    pub pipeline: db::Pipeline,
     pub token_key: auth::TokenKey,
     /// A bcrypt hash of nothing in particular, so logins for unknown users cost
     /// the same as real ones.
@@ -86,6 +88,8 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     };
     run_migrations(&config).await?;
     let pool = db::pool(&config.database).map_err(|e| StartError::Database(e.to_string()))?;
+    let pipeline = db::Pipeline::new(&config.database, messages::pipelined_statements())
+        .map_err(|e| StartError::Database(e.to_string()))?;
     let cost = config.auth.bcrypt_cost;
     let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash("dummy password", cost))
         .await
@@ -100,6 +104,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let state = Arc::new(AppState {
         config,
         pool,
+        pipeline,
         token_key: auth::TokenKey::new(token_key),
         dummy_hash,
         hub,

@@ -44,11 +44,22 @@ pub struct Sender {
 const MESSAGE_COLUMNS: &str = "m.id, m.chat_id, m.sender_id, m.content, m.is_edited, m.client_id,
     m.created_at, m.updated_at, u.username, u.display_name";
 
+/// The statements sends run on the shared pipeline connection (`db::Pipeline`).
+pub fn pipelined_statements() -> Vec<(&'static str, &'static [Type])> {
+    vec![(
+        SEND_SQL.as_str(),
+        &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT],
+    )]
+}
+
+const SEND_STATEMENT: usize = 0;
+
 /// SQL for timestamp `col` as the RFC 3339 text the REST bodies carry
-/// (`time`'s format: UTC as `Z`, fraction without trailing zeros).
+/// (`time`'s format: UTC as `Z`, fraction without trailing zeros). The colons
+/// are quoted so pgbench (the benchmark's ceiling) does not read `:MI` as a variable.
 pub fn rfc3339_sql(col: &str) -> String {
     format!(
-        "(to_char({col} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')
+        "(to_char({col} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS')
           || coalesce('.' || nullif(rtrim(to_char({col} at time zone 'UTC', 'US'), '0'), ''), '')
           || 'Z')"
     )
@@ -283,19 +294,16 @@ pub async fn send_message(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let client = state.pool.get().await?;
-    let row = client
-        .query_typed_opt(
-            &SEND_SQL,
-            &[
-                (&req.chat_id, Type::INT8),
-                (&sender_id, Type::INT8),
-                (&content, Type::TEXT),
-                (&req.client_id, Type::TEXT),
-            ],
+    let pipelined = state.pipeline.get().await?;
+    let row = pipelined
+        .client
+        .query_opt(
+            &pipelined.statements[SEND_STATEMENT],
+            &[&req.chat_id, &sender_id, &content, &req.client_id],
         )
         .await?;
     let Some(row) = row else {
+        let client = state.pool.get().await?;
         return existing_by_client_id(&*client, req.chat_id, sender_id, req.client_id.as_deref())
             .await;
     };
