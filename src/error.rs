@@ -255,14 +255,6 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         .is_some()
     {
         ApiError::Forbidden("CORS request not allowed for this origin")
-    } else if rejection
-        .find::<warp::ws::MissingConnectionUpgrade>()
-        .is_some()
-    {
-        ApiError::bad_request(
-            "upgrade_required",
-            "this endpoint needs a WebSocket upgrade",
-        )
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
     } else if let Some(crate::http::InvalidId(e)) = rejection.find() {

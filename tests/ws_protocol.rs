@@ -890,3 +890,46 @@ async fn the_token_in_the_query_string_is_never_logged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_authorized_request_that_is_not_a_websocket_upgrade_is_400_upgrade_required() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let full = [
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    // Each case drops or spoils one header of an otherwise valid upgrade.
+    let cases: [(&str, Option<&str>); 5] = [
+        ("connection", None),
+        ("connection", Some("keep-alive")),
+        ("upgrade", Some("h2c")),
+        ("sec-websocket-version", Some("8")),
+        ("sec-websocket-key", None),
+    ];
+    for (spoiled, value) in cases {
+        let mut req = app.http.get(app.url(&format!("/ws?token={}", alice.token)));
+        for (name, good) in full {
+            match (name == spoiled, value) {
+                (false, _) => req = req.header(name, good),
+                (true, Some(bad)) => req = req.header(name, bad),
+                (true, None) => {}
+            }
+        }
+
+        // Act
+        let resp = req.send().await.expect("request sent");
+
+        // Assert
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("JSON error body");
+        assert_error(status, &body, 400, "upgrade_required");
+        assert!(
+            body["error"].as_str().is_some(),
+            "{spoiled}={value:?}: {body}"
+        );
+    }
+}

@@ -3,8 +3,10 @@
 
 use super::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use super::registry::{
-    ACCOUNT_DELETED, CloseReason, GARBAGE, IDLE, Registration, TOKEN_EXPIRED, TOO_BIG, UNAVAILABLE,
+    ACCOUNT_DELETED, CloseReason, Frame, GARBAGE, IDLE, Registration, TOKEN_EXPIRED, TOO_BIG,
+    UNAVAILABLE,
 };
+use super::upgrade::WebSocket;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::events::{FRAME_SQL, Live, notify_live};
@@ -12,21 +14,30 @@ use crate::http::State;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 /// Bad frames tolerated per window before the client is closed with 1008.
 const BAD_FRAME_WINDOW: Duration = Duration::from_secs(10);
 const REPLAY_PAGE: i64 = 500;
+/// Queued frames written per flush: one syscall carries a burst.
+const WRITE_BATCH: usize = 64;
 
 /// Serves one upgraded socket until either side closes it.
-pub async fn run(socket: WebSocket, state: State, user: AuthUser, since: Option<i64>) {
+/// `_live` keeps the connection counted until this returns.
+pub async fn run(
+    socket: WebSocket,
+    state: State,
+    user: AuthUser,
+    since: Option<i64>,
+    _live: super::LiveConnection,
+) {
     let hub = state.hub.clone();
-    hub.connection_opened();
     let registration = hub.registry.register(user.id, user.token_version);
     let id = registration.id;
     // Authorized before shutdown began but registered after it closed every
@@ -88,7 +99,6 @@ pub async fn run(socket: WebSocket, state: State, user: AuthUser, since: Option<
             close_socket(sink, UNAVAILABLE, state.hub.config.close_flush_timeout_ms).await;
         }
     }
-    hub.connection_closed();
 }
 
 struct Snapshot {
@@ -164,7 +174,12 @@ async fn write_loop(
             }
             close_socket(sink, reason, flush_ms).await;
         }
-        Err(_) => {} // The socket is broken; nothing more can be sent.
+        // The socket is broken: nothing more can be sent; make sure the
+        // reader stops too, whatever it is waiting for.
+        Err(e) => {
+            log::debug!("WebSocket write failed: {e}");
+            state.hub.registry.kill(conn_id, UNAVAILABLE);
+        }
     }
 }
 
@@ -172,7 +187,7 @@ async fn write_loop(
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     sink: &mut Sink,
-    rx: &mut mpsc::Receiver<Arc<str>>,
+    rx: &mut mpsc::Receiver<Frame>,
     kill: &mut watch::Receiver<Option<CloseReason>>,
     queued_bytes: &AtomicUsize,
     state: &State,
@@ -180,7 +195,7 @@ async fn drive(
     user_id: i64,
     ready: String,
     replay: Option<(i64, i64, Vec<i64>)>,
-) -> Result<bool, warp::Error> {
+) -> Result<bool, WsError> {
     if !send(sink, Message::text(ready), kill).await? {
         return Ok(false);
     }
@@ -197,19 +212,49 @@ async fn drive(
             _ = kill.changed() => return Ok(false),
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                    if !send(sink, Message::text(frame.as_ref()), kill).await? {
+                    if !send_queued(sink, frame, rx, queued_bytes, kill).await? {
                         return Ok(false);
                     }
                 }
                 None => return Ok(true),
             },
             _ = ping.tick() => {
-                if !send(sink, Message::ping(Vec::new()), kill).await? {
+                if !send(sink, Message::Ping(Bytes::new()), kill).await? {
                     return Ok(false);
                 }
             }
         }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]) with one
+/// flush, unless the connection is killed meanwhile.
+async fn send_queued(
+    sink: &mut Sink,
+    first: Frame,
+    rx: &mut mpsc::Receiver<Frame>,
+    queued_bytes: &AtomicUsize,
+    kill: &mut watch::Receiver<Option<CloseReason>>,
+) -> Result<bool, WsError> {
+    if kill.borrow().is_some() {
+        return Ok(false);
+    }
+    let write = async {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(frame) = next.take() {
+            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            sink.feed(Message::Text(frame)).await?;
+            written += 1;
+            if written < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        result = write => result.map(|_| true),
+        _ = kill.changed() => Ok(false),
     }
 }
 
@@ -219,7 +264,7 @@ async fn send(
     sink: &mut Sink,
     message: Message,
     kill: &mut watch::Receiver<Option<CloseReason>>,
-) -> Result<bool, warp::Error> {
+) -> Result<bool, WsError> {
     if kill.borrow().is_some() {
         return Ok(false);
     }
@@ -239,7 +284,7 @@ async fn replay_events(
     upto: i64,
     chat_ids: &[i64],
     kill: &mut watch::Receiver<Option<CloseReason>>,
-) -> Result<bool, warp::Error> {
+) -> Result<bool, WsError> {
     loop {
         let frames = match fetch_replay(state, user_id, after, upto, chat_ids).await {
             Ok(f) => f,
@@ -290,14 +335,14 @@ async fn fetch_replay(
 
 async fn drain(
     sink: &mut Sink,
-    rx: &mut mpsc::Receiver<Arc<str>>,
+    rx: &mut mpsc::Receiver<Frame>,
     queued: &AtomicUsize,
     flush_ms: u64,
 ) {
     let flush = async {
         while let Ok(frame) = rx.try_recv() {
             queued.fetch_sub(frame.len(), Ordering::Relaxed);
-            if sink.feed(Message::text(frame.as_ref())).await.is_err() {
+            if sink.feed(Message::Text(frame)).await.is_err() {
                 return;
             }
         }
@@ -309,7 +354,10 @@ async fn drain(
 async fn close_socket(mut sink: Sink, reason: CloseReason, flush_ms: u64) {
     let close = async {
         let _ = sink
-            .send(Message::close_with(reason.code, reason.reason))
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(reason.code),
+                reason: Utf8Bytes::from_static(reason.reason),
+            })))
             .await;
         let _ = sink.close().await;
     };
@@ -350,8 +398,7 @@ async fn read_loop(
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
                         // tungstenite reports an oversized frame as a capacity error.
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
+                        if matches!(e, WsError::Capacity(_)) {
                             hub.registry.kill(id, TOO_BIG);
                         }
                         return;
@@ -361,8 +408,8 @@ async fn read_loop(
                 if message.is_close() {
                     return;
                 }
-                let reply = if let Ok(text) = message.to_str() {
-                    handle_text(state, user, id, text).await
+                let reply = if let Message::Text(text) = &message {
+                    handle_text(state, user, id, text.as_str()).await
                 } else if message.is_binary() {
                     Err(ServerFrame::Error {
                         code: "invalid_frame",
@@ -388,7 +435,7 @@ async fn read_loop(
                         error.to_text(None)
                     }
                 };
-                hub.registry.send_to(id, Arc::from(frame));
+                hub.registry.send_to(id, Frame::from(frame));
             }
         }
     }

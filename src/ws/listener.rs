@@ -8,7 +8,7 @@
 //! payloads, reconnects and startup alike.
 
 use super::Hub;
-use super::registry::{ACCOUNT_DELETED, Event, TOKEN_EXPIRED};
+use super::registry::{ACCOUNT_DELETED, Event, Frame, TOKEN_EXPIRED};
 use crate::events::{EVENTS_CHANNEL, FRAME_SQL, LIVE_CHANNEL, Live};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -107,7 +107,7 @@ async fn serve(
     }
     // Presence fan-outs need a query each, so they run off this loop, but one
     // at a time: a user's offline and online must not reach clients swapped.
-    let (presence_tx, mut presence_rx) = mpsc::unbounded_channel::<(i64, Arc<str>)>();
+    let (presence_tx, mut presence_rx) = mpsc::unbounded_channel::<(i64, Frame)>();
     let fan_out_hub = hub.clone();
     tokio::spawn(async move {
         while let Some((user_id, frame)) = presence_rx.recv().await {
@@ -186,7 +186,7 @@ async fn on_event(
                 chat_id: announced.chat_id,
                 kind,
                 user_ids: announced.user_ids,
-                frame: Arc::from(frame.get()),
+                frame: Frame::from(frame.get()),
             }));
             Ok(())
         }
@@ -241,12 +241,12 @@ pub async fn fetch_events(
             chat_id: r.get(1),
             kind: r.get(2),
             user_ids: r.get(3),
-            frame: Arc::from(r.get::<_, String>(4)),
+            frame: Frame::from(r.get::<_, String>(4)),
         })
         .collect())
 }
 
-fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64, Arc<str>)>) {
+fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64, Frame)>) {
     let signal: Live = match serde_json::from_str(payload) {
         Ok(s) => s,
         Err(e) => {
@@ -256,7 +256,7 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
     };
     let registry = &hub.registry;
     // typing, read and presence payloads are already frames (see `Live`).
-    let frame = || Arc::<str>::from(payload);
+    let frame = || Frame::from(payload);
     match signal {
         Live::Typing {
             chat_id, user_id, ..

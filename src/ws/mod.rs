@@ -10,6 +10,7 @@ pub mod listener;
 pub mod presence;
 pub mod protocol;
 pub mod registry;
+pub mod upgrade;
 
 use crate::config::{Config, WsConfig};
 use crate::db::Pool;
@@ -114,14 +115,12 @@ impl Hub {
         }
     }
 
-    fn connection_opened(&self) {
+    /// Counts a connection from its `101` answer until its task ends, so a
+    /// shutdown that begins while an upgrade is in flight waits for it (and
+    /// closes it with 1001) instead of letting the HTTP server drop it.
+    fn connection_opened(self: &Arc<Self>) -> LiveConnection {
         self.live_connections.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn connection_closed(&self) {
-        if self.live_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.all_closed.notify_waiters();
-        }
+        LiveConnection(self.clone())
     }
 
     /// True at most once per `typing_interval_ms` for a user in a chat.
@@ -152,6 +151,17 @@ impl Hub {
                 sent.insert((user_id, chat_id), now);
                 true
             }
+        }
+    }
+}
+
+/// One counted connection (see [`Hub::connection_opened`]).
+pub struct LiveConnection(Arc<Hub>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        if self.0.live_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.all_closed.notify_waiters();
         }
     }
 }
@@ -211,13 +221,15 @@ fn connect(state: State) -> impl Filter<Extract = (Response,), Error = Rejection
             },
         )
         .untuple_one()
-        .and(warp::ws())
-        .map(move |state: State, user, since, ws: warp::ws::Ws| {
-            ws.max_message_size(max_frame)
-                .max_frame_size(max_frame)
-                .on_upgrade(move |socket| conn::run(socket, state, user, since))
-                .into_response()
-        })
+        .and(upgrade::websocket())
+        .map(
+            move |state: State, user, since, upgrade: upgrade::Upgrade| {
+                let live = state.hub.connection_opened();
+                upgrade.reply(upgrade::socket_config(max_frame), move |socket| {
+                    conn::run(socket, state, user, since, live)
+                })
+            },
+        )
 }
 
 /// Checks the token (query `token` or `Authorization: Bearer`) and `since`

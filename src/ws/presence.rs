@@ -7,7 +7,7 @@
 //! without saying goodbye has its users shown offline within that time.
 
 use super::Hub;
-use super::registry::PresenceChange;
+use super::registry::{Frame, PresenceChange};
 use crate::error::ApiError;
 use crate::events::{Live, notify_live};
 use std::sync::Arc;
@@ -129,7 +129,7 @@ async fn went_offline(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
 }
 
 /// Sends a presence frame to this node's users who share a chat with `user_id`.
-pub async fn fan_out(hub: &Hub, user_id: i64, frame: Arc<str>) -> Result<(), ApiError> {
+pub async fn fan_out(hub: &Hub, user_id: i64, frame: Frame) -> Result<(), ApiError> {
     let local = hub.registry.connected_users();
     if local.is_empty() {
         return Ok(());

@@ -21,6 +21,10 @@ use tokio::sync::{mpsc, watch};
 
 pub type ConnId = u64;
 
+/// A serialised server frame. Cloning shares the buffer: one event is
+/// serialised once and the same bytes are written to every subscriber.
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
+
 /// A durable event as dispatched: routing data plus its serialised frame.
 #[derive(Debug)]
 pub struct Event {
@@ -28,7 +32,7 @@ pub struct Event {
     pub chat_id: Option<i64>,
     pub kind: String,
     pub user_ids: Vec<i64>,
-    pub frame: Arc<str>,
+    pub frame: Frame,
 }
 
 /// Why a connection must close, and whether its queue is flushed first.
@@ -87,7 +91,7 @@ const PENDING_LIMIT: usize = 10_000;
 /// The receiving half a connection's tasks own.
 pub struct Registration {
     pub id: ConnId,
-    pub rx: mpsc::Receiver<Arc<str>>,
+    pub rx: mpsc::Receiver<Frame>,
     pub kill: watch::Receiver<Option<CloseReason>>,
     pub queued_bytes: Arc<AtomicUsize>,
 }
@@ -95,7 +99,7 @@ pub struct Registration {
 struct Conn {
     user_id: i64,
     token_version: i32,
-    tx: mpsc::Sender<Arc<str>>,
+    tx: mpsc::Sender<Frame>,
     kill: watch::Sender<Option<CloseReason>>,
     queued_bytes: Arc<AtomicUsize>,
     member_of: HashSet<i64>,
@@ -313,7 +317,7 @@ impl Registry {
     }
 
     /// Queues a frame for one connection; a full queue closes it (4008).
-    pub fn send_to(&self, id: ConnId, frame: Arc<str>) {
+    pub fn send_to(&self, id: ConnId, frame: Frame) {
         let mut inner = self.lock();
         if !self.offer(&inner, id, &frame) {
             self.kill_locked(&mut inner, id, SLOW_CONSUMER);
@@ -321,7 +325,7 @@ impl Registry {
     }
 
     /// Tries to queue without waiting; false means the consumer is too slow.
-    fn offer(&self, inner: &Inner, id: ConnId, frame: &Arc<str>) -> bool {
+    fn offer(&self, inner: &Inner, id: ConnId, frame: &Frame) -> bool {
         let Some(conn) = inner.conns.get(&id) else {
             return true;
         };
@@ -340,7 +344,7 @@ impl Registry {
         }
     }
 
-    fn deliver(&self, inner: &mut Inner, targets: Vec<ConnId>, frame: &Arc<str>) {
+    fn deliver(&self, inner: &mut Inner, targets: Vec<ConnId>, frame: &Frame) {
         let slow: Vec<ConnId> = targets
             .into_iter()
             .filter(|&id| !self.offer(inner, id, frame))
@@ -429,7 +433,7 @@ impl Registry {
     }
 
     /// Delivers an ephemeral frame to a chat's subscribers, except `skip_user`'s connections.
-    pub fn broadcast_room(&self, chat: i64, frame: Arc<str>, skip_user: Option<i64>) {
+    pub fn broadcast_room(&self, chat: i64, frame: Frame, skip_user: Option<i64>) {
         let mut inner = self.lock();
         let targets: Vec<ConnId> = inner
             .rooms
@@ -445,7 +449,7 @@ impl Registry {
     }
 
     /// Delivers an ephemeral frame to every connection of these users.
-    pub fn broadcast_users(&self, users: &[i64], frame: Arc<str>) {
+    pub fn broadcast_users(&self, users: &[i64], frame: Frame) {
         let mut inner = self.lock();
         let targets: Vec<ConnId> = users
             .iter()
