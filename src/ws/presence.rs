@@ -128,23 +128,24 @@ async fn went_offline(hub: &Hub, user_id: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Sends a presence frame to this node's users who share a chat with `user_id`.
+/// Sends a presence frame to this node's connections subscribed to a chat
+/// that `user_id` is a member of. The user's chats come from the database
+/// (they may be connected to another node); who is subscribed here comes
+/// from the registry, so the cost follows the user's chats, not the number
+/// of connections on the node.
 pub async fn fan_out(hub: &Hub, user_id: i64, frame: Frame) -> Result<(), ApiError> {
-    let local = hub.registry.connected_users();
-    if local.is_empty() {
+    if hub.registry.stats().connections == 0 {
         return Ok(());
     }
     let client = hub.pool.get().await?;
     let rows = client
-        .query(
-            "select distinct other.user_id
-             from chat_members mine join chat_members other on other.chat_id = mine.chat_id
-             where mine.user_id = $1 and other.user_id = any($2) and other.user_id <> $1",
-            &[&user_id, &local],
+        .query_typed(
+            "select chat_id from chat_members where user_id = $1",
+            &[(&user_id, tokio_postgres::types::Type::INT8)],
         )
         .await?;
-    let users: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    hub.registry.broadcast_users(&users, frame);
+    let chats: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    hub.registry.broadcast_rooms_once(&chats, frame, user_id);
     Ok(())
 }
 

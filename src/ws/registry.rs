@@ -448,6 +448,21 @@ impl Registry {
         self.deliver(&mut inner, targets, &frame);
     }
 
+    /// Delivers an ephemeral frame once to each connection subscribed to any of
+    /// `chats`, except `skip_user`'s own.
+    pub fn broadcast_rooms_once(&self, chats: &[i64], frame: Frame, skip_user: i64) {
+        let mut inner = self.lock();
+        let mut targets = HashSet::new();
+        for chat in chats {
+            for id in inner.rooms.get(chat).into_iter().flatten() {
+                if inner.conns.get(id).is_some_and(|c| c.user_id != skip_user) {
+                    targets.insert(*id);
+                }
+            }
+        }
+        self.deliver(&mut inner, targets.into_iter().collect(), &frame);
+    }
+
     /// Delivers an ephemeral frame to every connection of these users.
     pub fn broadcast_users(&self, users: &[i64], frame: Frame) {
         let mut inner = self.lock();
