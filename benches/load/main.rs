@@ -12,6 +12,7 @@
 //! then runs every scenario in its smoke size so the suite never rots.
 //! Results: a table on stdout and JSON under `target/bench/`.
 
+mod broadcast;
 mod common;
 mod fanout;
 mod history;
