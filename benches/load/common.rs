@@ -302,10 +302,6 @@ impl Server {
         }
     }
 
-    pub fn ws_url(&self) -> String {
-        self.url.replacen("http://", "ws://", 1)
-    }
-
     pub fn addr(&self) -> SocketAddr {
         self.url
             .trim_start_matches("http://")
@@ -602,12 +598,4 @@ impl Percentiles {
     pub fn max(&self) -> f64 {
         self.0.last().copied().unwrap_or(f64::NAN)
     }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
