@@ -61,8 +61,9 @@ pub async fn connect(
     Ok(client)
 }
 
-/// One connection shared by all callers, for the statements that serialise
-/// anyway. tokio-postgres pipelines the queries issued concurrently on a
+/// One connection shared by all callers, for statements that serialise anyway
+/// (message sends) or are too cheap to be worth a pool checkout (the token
+/// check every request runs). tokio-postgres pipelines the queries issued concurrently on a
 /// connection, so requests' statements go out back to back and PostgreSQL
 /// runs them one after another on one backend, each committed on its own.
 /// Every message send takes the `event_seq` row lock (see `events`): queued

@@ -12,6 +12,7 @@ pub mod http;
 pub mod logging;
 pub mod messages;
 pub mod migrate;
+pub mod password;
 pub mod users;
 pub mod ws;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub pool: db::Pool,
     /// The shared connection message sends are pipelined on (see [`db::Pipeline`]).
     pub pipeline: db::Pipeline,
+    /// The connection token checks are pipelined on.
+    pub token_checks: db::Pipeline,
     pub token_key: auth::TokenKey,
     /// A bcrypt hash of nothing in particular, so logins for unknown users cost
     /// the same as real ones.
@@ -90,11 +93,12 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let pool = db::pool(&config.database).map_err(|e| StartError::Database(e.to_string()))?;
     let pipeline = db::Pipeline::new(&config.database, messages::pipelined_statements())
         .map_err(|e| StartError::Database(e.to_string()))?;
-    let cost = config.auth.bcrypt_cost;
-    let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash("dummy password", cost))
-        .await
-        .map_err(|e| StartError::Database(e.to_string()))?
+    let token_checks = auth::token_check_pipeline(&config.database)
         .map_err(|e| StartError::Database(e.to_string()))?;
+    let cost = config.auth.bcrypt_cost;
+    let dummy_hash = password::hash_password("dummy password".into(), cost)
+        .await
+        .map_err(|e| StartError::Database(format!("{e:?}")))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(StartError::Bind)?;
@@ -105,6 +109,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         config,
         pool,
         pipeline,
+        token_checks,
         token_key: auth::TokenKey::new(token_key),
         dummy_hash,
         hub,

@@ -237,10 +237,10 @@ async fn update_user(
                 .await?
                 .get(0);
             drop(client);
-            if !auth::verify_password(current, hash).await? {
+            if !crate::password::verify_password(current, hash).await? {
                 return Err(ApiError::validation("current_password", "is incorrect"));
             }
-            Some(auth::hash_password(password, state.config.auth.bcrypt_cost).await?)
+            Some(crate::password::hash_password(password, state.config.auth.bcrypt_cost).await?)
         }
         _ => None,
     };
