@@ -179,6 +179,28 @@ pub enum Live {
     },
 }
 
+/// NOTIFYs `signals` in order, in one statement.
+pub async fn notify_live_all(
+    client: &impl GenericClient,
+    signals: &[Live],
+) -> Result<(), ApiError> {
+    if signals.is_empty() {
+        return Ok(());
+    }
+    let payloads = signals
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    client
+        .query_typed(
+            "select pg_notify($1, p) from unnest($2::text[]) with ordinality as t(p, n) order by n",
+            &[(&LIVE_CHANNEL, Type::TEXT), (&payloads, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn notify_live(client: &impl GenericClient, signal: &Live) -> Result<(), ApiError> {
     let payload = serde_json::to_string(signal).map_err(|e| ApiError::Internal(e.to_string()))?;
     client

@@ -95,6 +95,13 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         .map_err(|e| StartError::Database(e.to_string()))?;
     let token_checks = auth::token_check_pipeline(&config.database)
         .map_err(|e| StartError::Database(e.to_string()))?;
+    // Connect and prepare now, so the first requests do not wait for it; a
+    // failure here is retried by the first request that needs the connection.
+    for pipelined in [&pipeline, &token_checks] {
+        if let Err(e) = pipelined.get().await {
+            log::warn!("cannot prepare a pipelined connection yet: {e:?}");
+        }
+    }
     let cost = config.auth.bcrypt_cost;
     let dummy_hash = password::hash_password("dummy password".into(), cost)
         .await

@@ -105,17 +105,10 @@ async fn serve(
         // Reconnected: whatever was announced while we were away is in the log.
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
     }
-    // Presence fan-outs need a query each, so they run off this loop, but one
-    // at a time: a user's offline and online must not reach clients swapped.
-    let (presence_tx, mut presence_rx) = mpsc::unbounded_channel::<(i64, Frame)>();
-    let fan_out_hub = hub.clone();
-    tokio::spawn(async move {
-        while let Some((user_id, frame)) = presence_rx.recv().await {
-            if let Err(e) = super::presence::fan_out(&fan_out_hub, user_id, frame).await {
-                log::warn!("presence fan-out failed: {e:?}");
-            }
-        }
-    });
+    // Presence fan-outs need a query, so they run off this loop, but in
+    // order: a user's offline and online must not reach clients swapped.
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel::<(i64, Frame)>();
+    tokio::spawn(super::presence::fan_out(hub.clone(), presence_rx));
     let mut shutdown = hub.shutdown_signal();
     let mut check = tokio::time::interval_at(
         tokio::time::Instant::now() + LIVENESS_INTERVAL,
