@@ -22,7 +22,7 @@ scenarios: send fanout idle history login recovery all
 options (comma lists run each size):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
   fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10
-  idle      --connections 10000,50000 --per-node 18000
+  idle      --connections 10000,50000 --per-node 18000 --ping-rate 5000
   history   --messages 10000,1000000 --requests 2000 --concurrency 8
   login     --logins 50 --cost 12 (default: the server's configured cost)
   recovery  --clients 1000 --missed 10000 --chats 10";
