@@ -57,7 +57,12 @@ impl Hub {
             .collect();
         let hub = Arc::new(Hub {
             node_id,
-            registry: Registry::new(config.ws.queue_frames, config.ws.queue_bytes, presence_tx),
+            registry: Registry::new(
+                config.ws.queue_frames,
+                config.ws.queue_bytes,
+                config.ws.replay_cache_bytes,
+                presence_tx,
+            ),
             pool,
             database_url: config.database.url.clone(),
             config: config.ws.clone(),
@@ -115,7 +120,7 @@ impl Hub {
         }
     }
 
-    /// Counts a connection from its `101` answer until its task ends, so a
+    /// Counts a connection from its upgrade request until its task ends, so a
     /// shutdown that begins while an upgrade is in flight waits for it (and
     /// closes it with 1001) instead of letting the HTTP server drop it.
     fn connection_opened(self: &Arc<Self>) -> LiveConnection {
@@ -214,17 +219,21 @@ fn connect(state: State) -> impl Filter<Extract = (Response,), Error = Rejection
         .and(with_state(state))
         .and_then(
             |q: HashMap<String, String>, header: Option<String>, state: State| async move {
+                // Counted from here, not from the 101: a shutdown that begins
+                // while the token is checked waits for this socket and closes
+                // it with 1001, instead of racing the HTTP server's own
+                // shutdown for the upgrade.
+                let live = state.hub.connection_opened();
                 authorize(&state, &q, header.as_deref())
                     .await
-                    .map(|(user, since)| (state, user, since))
+                    .map(|(user, since)| (state, user, since, live))
                     .map_err(warp::reject::custom)
             },
         )
         .untuple_one()
         .and(upgrade::websocket())
         .map(
-            move |state: State, user, since, upgrade: upgrade::Upgrade| {
-                let live = state.hub.connection_opened();
+            move |state: State, user, since, live, upgrade: upgrade::Upgrade| {
                 upgrade.reply(upgrade::socket_config(max_frame), move |socket| {
                     conn::run(socket, state, user, since, live)
                 })
