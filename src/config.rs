@@ -76,6 +76,8 @@ pub struct WsConfig {
     pub idle_timeout_ms: u64,
     pub queue_frames: usize,
     pub queue_bytes: usize,
+    /// Recent events held in memory per node for replay; 0 replays from the log only.
+    pub replay_cache_bytes: usize,
     pub max_frame_bytes: usize,
     pub max_bad_frames: u32,
     pub typing_interval_ms: u64,
@@ -145,6 +147,7 @@ impl Default for WsConfig {
             idle_timeout_ms: 75_000,
             queue_frames: 1024,
             queue_bytes: 4 * 1024 * 1024,
+            replay_cache_bytes: 16 * 1024 * 1024,
             max_frame_bytes: 64 * 1024,
             max_bad_frames: 20,
             typing_interval_ms: 2_000,
@@ -342,6 +345,12 @@ impl Config {
         }
         check_range("ws.queue_frames", ws.queue_frames as u64, 1, 1_000_000)?;
         check_range("ws.queue_bytes", ws.queue_bytes as u64, 1024, 1 << 30)?;
+        check_range(
+            "ws.replay_cache_bytes",
+            ws.replay_cache_bytes as u64,
+            0,
+            1 << 34,
+        )?;
         check_range(
             "ws.max_frame_bytes",
             ws.max_frame_bytes as u64,

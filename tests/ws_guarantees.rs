@@ -105,8 +105,54 @@ async fn concurrent_writers_are_seen_by_every_client_in_commit_order_exactly_onc
 
 #[tokio::test]
 async fn reconnecting_with_since_replays_exactly_the_missed_events_then_live_ones() {
-    // Arrange: bob has seen three messages.
+    replays_exactly_the_missed_events_then_live_ones(default_replay_cache()).await;
+}
+
+#[tokio::test]
+async fn without_a_replay_cache_since_replays_exactly_the_missed_events_from_the_log() {
+    replays_exactly_the_missed_events_then_live_ones(0).await;
+}
+
+/// The server's default: replay from the node's recent events.
+fn default_replay_cache() -> usize {
+    chatapp::config::Config::default().ws.replay_cache_bytes
+}
+
+#[tokio::test]
+async fn replay_is_served_from_the_nodes_recent_events_without_reading_the_log() {
+    // Arrange: bob misses two messages; then their log rows vanish (as if
+    // pruned), which only a replay from memory survives.
     let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (mut watcher, ready) = connected(&app, &alice, None).await;
+    let since = ready["last_event_id"].as_i64().unwrap();
+    let sent = [
+        app.send_message(&alice, chat, "one").await,
+        app.send_message(&alice, chat, "two").await,
+    ];
+    // The node has dispatched both once alice's socket heard them.
+    read_messages(&mut watcher, 2).await;
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.execute("delete from events where id > $1", &[&since])
+        .await
+        .unwrap();
+
+    // Act
+    let (mut ws, ready) = connected(&app, &bob, Some(since)).await;
+
+    // Assert
+    assert_eq!(ready["recovered"], true, "{ready}");
+    for message in &sent {
+        let f = ws.next_of_type("message").await;
+        assert_eq!(f["payload"]["message_id"], message["id"], "{f}");
+    }
+}
+
+async fn replays_exactly_the_missed_events_then_live_ones(replay_cache_bytes: usize) {
+    // Arrange: bob has seen three messages.
+    let app = spawn_app_with(|c| c.ws.replay_cache_bytes = replay_cache_bytes).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
@@ -192,8 +238,17 @@ async fn since_ahead_of_the_log_is_not_recovered() {
 
 #[tokio::test]
 async fn replay_includes_chats_joined_while_away_and_nothing_from_chats_left() {
+    replay_follows_membership_changes_while_away(default_replay_cache()).await;
+}
+
+#[tokio::test]
+async fn replay_from_the_log_includes_chats_joined_while_away_and_nothing_from_chats_left() {
+    replay_follows_membership_changes_while_away(0).await;
+}
+
+async fn replay_follows_membership_changes_while_away(replay_cache_bytes: usize) {
     // Arrange: bob is in `left`; he is removed from it and added to `joined` while away.
-    let app = spawn_app().await;
+    let app = spawn_app_with(|c| c.ws.replay_cache_bytes = replay_cache_bytes).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let left = app.create_group(&alice, "left", &[&bob]).await;
@@ -268,8 +323,9 @@ async fn wait_for_lock_waiter(db: &tokio_postgres::Client, table: &str) {
 
 #[tokio::test]
 async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_runs() {
-    // Arrange: bob misses two messages in `room` while away.
-    let app = spawn_app().await;
+    // Arrange: bob misses two messages in `room` while away. Replay reads the
+    // log (no recent events held), so holding the log holds the replay.
+    let app = spawn_app_with(|c| c.ws.replay_cache_bytes = 0).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let room = app.create_group(&alice, "room", &[&bob]).await;

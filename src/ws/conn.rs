@@ -3,8 +3,8 @@
 
 use super::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use super::registry::{
-    ACCOUNT_DELETED, CloseReason, Frame, GARBAGE, IDLE, Registration, TOKEN_EXPIRED, TOO_BIG,
-    UNAVAILABLE,
+    ACCOUNT_DELETED, CloseReason, Event, Frame, GARBAGE, IDLE, Registration, TOKEN_EXPIRED,
+    TOO_BIG, UNAVAILABLE,
 };
 use super::upgrade::WebSocket;
 use crate::auth::AuthUser;
@@ -274,6 +274,9 @@ async fn send(
     }
 }
 
+/// Replays the user's events in `(after, upto]` (see [`fetch_replay`] for
+/// which), from the registry's recent events while they reach back far
+/// enough, else from the log, a page at a time.
 #[allow(clippy::too_many_arguments)]
 async fn replay_events(
     sink: &mut Sink,
@@ -285,37 +288,52 @@ async fn replay_events(
     chat_ids: &[i64],
     kill: &mut watch::Receiver<Option<CloseReason>>,
 ) -> Result<bool, WsError> {
-    loop {
-        let frames = match fetch_replay(state, user_id, after, upto, chat_ids).await {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("replay failed: {e:?}");
-                state.hub.registry.kill(conn_id, UNAVAILABLE);
-                return Ok(false);
-            }
+    let wanted = |e: &Event| {
+        e.user_ids.contains(&user_id)
+            || (e.kind != "chat_created"
+                && e.chat_id
+                    .is_some_and(|c| chat_ids.binary_search(&c).is_ok()))
+    };
+    while after < upto {
+        let page = state
+            .hub
+            .registry
+            .recent_events(after, upto, REPLAY_PAGE as usize, wanted);
+        let (frames, through) = match page {
+            Some(page) => page,
+            None => match fetch_replay(state, user_id, after, upto, chat_ids).await {
+                Ok(frames) if (frames.len() as i64) < REPLAY_PAGE => (frames, upto),
+                Ok(frames) => {
+                    let last = frames.last().map_or(upto, |(id, _)| *id);
+                    (frames, last)
+                }
+                Err(e) => {
+                    log::warn!("replay failed: {e:?}");
+                    state.hub.registry.kill(conn_id, UNAVAILABLE);
+                    return Ok(false);
+                }
+            },
         };
-        let done = (frames.len() as i64) < REPLAY_PAGE;
-        for (id, frame) in frames {
-            after = id;
-            if !send(sink, Message::text(frame), kill).await? {
+        for (_, frame) in frames {
+            if !send(sink, Message::Text(frame), kill).await? {
                 return Ok(false);
             }
         }
-        if done {
-            return Ok(true);
-        }
+        after = through;
     }
+    Ok(true)
 }
 
 /// The user's events in `(after, upto]`: the events of `chat_ids` (their
-/// chats as of `upto`) and those addressed to them (`chat_created` only the latter).
+/// chats as of `upto`) and those addressed to them (`chat_created` only the
+/// latter). `replay_events` applies the same rule to held events.
 async fn fetch_replay(
     state: &State,
     user_id: i64,
     after: i64,
     upto: i64,
     chat_ids: &[i64],
-) -> Result<Vec<(i64, String)>, ApiError> {
+) -> Result<Vec<(i64, Frame)>, ApiError> {
     let client = state.pool.get().await?;
     let rows = client
         .query(
@@ -330,7 +348,10 @@ async fn fetch_replay(
             &[&user_id, &after, &upto, &REPLAY_PAGE, &chat_ids],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), Frame::from(r.get::<_, String>(1))))
+        .collect())
 }
 
 async fn drain(

@@ -14,9 +14,9 @@
 //! after `L` are applied to it alone. So no event falls between snapshot and
 //! subscription, and none is applied twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::{mpsc, watch};
 
 pub type ConnId = u64;
@@ -137,8 +137,50 @@ pub struct Stats {
     pub slow_consumer_disconnects: u64,
 }
 
+/// The latest dispatched events, with consecutive ids, up to a byte budget:
+/// a client resuming with `since` is replayed from here when the events it
+/// missed are all still held, instead of from the log (where a reconnect
+/// storm makes PostgreSQL build every missed frame once per client).
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+impl Event {
+    /// What holding it in [`Recent`] costs, roughly.
+    fn held_bytes(&self) -> usize {
+        self.frame.len() + self.kind.len() + self.user_ids.len() * 8 + 96
+    }
+}
+
+impl Recent {
+    fn push(&mut self, event: Arc<Event>, limit: usize) {
+        // A hole (events pruned before this node saw them) would make the
+        // held range lie about what it covers: start over after it.
+        if self
+            .events
+            .back()
+            .is_some_and(|last| last.id + 1 != event.id)
+        {
+            self.events.clear();
+            self.bytes = 0;
+        }
+        self.bytes += event.held_bytes();
+        self.events.push_back(event);
+        while self.bytes > limit {
+            match self.events.pop_front() {
+                Some(old) => self.bytes -= old.held_bytes(),
+                None => break,
+            }
+        }
+    }
+}
+
 pub struct Registry {
     inner: Mutex<Inner>,
+    recent: RwLock<Recent>,
+    recent_limit: usize,
     next_id: AtomicU64,
     queue_frames: usize,
     queue_bytes: usize,
@@ -151,10 +193,13 @@ impl Registry {
     pub fn new(
         queue_frames: usize,
         queue_bytes: usize,
+        replay_cache_bytes: usize,
         presence: mpsc::UnboundedSender<PresenceChange>,
     ) -> Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
+            recent: RwLock::new(Recent::default()),
+            recent_limit: replay_cache_bytes,
             next_id: AtomicU64::new(1),
             queue_frames,
             queue_bytes,
@@ -361,6 +406,12 @@ impl Registry {
             return;
         }
         inner.last_event_id = event.id;
+        if self.recent_limit > 0 {
+            self.recent
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(event.clone(), self.recent_limit);
+        }
         let pending: Vec<ConnId> = inner.pending.iter().copied().collect();
         for id in pending {
             let overflow = match inner.conns.get_mut(&id).and_then(|c| c.pending.as_mut()) {
@@ -375,6 +426,35 @@ impl Registry {
             }
         }
         self.route(&mut inner, &event, None);
+    }
+
+    /// Frames of held events in `(after, upto]` for which `wanted` holds, at
+    /// most `limit` of them, with the id of the last event looked at (resume
+    /// from there). `None` when event `after + 1` is not held: read the log.
+    pub fn recent_events(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Option<(Vec<(i64, Frame)>, i64)> {
+        let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());
+        let first = recent.events.front()?.id;
+        if after + 1 < first || after >= recent.events.back()?.id {
+            return None;
+        }
+        let mut frames = Vec::new();
+        let mut scanned = after;
+        for event in recent.events.range((after + 1 - first) as usize..) {
+            if event.id > upto || frames.len() == limit {
+                break;
+            }
+            scanned = event.id;
+            if wanted(event) {
+                frames.push((event.id, event.frame.clone()));
+            }
+        }
+        Some((frames, scanned))
     }
 
     /// Applies an event's membership effects and delivers it — to every
@@ -510,5 +590,83 @@ fn unsubscribe_room(rooms: &mut HashMap<i64, HashSet<ConnId>>, chat: i64, id: Co
         if room.is_empty() {
             rooms.remove(&chat);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, chat_id: i64) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            chat_id: Some(chat_id),
+            kind: "message".into(),
+            user_ids: Vec::new(),
+            frame: Frame::from(format!("{{\"event_id\":{id}}}")),
+        })
+    }
+
+    fn registry(replay_cache_bytes: usize) -> Registry {
+        Registry::new(16, 1 << 20, replay_cache_bytes, mpsc::unbounded_channel().0)
+    }
+
+    fn ids(page: Option<(Vec<(i64, Frame)>, i64)>) -> Option<(Vec<i64>, i64)> {
+        page.map(|(frames, through)| (frames.into_iter().map(|(id, _)| id).collect(), through))
+    }
+
+    #[test]
+    fn recent_events_serve_a_range_they_cover_in_pages() {
+        let r = registry(1 << 20);
+        for id in 1..=10 {
+            r.dispatch(event(id, id % 2));
+        }
+        let odd = |e: &Event| e.chat_id == Some(1);
+        assert_eq!(
+            ids(r.recent_events(2, 9, 100, odd)),
+            Some((vec![3, 5, 7, 9], 9))
+        );
+        // A full page stops at its last frame; the next page resumes there.
+        assert_eq!(ids(r.recent_events(0, 10, 2, odd)), Some((vec![1, 3], 3)));
+        // Up to the newest held event; the rest is the log's.
+        assert_eq!(ids(r.recent_events(8, 12, 100, odd)), Some((vec![9], 10)));
+        assert_eq!(ids(r.recent_events(10, 12, 100, odd)), None);
+    }
+
+    #[test]
+    fn the_oldest_events_go_first_when_the_budget_is_spent() {
+        let one = event(1, 1).held_bytes();
+        let r = registry(3 * one);
+        for id in 1..=5 {
+            r.dispatch(event(id, 1));
+        }
+        let all = |_: &Event| true;
+        assert_eq!(
+            ids(r.recent_events(1, 5, 100, all)),
+            None,
+            "event 2 is gone"
+        );
+        assert_eq!(
+            ids(r.recent_events(2, 5, 100, all)),
+            Some((vec![3, 4, 5], 5))
+        );
+    }
+
+    #[test]
+    fn a_hole_in_the_ids_drops_what_came_before_it() {
+        let r = registry(1 << 20);
+        for id in [1, 2, 3, 7, 8] {
+            r.dispatch(event(id, 1));
+        }
+        let all = |_: &Event| true;
+        assert_eq!(ids(r.recent_events(2, 8, 100, all)), None);
+        assert_eq!(ids(r.recent_events(6, 8, 100, all)), Some((vec![7, 8], 8)));
+    }
+
+    #[test]
+    fn a_zero_budget_holds_nothing() {
+        let r = registry(0);
+        r.dispatch(event(1, 1));
+        assert_eq!(ids(r.recent_events(0, 1, 100, |_| true)), None);
     }
 }
