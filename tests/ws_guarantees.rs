@@ -104,6 +104,37 @@ async fn concurrent_writers_are_seen_by_every_client_in_commit_order_exactly_onc
 }
 
 #[tokio::test]
+async fn a_node_started_after_the_events_replays_them_from_memory_too() {
+    // Arrange: bob misses two messages; then a node starts, and the log rows
+    // vanish (as if pruned), which only the events it read at startup survive.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (_, ready) = connected(&app, &bob, None).await;
+    let since = ready["last_event_id"].as_i64().unwrap();
+    let sent = [
+        app.send_message(&alice, chat, "one").await,
+        app.send_message(&alice, chat, "two").await,
+    ];
+    let started_later = spawn_node(&app.database_url, |_| {}).await;
+    let db = helpers::pg::connect(&app.database_url).await;
+    db.execute("delete from events where id > $1", &[&since])
+        .await
+        .unwrap();
+
+    // Act
+    let (mut ws, ready) = connected(&started_later, &bob, Some(since)).await;
+
+    // Assert
+    assert_eq!(ready["recovered"], true, "{ready}");
+    for message in &sent {
+        let f = ws.next_of_type("message").await;
+        assert_eq!(f["payload"]["message_id"], message["id"], "{f}");
+    }
+}
+
+#[tokio::test]
 async fn reconnecting_with_since_replays_exactly_the_missed_events_then_live_ones() {
     replays_exactly_the_missed_events_then_live_ones(default_replay_cache()).await;
 }

@@ -9,6 +9,10 @@
 //! and no client misses or repeats a message (compared by message id with
 //! what the server answered to the POSTs), and each gets them in event order.
 //!
+//! Side by side: the same server replaying from the event log only
+//! (`ws.replay_cache_bytes: 0`), what a node does when the missed events
+//! predate what it holds in memory.
+//!
 //! Clients behave as real ones should: a refused handshake (503 while the
 //! server's pool is exhausted) or a socket closed before catching up (1011
 //! when a replay query could not get a connection) is retried with backoff,
@@ -56,25 +60,59 @@ pub async fn run(env: &Env, report: &mut Report) {
             .collect();
         chats.push(seed_chat(&db, &format!("recovery {k}"), &members).await);
     }
-    let server = env.server(&db_url, ServerOpts::default()).await;
-    let setup = Setup {
-        addr: server.addr(),
-        url: server.url.clone(),
-        pid: server.pid(),
-        clients,
-        senders,
-        chats: &chats,
-        missed,
-        concurrency,
-    };
     let case = format!("N={n} missed={missed}");
+    // The ceiling-less scenario's reference: the same server replaying from
+    // the event log only, which is what a node does when the missed events
+    // predate what it holds in memory (`ws.replay_cache_bytes`).
+    let log_only = env
+        .log_dir
+        .join(format!("recovery-log-only-{}.yaml", std::process::id()));
+    std::fs::write(&log_only, "ws:\n  replay_cache_bytes: 0\n").expect("write recovery config");
+    let systems = [
+        (CHATAPP, Vec::new()),
+        (
+            LOG_REPLAY,
+            vec![("CONFIG_PATH".to_string(), log_only.display().to_string())],
+        ),
+    ];
     for _ in 0..env.opts.repeats {
-        match once(&setup).await {
-            Ok(r) => record(report, &case, &r),
-            Err(e) => report.check(SCENARIO, false, format!("{case}: {e}")),
+        for (system, server_env) in &systems {
+            let server = env
+                .server(
+                    &db_url,
+                    ServerOpts {
+                        env: server_env.clone(),
+                        ..ServerOpts::default()
+                    },
+                )
+                .await;
+            let setup = Setup {
+                addr: server.addr(),
+                url: server.url.clone(),
+                pid: server.pid(),
+                clients,
+                senders,
+                chats: &chats,
+                missed,
+                concurrency,
+            };
+            match once(&setup).await {
+                Ok(r) => record(report, &case, system, &r),
+                Err(e) => report.check(SCENARIO, false, format!("{case} {system}: {e}")),
+            }
         }
     }
+    let median = |system| report.median(SCENARIO, &case, system, "catch-up time");
+    if let (Some(ours), Some(log)) = (median(CHATAPP), median(LOG_REPLAY)) {
+        eprintln!(
+            "recovery {case}: log replay / memory replay catch-up time {:.2}",
+            log / ours
+        );
+    }
 }
+
+const CHATAPP: &str = "chatapp";
+const LOG_REPLAY: &str = "log replay";
 
 struct Setup<'a> {
     addr: SocketAddr,
@@ -107,12 +145,12 @@ struct Outcome {
     last_error: Option<String>,
 }
 
-fn record(report: &mut Report, case: &str, r: &Outcome) {
+fn record(report: &mut Report, case: &str, system: &str, r: &Outcome) {
     report.check(
         SCENARIO,
         r.recovered == r.clients,
         format!(
-            "{case}: {}/{} reconnects had ready.recovered = true",
+            "{case} {system}: {}/{} reconnects had ready.recovered = true",
             r.recovered, r.clients
         ),
     );
@@ -120,7 +158,7 @@ fn record(report: &mut Report, case: &str, r: &Outcome) {
         SCENARIO,
         r.complete == r.clients,
         format!(
-            "{case}: {}/{} clients got every message of their chat sent while away exactly once, \
+            "{case} {system}: {}/{} clients got every message of their chat sent while away exactly once, \
              in event order ({} frames replayed; {} missing, {} repeated, {} not of their chat, \
              {} out of order)",
             r.complete, r.clients, r.frames, r.missing, r.repeated, r.stray, r.disorder
@@ -128,7 +166,7 @@ fn record(report: &mut Report, case: &str, r: &Outcome) {
     );
     if r.retried > 0 {
         eprintln!(
-            "recovery {case}: {} clients retried: {} handshakes refused, {} sockets closed before \
+            "recovery {case} {system}: {} clients retried: {} handshakes refused, {} sockets closed before \
              catching up (e.g. {})",
             r.retried,
             r.refused,
@@ -137,7 +175,7 @@ fn record(report: &mut Report, case: &str, r: &Outcome) {
         );
     }
     let add = |report: &mut Report, metric: &str, unit: &str, v: f64| {
-        report.add(SCENARIO, case, "chatapp", metric, unit, v)
+        report.add(SCENARIO, case, system, metric, unit, v)
     };
     add(report, "catch-up time", "s", r.catch_up_s);
     add(report, "median client catch-up", "s", r.median_catch_up_s);

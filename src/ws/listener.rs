@@ -100,6 +100,15 @@ async fn serve(
             .map_err(db)?
             .get(0);
         hub.registry.advance_to(head);
+        // Hold the newest events from the start, so that clients reconnecting
+        // to a node that just started (a restart, a deploy) replay from memory.
+        let newest = hub.registry.preload_estimate() as i64;
+        if newest > 0 {
+            let events = fetch_events(client, head - newest, head, newest)
+                .await
+                .map_err(db)?;
+            hub.registry.preload(events);
+        }
         let _ = ready.send(());
     } else {
         // Reconnected: whatever was announced while we were away is in the log.

@@ -428,6 +428,24 @@ impl Registry {
         self.route(&mut inner, &event, None);
     }
 
+    /// How many of the newest logged events a starting node should read to
+    /// fill its replay budget (events average a few hundred bytes).
+    pub fn preload_estimate(&self) -> usize {
+        (self.recent_limit / 384).min(100_000)
+    }
+
+    /// Holds `events` (consecutive, oldest first, all at or below the last
+    /// dispatched id) as the oldest recent events, within the budget.
+    pub fn preload(&self, events: Vec<Event>) {
+        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
+        if !recent.events.is_empty() {
+            return;
+        }
+        for event in events {
+            recent.push(Arc::new(event), self.recent_limit);
+        }
+    }
+
     /// Frames of held events in `(after, upto]` for which `wanted` holds, at
     /// most `limit` of them, with the id of the last event looked at (resume
     /// from there). `None` when event `after + 1` is not held: read the log.
