@@ -242,12 +242,21 @@ async fn send_queued(
     let write = async {
         let mut next = Some(first);
         let mut written = 0;
+        let mut yielded = false;
         while let Some(frame) = next.take() {
             queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
             sink.feed(Message::Text(frame)).await?;
             written += 1;
             if written < WRITE_BATCH {
                 next = rx.try_recv().ok();
+                // Let the other woken writers (and the dispatcher) run once
+                // before writing: under load more frames are queued by then,
+                // and one write carries them all.
+                if next.is_none() && !yielded {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    next = rx.try_recv().ok();
+                }
             }
         }
         sink.flush().await

@@ -167,7 +167,7 @@ async fn fan_out_batch(hub: &Hub, batch: &[(i64, Frame)]) -> Result<(), ApiError
     for (user_id, frame) in batch {
         if let Some(chats) = chats.get(user_id) {
             hub.registry
-                .broadcast_rooms_once(chats, frame.clone(), *user_id);
+                .broadcast_rooms(chats, frame.clone(), Some(*user_id));
         }
     }
     Ok(())
