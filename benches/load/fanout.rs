@@ -192,6 +192,8 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
     add(report, "p99 send-to-receive", "ms", r.p99);
     add(report, "max send-to-receive", "ms", r.max);
     add(report, "capacity deliveries/s", "1/s", r.capacity_dps);
+    add(report, "server CPU per delivery", "µs", r.server_us);
+    add(report, "client CPU per delivery", "µs", r.client_us);
     add(report, "capacity messages/s", "1/s", r.capacity_mps);
     add(report, "message frame size", "bytes", r.frame_bytes);
 }
@@ -248,6 +250,10 @@ struct CaseResult {
     p99: f64,
     max: f64,
     capacity_dps: f64,
+    /// Server process CPU per delivery in the capacity phase (PostgreSQL not included).
+    server_us: f64,
+    /// This process's (the clients') CPU per delivery in the capacity phase.
+    client_us: f64,
     capacity_mps: f64,
     frame_bytes: f64,
     connect_frames: f64,
@@ -419,6 +425,10 @@ async fn run_case(
 
         // Capacity.
         let window = set.window;
+        let cpu_before = (
+            pid.and_then(proc_cpu_secs),
+            proc_cpu_secs(std::process::id()),
+        );
         let start_ns = nanos();
         let deadline = Instant::now() + set.capacity;
         let shared2 = shared.clone();
@@ -469,11 +479,21 @@ async fn run_case(
             .load(Relaxed)
             .saturating_sub(start_ns)) as f64
             / 1e9;
+        // CPU per delivery is steadier than deliveries/s on a shared machine:
+        // it does not move when a neighbour takes a core for a while.
+        let us_per_delivery = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(b), Some(a)) => (a - b) * 1e6 / cap_expected.max(1) as f64,
+            _ => f64::NAN,
+        };
+        let server_us = us_per_delivery(cpu_before.0, pid.and_then(proc_cpu_secs));
+        let client_us = us_per_delivery(cpu_before.1, proc_cpu_secs(std::process::id()));
         Ok::<_, String>((
             sent + cap_sent,
             rate_dps,
             cap_expected as f64 / cap_secs,
             cap_sent as f64 / cap_secs,
+            server_us,
+            client_us,
         ))
     }
     .await;
@@ -484,7 +504,7 @@ async fn run_case(
     drop(sinks);
     let _ = settle(&shared, pid, Duration::from_secs(60 + m as u64 / 20)).await;
 
-    let (messages, rate_dps, capacity_dps, capacity_mps) = result?;
+    let (messages, rate_dps, capacity_dps, capacity_mps, server_us, client_us) = result?;
     let mut latencies = Vec::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
@@ -518,6 +538,8 @@ async fn run_case(
         p99: p.at(0.99),
         max: p.max(),
         capacity_dps,
+        server_us,
+        client_us,
         capacity_mps,
         connect_frames,
         frame_bytes: shared.sample.get().map_or(f64::NAN, |f| f.len() as f64),

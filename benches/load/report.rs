@@ -267,6 +267,99 @@ impl Report {
             Ok(()) => println!("results: {}", path.display()),
             Err(e) => eprintln!("cannot write {}: {e}", path.display()),
         }
+        let markdown = path.with_extension("md");
+        match std::fs::write(&markdown, self.markdown()) {
+            Ok(()) => println!("tables for BENCHMARKS.md: {}", markdown.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", markdown.display()),
+        }
+    }
+
+    /// Per scenario, one row per (case, metric) and one column per system,
+    /// each cell `median (min-max)` over the repeats; then the targets.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let mut scenarios: Vec<&str> = Vec::new();
+        for f in &self.figures {
+            if !scenarios.contains(&f.scenario.as_str()) {
+                scenarios.push(&f.scenario);
+            }
+        }
+        for scenario in scenarios {
+            let figures: Vec<&Figure> = self
+                .figures
+                .iter()
+                .filter(|f| f.scenario == scenario)
+                .collect();
+            let mut systems: Vec<&str> = Vec::new();
+            let mut rows: Vec<(&str, &str, &str)> = Vec::new();
+            for f in &figures {
+                if !systems.contains(&f.system.as_str()) {
+                    systems.push(&f.system);
+                }
+                if !rows.iter().any(|(c, m, _)| *c == f.case && *m == f.metric) {
+                    rows.push((&f.case, &f.metric, &f.unit));
+                }
+            }
+            let _ = writeln!(out, "\n### {scenario}\n");
+            if let Some((_, cmd)) = self.commands.iter().find(|(s, _)| s == scenario) {
+                let _ = writeln!(out, "`{cmd}`\n");
+            }
+            let _ = writeln!(out, "| case | metric | {} |", systems.join(" | "));
+            let _ = writeln!(out, "|---|---|{}", "---|".repeat(systems.len()));
+            for (case, metric, unit) in rows {
+                let cells: Vec<String> = systems
+                    .iter()
+                    .map(|system| {
+                        figures
+                            .iter()
+                            .find(|f| f.case == case && f.metric == metric && f.system == *system)
+                            .map(|f| {
+                                if f.values.len() > 1 {
+                                    format!(
+                                        "{} ({}–{})",
+                                        fmt(f.median()),
+                                        fmt(f.min()),
+                                        fmt(f.max())
+                                    )
+                                } else {
+                                    fmt(f.median())
+                                }
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {case} | {metric} ({unit}) | {} |",
+                    cells.join(" | ")
+                );
+            }
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n### targets\n\n| | scenario | target | measured | limit |\n|---|---|---|---|---|"
+            );
+            for t in &self.targets {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} {} |",
+                    if t.met { "met" } else { "**missed**" },
+                    t.scenario,
+                    t.name,
+                    fmt(t.measured),
+                    t.op,
+                    fmt(t.limit)
+                );
+            }
+        }
+        let passed = self.checks.iter().filter(|(_, ok, _)| *ok).count();
+        let _ = writeln!(
+            out,
+            "\nCorrectness checks: {passed} of {} passed.",
+            self.checks.len()
+        );
+        out
     }
 }
 
