@@ -346,6 +346,39 @@ pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU seconds used by each PostgreSQL process (postmaster, backends, workers).
+pub fn postgres_cpu() -> std::collections::BTreeMap<u32, f64> {
+    let mut by_pid = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return by_pid;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "postgres")
+            && let Some(secs) = proc_cpu_secs(pid)
+        {
+            by_pid.insert(pid, secs);
+        }
+    }
+    by_pid
+}
+
+/// CPU seconds PostgreSQL used since `before` (a [`postgres_cpu`] sample),
+/// counting backends that started since.
+pub fn postgres_cpu_since(before: &std::collections::BTreeMap<u32, f64>) -> f64 {
+    postgres_cpu()
+        .iter()
+        .map(|(pid, now)| now - before.get(pid).unwrap_or(&0.0))
+        .sum()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -508,8 +541,23 @@ pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Result<serde_json::Val
     }
 }
 
+/// How pgbench sends its statements, to match how chatapp sends the same SQL.
+#[derive(Clone, Copy)]
+pub enum Protocol {
+    /// Prepared once per connection and reused (generic plans after five runs).
+    Prepared,
+    /// Parsed and planned with its values on every execution.
+    Extended,
+}
+
 /// Runs pgbench for `secs`; returns (transactions/s, latencies in ms).
-pub fn pgbench(db_url: &str, script: &Path, clients: usize, secs: u64) -> (f64, Vec<f64>) {
+pub fn pgbench(
+    db_url: &str,
+    script: &Path,
+    protocol: Protocol,
+    clients: usize,
+    secs: u64,
+) -> (f64, Vec<f64>) {
     let dir = script.parent().expect("script dir").join(format!(
         "{}-c{clients}",
         script.file_stem().unwrap_or_default().to_string_lossy()
@@ -520,7 +568,11 @@ pub fn pgbench(db_url: &str, script: &Path, clients: usize, secs: u64) -> (f64, 
         .current_dir(&dir)
         // The session settings chatapp's pool uses (db::session_defaults).
         .env("PGOPTIONS", "-c jit=off")
-        .args(["-n", "-M", "prepared", "-l", "--log-prefix", "tx"])
+        .args(["-n", "-l", "--log-prefix", "tx", "-M"])
+        .arg(match protocol {
+            Protocol::Prepared => "prepared",
+            Protocol::Extended => "extended",
+        })
         .args([
             "-c",
             &clients.to_string(),

@@ -2,8 +2,14 @@
 //! of 1,000,000 messages — the newest page, and `before_id` pages at random
 //! depths — side by side with pgbench running the handler's own query.
 //! Cursor pages are index range scans, so depth and chat size should not show.
+//! pgbench plans every execution with its values (`-M extended`), as chatapp's
+//! per-call prepare does: a statement prepared once falls back to a generic
+//! plan, which cannot use `$3 is null or m.id < $3` as an index bound and so
+//! walks the 1,000,000-message chat from its newest row.
 
-use crate::common::{Env, Percentiles, ServerOpts, connect_db, join, pgbench, seed_users};
+use crate::common::{
+    Env, Percentiles, Protocol, ServerOpts, connect_db, join, pgbench, seed_users,
+};
 use crate::report::Report;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +89,8 @@ pub async fn run(env: &Env, report: &mut Report) {
                 );
                 record(report, &case, "chatapp", kind, rps, latencies);
                 let script = write_script(env, chat, reader.id, (lo, hi), deep);
-                let (tps, latencies) = pgbench(&db_url, &script, concurrency, secs);
+                let (tps, latencies) =
+                    pgbench(&db_url, &script, Protocol::Extended, concurrency, secs);
                 record(report, &case, "pgbench", kind, tps, latencies);
             }
         }

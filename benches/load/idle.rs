@@ -470,7 +470,7 @@ impl Cpu {
                 .map(|w| crate::common::proc_cpu_secs(w.child.id()))
                 .sum(),
             postgres: None,
-            postgres_by_pid: postgres_cpu(),
+            postgres_by_pid: crate::common::postgres_cpu(),
             machine: machine_busy_secs(),
         }
     }
@@ -483,14 +483,7 @@ impl Cpu {
             at: now.at,
             server: pct(self.server, now.server),
             clients: pct(self.clients, now.clients),
-            postgres: Some(
-                now.postgres_by_pid
-                    .iter()
-                    .map(|(pid, b)| b - self.postgres_by_pid.get(pid).unwrap_or(&0.0))
-                    .sum::<f64>()
-                    / secs
-                    * 100.0,
-            ),
+            postgres: Some(crate::common::postgres_cpu_since(&self.postgres_by_pid) / secs * 100.0),
             postgres_by_pid: BTreeMap::new(),
             machine: pct(self.machine, now.machine),
         }
@@ -510,29 +503,6 @@ impl Cpu {
 
 /// CPU seconds used so far by each live `postgres` process (every cluster
 /// on the machine), by pid: a phase counts what each used within it.
-fn postgres_cpu() -> BTreeMap<u32, f64> {
-    let mut by_pid = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return by_pid;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|c| c.trim() == "postgres")
-            && let Some(secs) = crate::common::proc_cpu_secs(pid)
-        {
-            by_pid.insert(pid, secs);
-        }
-    }
-    by_pid
-}
-
 /// Busy CPU seconds of the whole machine since boot (/proc/stat).
 fn machine_busy_secs() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;

@@ -4,9 +4,11 @@
 //! concurrency against the same database.
 
 use crate::common::{
-    Env, Percentiles, ServerOpts, User, connect_db, join, pgbench, seed_chat, seed_users,
+    Env, Percentiles, Protocol, ServerOpts, User, connect_db, join, pgbench, postgres_cpu,
+    postgres_cpu_since, proc_cpu_secs, seed_chat, seed_users,
 };
 use crate::report::Report;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -51,15 +53,19 @@ pub async fn run(env: &Env, report: &mut Report) {
     for _ in 0..env.opts.repeats {
         for &c in &clients {
             let case = format!("C={c}");
+            let cpu = CpuUse::start(server.pid(), false);
             let (sent, elapsed, latencies, errors) =
                 chatapp_load(&server.url, &users[..c as usize], &chats, duration).await;
+            cpu.record(report, &case, "chatapp", sent as f64);
             report.check(
                 SCENARIO,
                 errors == 0,
                 format!("{case}: every POST /messages answered 201 ({errors} did not)"),
             );
             record(report, &case, "chatapp", sent as f64 / elapsed, latencies);
-            let (tps, latencies) = pgbench(&db_url, &script, c as usize, secs);
+            let cpu = CpuUse::start(None, true);
+            let (tps, latencies) = pgbench(&db_url, &script, Protocol::Prepared, c as usize, secs);
+            cpu.record(report, &case, "pgbench", latencies.len() as f64);
             record(report, &case, "pgbench", tps, latencies);
         }
         // Both sides' rows really landed: the log has one event per message.
@@ -108,6 +114,78 @@ fn record(report: &mut Report, case: &str, system: &str, per_sec: f64, latencies
     report.add(SCENARIO, case, system, "p50 latency", "ms", p.at(0.50));
     report.add(SCENARIO, case, system, "p99 latency", "ms", p.at(0.99));
     report.add(SCENARIO, case, system, "p999 latency", "ms", p.at(0.999));
+}
+
+/// Where the CPU went per message: PostgreSQL, the server, the clients (this
+/// process for chatapp, the pgbench process for pgbench). With both cores
+/// busy, messages/s is their sum's inverse; the split shows what to cut.
+struct CpuUse {
+    server_pid: Option<u32>,
+    server: Option<f64>,
+    pgbench: bool,
+    postgres: BTreeMap<u32, f64>,
+    clients: f64,
+}
+
+impl CpuUse {
+    fn start(server_pid: Option<u32>, pgbench: bool) -> CpuUse {
+        CpuUse {
+            server_pid,
+            server: server_pid.and_then(proc_cpu_secs),
+            postgres: postgres_cpu(),
+            clients: clients_cpu_secs(pgbench),
+            pgbench,
+        }
+    }
+
+    fn record(self, report: &mut Report, case: &str, system: &str, messages: f64) {
+        let per_message = |secs: f64| secs / messages.max(1.0) * 1e6;
+        let postgres = postgres_cpu_since(&self.postgres);
+        report.add(
+            SCENARIO,
+            case,
+            system,
+            "PostgreSQL CPU per message",
+            "µs",
+            per_message(postgres),
+        );
+        if let (Some(before), Some(now)) = (self.server, self.server_pid.and_then(proc_cpu_secs)) {
+            report.add(
+                SCENARIO,
+                case,
+                system,
+                "server CPU per message",
+                "µs",
+                per_message(now - before),
+            );
+        }
+        let clients = clients_cpu_secs(self.pgbench) - self.clients;
+        report.add(
+            SCENARIO,
+            case,
+            system,
+            "client CPU per message",
+            "µs",
+            per_message(clients),
+        );
+    }
+}
+
+/// CPU seconds of the load's clients: this process, or (`pgbench`) the child
+/// processes this one has waited for, of which pgbench is the one that runs
+/// in between.
+fn clients_cpu_secs(pgbench: bool) -> f64 {
+    if !pgbench {
+        return proc_cpu_secs(std::process::id()).unwrap_or(0.0);
+    }
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Closed loop: each client sends its next message when the last was answered.
