@@ -62,14 +62,15 @@ pub async fn connect(
 }
 
 /// One connection shared by all callers, for statements that serialise anyway
-/// (message sends) or are too cheap to be worth a pool checkout (the token
-/// check every request runs). tokio-postgres pipelines the queries issued concurrently on a
-/// connection, so requests' statements go out back to back and PostgreSQL
-/// runs them one after another on one backend, each committed on its own.
-/// Every message send takes the `event_seq` row lock (see `events`): queued
-/// on one backend they cost no lock waits, where a pool of backends convoys
-/// on that lock (BENCHMARKS.md has the figures). Statements are prepared once
-/// per connection; a broken connection is replaced on the next call.
+/// (message sends, committed in batches by `messages::SendQueue`) or are too
+/// cheap to be worth a pool checkout (the token check every request runs).
+/// tokio-postgres pipelines the queries issued concurrently on a connection,
+/// so they go out back to back and PostgreSQL runs them one after another on
+/// one backend, each committed on its own. Every message send takes the
+/// `event_seq` row lock (see `events`): on one backend sends cost no lock
+/// waits, where a pool of backends convoys on that lock (BENCHMARKS.md has
+/// the figures). Statements are prepared once per connection; a broken
+/// connection is replaced on the next call.
 pub struct Pipeline {
     config: tokio_postgres::Config,
     statements: Vec<(&'static str, &'static [Type])>,

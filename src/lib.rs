@@ -27,8 +27,8 @@ use warp::Filter;
 pub struct AppState {
     pub config: Config,
     pub pool: db::Pool,
-    /// The shared connection message sends are pipelined on (see [`db::Pipeline`]).
-    pub pipeline: db::Pipeline,
+    /// Sends waiting to be committed together (see [`messages::SendQueue`]).
+    pub sends: messages::SendQueue,
     /// The connection token checks are pipelined on.
     pub token_checks: db::Pipeline,
     pub token_key: auth::TokenKey,
@@ -102,6 +102,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
             log::warn!("cannot prepare a pipelined connection yet: {e:?}");
         }
     }
+    let sends = messages::SendQueue::start(pipeline);
     let cost = config.auth.bcrypt_cost;
     let dummy_hash = password::hash_password("dummy password".into(), cost)
         .await
@@ -115,7 +116,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let state = Arc::new(AppState {
         config,
         pool,
-        pipeline,
+        sends,
         token_checks,
         token_key: auth::TokenKey::new(token_key),
         dummy_hash,

@@ -2,7 +2,7 @@
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldError};
-use crate::events::{self, EventKind, FRAME_SQL, NewEvent};
+use crate::events::{self, EventKind, NewEvent};
 use crate::http::{
     Page, State, auth, id_param, int_param, json_body, query_map, respond, with_state,
 };
@@ -10,13 +10,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use time::OffsetDateTime;
-use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-pub const CLIENT_ID_MAX_CHARS: usize = 64;
+mod send;
+
+pub use send::{
+    CLIENT_ID_MAX_CHARS, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, Sent,
+    pipelined_statements, send_message,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
@@ -44,16 +48,6 @@ pub struct Sender {
 const MESSAGE_COLUMNS: &str = "m.id, m.chat_id, m.sender_id, m.content, m.is_edited, m.client_id,
     m.created_at, m.updated_at, u.username, u.display_name";
 
-/// The statements sends run on the shared pipeline connection (`db::Pipeline`).
-pub fn pipelined_statements() -> Vec<(&'static str, &'static [Type])> {
-    vec![(
-        SEND_SQL.as_str(),
-        &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT],
-    )]
-}
-
-const SEND_STATEMENT: usize = 0;
-
 /// SQL for timestamp `col` as the RFC 3339 text the REST bodies carry
 /// (`time`'s format: UTC as `Z`, fraction without trailing zeros). The colons
 /// are quoted so pgbench (the benchmark's ceiling) does not read `:MI` as a variable.
@@ -64,48 +58,6 @@ pub fn rfc3339_sql(col: &str) -> String {
           || 'Z')"
     )
 }
-
-/// Sends message `$3` with client id `$4` from `$2` into chat `$1`, in one
-/// statement (one round trip, committed on its own): inserts it if `$2` is a
-/// member and the client id is new, touches the chat, appends the `message`
-/// event and NOTIFYs it; returns the message with its sender and `event_id`,
-/// or no row when nothing was inserted. The event_seq row lock (see
-/// `events`) is held only while PostgreSQL runs and commits this statement,
-/// never across a network round trip. Public so the benchmark's pgbench
-/// ceiling runs the very statement the server runs.
-pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "with member as (
-             select 1 from chat_members where chat_id = $1 and user_id = $2
-         ), m as (
-             insert into messages (chat_id, sender_id, content, client_id)
-             select $1, $2, $3, $4 from member
-             on conflict (sender_id, client_id) where client_id is not null do nothing
-             returning *
-         ), touched as (
-             update chats set last_activity_at = now() where id = (select chat_id from m)
-         ), seq as (
-             update event_seq set last_id = last_id + 1 where exists (select 1 from m)
-             returning last_id
-         ), ev as (
-             insert into events (id, chat_id, kind, user_ids, payload)
-             select seq.last_id, m.chat_id, 'message', '{{}}', jsonb_build_object(
-                 'message_id', m.id, 'chat_id', m.chat_id, 'content', m.content,
-                 'sender_id', m.sender_id, 'username', u.username, 'display_name', u.display_name,
-                 'timestamp', {created}, 'client_id', m.client_id, 'created_at', {created},
-                 'updated_at', {updated}, 'is_edited', m.is_edited)
-             from seq, m left join users u on u.id = m.sender_id
-             returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
-         ), sent as (
-             {notify}
-         )
-         select {MESSAGE_COLUMNS}, (select id from sent) as event_id
-         from m left join users u on u.id = m.sender_id",
-        created = rfc3339_sql("m.created_at"),
-        updated = rfc3339_sql("m.updated_at"),
-        notify = events::notify_sql("ev"),
-    )
-});
 
 impl Message {
     fn from_row(row: &Row) -> Message {
@@ -253,101 +205,6 @@ fn check_content(raw: &str, max_chars: usize, errors: &mut Vec<FieldError>) -> S
         ));
     }
     content.to_string()
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SendRequest {
-    #[serde(default)]
-    pub chat_id: i64,
-    #[serde(default)]
-    pub content: String,
-    pub client_id: Option<String>,
-}
-
-pub struct Sent {
-    pub message: Message,
-    /// The `message` event's id; `None` for an idempotent retry (nothing new happened).
-    pub event_id: Option<i64>,
-    pub duplicate: bool,
-}
-
-/// Stores a message exactly once per (sender, client_id), shared by REST and WebSocket.
-pub async fn send_message(
-    state: &State,
-    sender_id: i64,
-    req: SendRequest,
-) -> Result<Sent, ApiError> {
-    let mut errors = Vec::new();
-    if req.chat_id <= 0 {
-        errors.push(FieldError::new("chat_id", "must be a positive chat id"));
-    }
-    let content = check_content(&req.content, state.config.limits.message_chars, &mut errors);
-    if let Some(c) = &req.client_id {
-        let n = c.chars().count();
-        if n == 0 || n > CLIENT_ID_MAX_CHARS {
-            errors.push(FieldError::new(
-                "client_id",
-                format!("must be 1 to {CLIENT_ID_MAX_CHARS} characters"),
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let pipelined = state.pipeline.get().await?;
-    let row = pipelined
-        .client
-        .query_opt(
-            &pipelined.statements[SEND_STATEMENT],
-            &[&req.chat_id, &sender_id, &content, &req.client_id],
-        )
-        .await?;
-    let Some(row) = row else {
-        let client = state.pool.get().await?;
-        return existing_by_client_id(&*client, req.chat_id, sender_id, req.client_id.as_deref())
-            .await;
-    };
-    Ok(Sent {
-        message: Message::from_row(&row),
-        event_id: row.get("event_id"),
-        duplicate: false,
-    })
-}
-
-/// Nothing was inserted: either the sender is not a member, or this client_id
-/// was used before (possibly by a concurrent request that has committed since).
-async fn existing_by_client_id(
-    client: &impl GenericClient,
-    chat_id: i64,
-    sender_id: i64,
-    client_id: Option<&str>,
-) -> Result<Sent, ApiError> {
-    let Some(client_id) = client_id else {
-        return Err(ApiError::NotFound("chat"));
-    };
-    let row = client
-        .query_opt(
-            &format!(
-                "select {MESSAGE_COLUMNS} from messages m left join users u on u.id = m.sender_id
-                 where m.sender_id = $1 and m.client_id = $2
-                   and exists (select 1 from chat_members c where c.chat_id = $3 and c.user_id = $1)"
-            ),
-            &[&sender_id, &client_id, &chat_id],
-        )
-        .await?
-        .ok_or(ApiError::NotFound("chat"))?;
-    let message = Message::from_row(&row);
-    if message.chat_id != chat_id {
-        return Err(ApiError::Conflict {
-            code: "client_id_reused",
-            message: "this client_id was already used for a message in another chat".into(),
-        });
-    }
-    Ok(Sent {
-        message,
-        event_id: None,
-        duplicate: true,
-    })
 }
 
 /// A message as seen by `user_id`: `None` unless they are a member of its chat.
