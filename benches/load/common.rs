@@ -337,21 +337,33 @@ impl Drop for Server {
     }
 }
 
+/// CPU time (user + system) process `pid` has used, seconds.
 pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    proc_cpu_fields(pid, 11..13)
+}
+
+/// The sum of /proc/<pid>/stat's time fields in `range`, counted from the
+/// field after the parenthesised command name: 11 utime, 12 stime, 13 cutime,
+/// 14 cstime (the children it has waited for). Seconds.
+fn proc_cpu_fields(pid: u32, range: std::ops::Range<usize>) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let mut ticks = 0.0;
+    for i in range {
+        ticks += fields.get(i)?.parse::<f64>().ok()?;
+    }
     Some(ticks / 100.0)
 }
 
-/// CPU seconds used by each PostgreSQL process (postmaster, backends, workers).
-pub fn postgres_cpu() -> std::collections::BTreeMap<u32, f64> {
-    let mut by_pid = std::collections::BTreeMap::new();
+/// CPU seconds PostgreSQL has used: every live server process, plus the
+/// backends that have exited (the postmaster's reaped children), so a
+/// difference of two samples counts connections that closed in between.
+pub fn postgres_cpu_secs() -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return by_pid;
+        return 0.0;
     };
+    let mut secs = 0.0;
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -362,21 +374,11 @@ pub fn postgres_cpu() -> std::collections::BTreeMap<u32, f64> {
         };
         if std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .is_ok_and(|c| c.trim() == "postgres")
-            && let Some(secs) = proc_cpu_secs(pid)
         {
-            by_pid.insert(pid, secs);
+            secs += proc_cpu_fields(pid, 11..15).unwrap_or(0.0);
         }
     }
-    by_pid
-}
-
-/// CPU seconds PostgreSQL used since `before` (a [`postgres_cpu`] sample),
-/// counting backends that started since.
-pub fn postgres_cpu_since(before: &std::collections::BTreeMap<u32, f64>) -> f64 {
-    postgres_cpu()
-        .iter()
-        .map(|(pid, now)| now - before.get(pid).unwrap_or(&0.0))
-        .sum()
+    secs
 }
 
 fn free_port() -> u16 {

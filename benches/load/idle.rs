@@ -456,7 +456,7 @@ struct Cpu {
     server: Option<f64>,
     clients: Option<f64>,
     postgres: Option<f64>,
-    postgres_by_pid: BTreeMap<u32, f64>,
+    postgres_total: f64,
     machine: Option<f64>,
 }
 
@@ -470,7 +470,7 @@ impl Cpu {
                 .map(|w| crate::common::proc_cpu_secs(w.child.id()))
                 .sum(),
             postgres: None,
-            postgres_by_pid: crate::common::postgres_cpu(),
+            postgres_total: crate::common::postgres_cpu_secs(),
             machine: machine_busy_secs(),
         }
     }
@@ -483,8 +483,8 @@ impl Cpu {
             at: now.at,
             server: pct(self.server, now.server),
             clients: pct(self.clients, now.clients),
-            postgres: Some(crate::common::postgres_cpu_since(&self.postgres_by_pid) / secs * 100.0),
-            postgres_by_pid: BTreeMap::new(),
+            postgres: Some((now.postgres_total - self.postgres_total) / secs * 100.0),
+            postgres_total: 0.0,
             machine: pct(self.machine, now.machine),
         }
     }

@@ -4,11 +4,10 @@
 //! concurrency against the same database.
 
 use crate::common::{
-    Env, Percentiles, Protocol, ServerOpts, User, connect_db, join, pgbench, postgres_cpu,
-    postgres_cpu_since, proc_cpu_secs, seed_chat, seed_users,
+    Env, Percentiles, Protocol, ServerOpts, User, connect_db, join, pgbench, postgres_cpu_secs,
+    proc_cpu_secs, seed_chat, seed_users,
 };
 use crate::report::Report;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -123,7 +122,7 @@ struct CpuUse {
     server_pid: Option<u32>,
     server: Option<f64>,
     pgbench: bool,
-    postgres: BTreeMap<u32, f64>,
+    postgres: f64,
     clients: f64,
 }
 
@@ -132,7 +131,7 @@ impl CpuUse {
         CpuUse {
             server_pid,
             server: server_pid.and_then(proc_cpu_secs),
-            postgres: postgres_cpu(),
+            postgres: postgres_cpu_secs(),
             clients: clients_cpu_secs(pgbench),
             pgbench,
         }
@@ -140,7 +139,7 @@ impl CpuUse {
 
     fn record(self, report: &mut Report, case: &str, system: &str, messages: f64) {
         let per_message = |secs: f64| secs / messages.max(1.0) * 1e6;
-        let postgres = postgres_cpu_since(&self.postgres);
+        let postgres = postgres_cpu_secs() - self.postgres;
         report.add(
             SCENARIO,
             case,
