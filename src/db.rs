@@ -95,6 +95,16 @@ impl Pipeline {
             pg.application_name("chatapp");
         }
         session_defaults(&mut pg);
+        // Every pipelined statement is a handful of index lookups whose best
+        // plan does not depend on the values, so plan once. Left to `auto`,
+        // PostgreSQL compared the generic plan of the send batch with custom
+        // plans of the small first batches, kept planning every execution, and
+        // spent a third of the send backend's CPU there (BENCHMARKS.md).
+        let options = format!(
+            "{} -c plan_cache_mode=force_generic_plan",
+            pg.get_options().unwrap_or("")
+        );
+        pg.options(options.trim());
         Ok(Pipeline {
             config: pg,
             statements,
