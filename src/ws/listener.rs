@@ -8,7 +8,7 @@
 //! payloads, reconnects and startup alike.
 
 use super::Hub;
-use super::registry::{ACCOUNT_DELETED, Event, Frame, TOKEN_EXPIRED};
+use super::registry::{ACCOUNT_DELETED, DISPATCH_BATCH, Event, Frame, TOKEN_EXPIRED};
 use crate::events::{EVENTS_CHANNEL, FRAME_SQL, LIVE_CHANNEL, Live};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 /// The NOTIFY payload of a durable event; `frame` is absent when it was too large.
 #[derive(Deserialize)]
-struct Announced {
+struct Notice {
     id: i64,
     chat_id: Option<i64>,
     kind: Option<String>,
@@ -132,14 +132,38 @@ async fn serve(
             }
             _ = super::stopping(&mut shutdown) => return Ok(()),
         };
-        let Some(n) = notification else {
+        let Some(first) = notification else {
             return Err("the connection closed".into());
         };
-        if n.channel() == EVENTS_CHANNEL {
-            on_event(hub, client, n.payload()).await.map_err(db)?;
-        } else {
-            on_live(hub, n.payload(), &presence_tx);
+        // A group commit's notifications arrive together: dispatch what is
+        // already here in one go (see `Registry::dispatch_all`).
+        let mut batch = vec![first];
+        while batch.len() < DISPATCH_BATCH
+            && let Ok(n) = rx.try_recv()
+        {
+            batch.push(n);
         }
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        for n in batch {
+            if n.channel() != EVENTS_CHANNEL {
+                // Keep live signals in order with the events around them.
+                hub.registry.dispatch_all(std::mem::take(&mut events));
+                on_live(hub, n.payload(), &presence_tx);
+                continue;
+            }
+            let last = events
+                .last()
+                .map_or_else(|| hub.registry.last_event_id(), |e| e.id);
+            match announced(n.payload(), last) {
+                Announced::Next(event) => events.push(Arc::new(event)),
+                Announced::Stale => {}
+                Announced::Gap(upto) => {
+                    hub.registry.dispatch_all(std::mem::take(&mut events));
+                    catch_up(hub, client, upto).await.map_err(db)?;
+                }
+            }
+        }
+        hub.registry.dispatch_all(events);
     }
 }
 
@@ -165,34 +189,37 @@ async fn check_head(hub: &Arc<Hub>, client: &Client) -> Result<(), String> {
     Ok(())
 }
 
-async fn on_event(
-    hub: &Arc<Hub>,
-    client: &Client,
-    payload: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let announced: Announced = match serde_json::from_str(payload) {
-        Ok(a) => a,
+/// What a durable event's notification means, given the last id dispatched.
+enum Announced {
+    /// The next event, carried whole.
+    Next(Event),
+    /// Already dispatched (or unreadable, which is logged).
+    Stale,
+    /// Events up to this id must be read from the log: some were missed, or
+    /// this one was too large to carry its frame.
+    Gap(i64),
+}
+
+fn announced(payload: &str, last: i64) -> Announced {
+    let notice: Notice = match serde_json::from_str(payload) {
+        Ok(n) => n,
         Err(e) => {
             log::error!("unreadable event notification: {e}");
-            return Ok(());
+            return Announced::Stale;
         }
     };
-    let last = hub.registry.last_event_id();
-    if announced.id <= last {
-        return Ok(());
+    if notice.id <= last {
+        return Announced::Stale;
     }
-    match (announced.id == last + 1, announced.kind, announced.frame) {
-        (true, Some(kind), Some(frame)) => {
-            hub.registry.dispatch(Arc::new(Event {
-                id: announced.id,
-                chat_id: announced.chat_id,
-                kind,
-                user_ids: announced.user_ids,
-                frame: Frame::from(frame.get()),
-            }));
-            Ok(())
-        }
-        _ => catch_up(hub, client, announced.id).await,
+    match (notice.id == last + 1, notice.kind, notice.frame) {
+        (true, Some(kind), Some(frame)) => Announced::Next(Event {
+            id: notice.id,
+            chat_id: notice.chat_id,
+            kind,
+            user_ids: notice.user_ids,
+            frame: Frame::from(frame.get()),
+        }),
+        _ => Announced::Gap(notice.id),
     }
 }
 
@@ -211,8 +238,9 @@ async fn catch_up(hub: &Arc<Hub>, client: &Client, upto: i64) -> Result<(), toki
                 first.id - 1
             );
         }
-        for event in events {
-            hub.registry.dispatch(Arc::new(event));
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        for batch in events.chunks(DISPATCH_BATCH) {
+            hub.registry.dispatch_all(batch.to_vec());
         }
         if done {
             return Ok(());

@@ -85,6 +85,21 @@ pub const GARBAGE: CloseReason = CloseReason {
     drain: false,
 };
 
+/// Events to hand [`Registry::dispatch_all`] at once: enough to batch a group
+/// commit, few enough not to fill a queue in one go or hold the lock for long.
+pub const DISPATCH_BATCH: usize = 32;
+
+/// Whether an event only reaches its chat's room: no membership effect and
+/// no addressed users, so it can join a run of such events.
+fn is_plain(event: &Event) -> bool {
+    event.chat_id.is_some()
+        && event.user_ids.is_empty()
+        && !matches!(
+            event.kind.as_str(),
+            "chat_created" | "member_added" | "member_removed" | "chat_deleted"
+        )
+}
+
 /// Events a connection may buffer while it reads its snapshot; past this it is
 /// closed as a slow consumer and resumes with `since`.
 const PENDING_LIMIT: usize = 10_000;
@@ -479,9 +494,41 @@ impl Registry {
 
     /// Dispatches a durable event, in id order; older or repeated ids are ignored.
     pub fn dispatch(&self, event: Arc<Event>) {
+        self.dispatch_all(vec![event]);
+    }
+
+    /// Dispatches consecutive durable events (oldest first) under one lock.
+    /// A run of plain events for one chat walks the room once and queues the
+    /// run's frames back to back: each writer then wakes once per run and
+    /// writes it with one syscall, where event by event it woke per event
+    /// (half the write batch, twice the syscalls, in the `fanout` benchmark).
+    pub fn dispatch_all(&self, events: Vec<Arc<Event>>) {
         let mut inner = self.lock();
+        let mut run: Vec<Arc<Event>> = Vec::new();
+        for event in events {
+            if !self.accept(&mut inner, &event) {
+                continue;
+            }
+            let joins_run = is_plain(&event)
+                && run.len() < DISPATCH_BATCH
+                && run.last().is_none_or(|last| last.chat_id == event.chat_id);
+            if !joins_run {
+                self.route_run(&mut inner, &mut run);
+            }
+            if is_plain(&event) {
+                run.push(event);
+            } else {
+                self.route(&mut inner, &event, None);
+            }
+        }
+        self.route_run(&mut inner, &mut run);
+    }
+
+    /// Records a dispatched event (last id, replay cache, connections still
+    /// reading their snapshot); false for an old or repeated id.
+    fn accept(&self, inner: &mut Inner, event: &Arc<Event>) -> bool {
         if event.id <= inner.last_event_id {
-            return;
+            return false;
         }
         inner.last_event_id = event.id;
         if self.recent_limit > 0 {
@@ -500,10 +547,36 @@ impl Registry {
                 None => false,
             };
             if overflow {
-                self.kill_locked(&mut inner, id, SLOW_CONSUMER);
+                self.kill_locked(inner, id, SLOW_CONSUMER);
             }
         }
-        self.route(&mut inner, &event, None);
+        true
+    }
+
+    /// Delivers a run of plain events for one chat (see [`is_plain`]) to its
+    /// room, a connection's frames back to back; empties `run`. A connection
+    /// that cannot take a frame gets none after it: it is closed as slow.
+    fn route_run(&self, inner: &mut Inner, run: &mut Vec<Arc<Event>>) {
+        let Some(chat) = run.first().and_then(|e| e.chat_id) else {
+            return;
+        };
+        let mut slow = Vec::new();
+        if let Some(room) = inner.rooms.get(&chat) {
+            let mut delivered = 0;
+            for outbox in room.values() {
+                for event in run.iter().filter(|e| outbox.awaits(e)) {
+                    if !self.offer(outbox, &event.frame) {
+                        slow.push(outbox.id);
+                        break;
+                    }
+                    delivered += 1;
+                }
+            }
+            self.events_delivered
+                .fetch_add(delivered, Ordering::Relaxed);
+        }
+        run.clear();
+        self.kill_slow(inner, slow);
     }
 
     /// How many of the newest logged events a starting node should read to
@@ -771,5 +844,84 @@ mod tests {
         let r = registry(0);
         r.dispatch(event(1, 1));
         assert_eq!(ids(r.recent_events(0, 1, 100, |_| true)), None);
+    }
+
+    fn addressed(id: i64, chat_id: i64, kind: &str, user_ids: Vec<i64>) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            chat_id: Some(chat_id),
+            kind: kind.into(),
+            user_ids,
+            frame: event(id, chat_id).frame.clone(),
+        })
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|f| f.to_string())
+            .collect()
+    }
+
+    fn frames(ids: &[i64]) -> Vec<String> {
+        ids.iter()
+            .map(|id| format!("{{\"event_id\":{id}}}"))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_reaches_each_subscriber_in_id_order_with_joins_applied_in_between() {
+        let r = registry(0);
+        let mut a = r.register(1, 0);
+        let mut b = r.register(2, 0);
+        assert!(r.activate(a.id, &[1, 2], 0));
+        assert!(r.activate(b.id, &[1], 0));
+
+        r.dispatch_all(vec![
+            event(1, 1),
+            event(2, 1),
+            addressed(3, 2, "member_added", vec![2]),
+            event(4, 2),
+            event(5, 1),
+            event(6, 2),
+        ]);
+
+        assert_eq!(received(&mut a.rx), frames(&[1, 2, 3, 4, 5, 6]));
+        assert_eq!(received(&mut b.rx), frames(&[1, 2, 3, 4, 5, 6]));
+        assert!(r.is_member(b.id, 2), "the join took effect");
+    }
+
+    #[test]
+    fn a_batch_skips_events_a_subscriber_has_from_its_snapshot() {
+        let r = registry(0);
+        let mut a = r.register(1, 0);
+        assert!(r.activate(a.id, &[1], 2));
+
+        r.dispatch_all((1..=4).map(|id| event(id, 1)).collect());
+
+        assert_eq!(received(&mut a.rx), frames(&[3, 4]));
+    }
+
+    #[test]
+    fn a_subscriber_too_slow_for_a_batch_gets_nothing_after_the_frame_it_missed() {
+        // A 100-byte queue: event 2's frame does not fit, event 3's would.
+        let r = Registry::new(16, 100, 0, mpsc::unbounded_channel().0);
+        let mut slow = r.register(1, 0);
+        assert!(r.activate(slow.id, &[1], 0));
+        let big = Arc::new(Event {
+            frame: Frame::from(format!(
+                "{{\"event_id\":2,\"pad\":\"{}\"}}",
+                "x".repeat(100)
+            )),
+            ..Arc::into_inner(event(2, 1)).expect("sole owner")
+        });
+
+        r.dispatch_all(vec![event(1, 1), big, event(3, 1)]);
+
+        assert_eq!(
+            received(&mut slow.rx),
+            frames(&[1]),
+            "no gap: nothing after 2"
+        );
+        assert_eq!(*slow.kill.borrow(), Some(SLOW_CONSUMER));
     }
 }
