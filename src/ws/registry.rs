@@ -504,13 +504,14 @@ impl Registry {
             if !self.accept(&mut inner, &event) {
                 continue;
             }
-            let joins_run = is_plain(&event)
+            let plain = is_plain(&event);
+            let joins_run = plain
                 && run.len() < DISPATCH_BATCH
                 && run.last().is_none_or(|last| last.chat_id == event.chat_id);
             if !joins_run {
                 self.route_run(&mut inner, &mut run);
             }
-            if is_plain(&event) {
+            if plain {
                 run.push(event);
             } else {
                 self.route(&mut inner, &event, None);
