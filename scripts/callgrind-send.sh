@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Instructions the server spends per REST message send, counted by callgrind
+# (stable on a noisy machine, where wall-clock A/B runs are not):
+#
+#   cargo build --release && cargo bench --bench load --no-run
+#   scripts/callgrind-send.sh [CHATAPP_BINARY]     default target/release/chatapp
+#
+# Runs the binary under `valgrind --tool=callgrind` on a fresh database of
+# the development cluster (scripts/pg.sh), drives it with
+# `cargo bench --bench load -- send --server ... --clients 64` (whose pgbench
+# phase then runs against the same database), and prints the instructions
+# per message of HTTP request handling and of authentication. Messages are
+# counted as the chatapp phase's messages/s times its 10 s.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$(realpath "${1:-$repo/target/release/chatapp}")"
+bench="$(ls -t "$repo"/target/release/deps/load-* | grep -v '\.d$' | head -1)"
+command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
+
+url="$("$repo/scripts/pg.sh" start)"
+db="callgrind_send_$$"
+admin="${url%/*}/postgres"
+psql "$admin" -q -c "create database $db"
+trap 'psql "$admin" -q -c "drop database if exists $db" >/dev/null 2>&1 || true' EXIT
+db_url="${url%/*}/$db"
+key="$(printf 'ab%.0s' $(seq 32))"
+port=$((18000 + RANDOM % 1000))
+out="$(mktemp -d)"
+
+DATABASE_URL="$db_url" "$bin" migrate >/dev/null 2>&1
+DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" PORT="$port" CHATAPP_HOST=127.0.0.1 \
+  CHATAPP_LOG_LEVEL=warn CHATAPP_BCRYPT_COST=4 \
+  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve \
+  >"$out/server.log" 2>&1 &
+server=$!
+for _ in $(seq 120); do
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+  sleep 1
+done
+DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" "$bench" send --server "http://127.0.0.1:$port" \
+  --clients 64 --chats 4 --duration 10 --repeats 1 >"$out/bench.log" 2>&1
+kill -INT "$server"
+wait "$server" || true
+
+messages="$(awk '/C=64 +chatapp +messages\/s/ {print int($(NF-1) * 10)}' "$out/bench.log")"
+echo "binary: $bin"
+echo "messages sent by chatapp's clients: $messages (callgrind output: $out)"
+callgrind_annotate --inclusive=yes "$out/callgrind.out" 2>/dev/null |
+  grep -E 'PROGRAM TOTALS|Oneshot<S,Req> as core::future|auth::authenticate::|auth::decode_token|TokenKey::open' |
+  awk -v n="$messages" '{ gsub(",", "", $1); printf "%10d Ir/message  %s\n", $1 / n, $0 }' |
+  cut -c1-160
