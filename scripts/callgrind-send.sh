@@ -13,35 +13,10 @@
 # counted as the chatapp phase's messages/s times its 10 s.
 set -euo pipefail
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$(realpath "${1:-$repo/target/release/chatapp}")"
-bench="$(ls -t "$repo"/target/release/deps/load-* | grep -v '\.d$' | head -1)"
-command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
-
-url="$("$repo/scripts/pg.sh" start)"
-db="callgrind_send_$$"
-admin="${url%/*}/postgres"
-psql "$admin" -q -c "create database $db"
-trap 'psql "$admin" -q -c "drop database if exists $db" >/dev/null 2>&1 || true' EXIT
-db_url="${url%/*}/$db"
-key="$(printf 'ab%.0s' $(seq 32))"
-port=$((18000 + RANDOM % 1000))
-out="$(mktemp -d)"
-
-DATABASE_URL="$db_url" "$bin" migrate >/dev/null 2>&1
-DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" PORT="$port" CHATAPP_HOST=127.0.0.1 \
-  CHATAPP_LOG_LEVEL=warn CHATAPP_BCRYPT_COST=4 \
-  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve \
-  >"$out/server.log" 2>&1 &
-server=$!
-for _ in $(seq 120); do
-  curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 1
-done
+. "$(dirname "$0")/callgrind-server.sh"
 DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" "$bench" send --server "http://127.0.0.1:$port" \
   --clients 64 --chats 4 --duration 10 --repeats 1 >"$out/bench.log" 2>&1
-kill -INT "$server"
-wait "$server" || true
+callgrind_stop
 
 messages="$(awk '/C=64 +chatapp +messages\/s/ {print int($(NF-1) * 10)}' "$out/bench.log")"
 echo "binary: $bin"

@@ -379,6 +379,8 @@ async fn run_case(
     let settle_s = settle(&shared, pid, Duration::from_secs(60 + m as u64 / 20)).await;
     // What each member heard before anyone spoke (`ready` is not counted).
     let connect_frames = shared.frames.load(Relaxed) as f64 / m as f64;
+    // A marker for profilers (scripts/callgrind-fanout.sh zeroes its counters here).
+    eprintln!("fanout: {m} members settled, sending");
 
     let tag = format!("k{:x}", crate::common::now_nanos() % 0xffff_ffff_ffff);
     let mut seqs = vec![0u64; set.all_senders()];

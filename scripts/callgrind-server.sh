@@ -1,0 +1,40 @@
+# Sourced by scripts/callgrind-*.sh: starts BINARY ($1, default the release
+# build) under `valgrind --tool=callgrind` on a fresh database of the
+# development cluster (scripts/pg.sh) and waits until it answers. Leaves:
+#   $bench   the newest `cargo bench --bench load` binary
+#   $db_url  $key  $port  the server's database, token key and port
+#   $server  its pid (for callgrind_control and kill -INT)
+#   $out     a directory holding callgrind.out, server.log (and bench.log)
+# Drop the database on exit; `callgrind_stop` stops the server.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="$(realpath "${1:-$repo/target/release/chatapp}")"
+bench="$(ls -t "$repo"/target/release/deps/load-* | grep -v '\.d$' | head -1)"
+command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
+
+url="$("$repo/scripts/pg.sh" start)"
+db="callgrind_$$"
+admin="${url%/*}/postgres"
+psql "$admin" -q -c "create database $db"
+trap 'psql "$admin" -q -c "drop database if exists $db" >/dev/null 2>&1 || true' EXIT
+db_url="${url%/*}/$db"
+key="$(printf 'ab%.0s' $(seq 32))"
+port=$((18000 + RANDOM % 2000))
+out="$(mktemp -d)"
+
+DATABASE_URL="$db_url" "$bin" migrate >/dev/null 2>&1
+DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" PORT="$port" CHATAPP_HOST=127.0.0.1 \
+  CHATAPP_LOG_LEVEL=warn CHATAPP_BCRYPT_COST=4 \
+  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve \
+  >"$out/server.log" 2>&1 &
+server=$!
+for _ in $(seq 120); do
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+  sleep 1
+done
+
+callgrind_stop() {
+  kill -INT "$server"
+  wait "$server" || true
+}
