@@ -37,7 +37,5 @@ deliveries="$(awk -v r="$rate" -v d="$duration" -v c="$capacity" '
   END { print int(r * d * 1000 + cap * c) }' "$out/bench.log")"
 echo "binary: $bin"
 echo "deliveries: $deliveries (callgrind output: $out)"
-callgrind_annotate --inclusive=yes "$out/callgrind.out" 2>/dev/null |
-  grep -E 'PROGRAM TOTALS|ws::conn::write_loop::|ws::listener::run::|Registry::dispatch_all|watch::Receiver<T>::changed|ws::conn::killed|poll_flush \[|tokio::runtime::io::driver::Driver::turn' |
-  awk -v n="$deliveries" '{ gsub(",", "", $1); printf "%8d Ir/delivery  %s\n", $1 / n, $0 }' |
-  cut -c1-160
+callgrind_per "$deliveries" delivery \
+  'ws::conn::write_loop::|ws::listener::run::|Registry::dispatch_all|watch::Receiver<T>::changed|ws::conn::killed|poll_flush \[|tokio::runtime::io::driver::Driver::turn'

@@ -21,7 +21,4 @@ callgrind_stop
 messages="$(awk '/C=64 +chatapp +messages\/s/ {print int($(NF-1) * 10)}' "$out/bench.log")"
 echo "binary: $bin"
 echo "messages sent by chatapp's clients: $messages (callgrind output: $out)"
-callgrind_annotate --inclusive=yes "$out/callgrind.out" 2>/dev/null |
-  grep -E 'PROGRAM TOTALS|Oneshot<S,Req> as core::future|auth::authenticate::|auth::decode_token|TokenKey::open' |
-  awk -v n="$messages" '{ gsub(",", "", $1); printf "%10d Ir/message  %s\n", $1 / n, $0 }' |
-  cut -c1-160
+callgrind_per "$messages" message 'Oneshot<S,Req> as core::future|auth::authenticate::|auth::decode_token|TokenKey::open'

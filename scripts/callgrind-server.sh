@@ -5,7 +5,9 @@
 #   $db_url  $key  $port  the server's database, token key and port
 #   $server  its pid (for callgrind_control and kill -INT)
 #   $out     a directory holding callgrind.out, server.log (and bench.log)
-# Drop the database on exit; `callgrind_stop` stops the server.
+# Drops the database on exit; `callgrind_stop` stops the server and
+# `callgrind_per N UNIT REGEX` prints the inclusive instructions per UNIT
+# (N of them) of the functions matching REGEX.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,4 +39,11 @@ done
 callgrind_stop() {
   kill -INT "$server"
   wait "$server" || true
+}
+
+callgrind_per() {
+  callgrind_annotate --inclusive=yes "$out/callgrind.out" 2>/dev/null |
+    grep -E "PROGRAM TOTALS|$3" |
+    awk -v n="$1" -v unit="$2" '{ gsub(",", "", $1); printf "%10d Ir/%s  %s\n", $1 / n, unit, $0 }' |
+    cut -c1-160
 }
