@@ -391,7 +391,10 @@ impl Registry {
         }
     }
 
-    /// Closes a connection: it stops receiving at once; its tasks send the close frame.
+    /// Closes a connection: it stops receiving at once; its tasks send the close
+    /// frame. Removing it drops the last sender of its queue (the rooms hold
+    /// its outbox only while it is registered), which is how its writer,
+    /// waiting on the queue alone, learns of the kill.
     fn kill_locked(&self, inner: &mut Inner, id: ConnId, reason: CloseReason) {
         if let Some(conn) = inner.conns.get(&id) {
             let _ = conn.kill.send(Some(reason));
@@ -919,5 +922,31 @@ mod tests {
             "no gap: nothing after 2"
         );
         assert_eq!(*slow.kill.borrow(), Some(SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn a_kill_closes_the_queue_after_the_frames_it_holds() {
+        // Subscribed every way a connection joins a room: its snapshot, a
+        // member_added, and a join after a leave.
+        let r = registry(0);
+        let mut a = r.register(1, 0);
+        assert!(r.activate(a.id, &[1, 2], 0));
+        r.dispatch_all(vec![addressed(1, 3, "member_added", vec![1])]);
+        assert!(r.set_paused(a.id, 2, true));
+        assert!(r.set_paused(a.id, 2, false));
+        r.send_to(a.id, Frame::from("reply"));
+
+        r.kill(a.id, TOKEN_EXPIRED);
+
+        assert_eq!(
+            received(&mut a.rx),
+            vec![frames(&[1])[0].clone(), "reply".into()]
+        );
+        assert_eq!(
+            a.rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected),
+            "a writer waiting on the queue wakes to its end"
+        );
+        assert_eq!(*a.kill.borrow(), Some(TOKEN_EXPIRED));
     }
 }
