@@ -161,7 +161,7 @@ async fn killed(mut reason: watch::Receiver<Option<CloseReason>>) {
     let _ = reason.wait_for(Option::is_some).await;
 }
 
-/// Sends `ready`, replays `(since, upto]`, then drains the queue and pings,
+/// Sends `ready`, replays `(since, upto]`, then drains the queue (pings included),
 /// until killed or the reader is gone.
 async fn write_loop(
     mut sink: Sink,
@@ -238,39 +238,36 @@ async fn drive(
     {
         return Ok(false);
     }
-    let ping_every = Duration::from_millis(state.hub.config.ping_interval_ms);
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     // Grown on first use: reserving WRITE_BATCH frames up front cost every
     // idle connection 2 KiB (the `idle` benchmark: 13.7 -> 15.7 KiB each).
     let mut batch = Vec::new();
-    loop {
-        // A kill removes the connection from the registry, which drops the
-        // queue's only sender: an idle writer wakes to `None`, so the kill
-        // signal need not be polled here (that was 8% of the server's
-        // instructions per fan-out delivery, scripts/callgrind-fanout.sh).
-        // It is polled only while a write blocks (`send`, `send_queued`).
-        tokio::select! {
-            biased;
-            frame = rx.recv() => match frame {
-                Some(frame) => {
-                    if kill.is_set() {
-                        queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                        unsent.push(frame);
-                        return Ok(false);
-                    }
-                    if !send_queued(sink, frame, rx, queued_bytes, kill, &mut batch, unsent).await? {
-                        return Ok(false);
-                    }
-                }
-                // Killed, or unregistered by the reader (the client went away).
-                None => return Ok(!kill.is_set()),
-            },
-            _ = ping.tick() => {
-                if !send(sink, Message::Ping(Bytes::new()), kill).await? {
-                    return Ok(false);
-                }
-            }
+    // The writer waits on its queue alone. A kill removes the connection from
+    // the registry, which drops the queue's only sender, so the writer wakes
+    // to `None` (polling the kill signal here was 8% of the server's
+    // instructions per fan-out delivery, scripts/callgrind-fanout.sh); the
+    // signal is polled only while a write blocks (`send`, `send_queued`).
+    // Pings come through the queue too (see `registry::PING`).
+    while let Some(frame) = rx.recv().await {
+        if kill.is_set() {
+            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            unsent.push(frame);
+            return Ok(false);
         }
+        if !send_queued(sink, frame, rx, queued_bytes, kill, &mut batch, unsent).await? {
+            return Ok(false);
+        }
+    }
+    // Killed, or unregistered by the reader (the client went away).
+    Ok(!kill.is_set())
+}
+
+/// The message a queued frame is written as: [`PING`](super::registry::PING)
+/// (empty) stands for a ping.
+fn message_of(frame: Frame) -> Message {
+    if frame.is_empty() {
+        Message::Ping(Bytes::new())
+    } else {
+        Message::Text(frame)
     }
 }
 
@@ -306,7 +303,7 @@ async fn send_queued(
     let mut fed = 0;
     let write = async {
         for frame in batch.iter() {
-            sink.feed(Message::Text(frame.clone())).await?;
+            sink.feed(message_of(frame.clone())).await?;
             fed += 1;
         }
         sink.flush().await
@@ -435,13 +432,13 @@ async fn drain(
 ) {
     let flush = async {
         for frame in unsent {
-            if sink.feed(Message::Text(frame)).await.is_err() {
+            if sink.feed(message_of(frame)).await.is_err() {
                 return;
             }
         }
         while let Ok(frame) = rx.try_recv() {
             queued.fetch_sub(frame.len(), Ordering::Relaxed);
-            if sink.feed(Message::Text(frame)).await.is_err() {
+            if sink.feed(message_of(frame)).await.is_err() {
                 return;
             }
         }

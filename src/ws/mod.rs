@@ -16,7 +16,7 @@ use crate::config::{Config, WsConfig};
 use crate::db::Pool;
 use crate::error::ApiError;
 use crate::http::{State, bearer_token, query_map, with_state};
-use registry::{Registry, SHUTTING_DOWN};
+use registry::{PING_SLICES, Registry, SHUTTING_DOWN};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -79,6 +79,7 @@ impl Hub {
         tokio::spawn(listener::run(hub.clone(), Some(ready_tx)));
         tokio::spawn(presence::track(hub.clone(), presence_rx));
         tokio::spawn(presence::maintain(hub.clone()));
+        tokio::spawn(ping_connections(hub.clone()));
         match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {
             Ok(Ok(())) => Ok(hub),
             _ => Err(ApiError::DatabaseUnavailable),
@@ -156,6 +157,21 @@ impl Hub {
                 sent.insert((user_id, chat_id), now);
                 true
             }
+        }
+    }
+}
+
+/// Pings every connection once per `ping_interval_ms`, a slice of them at a
+/// time (see [`registry::PING`]), until shutdown.
+async fn ping_connections(hub: Arc<Hub>) {
+    let every = Duration::from_millis(hub.config.ping_interval_ms) / PING_SLICES as u32;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = hub.shutdown_signal();
+    for slice in (0..PING_SLICES).cycle() {
+        tokio::select! {
+            _ = tick.tick() => hub.registry.ping_slice(slice),
+            _ = stopping(&mut shutdown) => return,
         }
     }
 }
