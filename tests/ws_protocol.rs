@@ -397,6 +397,73 @@ async fn message_frame_obeys_rest_validation_and_permissions() {
 }
 
 #[tokio::test]
+async fn pipelined_message_frames_are_committed_together_and_answered_in_the_order_sent() {
+    // Arrange: 20 message frames written at once, the 8th refused (empty).
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "pipelined", &[&bob]).await;
+    let (mut ws, _) = realtime::connected(&app, &alice, None).await;
+    let refused = 7;
+    let content = |i: usize| {
+        if i == refused {
+            String::new()
+        } else {
+            format!("m{i}")
+        }
+    };
+
+    // Act: no frame waits for the ack of the one before it.
+    for i in 0..20 {
+        let frame = json!({"type": "message", "payload": {"chat_id": chat, "content": content(i)}, "ref": i});
+        ws.stream
+            .feed(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+    ws.stream.flush().await.unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 20 {
+        let frame = ws.next_json().await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            replies.push(frame);
+        }
+    }
+
+    // Assert: one reply per frame, in frame order, the refusal in its place.
+    // An ack carries `ref` beside its payload, an error frame inside it.
+    let ref_of = |r: &Value| r["ref"].as_i64().or(r["payload"]["ref"].as_i64());
+    let refs: Vec<Option<i64>> = replies.iter().map(ref_of).collect();
+    assert_eq!(refs, (0..20).map(Some).collect::<Vec<_>>());
+    assert_eq!(replies[refused]["type"], "error");
+    assert_eq!(replies[refused]["payload"]["code"], "validation_failed");
+    let acked: Vec<i64> = replies
+        .iter()
+        .filter(|r| r["type"] == "ack")
+        .map(|r| r["payload"]["message_id"].as_i64().unwrap())
+        .collect();
+    assert!(acked.is_sorted(), "acked ids out of order: {acked:?}");
+    // Stored in the order sent, and in fewer transactions than messages: the
+    // reader queued sends while earlier ones were being committed.
+    let db = helpers::pg::connect(&app.database_url).await;
+    let rows = db
+        .query(
+            "select content, xmin::text from messages where chat_id = $1 order by id",
+            &[&chat],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let sent: Vec<String> = (0..20).filter(|&i| i != refused).map(content).collect();
+    assert_eq!(stored, sent);
+    let transactions: std::collections::HashSet<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(
+        transactions.len() < sent.len(),
+        "each send was committed alone: the reader waited for every commit"
+    );
+}
+
+#[tokio::test]
 async fn message_frame_retry_with_same_client_id_returns_the_same_message_once() {
     // Arrange
     let app = spawn_app().await;

@@ -18,8 +18,8 @@ use warp::{Filter, Rejection, Reply};
 mod send;
 
 pub use send::{
-    CLIENT_ID_MAX_CHARS, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, Sent,
-    pipelined_statements, send_message,
+    CLIENT_ID_MAX_CHARS, PendingSend, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, Sent,
+    pipelined_statements, queue_message, send_message,
 };
 
 #[derive(Debug, Clone, Serialize)]

@@ -43,6 +43,29 @@ pub async fn send_message(
     sender_id: i64,
     req: SendRequest,
 ) -> Result<Sent, ApiError> {
+    queue_message(state, sender_id, req)
+        .await?
+        .finish(state)
+        .await
+}
+
+/// A send queued for its commit (see [`queue_message`]).
+pub struct PendingSend {
+    answer: oneshot::Receiver<Result<Option<Row>, ApiError>>,
+    chat_id: i64,
+    sender_id: i64,
+    client_id: Option<String>,
+}
+
+/// Validates a send and queues it for commit, waiting only for room in the
+/// queue. Sends are committed in the order they were queued, so a caller may
+/// queue its next send before the last one is committed (a WebSocket client
+/// pipelining its messages) and still have them stored in the order sent.
+pub async fn queue_message(
+    state: &State,
+    sender_id: i64,
+    req: SendRequest,
+) -> Result<PendingSend, ApiError> {
     let mut errors = Vec::new();
     if req.chat_id <= 0 {
         errors.push(FieldError::new("chat_id", "must be a positive chat id"));
@@ -66,16 +89,38 @@ pub async fn send_message(
         content,
         client_id: req.client_id.clone(),
     };
-    let Some(row) = state.sends.insert(insert).await? else {
-        let client = state.pool.get().await?;
-        return existing_by_client_id(&*client, req.chat_id, sender_id, req.client_id.as_deref())
-            .await;
-    };
-    Ok(Sent {
-        message: Message::from_row(&row),
-        event_id: row.get("event_id"),
-        duplicate: false,
+    Ok(PendingSend {
+        answer: state.sends.queue(insert).await?,
+        chat_id: req.chat_id,
+        sender_id,
+        client_id: req.client_id,
     })
+}
+
+impl PendingSend {
+    /// Waits for the commit: the stored message, or the earlier one with this
+    /// client_id (an idempotent retry).
+    pub async fn finish(self, state: &State) -> Result<Sent, ApiError> {
+        let answer = self
+            .answer
+            .await
+            .map_err(|_| ApiError::Internal("the send queue dropped a send".into()))?;
+        let Some(row) = answer? else {
+            let client = state.pool.get().await?;
+            return existing_by_client_id(
+                &*client,
+                self.chat_id,
+                self.sender_id,
+                self.client_id.as_deref(),
+            )
+            .await;
+        };
+        Ok(Sent {
+            message: Message::from_row(&row),
+            event_id: row.get("event_id"),
+            duplicate: false,
+        })
+    }
 }
 
 /// Nothing was inserted: either the sender is not a member, or this client_id
@@ -143,16 +188,19 @@ impl SendQueue {
         SendQueue { jobs }
     }
 
-    async fn insert(&self, insert: Insert) -> Result<Option<Row>, ApiError> {
+    /// Queues a send (in order: the queue is first in, first out, and so is
+    /// waiting for room in it) and returns where its outcome will arrive.
+    async fn queue(
+        &self,
+        insert: Insert,
+    ) -> Result<oneshot::Receiver<Result<Option<Row>, ApiError>>, ApiError> {
         let (reply, answer) = oneshot::channel();
         let job = Job { insert, reply };
         self.jobs
             .send(job)
             .await
             .map_err(|_| ApiError::Internal("the send queue has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| ApiError::Internal("the send queue dropped a send".into()))?
+        Ok(answer)
     }
 }
 

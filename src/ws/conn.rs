@@ -11,8 +11,9 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::events::{FRAME_SQL, Live, notify_live};
 use crate::http::State;
-use futures_util::future::BoxFuture;
-use futures_util::stream::{SplitSink, SplitStream};
+use crate::messages::{PendingSend, Sent, queue_message};
+use futures_util::future::{self, BoxFuture};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +29,9 @@ const BAD_FRAME_WINDOW: Duration = Duration::from_secs(10);
 const REPLAY_PAGE: i64 = 500;
 /// Queued frames written per flush: one syscall carries a burst.
 const WRITE_BATCH: usize = 64;
+/// Sends a client may have queued for commit before its reader stops reading
+/// until the oldest is acknowledged.
+const PIPELINED_SENDS: usize = 32;
 
 /// Serves one upgraded socket until either side closes it.
 /// `_live` keeps the connection counted until this returns.
@@ -479,6 +483,9 @@ async fn read_loop(
     tokio::pin!(killed);
     let mut bad_frames = 0u32;
     let mut window_start = Instant::now();
+    // Replies in the order their frames arrived; a send's ack waits for its
+    // commit while the frames behind it are read (and their sends queued).
+    let mut replies: FuturesOrdered<BoxFuture<'static, String>> = FuturesOrdered::new();
     loop {
         tokio::select! {
             _ = &mut killed => return,
@@ -490,7 +497,10 @@ async fn read_loop(
                 hub.registry.kill(id, TOKEN_EXPIRED);
                 return;
             }
-            message = stream.next() => {
+            Some(reply) = replies.next(), if !replies.is_empty() => {
+                hub.registry.send_to(id, Frame::from(reply));
+            }
+            message = stream.next(), if replies.len() < PIPELINED_SENDS => {
                 let message = match message {
                     None => return,
                     Some(Ok(m)) => m,
@@ -517,8 +527,8 @@ async fn read_loop(
                 } else {
                     continue; // ping/pong: the idle deadline already moved.
                 };
-                let frame = match reply {
-                    Ok(Some(frame)) => frame,
+                let reply = match reply {
+                    Ok(Some(reply)) => reply,
                     Ok(None) => continue,
                     Err(error) => {
                         if window_start.elapsed() > BAD_FRAME_WINDOW {
@@ -530,13 +540,25 @@ async fn read_loop(
                             hub.registry.kill(id, GARBAGE);
                             return;
                         }
-                        error.to_text(None)
+                        Reply::Now(error.to_text(None))
                     }
                 };
-                hub.registry.send_to(id, Frame::from(frame));
+                match reply {
+                    Reply::Now(frame) if replies.is_empty() => {
+                        hub.registry.send_to(id, Frame::from(frame));
+                    }
+                    Reply::Now(frame) => replies.push_back(future::ready(frame).boxed()),
+                    Reply::Later(frame) => replies.push_back(frame),
+                }
             }
         }
     }
+}
+
+/// A reply to a client frame: ready now, or once its send is committed.
+enum Reply {
+    Now(String),
+    Later(BoxFuture<'static, String>),
 }
 
 /// Handles one client text frame. `Ok(Some)` is the reply, `Ok(None)` means
@@ -547,14 +569,43 @@ async fn handle_text(
     user: &AuthUser,
     id: u64,
     text: &str,
-) -> Result<Option<String>, ServerFrame> {
+) -> Result<Option<Reply>, ServerFrame> {
     let (frame, reference) = parse_client_frame(text).map_err(ServerFrame::from)?;
     let result = handle_frame(state, user, id, frame).await;
     Ok(match result {
-        Ok(Some(frame)) => Some(frame.to_text(reference.as_ref())),
+        Ok(Some(Handled::Reply(frame))) => Some(Reply::Now(frame.to_text(reference.as_ref()))),
+        Ok(Some(Handled::Queued(pending))) => {
+            let state = state.clone();
+            Some(Reply::Later(
+                async move {
+                    match pending.finish(&state).await {
+                        Ok(sent) => ack(&sent).to_text(reference.as_ref()),
+                        Err(e) => ServerFrame::error(&e, reference).to_text(None),
+                    }
+                }
+                .boxed(),
+            ))
+        }
         Ok(None) => None,
-        Err(e) => Some(ServerFrame::error(&e, reference).to_text(None)),
+        Err(e) => Some(Reply::Now(ServerFrame::error(&e, reference).to_text(None))),
     })
+}
+
+/// What handling a well-formed frame came to.
+enum Handled {
+    Reply(ServerFrame),
+    /// A message queued for commit; its ack follows the commit.
+    Queued(PendingSend),
+}
+
+fn ack(sent: &Sent) -> ServerFrame {
+    ServerFrame::Ack(json!({
+        "message_id": sent.message.id,
+        "event_id": sent.event_id,
+        "chat_id": sent.message.chat_id,
+        "client_id": sent.message.client_id,
+        "duplicate": sent.duplicate,
+    }))
 }
 
 async fn handle_frame(
@@ -562,28 +613,22 @@ async fn handle_frame(
     user: &AuthUser,
     id: u64,
     frame: ClientFrame,
-) -> Result<Option<ServerFrame>, ApiError> {
+) -> Result<Option<Handled>, ApiError> {
     let hub = &state.hub;
+    let reply = |frame| Ok(Some(Handled::Reply(frame)));
     match frame {
-        ClientFrame::Ping => Ok(Some(ServerFrame::Pong {})),
-        ClientFrame::Message(req) => {
-            let sent = crate::messages::send_message(state, user.id, req).await?;
-            Ok(Some(ServerFrame::Ack(json!({
-                "message_id": sent.message.id,
-                "event_id": sent.event_id,
-                "chat_id": sent.message.chat_id,
-                "client_id": sent.message.client_id,
-                "duplicate": sent.duplicate,
-            }))))
-        }
+        ClientFrame::Ping => reply(ServerFrame::Pong {}),
+        ClientFrame::Message(req) => Ok(Some(Handled::Queued(
+            queue_message(state, user.id, req).await?,
+        ))),
         ClientFrame::JoinChat { chat_id } | ClientFrame::LeaveChat { chat_id } => {
             let pause = matches!(frame, ClientFrame::LeaveChat { .. });
             if !hub.registry.set_paused(id, chat_id, pause) {
                 return Err(ApiError::NotFound("chat"));
             }
-            Ok(Some(ServerFrame::Ack(
+            reply(ServerFrame::Ack(
                 json!({ "chat_id": chat_id, "subscribed": !pause }),
-            )))
+            ))
         }
         ClientFrame::Typing { chat_id } => {
             if !hub.registry.is_member(id, chat_id) {
@@ -608,9 +653,9 @@ async fn handle_frame(
             let marker =
                 crate::chats::read::advance_read_marker(&*client, chat_id, user.id, message_id)
                     .await?;
-            Ok(Some(ServerFrame::Ack(
+            reply(ServerFrame::Ack(
                 serde_json::to_value(marker).unwrap_or(Value::Null),
-            )))
+            ))
         }
     }
 }
