@@ -44,6 +44,7 @@ pub enum StartError {
     Database(String),
     Migrate(migrate::MigrateError),
     Bind(std::io::Error),
+    Thread(std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -53,6 +54,7 @@ impl std::fmt::Display for StartError {
             StartError::Database(e) => write!(f, "cannot connect to the database: {e}"),
             StartError::Migrate(e) => write!(f, "{e}"),
             StartError::Bind(e) => write!(f, "cannot listen: {e}"),
+            StartError::Thread(e) => write!(f, "cannot start the database thread: {e}"),
         }
     }
 }
@@ -97,12 +99,11 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         .map_err(|e| StartError::Database(e.to_string()))?;
     // Connect and prepare now, so the first requests do not wait for it; a
     // failure here is retried by the first request that needs the connection.
-    for pipelined in [&pipeline, &token_checks] {
-        if let Err(e) = pipelined.get().await {
-            log::warn!("cannot prepare a pipelined connection yet: {e:?}");
-        }
+    if let Err(e) = token_checks.get().await {
+        log::warn!("cannot prepare a pipelined connection yet: {e:?}");
     }
-    let sends = messages::SendQueue::start(pipeline);
+    let db_thread = db::DbThread::start().map_err(StartError::Thread)?;
+    let sends = messages::SendQueue::start(pipeline, &db_thread);
     let cost = config.auth.bcrypt_cost;
     let dummy_hash = password::hash_password("dummy password".into(), cost)
         .await
@@ -110,7 +111,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(StartError::Bind)?;
-    let hub = ws::Hub::start(&config, pool.clone())
+    let hub = ws::Hub::start(&config, pool.clone(), &db_thread)
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
     let state = Arc::new(AppState {

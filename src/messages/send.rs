@@ -5,7 +5,7 @@
 //! PostgreSQL runs one statement per batch rather than one per message.
 
 use super::{MESSAGE_COLUMNS, Message, check_content, rfc3339_sql};
-use crate::db::Pipeline;
+use crate::db::{DbThread, Pipeline};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, FRAME_SQL};
 use crate::http::State;
@@ -181,10 +181,17 @@ pub struct SendQueue {
 }
 
 impl SendQueue {
-    /// Starts the committing task on `pipeline`.
-    pub fn start(pipeline: Pipeline) -> SendQueue {
+    /// Starts the committing task on `pipeline`, on the database thread. It
+    /// connects and prepares right away, so the first sends do not wait for
+    /// it; a failure is retried by the first send.
+    pub fn start(pipeline: Pipeline, db_thread: &DbThread) -> SendQueue {
         let (jobs, queued) = mpsc::channel(MAX_BATCH * 8);
-        tokio::spawn(commit_batches(pipeline, queued));
+        db_thread.spawn(async move {
+            if let Err(e) = pipeline.get().await {
+                log::warn!("cannot prepare the send pipeline yet: {e:?}");
+            }
+            commit_batches(pipeline, queued).await
+        });
         SendQueue { jobs }
     }
 

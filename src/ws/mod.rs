@@ -13,7 +13,7 @@ pub mod registry;
 pub mod upgrade;
 
 use crate::config::{Config, WsConfig};
-use crate::db::Pool;
+use crate::db::{DbThread, Pool};
 use crate::error::ApiError;
 use crate::http::{State, bearer_token, query_map, with_state};
 use registry::{PING_SLICES, Registry, SHUTTING_DOWN};
@@ -47,9 +47,14 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Creates the hub and starts its background tasks; returns once the
-    /// listener is LISTENing, so nothing committed after `build()` is missed.
-    pub async fn start(config: &Config, pool: Pool) -> Result<Arc<Hub>, ApiError> {
+    /// Creates the hub and starts its background tasks, the listener on the
+    /// database thread; returns once the listener is LISTENing, so nothing
+    /// committed after `build()` is missed.
+    pub async fn start(
+        config: &Config,
+        pool: Pool,
+        db_thread: &DbThread,
+    ) -> Result<Arc<Hub>, ApiError> {
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let node_id: String = crate::random_bytes()[..8]
             .iter()
@@ -76,7 +81,7 @@ impl Hub {
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(listener::run(hub.clone(), Some(ready_tx)));
+        db_thread.spawn(listener::run(hub.clone(), Some(ready_tx)));
         tokio::spawn(presence::track(hub.clone(), presence_rx));
         tokio::spawn(presence::maintain(hub.clone()));
         tokio::spawn(ping_connections(hub.clone()));
