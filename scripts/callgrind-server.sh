@@ -15,12 +15,7 @@ bin="$(realpath "${1:-$repo/target/release/chatapp}")"
 bench="$(ls -t "$repo"/target/release/deps/load-* | grep -v '\.d$' | head -1)"
 command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 
-url="$("$repo/scripts/pg.sh" start)"
-db="callgrind_$$"
-admin="${url%/*}/postgres"
-psql "$admin" -q -c "create database $db"
-trap 'psql "$admin" -q -c "drop database if exists $db" >/dev/null 2>&1 || true' EXIT
-db_url="${url%/*}/$db"
+. "$repo/scripts/fresh-db.sh" callgrind
 key="$(printf 'ab%.0s' $(seq 32))"
 port=$((18000 + RANDOM % 2000))
 out="$(mktemp -d)"

@@ -17,12 +17,7 @@ n="${2:-20000}"
 script="$(ls -t "$repo"/target/bench/logs/send-*.pgbench.sql 2>/dev/null | head -1)"
 [ -n "$script" ] || { echo "run: cargo bench --bench load -- send --smoke" >&2; exit 1; }
 
-url="$("$repo/scripts/pg.sh" start)"
-db="wal_$$"
-admin="${url%/*}/postgres"
-psql "$admin" -q -c "create database $db"
-trap 'psql "$admin" -q -c "drop database if exists $db" >/dev/null 2>&1 || true' EXIT
-db_url="${url%/*}/$db"
+. "$repo/scripts/fresh-db.sh" wal
 DATABASE_URL="$db_url" "$bin" migrate >/dev/null 2>&1
 psql "$db_url" -q -c "
   insert into users (username, password_hash) values ('wal', 'x');
