@@ -29,8 +29,9 @@ const BAD_FRAME_WINDOW: Duration = Duration::from_secs(10);
 const REPLAY_PAGE: i64 = 500;
 /// Queued frames written per flush: one syscall carries a burst.
 const WRITE_BATCH: usize = 64;
-/// Sends a client may have queued for commit before its reader stops reading
-/// until the oldest is acknowledged.
+/// Replies a connection may have outstanding (sends waiting for their commit,
+/// and the replies queued behind them) before its reader stops reading until
+/// the oldest is due.
 const PIPELINED_SENDS: usize = 32;
 
 /// Serves one upgraded socket until either side closes it.
