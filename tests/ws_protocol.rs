@@ -464,6 +464,56 @@ async fn pipelined_message_frames_are_committed_together_and_answered_in_the_ord
 }
 
 #[tokio::test]
+async fn reader_stops_reading_at_32_unanswered_frames_until_the_oldest_is_answered() {
+    // Arrange: two chats; every send held at its commit by a lock on
+    // `messages` taken from outside. A typing frame has no reply and is
+    // forwarded as soon as it is read, so the other member sees when the
+    // sender's frames are being read.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let first = app.create_group(&alice, "first", &[&bob]).await;
+    let second = app.create_group(&alice, "second", &[&bob]).await;
+    let (mut sender, _) = realtime::connected(&app, &alice, None).await;
+    let (mut watcher, _) = realtime::connected(&app, &bob, None).await;
+    let mut db = helpers::pg::connect(&app.database_url).await;
+    let lock = db.transaction().await.unwrap();
+    lock.batch_execute("lock table messages in share mode")
+        .await
+        .unwrap();
+    let message = |i: usize| json!({"type": "message", "payload": {"chat_id": first, "content": format!("m{i}")}, "ref": i});
+    let typing = |chat: i64| json!({"type": "typing", "payload": {"chat_id": chat}});
+
+    // Act: 31 sends waiting for their commit, then a typing frame.
+    for i in 0..31 {
+        sender.send_json(message(i)).await;
+    }
+    sender.send_json(typing(first)).await;
+
+    // Assert: still read.
+    let seen = watcher.next_of_type("typing").await;
+    assert_eq!(seen["payload"]["chat_id"], first);
+
+    // Act: a 32nd send fills the pipeline; a typing frame follows it.
+    sender.send_json(message(31)).await;
+    sender.send_json(typing(second)).await;
+
+    // Assert: not read while the oldest send is unanswered...
+    watcher.expect_no("typing", QUIET).await;
+
+    // ...and read once the commits go through, every send answered in order.
+    lock.rollback().await.unwrap();
+    let mut refs = Vec::new();
+    while refs.len() < 32 {
+        let ack = sender.next_of_type("ack").await;
+        refs.push(ack["ref"].as_i64().unwrap());
+    }
+    assert_eq!(refs, (0..32).collect::<Vec<_>>());
+    let seen = watcher.next_of_type("typing").await;
+    assert_eq!(seen["payload"]["chat_id"], second);
+}
+
+#[tokio::test]
 async fn message_frame_retry_with_same_client_id_returns_the_same_message_once() {
     // Arrange
     let app = spawn_app().await;
