@@ -526,6 +526,20 @@ async fn history_defaults_to_50_messages() {
     assert_eq!(page, newest_first(&ids[5..]));
 }
 
+/// `n` messages written straight to the database; their ids, oldest first.
+async fn insert_messages(db: &tokio_postgres::Client, chat: i64, sender: i64, n: i64) -> Vec<i64> {
+    db.query(
+        "insert into messages (chat_id, sender_id, content)
+         select $1, $2, 'm' || g from generate_series(1, $3::bigint) g returning id",
+        &[&chat, &sender, &n],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 /// Heap rows PostgreSQL has read from `messages` (sequential + index fetches).
 async fn message_rows_read(db: &tokio_postgres::Client) -> i64 {
     db.query_one(
@@ -545,17 +559,7 @@ async fn history_pages_read_only_the_rows_they_return_not_the_whole_chat() {
     let alice = app.register("alice").await;
     let chat = app.create_group(&alice, "long", &[]).await;
     let db = pg::connect(&app.database_url).await;
-    let ids: Vec<i64> = db
-        .query(
-            "insert into messages (chat_id, sender_id, content)
-             select $1, $2, 'm' || g from generate_series(1, 5000) g returning id",
-            &[&chat, &alice.id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = insert_messages(&db, chat, alice.id, 5000).await;
     db.batch_execute("analyze messages").await.unwrap();
     let middle = ids[2500];
     let before = message_rows_read(&db).await;
@@ -565,23 +569,63 @@ async fn history_pages_read_only_the_rows_they_return_not_the_whole_chat() {
     let page = history(&app, &alice, chat, &format!("?limit=10&before_id={middle}")).await;
     assert_eq!(page.first(), Some(&(middle - 1)));
 
-    // Assert: statistics reach the view asynchronously; wait until at least the
-    // 20 returned rows show up, then check that the pages came from the
-    // (chat_id, id) index in order rather than from reading and sorting all
-    // 5000 messages.
-    // (A backend that flushed less than a second ago waits up to 10 s.)
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let read = loop {
-        let read = message_rows_read(&db).await - before;
-        if read >= 20 || std::time::Instant::now() > deadline {
-            break read;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    // Assert: the pages came from the (chat_id, id) index in order rather
+    // than from reading and sorting all 5000 messages.
+    let read = message_rows_read_since(&db, before, 20).await;
     assert!(
         (20..=200).contains(&read),
         "two 10-message pages read {read} message rows"
     );
+}
+
+#[tokio::test]
+async fn a_page_deep_in_a_small_chat_reads_one_page_even_when_a_big_chat_came_after_it() {
+    // Arrange: a small chat, then a big one, so the small chat's ids all lie
+    // below the big chat's (as for any chat quiet since). PostgreSQL then
+    // expects fewer of its rows below a cursor than a page holds.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let small = app.create_group(&alice, "small", &[]).await;
+    let big = app.create_group(&alice, "big", &[]).await;
+    let db = pg::connect(&app.database_url).await;
+    let ids = insert_messages(&db, small, alice.id, 1000).await;
+    insert_messages(&db, big, alice.id, 50_000).await;
+    db.batch_execute("analyze messages").await.unwrap();
+    let middle = ids[500];
+    let before = message_rows_read(&db).await;
+
+    // Act
+    let page = history(
+        &app,
+        &alice,
+        small,
+        &format!("?limit=50&before_id={middle}"),
+    )
+    .await;
+
+    // Assert: one page read, not the 500 older messages joined and sorted.
+    assert_eq!(page.len(), 50);
+    assert_eq!(page.first(), Some(&(middle - 1)));
+    let read = message_rows_read_since(&db, before, 50).await;
+    assert!(
+        (50..=150).contains(&read),
+        "a 50-message page read {read} message rows"
+    );
+}
+
+/// Message rows read since `before` (a [`message_rows_read`] figure), once at
+/// least the `returned` rows show up: statistics reach the view
+/// asynchronously (a backend that flushed less than a second ago waits up to
+/// 10 s).
+async fn message_rows_read_since(db: &tokio_postgres::Client, before: i64, returned: i64) -> i64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let read = message_rows_read(db).await - before;
+        if read >= returned || std::time::Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
