@@ -3,8 +3,9 @@
 //! `cargo bench --bench realtime`; prints medians and ratios measured side by
 //! side in one run. Numbers are recorded in BENCHMARKS.md.
 
-#[path = "../tests/helpers/mod.rs"]
-#[allow(unused_imports)]
+// The integration suite's harness; this benchmark uses a part of it.
+#[path = "../tests/api/helpers/mod.rs"]
+#[allow(unused_imports, dead_code)]
 mod helpers;
 
 use futures_util::future::join_all;

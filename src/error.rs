@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Rejection, Reply};
@@ -23,73 +26,82 @@ impl FieldError {
     }
 }
 
+/// A cause kept for the log: shared so the error stays `Clone` (warp hands
+/// rejections out by reference).
+pub type Cause = Arc<dyn StdError + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub enum ApiError {
     /// One or more request fields are invalid.
     Validation(Vec<FieldError>),
-    /// The request could not be understood at all (bad JSON, bad path id, ...).
-    BadRequest {
-        code: &'static str,
-        message: String,
-    },
+    /// The body is not JSON (or form) of the expected shape.
+    InvalidBody(String),
+    InvalidQuery(String),
+    InvalidHeader(String),
+    MissingHeader(String),
+    /// A path id that is not a positive integer.
+    InvalidId(String),
+    /// Text PostgreSQL cannot store (a NUL character).
+    InvalidText,
+    NotAGroup,
+    UpgradeRequired,
+    LengthRequired,
     /// Missing, malformed, expired or revoked token.
     Unauthorized(&'static str),
     InvalidCredentials,
-    /// The chat or message does not exist *or the caller may not see it*.
-    NotFound(&'static str),
     NotChatAdmin,
     NotChatCreator,
     NotMessageSender,
     NotYourAccount,
-    /// A rule of the chat forbids the action (e.g. adding members to a DM).
-    Forbidden(&'static str),
-    UsernameTaken,
-    Conflict {
-        code: &'static str,
-        message: String,
-    },
+    CorsForbidden,
+    /// The chat does not exist *or the caller is not a member*: ids cannot be probed.
+    ChatNotFound,
+    /// The message does not exist or is in a chat the caller is not in.
+    MessageNotFound,
+    UserNotFound,
+    /// The user named in the path is not a member of the chat.
+    MemberNotFound,
+    RouteNotFound,
     MethodNotAllowed,
+    UsernameTaken,
+    /// Demoting the chat's last admin.
+    LastAdmin,
+    /// A client_id already used for a message in another chat.
+    ClientIdReused,
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
-    /// Anything else. The cause is logged, never sent.
-    Internal(String),
+    /// Anything else: a bug. Logged with its causes, never shown.
+    Internal(Cause),
 }
 
 impl warp::reject::Reject for ApiError {}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApiError::Internal(cause) => write!(f, "internal error: {cause}"),
-            other => write!(f, "{} ({})", other.message(), other.code()),
-        }
-    }
-}
 
 impl ApiError {
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         ApiError::Validation(vec![FieldError::new(field, message)])
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            code,
-            message: message.into(),
-        }
+    /// An unexpected failure, keeping `cause` for the log.
+    pub fn internal(cause: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        ApiError::Internal(Arc::from(cause.into()))
     }
 
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            Validation(_) | BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Validation(_) | InvalidBody(_) | InvalidQuery(_) | InvalidHeader(_)
+            | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | UpgradeRequired
+            | LengthRequired => StatusCode::BAD_REQUEST,
             Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | Forbidden(_) => {
+            NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | CorsForbidden => {
                 StatusCode::FORBIDDEN
             }
-            NotFound(_) => StatusCode::NOT_FOUND,
+            ChatNotFound | MessageNotFound | UserNotFound | MemberNotFound | RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            UsernameTaken | Conflict { .. } => StatusCode::CONFLICT,
+            UsernameTaken | LastAdmin | ClientIdReused => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,17 +113,29 @@ impl ApiError {
         use ApiError::*;
         match self {
             Validation(_) => "validation_failed",
-            BadRequest { code, .. } | Conflict { code, .. } => code,
+            InvalidBody(_) => "invalid_body",
+            InvalidQuery(_) => "invalid_query",
+            InvalidHeader(_) => "invalid_header",
+            MissingHeader(_) => "missing_header",
+            InvalidId(_) => "invalid_id",
+            InvalidText => "invalid_text",
+            NotAGroup => "not_a_group",
+            UpgradeRequired => "upgrade_required",
+            LengthRequired => "length_required",
             Unauthorized(_) => "unauthorized",
             InvalidCredentials => "invalid_credentials",
-            NotFound(_) => "not_found",
             NotChatAdmin => "not_chat_admin",
             NotChatCreator => "not_chat_creator",
             NotMessageSender => "not_message_sender",
             NotYourAccount => "not_your_account",
-            Forbidden(_) => "forbidden",
-            UsernameTaken => "username_taken",
+            CorsForbidden => "forbidden",
+            ChatNotFound | MessageNotFound | UserNotFound | MemberNotFound | RouteNotFound => {
+                "not_found"
+            }
             MethodNotAllowed => "method_not_allowed",
+            UsernameTaken => "username_taken",
+            LastAdmin => "last_admin",
+            ClientIdReused => "client_id_reused",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             DatabaseUnavailable => "database_unavailable",
@@ -126,17 +150,32 @@ impl ApiError {
                 [one] => format!("{}: {}", one.field, one.message),
                 _ => "request validation failed".into(),
             },
-            BadRequest { message, .. } | Conflict { message, .. } => message.clone(),
+            InvalidBody(why) | InvalidQuery(why) | InvalidHeader(why) | MissingHeader(why) => {
+                why.clone()
+            }
+            InvalidId(raw) => format!("`{raw}` is not a valid id (a positive integer)"),
+            InvalidText => "text must not contain NUL characters".into(),
+            NotAGroup => "members can only be added to group chats".into(),
+            UpgradeRequired => "this endpoint needs a WebSocket upgrade (version 13)".into(),
+            LengthRequired => "a Content-Length header is required".into(),
             Unauthorized(why) => (*why).into(),
             InvalidCredentials => "invalid credentials".into(),
-            NotFound(what) => format!("{what} not found"),
             NotChatAdmin => "only chat admins may do this".into(),
             NotChatCreator => "only the chat's creator may delete it".into(),
             NotMessageSender => "only the sender may do this to a message".into(),
             NotYourAccount => "you may only change your own account".into(),
-            Forbidden(why) => (*why).into(),
-            UsernameTaken => "username is already taken".into(),
+            CorsForbidden => "CORS request not allowed for this origin".into(),
+            ChatNotFound => "chat not found".into(),
+            MessageNotFound => "message not found".into(),
+            UserNotFound => "user not found".into(),
+            MemberNotFound => "member not found".into(),
+            RouteNotFound => "route not found".into(),
             MethodNotAllowed => "method not allowed".into(),
+            UsernameTaken => "username is already taken".into(),
+            LastAdmin => "a chat must keep at least one admin".into(),
+            ClientIdReused => {
+                "this client_id was already used for a message in another chat".into()
+            }
             PayloadTooLarge => "request body is too large".into(),
             UnsupportedMediaType => "unsupported content type".into(),
             DatabaseUnavailable => "database unavailable, try again shortly".into(),
@@ -157,6 +196,36 @@ impl ApiError {
     }
 }
 
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Internal(_) => f.write_str("internal error"),
+            other => write!(f, "{} ({})", other.message(), other.code()),
+        }
+    }
+}
+
+impl StdError for ApiError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ApiError::Internal(cause) => Some(&**cause),
+            _ => None,
+        }
+    }
+}
+
+/// `error` and each of its sources, joined with ": " — a 500's log line.
+pub fn chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
     pub error: String,
@@ -168,7 +237,7 @@ pub struct ErrorBody {
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Internal(cause) => log::error!("internal error: {cause}"),
+            ApiError::Internal(_) => log::error!("{}", chain(&self)),
             ApiError::DatabaseUnavailable => log::warn!("database unavailable"),
             _ => {}
         }
@@ -180,14 +249,14 @@ impl Reply for ApiError {
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
         if is_connection_error(&e) {
-            log::warn!("database connection error: {e}");
+            log::warn!("database connection error: {}", chain(&e));
             return ApiError::DatabaseUnavailable;
         }
         // Client text PostgreSQL cannot store (a NUL character) is bad input, not a 500.
         if e.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
-            return ApiError::bad_request("invalid_text", "text must not contain NUL characters");
+            return ApiError::InvalidText;
         }
-        ApiError::Internal(format!("database error: {e:?}"))
+        ApiError::Internal(Arc::new(e))
     }
 }
 
@@ -196,11 +265,17 @@ impl From<bb8::RunError<tokio_postgres::Error>> for ApiError {
         match e {
             bb8::RunError::User(e) => {
                 // The pool only returns user errors while connecting.
-                log::warn!("cannot connect to the database: {e}");
+                log::warn!("cannot connect to the database: {}", chain(&e));
                 ApiError::DatabaseUnavailable
             }
             bb8::RunError::TimedOut => ApiError::DatabaseUnavailable,
         }
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        ApiError::Internal(Arc::new(e))
     }
 }
 
@@ -217,7 +292,7 @@ pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
         }
         // No SQLSTATE: a broken socket is an outage; anything else (a type
         // conversion, a protocol surprise) is a bug and must surface as a 500.
-        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+        None => StdError::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
 
@@ -231,38 +306,61 @@ pub fn unique_violation(e: &tokio_postgres::Error) -> Option<&str> {
     }
 }
 
+/// The rejection of a path id that did not parse. Kept apart from
+/// [`ApiError`] so that a route that matched (e.g. `/users/last-seen`
+/// answering 401) wins over a sibling `/users/:id` route that merely failed
+/// to parse `last-seen` as an id: `recover` looks for `ApiError` first.
+#[derive(Debug)]
+pub struct InvalidId(pub ApiError);
+
+impl warp::reject::Reject for InvalidId {}
+
 /// Maps every rejection — ours and warp's — to the JSON envelope.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject::{MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType};
     let error = if let Some(e) = rejection.find::<ApiError>() {
         e.clone()
     } else if rejection.is_not_found() {
-        ApiError::NotFound("route")
+        ApiError::RouteNotFound
     } else if rejection.find::<PayloadTooLarge>().is_some() {
         ApiError::PayloadTooLarge
     } else if rejection.find::<UnsupportedMediaType>().is_some() {
         ApiError::UnsupportedMediaType
     } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
-        ApiError::bad_request("invalid_body", e.to_string())
+        ApiError::InvalidBody(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::bad_request("invalid_query", e.to_string())
+        ApiError::InvalidQuery(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::bad_request("invalid_header", e.to_string())
+        ApiError::InvalidHeader(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
-        ApiError::bad_request("missing_header", e.to_string())
+        ApiError::MissingHeader(e.to_string())
     } else if rejection
         .find::<warp::filters::cors::CorsForbidden>()
         .is_some()
     {
-        ApiError::Forbidden("CORS request not allowed for this origin")
+        ApiError::CorsForbidden
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed
-    } else if let Some(crate::http::InvalidId(e)) = rejection.find() {
+    } else if let Some(InvalidId(e)) = rejection.find() {
         e.clone()
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::bad_request("length_required", "a Content-Length header is required")
+        ApiError::LengthRequired
     } else {
-        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+        ApiError::internal(format!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_errors_log_line_shows_every_cause() {
+        let io = std::io::Error::other("disk on fire");
+        let error = ApiError::internal(io);
+
+        assert_eq!(chain(&error), "internal error: disk on fire");
+        assert_eq!(error.body().error, "internal server error", "never shown");
+    }
 }

@@ -9,7 +9,7 @@
 //! its transaction: anything after it would lengthen the serialised section.
 
 use crate::error::ApiError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::LazyLock;
 use tokio_postgres::GenericClient;
@@ -24,7 +24,11 @@ pub const LIVE_CHANNEL: &str = "chatapp_live";
 /// announced by id only and read back from the log by each listener.
 pub const NOTIFY_PAYLOAD_LIMIT: usize = 7900;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Every kind of durable event. A node parses the kind once, where an event
+/// enters it (its listener, or a read of the log); what an event does to
+/// subscriptions and who is replayed it are methods here, so a new kind does
+/// not compile until it is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Message,
@@ -38,7 +42,29 @@ pub enum EventKind {
     System,
 }
 
+/// What an event does to the subscriptions of the users it addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// They join the chat's room (after the event is delivered).
+    Subscribes,
+    /// They leave it (after the event, their last from that chat).
+    Unsubscribes,
+    Unchanged,
+}
+
 impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Message,
+        EventKind::MessageUpdated,
+        EventKind::MessageDeleted,
+        EventKind::ChatCreated,
+        EventKind::ChatUpdated,
+        EventKind::ChatDeleted,
+        EventKind::MemberAdded,
+        EventKind::MemberRemoved,
+        EventKind::System,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",
@@ -51,6 +77,47 @@ impl EventKind {
             EventKind::MemberRemoved => "member_removed",
             EventKind::System => "system",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    pub fn membership(self) -> Membership {
+        match self {
+            EventKind::ChatCreated | EventKind::MemberAdded => Membership::Subscribes,
+            EventKind::MemberRemoved | EventKind::ChatDeleted => Membership::Unsubscribes,
+            EventKind::Message
+            | EventKind::MessageUpdated
+            | EventKind::MessageDeleted
+            | EventKind::ChatUpdated
+            | EventKind::System => Membership::Unchanged,
+        }
+    }
+
+    /// Whether the chat's members hear it, besides the users it addresses:
+    /// `chat_created` tells only the users it adds (the others hear
+    /// `member_added`).
+    pub fn reaches_room(self) -> bool {
+        match self {
+            EventKind::ChatCreated => false,
+            EventKind::Message
+            | EventKind::MessageUpdated
+            | EventKind::MessageDeleted
+            | EventKind::ChatUpdated
+            | EventKind::ChatDeleted
+            | EventKind::MemberAdded
+            | EventKind::MemberRemoved
+            | EventKind::System => true,
+        }
+    }
+
+    /// The replay rule, the one statement of who gets an event again after
+    /// reconnecting: the users it addresses, and the members of its chat if
+    /// it reaches the room (`member` = the chat is among the user's chats as
+    /// of the replay's snapshot).
+    pub fn replayed_to(self, addressed: bool, member: bool) -> bool {
+        addressed || (member && self.reaches_room())
     }
 }
 
@@ -97,7 +164,7 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let batch = serde_json::to_value(events).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let batch = serde_json::to_value(events)?;
     let rows = client
         .query_typed(&EMIT_SQL, &[(&batch, Type::JSONB)])
         .await?;
@@ -150,7 +217,7 @@ pub fn notify_sql(ev: &str) -> String {
 /// Ephemeral signals: delivered to whoever is connected now, never replayed.
 /// Serialised in the frame shape `{"type", "payload"}`, so the NOTIFY payload
 /// of `typing`, `read` and `presence` is forwarded to clients as it is.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum Live {
     Typing {
@@ -190,8 +257,7 @@ pub async fn notify_live_all(
     let payloads = signals
         .iter()
         .map(serde_json::to_string)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .collect::<Result<Vec<_>, _>>()?;
     client
         .query_typed(
             "select pg_notify($1, p) from unnest($2::text[]) with ordinality as t(p, n) order by n",
@@ -202,7 +268,7 @@ pub async fn notify_live_all(
 }
 
 pub async fn notify_live(client: &impl GenericClient, signal: &Live) -> Result<(), ApiError> {
-    let payload = serde_json::to_string(signal).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let payload = serde_json::to_string(signal)?;
     client
         .execute("select pg_notify($1, $2)", &[&LIVE_CHANNEL, &payload])
         .await?;

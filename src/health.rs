@@ -1,6 +1,7 @@
 //! `GET /health`: liveness plus a database round trip.
 
-use crate::http::{State, with_state};
+use crate::db::Pool;
+use crate::http::with;
 use serde::Serialize;
 use std::time::Duration;
 use warp::http::StatusCode;
@@ -17,39 +18,38 @@ struct Health {
 }
 
 /// GET /health
-pub fn route(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn route(
+    pool: &Pool,
+    timeout: Duration,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("health")
         .and(warp::get())
-        .and(with_state(state))
-        .then(|state: State| async move {
-            let db_ok = database_ok(&state).await;
-            let body = Health {
-                status: if db_ok { "ok" } else { "degraded" },
-                service: "chatapp",
-                version: env!("CARGO_PKG_VERSION"),
-                timestamp: crate::now_rfc3339(),
-                database: if db_ok { "ok" } else { "unavailable" },
-            };
-            let status = if db_ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            warp::reply::with_status(warp::reply::json(&body), status).into_response()
-        })
+        .and(with(pool.clone()))
+        .and(with(timeout))
+        .then(health)
 }
 
-async fn database_ok(state: &State) -> bool {
+async fn health(pool: Pool, timeout: Duration) -> Response {
+    let db_ok = database_ok(&pool, timeout).await;
+    let body = Health {
+        status: if db_ok { "ok" } else { "degraded" },
+        service: "chatapp",
+        version: env!("CARGO_PKG_VERSION"),
+        timestamp: crate::support::now_rfc3339(),
+        database: if db_ok { "ok" } else { "unavailable" },
+    };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+async fn database_ok(pool: &Pool, timeout: Duration) -> bool {
     let check = async {
-        let client = state.pool.get().await.ok()?;
+        let client = pool.get().await.ok()?;
         client.simple_query("select 1").await.ok()
     };
-    matches!(
-        tokio::time::timeout(
-            Duration::from_secs(state.config.database.connect_timeout_secs),
-            check
-        )
-        .await,
-        Ok(Some(_))
-    )
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Some(_)))
 }

@@ -1,9 +1,10 @@
-//! Filters every resource shares: state, JSON/form bodies with a size limit,
-//! path ids, pagination and the bearer-token `auth()` filter.
+//! Filters every resource shares: JSON/form bodies with a size limit, path
+//! ids, pagination and the bearer-token [`authed`] filter.
 
-use crate::AppState;
-use crate::auth::{self, AuthUser};
-use crate::error::{ApiError, FieldError};
+use crate::auth::{Auth, AuthUser};
+use crate::config::LimitsConfig;
+use crate::db::Pool;
+use crate::error::{ApiError, FieldError, InvalidId};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -13,10 +14,34 @@ use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection, Reply};
 
-pub type State = Arc<AppState>;
+/// What the resources' routes are built from. Each filter takes the parts
+/// its handler needs; no handler sees the rest.
+#[derive(Clone)]
+pub struct Context {
+    pub pool: Pool,
+    pub auth: Arc<Auth>,
+    pub limits: LimitsConfig,
+}
 
-pub fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
-    warp::any().map(move || state.clone())
+/// Hands a clone of `value` to the handler.
+pub fn with<T: Clone + Send + Sync>(
+    value: T,
+) -> impl Filter<Extract = (T,), Error = Infallible> + Clone {
+    warp::any().map(move || value.clone())
+}
+
+/// A JSON body serialised already (message bodies are built by PostgreSQL).
+pub struct JsonText(pub String);
+
+impl Reply for JsonText {
+    fn into_response(self) -> Response {
+        let mut response = Response::new(self.0.into());
+        response.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
 }
 
 /// Turns a handler's result into a response, so handlers can use `?`.
@@ -64,9 +89,8 @@ where
     let mut stream = std::pin::pin!(stream);
     let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| {
-            warp::reject::custom(ApiError::bad_request("invalid_body", e.to_string()))
-        })?;
+        let mut chunk =
+            chunk.map_err(|e| warp::reject::custom(ApiError::InvalidBody(e.to_string())))?;
         if body.len() as u64 + chunk.remaining() as u64 > limit {
             return Err(warp::reject::custom(ApiError::PayloadTooLarge));
         }
@@ -124,38 +148,36 @@ pub fn json_or_form_body<T: DeserializeOwned + Send>(
 
 pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "request body is empty; send a JSON object",
+        return Err(ApiError::InvalidBody(
+            "request body is empty; send a JSON object".into(),
         ));
     }
     // Every body is an object; serde would also read a struct from an array.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "request body must be a JSON object",
+        return Err(ApiError::InvalidBody(
+            "request body must be a JSON object".into(),
         ));
     }
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))
 }
 
 fn decode_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // Form values are all strings; go through a JSON object so typed fields still
     // deserialize (warp's own form filter needs every field to be a string anyway).
     let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::bad_request("invalid_body", "form body is not UTF-8"))?;
+        .map_err(|_| ApiError::InvalidBody("form body is not UTF-8".into()))?;
     let mut map = serde_json::Map::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         map.insert(form_decode(k)?, serde_json::Value::String(form_decode(v)?));
     }
     serde_json::from_value(serde_json::Value::Object(map))
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid form body: {e}")))
+        .map_err(|e| ApiError::InvalidBody(format!("invalid form body: {e}")))
 }
 
 fn form_decode(raw: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::bad_request("invalid_body", "malformed form encoding");
+    let bad = || ApiError::InvalidBody("malformed form encoding".into());
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -182,24 +204,10 @@ pub fn id_param() -> impl Filter<Extract = (i64,), Error = Rejection> + Copy {
     })
 }
 
-/// The rejection of [`id_param`]. Kept apart from [`ApiError`] so that a route
-/// that matched (e.g. `/users/last-seen` answering 401) wins over a sibling
-/// `/users/:id` route that merely failed to parse `last-seen` as an id.
-#[derive(Debug)]
-pub struct InvalidId(pub ApiError);
-
-impl warp::reject::Reject for InvalidId {}
-
 pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
     match raw.parse::<i64>() {
         Ok(id) if id > 0 => Ok(id),
-        _ => Err(ApiError::bad_request(
-            "invalid_id",
-            format!(
-                "`{}` is not a valid id (a positive integer)",
-                truncate(raw, 40)
-            ),
-        )),
+        _ => Err(ApiError::InvalidId(truncate(raw, 40).to_string())),
     }
 }
 
@@ -274,18 +282,18 @@ pub fn int_param(
 }
 
 /// The authenticated caller, from `Authorization: Bearer <token>`.
-pub fn auth(state: State) -> impl Filter<Extract = (AuthUser,), Error = Rejection> + Clone {
+pub fn authed(
+    ctx: &Context,
+) -> impl Filter<Extract = (AuthUser,), Error = Rejection> + Clone + use<> {
     warp::header::optional::<String>("authorization")
-        .and(with_state(state))
-        .and_then(|header: Option<String>, state: State| async move {
+        .and(with(ctx.auth.clone()))
+        .and_then(|header: Option<String>, auth: Arc<Auth>| async move {
             let token = header
                 .as_deref()
                 .and_then(bearer_token)
                 .ok_or(ApiError::Unauthorized("missing bearer token"))
                 .map_err(warp::reject::custom)?;
-            auth::authenticate(&state, token)
-                .await
-                .map_err(warp::reject::custom)
+            auth.authenticate(token).await.map_err(warp::reject::custom)
         })
 }
 

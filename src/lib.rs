@@ -10,38 +10,33 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod membership;
 pub mod messages;
 pub mod migrate;
 pub mod password;
+pub mod support;
 pub mod users;
+pub mod validate;
 pub mod ws;
 
+use auth::Auth;
 use config::{Config, ConfigError};
+use http::Context;
+use messages::SendQueue;
+use password::Hasher;
+use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use warp::Filter;
+use ws::Hub;
 
-/// Everything a handler may need, shared behind an `Arc` (see [`http::State`]).
-pub struct AppState {
-    pub config: Config,
-    pub pool: db::Pool,
-    /// Sends waiting to be committed together (see [`messages::SendQueue`]).
-    pub sends: messages::SendQueue,
-    /// The connection token checks are pipelined on.
-    pub token_checks: db::Pipeline,
-    pub token_key: auth::TokenKey,
-    /// A bcrypt hash of nothing in particular, so logins for unknown users cost
-    /// the same as real ones.
-    pub dummy_hash: String,
-    pub hub: Arc<ws::Hub>,
-}
-
+/// Why the server could not start; each keeps its cause.
 #[derive(Debug)]
 pub enum StartError {
     Config(ConfigError),
-    Database(String),
+    Database(Box<dyn StdError + Send + Sync>),
     Migrate(migrate::MigrateError),
     Bind(std::io::Error),
     Thread(std::io::Error),
@@ -50,21 +45,40 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Config(e) => write!(f, "{e}"),
-            StartError::Database(e) => write!(f, "cannot connect to the database: {e}"),
-            StartError::Migrate(e) => write!(f, "{e}"),
-            StartError::Bind(e) => write!(f, "cannot listen: {e}"),
-            StartError::Thread(e) => write!(f, "cannot start the database thread: {e}"),
+            StartError::Config(_) => f.write_str("invalid configuration"),
+            StartError::Migrate(_) => f.write_str("cannot migrate the database"),
+            StartError::Database(_) => f.write_str("cannot connect to the database"),
+            StartError::Bind(_) => f.write_str("cannot listen"),
+            StartError::Thread(_) => f.write_str("cannot start the database thread"),
         }
     }
 }
 
-impl std::error::Error for StartError {}
+impl StdError for StartError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Database(e) => Some(&**e),
+            StartError::Migrate(e) => Some(e),
+            StartError::Bind(e) | StartError::Thread(e) => Some(e),
+        }
+    }
+}
+
+impl StartError {
+    fn database(e: impl Into<Box<dyn StdError + Send + Sync>>) -> StartError {
+        StartError::Database(e.into())
+    }
+}
 
 /// A built service, listening but not yet serving.
 pub struct App {
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    config: Arc<Config>,
+    ctx: Context,
+    hasher: Arc<Hasher>,
+    sends: Arc<SendQueue>,
+    hub: Arc<Hub>,
 }
 
 /// Applies pending migrations on a dedicated connection.
@@ -74,7 +88,7 @@ pub async fn run_migrations(config: &Config) -> Result<Vec<&'static str>, StartE
         Duration::from_secs(config.database.connect_timeout_secs),
     )
     .await
-    .map_err(|e| StartError::Database(e.to_string()))?;
+    .map_err(StartError::database)?;
     migrate::run(&mut client).await.map_err(StartError::Migrate)
 }
 
@@ -88,40 +102,43 @@ pub async fn build(config: Config) -> Result<App, StartError> {
             log::warn!(
                 "auth.token_key is not set: using a random key; tokens will not survive a restart or be shared between nodes"
             );
-            random_bytes()
+            support::random_bytes()
         }
     };
     run_migrations(&config).await?;
-    let pool = db::pool(&config.database).map_err(|e| StartError::Database(e.to_string()))?;
-    let pipeline = db::Pipeline::new(&config.database, messages::pipelined_statements())
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    let token_checks = auth::token_check_pipeline(&config.database)
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    // Connect and prepare now, so the first requests do not wait for it; a
-    // failure here is retried by the first request that needs the connection.
-    if let Err(e) = token_checks.get().await {
-        log::warn!("cannot prepare a pipelined connection yet: {e:?}");
-    }
+    let pool = db::pool(&config.database).map_err(StartError::database)?;
+    let pipeline = db::Pipeline::new(&config.database, SendQueue::statements())
+        .map_err(StartError::database)?;
+    let auth =
+        Auth::new(token_key, &config.auth, &config.database).map_err(StartError::database)?;
+    auth.warm_up().await;
     let db_thread = db::DbThread::start().map_err(StartError::Thread)?;
-    let sends = messages::SendQueue::start(pipeline, &db_thread);
-    let cost = config.auth.bcrypt_cost;
-    let dummy_hash = password::hash_password("dummy password".into(), cost)
+    let sends = SendQueue::start(
+        pipeline,
+        pool.clone(),
+        config.limits.message_chars,
+        &db_thread,
+    );
+    let hasher = Hasher::new(config.auth.bcrypt_cost)
         .await
-        .map_err(|e| StartError::Database(format!("{e:?}")))?;
+        .map_err(StartError::database)?;
     let listener = listen(addr).map_err(StartError::Bind)?;
-    let hub = ws::Hub::start(&config, pool.clone(), &db_thread)
+    let hub = Hub::start(&config, pool.clone(), &db_thread)
         .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    let state = Arc::new(AppState {
-        config,
+        .map_err(StartError::database)?;
+    let ctx = Context {
         pool,
-        sends,
-        token_checks,
-        token_key: auth::TokenKey::new(token_key),
-        dummy_hash,
+        auth: Arc::new(auth),
+        limits: config.limits.clone(),
+    };
+    Ok(App {
+        listener,
+        config: Arc::new(config),
+        ctx,
+        hasher: Arc::new(hasher),
+        sends: Arc::new(sends),
         hub,
-    });
-    Ok(App { listener, state })
+    })
 }
 
 /// Binds `addr` with `TCP_NODELAY` on the listening socket, which Linux
@@ -150,16 +167,21 @@ impl App {
             .expect("bound listener has an address")
     }
 
-    pub fn state(&self) -> Arc<AppState> {
-        self.state.clone()
+    /// The node's real-time hub (tests inspect it).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    /// The node's token issuer and checker.
+    pub fn auth(&self) -> Arc<Auth> {
+        self.ctx.auth.clone()
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish,
     /// closes WebSockets with 1001 after flushing their queues, and closes the pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let state = self.state.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let hub = state.hub.clone();
+        let hub = self.hub.clone();
         // WebSockets are upgraded connections the HTTP server no longer tracks:
         // close them as soon as shutdown starts, so graceful shutdown can finish.
         tokio::spawn(async move {
@@ -167,7 +189,8 @@ impl App {
             hub.shutdown().await;
             let _ = stop_tx.send(());
         });
-        warp::serve(routes(state.clone()))
+        let routes = self.routes();
+        warp::serve(routes)
             .incoming(self.listener)
             .graceful(async {
                 let _ = stop_rx.await;
@@ -176,37 +199,39 @@ impl App {
             .await;
         log::info!("server stopped");
     }
-}
 
-/// The whole HTTP surface.
-pub fn routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
-    let api = warp::path!("api" / "v1" / ..).and(
-        auth::routes(state.clone())
-            .or(users::routes(state.clone()))
+    /// The whole HTTP surface.
+    fn routes(
+        &self,
+    ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone + use<>
+    {
+        let ctx = &self.ctx;
+        let api = warp::path!("api" / "v1" / ..).and(
+            users::routes(ctx, &self.hasher)
+                .or(chats::routes(ctx))
+                .unify()
+                .or(messages::routes(ctx, &self.sends))
+                .unify()
+                .boxed(),
+        );
+        let timeout = Duration::from_secs(self.config.database.connect_timeout_secs);
+        let routes = health::route(&ctx.pool, timeout)
+            .or(ws::routes(ctx, &self.sends, &self.hub))
             .unify()
-            .or(chats::routes(state.clone()))
+            .or(api)
             .unify()
-            .or(messages::routes(state.clone()))
+            .boxed();
+        // An empty origin list means no CORS headers at all (same-origin clients only).
+        let routes = match cors(&self.config.cors.origins) {
+            Some(cors) => routes.with(cors).map(warp::Reply::into_response).boxed(),
+            None => routes,
+        };
+        routes
+            .recover(error::recover)
             .unify()
-            .boxed(),
-    );
-    let routes = health::route(state.clone())
-        .or(ws::routes(state.clone()))
-        .unify()
-        .or(api)
-        .unify()
-        .boxed();
-    // An empty origin list means no CORS headers at all (same-origin clients only).
-    let routes = match cors(&state.config.cors.origins) {
-        Some(cors) => routes.with(cors).map(warp::Reply::into_response).boxed(),
-        None => routes,
-    };
-    routes
-        .recover(error::recover)
-        .unify()
-        .with(warp::log::custom(logging::log_request))
+            .with(warp::log::custom(logging::log_request))
+            .map(warp::Reply::into_response)
+    }
 }
 
 fn cors(origins: &[String]) -> Option<warp::cors::Builder> {
@@ -222,22 +247,6 @@ fn cors(origins: &[String]) -> Option<warp::cors::Builder> {
     } else {
         builder.allow_origins(origins.iter().map(String::as_str))
     })
-}
-
-/// 32 bytes from the OS's CSPRNG.
-pub fn random_bytes() -> [u8; 32] {
-    use std::io::Read;
-    let mut buf = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("/dev/urandom is readable");
-    buf
-}
-
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ pub fn init(level: &str) -> Result<(), fern::InitError> {
         .format(|out, message, record| {
             out.finish(format_args!(
                 "{} {:5} {}: {}",
-                crate::now_rfc3339(),
+                crate::support::now_rfc3339(),
                 record.level(),
                 record.target(),
                 message

@@ -90,6 +90,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = chatapp::error::chain(&e);
             log::error!("{e}");
             eprintln!("chatapp: {e}");
             ExitCode::FAILURE
@@ -141,7 +142,7 @@ async fn migrate_status(config: &Config) -> Result<(), chatapp::StartError> {
     let timeout = std::time::Duration::from_secs(config.database.connect_timeout_secs);
     let mut client = chatapp::db::connect(&config.database.url, timeout)
         .await
-        .map_err(|e| chatapp::StartError::Database(e.to_string()))?;
+        .map_err(|e| chatapp::StartError::Database(e.into()))?;
     let list = chatapp::migrate::status(&mut client)
         .await
         .map_err(chatapp::StartError::Migrate)?;

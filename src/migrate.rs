@@ -33,7 +33,7 @@ pub enum MigrateError {
 impl fmt::Display for MigrateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MigrateError::Db(e) => write!(f, "migration failed: {e}"),
+            MigrateError::Db(_) => f.write_str("migration failed"),
             MigrateError::Modified { name } => write!(
                 f,
                 "migration {name} was changed after it was applied; restore the original file and add a new migration instead"
@@ -46,7 +46,14 @@ impl fmt::Display for MigrateError {
     }
 }
 
-impl std::error::Error for MigrateError {}
+impl std::error::Error for MigrateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MigrateError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<tokio_postgres::Error> for MigrateError {
     fn from(e: tokio_postgres::Error) -> Self {

@@ -68,15 +68,15 @@ async fn on_hasher<T: Send + 'static>(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .send(job)
-        .map_err(|_| ApiError::Internal("bcrypt threads are gone".into()))?;
+        .map_err(|_| ApiError::internal("the bcrypt threads are gone"))?;
     rx.await
-        .map_err(|_| ApiError::Internal("a bcrypt job panicked".into()))
+        .map_err(|_| ApiError::internal("a bcrypt job panicked"))
 }
 
 pub async fn hash_password(password: String, cost: u32) -> Result<String, ApiError> {
     on_hasher(move || bcrypt::hash(password, cost))
         .await?
-        .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))
+        .map_err(ApiError::internal)
 }
 
 pub async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
@@ -84,6 +84,35 @@ pub async fn verify_password(password: String, hash: String) -> Result<bool, Api
     // truncation; no stored password is longer. Still hash, for equal timing.
     let too_long = password.len() > PASSWORD_MAX_BYTES;
     on_hasher(move || bcrypt::verify(password, &hash).unwrap_or(false) && !too_long).await
+}
+
+/// Hashes and checks passwords at the configured cost.
+pub struct Hasher {
+    cost: u32,
+    /// A hash of nothing in particular, so logins for unknown users cost the
+    /// same as real ones.
+    dummy_hash: String,
+}
+
+impl Hasher {
+    pub async fn new(cost: u32) -> Result<Hasher, ApiError> {
+        let dummy_hash = hash_password("dummy password".into(), cost).await?;
+        Ok(Hasher { cost, dummy_hash })
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        hash_password(password, self.cost).await
+    }
+
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, ApiError> {
+        verify_password(password, hash).await
+    }
+
+    /// The work of a real check, for a user that does not exist: response
+    /// time must not tell whether a username is taken.
+    pub async fn verify_nobody(&self, password: String) -> Result<bool, ApiError> {
+        verify_password(password, self.dummy_hash.clone()).await
+    }
 }
 
 #[cfg(test)]

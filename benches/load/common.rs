@@ -163,7 +163,7 @@ impl Env {
             (Some(_), Err(_)) => usage_error(
                 "--server needs CHATAPP_TOKEN_KEY (the server's key) and DATABASE_URL (its database)",
             ),
-            (None, _) => chatapp::random_bytes()
+            (None, _) => chatapp::support::random_bytes()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),

@@ -19,7 +19,7 @@ mod history;
 mod idle;
 mod login;
 #[allow(dead_code)]
-#[path = "../../tests/helpers/pg.rs"]
+#[path = "../../tests/api/helpers/pg.rs"]
 mod pg;
 mod recovery;
 mod report;

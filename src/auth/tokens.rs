@@ -116,15 +116,14 @@ pub fn issue_token(
     token_version: i32,
     ttl_secs: u64,
 ) -> Result<IssuedToken, ApiError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(format!("token: {e}"));
     let token = PasetoBuilder::<V4, Local>::default()
         .claim("user_id", user_id)
         .and_then(|b| b.claim("username", username.to_string()))
         .and_then(|b| b.claim("ver", token_version))
-        .map_err(|e| internal(&e))?
+        .map_err(ApiError::internal)?
         .expires_in(std::time::Duration::from_secs(ttl_secs))
         .build(&key.key)
-        .map_err(|e| internal(&e))?;
+        .map_err(ApiError::internal)?;
     // Report exactly the expiry sealed into the token.
     let opened = key.open_sealed(&token)?;
     Ok(IssuedToken {

@@ -6,66 +6,64 @@ use super::{
     Chat, check_member_ids, delete_chat_event, ensure_users_exist, fetch_chat_detail, lock_role,
 };
 use crate::auth::AuthUser;
+use crate::db::Pool;
 use crate::error::ApiError;
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{State, auth, id_param, json_body, respond, with_state};
+use crate::http::{Context, authed, id_param, json_body, respond, with};
 use serde::Deserialize;
 use tokio_postgres::GenericClient;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    add(state.clone())
-        .or(remove(state.clone()))
-        .unify()
-        .or(set_admin(state))
-        .unify()
+pub fn routes(
+    ctx: &Context,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    add(ctx).or(remove(ctx)).unify().or(set_admin(ctx)).unify()
 }
 
 /// POST /api/v1/chats/:id/members
-fn add(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.limits.body_bytes;
+fn add(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path!("members"))
         .and(warp::post())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .and(json_body(limit))
-        .then(|id, user, state, body| async move { respond(add_members(state, user, id, body).await) })
+        .and(authed(ctx))
+        .and(json_body(ctx.limits.body_bytes))
+        .and(with(ctx.pool.clone()))
+        .then(add_members)
+        .map(respond)
 }
 
 /// DELETE /api/v1/chats/:id/members/:memberId
-fn remove(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn remove(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path("members"))
         .and(id_param())
         .and(warp::path::end())
         .and(warp::delete())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .then(|id, member, user, state| async move {
-            respond(remove_member(state, user, id, member).await)
-        })
+        .and(authed(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(remove_member)
+        .map(respond)
 }
 
 /// PUT /api/v1/chats/:id/members/:memberId
-fn set_admin(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.limits.body_bytes;
+fn set_admin(
+    ctx: &Context,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path("members"))
         .and(id_param())
         .and(warp::path::end())
         .and(warp::put())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .and(json_body(limit))
-        .then(|id, member, user, state, body| async move {
-            respond(update_member(state, user, id, member, body).await)
-        })
+        .and(authed(ctx))
+        .and(json_body(ctx.limits.body_bytes))
+        .and(with(ctx.pool.clone()))
+        .then(update_member)
+        .map(respond)
 }
 
 /// Tells the chat (and the new members, who subscribe on it) who joined.
@@ -91,22 +89,19 @@ struct AddMembersRequest {
 }
 
 async fn add_members(
-    state: State,
-    user: AuthUser,
     chat_id: i64,
+    user: AuthUser,
     req: AddMembersRequest,
+    pool: Pool,
 ) -> Result<impl Reply, ApiError> {
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let role = lock_role(&tx, chat_id, user.id).await?;
     if !role.is_admin {
         return Err(ApiError::NotChatAdmin);
     }
     if !role.is_group {
-        return Err(ApiError::bad_request(
-            "not_a_group",
-            "members can only be added to group chats",
-        ));
+        return Err(ApiError::NotAGroup);
     }
     let mut errors = Vec::new();
     let ids = check_member_ids(&req.member_ids, user.id, &mut errors);
@@ -132,7 +127,7 @@ async fn add_members(
         .collect();
     let chat = fetch_chat_detail(&tx, chat_id, user.id)
         .await?
-        .ok_or(ApiError::NotFound("chat"))?;
+        .ok_or(ApiError::ChatNotFound)?;
     if !added.is_empty() {
         let names: Vec<&str> = chat
             .members
@@ -161,12 +156,12 @@ async fn add_members(
 }
 
 async fn remove_member(
-    state: State,
-    user: AuthUser,
     chat_id: i64,
     member_id: i64,
+    user: AuthUser,
+    pool: Pool,
 ) -> Result<impl Reply, ApiError> {
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let role = lock_role(&tx, chat_id, user.id).await?;
     if member_id != user.id && !role.is_admin {
@@ -174,7 +169,7 @@ async fn remove_member(
     }
     let pending = leave_chat(&tx, chat_id, member_id, user.id).await?;
     if pending.is_empty() {
-        return Err(ApiError::NotFound("member"));
+        return Err(ApiError::MemberNotFound);
     }
     events::emit(&tx, &pending).await?;
     tx.commit().await?;
@@ -259,16 +254,16 @@ struct UpdateMemberRequest {
 }
 
 async fn update_member(
-    state: State,
-    user: AuthUser,
     chat_id: i64,
     member_id: i64,
+    user: AuthUser,
     req: UpdateMemberRequest,
+    pool: Pool,
 ) -> Result<impl Reply, ApiError> {
     let is_admin = req
         .is_admin
         .ok_or_else(|| ApiError::validation("is_admin", "is required (true or false)"))?;
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let role = lock_role(&tx, chat_id, user.id).await?;
     if !role.is_admin {
@@ -292,17 +287,14 @@ async fn update_member(
             &[&chat_id, &member_id, &is_admin],
         )
         .await?
-        .ok_or(ApiError::NotFound("member"))?;
+        .ok_or(ApiError::MemberNotFound)?;
     let (was_admin, changed): (bool, bool) = (row.get(0), row.get(1));
     if !changed && was_admin != is_admin {
-        return Err(ApiError::Conflict {
-            code: "last_admin",
-            message: "a chat must keep at least one admin".into(),
-        });
+        return Err(ApiError::LastAdmin);
     }
     let chat = fetch_chat_detail(&tx, chat_id, user.id)
         .await?
-        .ok_or(ApiError::NotFound("chat"))?;
+        .ok_or(ApiError::ChatNotFound)?;
     if changed {
         let name: String = row.get(2);
         let note = if is_admin {

@@ -5,11 +5,14 @@ pub mod members;
 pub mod read;
 
 use crate::auth::AuthUser;
+use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{Page, State, auth, id_param, json_body, query_map, respond, with_state};
+use crate::http::{Context, Page, authed, id_param, json_body, query_map, respond, with};
+use crate::membership::join_member;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use time::OffsetDateTime;
 use tokio_postgres::{GenericClient, Row};
 use warp::http::StatusCode;
@@ -74,15 +77,14 @@ pub async fn fetch_chat_detail(
     chat_id: i64,
     user_id: i64,
 ) -> Result<Option<Chat>, ApiError> {
-    let row = client
-        .query_opt(
-            &format!(
-                "select {CHAT_COLUMNS} from chats c
-                 join chat_members m on m.chat_id = c.id and m.user_id = $2
-                 where c.id = $1"
-            ),
-            &[&chat_id, &user_id],
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select {CHAT_COLUMNS} from chats c {} where c.id = $1",
+            join_member("m", "c.id", "$2")
         )
+    });
+    let row = client
+        .query_opt(SQL.as_str(), &[&chat_id, &user_id])
         .await?;
     let Some(row) = row else { return Ok(None) };
     let mut chat = Chat::from_row(&row);
@@ -136,16 +138,18 @@ pub async fn lock_role(
     chat_id: i64,
     user_id: i64,
 ) -> Result<Role, ApiError> {
-    let row = client
-        .query_opt(
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "select c.is_group, m.is_admin, c.creator_id, c.name
-             from chats c join chat_members m on m.chat_id = c.id and m.user_id = $2
-             where c.id = $1
+             from chats c {} where c.id = $1
              for update of c",
-            &[&chat_id, &user_id],
+            join_member("m", "c.id", "$2")
         )
+    });
+    let row = client
+        .query_opt(SQL.as_str(), &[&chat_id, &user_id])
         .await?
-        .ok_or(ApiError::NotFound("chat"))?;
+        .ok_or(ApiError::ChatNotFound)?;
     Ok(Role {
         is_group: row.get(0),
         is_admin: row.get(1),
@@ -211,89 +215,89 @@ pub async fn ensure_users_exist(client: &impl GenericClient, ids: &[i64]) -> Res
     ))
 }
 
-pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    create(state.clone())
-        .or(list(state.clone()))
+pub fn routes(
+    ctx: &Context,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    create(ctx)
+        .or(list(ctx))
         .unify()
-        .or(get(state.clone()))
+        .or(get(ctx))
         .unify()
-        .or(update(state.clone()))
+        .or(update(ctx))
         .unify()
-        .or(delete(state.clone()))
+        .or(delete(ctx))
         .unify()
-        .or(members::routes(state.clone()))
+        .or(members::routes(ctx))
         .unify()
-        .or(read::routes(state))
+        .or(read::routes(ctx))
         .unify()
 }
 
 /// POST /api/v1/chats
-fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.limits.body_bytes;
+fn create(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("chats")
         .and(warp::post())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .and(json_body(limit))
-        .then(|user, state, body| async move { respond(create_chat(state, user, body).await) })
+        .and(authed(ctx))
+        .and(json_body(ctx.limits.body_bytes))
+        .and(with(ctx.pool.clone()))
+        .then(create_chat)
+        .map(respond)
 }
 
 /// GET /api/v1/chats?limit&offset&with_members
-fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn list(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("chats")
         .and(warp::get())
-        .and(auth(state.clone()))
-        .and(with_state(state))
+        .and(authed(ctx))
         .and(query_map())
-        .then(|user, state, q| async move { respond(list_chats(state, user, q).await) })
+        .and(with(ctx.pool.clone()))
+        .then(list_chats)
+        .map(respond)
 }
 
 /// GET /api/v1/chats/:id
-fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn get(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::get())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .then(|id: i64, user: AuthUser, state: State| async move {
-            respond(
-                get_chat(&state, id, user.id)
-                    .await
-                    .map(|c| warp::reply::json(&c)),
-            )
-        })
+        .and(authed(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(get_chat)
+        .map(respond)
 }
 
 /// PUT /api/v1/chats/:id
-fn update(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.limits.body_bytes;
+fn update(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::put())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .and(json_body(limit))
-        .then(|id, user, state, body| async move { respond(rename_chat(state, user, id, body).await) })
+        .and(authed(ctx))
+        .and(json_body(ctx.limits.body_bytes))
+        .and(with(ctx.pool.clone()))
+        .then(rename_chat)
+        .map(respond)
 }
 
 /// DELETE /api/v1/chats/:id
-fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn delete(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::delete())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .then(|id, user, state| async move { respond(delete_chat(state, user, id).await) })
+        .and(authed(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(delete_chat)
+        .map(respond)
 }
 
-pub async fn get_chat(state: &State, chat_id: i64, user_id: i64) -> Result<Chat, ApiError> {
-    let client = state.pool.get().await?;
-    fetch_chat_detail(&*client, chat_id, user_id)
+async fn get_chat(chat_id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {
+    let client = pool.get().await?;
+    let chat = fetch_chat_detail(&*client, chat_id, user.id)
         .await?
-        .ok_or(ApiError::NotFound("chat"))
+        .ok_or(ApiError::ChatNotFound)?;
+    Ok(warp::reply::json(&chat))
 }
 
 #[derive(Deserialize)]
@@ -306,9 +310,9 @@ struct CreateChatRequest {
 }
 
 async fn create_chat(
-    state: State,
     user: AuthUser,
     req: CreateChatRequest,
+    pool: Pool,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let name = check_name(req.name.as_deref(), req.is_group, &mut errors);
@@ -322,7 +326,7 @@ async fn create_chat(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     ensure_users_exist(&tx, &others).await?;
     let dm_key = (!req.is_group).then(|| {
@@ -364,7 +368,7 @@ async fn create_chat(
         .collect();
     let chat = fetch_chat_detail(&tx, chat_id, user.id)
         .await?
-        .ok_or_else(|| ApiError::Internal("created chat vanished".into()))?;
+        .ok_or_else(|| ApiError::internal("the chat just created is not visible to its creator"))?;
     if !added.is_empty() {
         let mut pending =
             vec![NewEvent::new(chat_id, EventKind::ChatCreated, &chat).to_users(added.clone())];
@@ -378,9 +382,9 @@ async fn create_chat(
 }
 
 async fn list_chats(
-    state: State,
     user: AuthUser,
     q: HashMap<String, String>,
+    pool: Pool,
 ) -> Result<impl Reply, ApiError> {
     let page = Page::from_query(&q)?;
     let with_members = match q.get("with_members").map(String::as_str) {
@@ -393,17 +397,17 @@ async fn list_chats(
             ));
         }
     };
-    let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            &format!(
-                "select {CHAT_COLUMNS} from chat_members m join chats c on c.id = m.chat_id
-                 where m.user_id = $1
-                 order by c.last_activity_at desc, c.id desc
-                 limit $2 offset $3"
-            ),
-            &[&user.id, &page.limit, &page.offset],
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select {CHAT_COLUMNS} from chats c {}
+             order by c.last_activity_at desc, c.id desc
+             limit $2 offset $3",
+            join_member("m", "c.id", "$1")
         )
+    });
+    let client = pool.get().await?;
+    let rows = client
+        .query(SQL.as_str(), &[&user.id, &page.limit, &page.offset])
         .await?;
     let mut chats: Vec<Chat> = rows.iter().map(Chat::from_row).collect();
     if with_members {
@@ -422,12 +426,12 @@ struct RenameChatRequest {
 }
 
 async fn rename_chat(
-    state: State,
-    user: AuthUser,
     chat_id: i64,
+    user: AuthUser,
     req: RenameChatRequest,
+    pool: Pool,
 ) -> Result<impl Reply, ApiError> {
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let role = lock_role(&tx, chat_id, user.id).await?;
     if !role.is_admin {
@@ -445,7 +449,7 @@ async fn rename_chat(
     .await?;
     let chat = fetch_chat_detail(&tx, chat_id, user.id)
         .await?
-        .ok_or(ApiError::NotFound("chat"))?;
+        .ok_or(ApiError::ChatNotFound)?;
     let note = match &name {
         Some(n) => format!("{} renamed the chat to \"{n}\"", user.username),
         None => format!("{} removed the chat's name", user.username),
@@ -462,8 +466,8 @@ async fn rename_chat(
     Ok(warp::reply::json(&chat))
 }
 
-async fn delete_chat(state: State, user: AuthUser, chat_id: i64) -> Result<impl Reply, ApiError> {
-    let mut client = state.pool.get().await?;
+async fn delete_chat(chat_id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let role = lock_role(&tx, chat_id, user.id).await?;
     let allowed = match role.creator_id {

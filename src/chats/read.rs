@@ -1,40 +1,45 @@
 //! Read markers: how far each member has read, moved forward only.
 
 use crate::auth::AuthUser;
+use crate::db::Pool;
 use crate::error::ApiError;
 use crate::events::{self, Live};
-use crate::http::{State, auth, id_param, json_body, respond, with_state};
+use crate::http::{Context, authed, id_param, json_body, respond, with};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
-use warp::Filter;
-use warp::Rejection;
 use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
 
-pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    mark_read(state)
+pub fn routes(
+    ctx: &Context,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    mark_read(ctx)
 }
 
 /// POST /api/v1/chats/:id/read
-fn mark_read(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.limits.body_bytes;
+fn mark_read(
+    ctx: &Context,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("chats")
         .and(id_param())
         .and(warp::path!("read"))
         .and(warp::post())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .and(json_body(limit))
-        .then(
-            |chat_id, user: AuthUser, state: State, body: ReadRequest| async move {
-                let result = async {
-                    let client = state.pool.get().await?;
-                    let marker =
-                        advance_read_marker(&*client, chat_id, user.id, body.message_id).await?;
-                    Ok::<_, ApiError>(warp::reply::json(&marker))
-                };
-                respond(result.await)
-            },
-        )
+        .and(authed(ctx))
+        .and(json_body(ctx.limits.body_bytes))
+        .and(with(ctx.pool.clone()))
+        .then(read_up_to)
+        .map(respond)
+}
+
+async fn read_up_to(
+    chat_id: i64,
+    user: AuthUser,
+    req: ReadRequest,
+    pool: Pool,
+) -> Result<impl Reply, ApiError> {
+    let client = pool.get().await?;
+    let marker = advance_read_marker(&*client, chat_id, user.id, req.message_id).await?;
+    Ok(warp::reply::json(&marker))
 }
 
 #[derive(Deserialize)]
@@ -76,9 +81,9 @@ pub async fn advance_read_marker(
             &[&chat_id, &user_id, &message_id],
         )
         .await?
-        .ok_or(ApiError::NotFound("chat"))?;
+        .ok_or(ApiError::ChatNotFound)?;
     if !row.get::<_, bool>("found") {
-        return Err(ApiError::NotFound("message"));
+        return Err(ApiError::MessageNotFound);
     }
     let marker: Option<i64> = row.get("marker");
     if row.get::<_, bool>("moved") {

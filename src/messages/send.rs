@@ -4,11 +4,11 @@
 //! a commit runs go together in the next one (group commit), so under load
 //! PostgreSQL runs one statement per batch rather than one per message.
 
-use super::{MESSAGE_COLUMNS, Message, check_content, rfc3339_sql};
-use crate::db::{DbThread, Pipeline};
+use super::{check_content, event_payload_sql, message_json_sql};
+use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, FRAME_SQL};
-use crate::http::State;
+use crate::membership::is_member;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use std::sync::LazyLock;
@@ -31,95 +31,59 @@ pub struct SendRequest {
 }
 
 pub struct Sent {
-    pub message: Message,
+    pub message_id: i64,
+    pub chat_id: i64,
+    pub client_id: Option<String>,
+    /// The message as REST returns it (see `payload`).
+    pub body: String,
     /// The `message` event's id; `None` for an idempotent retry (nothing new happened).
     pub event_id: Option<i64>,
     pub duplicate: bool,
 }
 
-/// Stores a message exactly once per (sender, client_id).
-pub async fn send_message(
-    state: &State,
-    sender_id: i64,
-    req: SendRequest,
-) -> Result<Sent, ApiError> {
-    queue_message(state, sender_id, req)
-        .await?
-        .finish(state)
-        .await
+impl Sent {
+    fn from_row(row: &Row, duplicate: bool) -> Sent {
+        Sent {
+            message_id: row.get("id"),
+            chat_id: row.get("chat_id"),
+            client_id: row.get("client_id"),
+            body: row.get("body"),
+            event_id: if duplicate { None } else { row.get("event_id") },
+            duplicate,
+        }
+    }
 }
 
-/// A send queued for its commit (see [`queue_message`]).
+/// A send queued for its commit (see [`SendQueue::queue`]).
 pub struct PendingSend {
     answer: oneshot::Receiver<Result<Option<Row>, ApiError>>,
     chat_id: i64,
     sender_id: i64,
     client_id: Option<String>,
-}
-
-/// Validates a send and queues it for commit, waiting only for room in the
-/// queue. Sends are committed in the order they were queued, so a caller may
-/// queue its next send before the last one is committed (a WebSocket client
-/// pipelining its messages) and still have them stored in the order sent.
-pub async fn queue_message(
-    state: &State,
-    sender_id: i64,
-    req: SendRequest,
-) -> Result<PendingSend, ApiError> {
-    let mut errors = Vec::new();
-    if req.chat_id <= 0 {
-        errors.push(FieldError::new("chat_id", "must be a positive chat id"));
-    }
-    let content = check_content(&req.content, state.config.limits.message_chars, &mut errors);
-    if let Some(c) = &req.client_id {
-        let n = c.chars().count();
-        if n == 0 || n > CLIENT_ID_MAX_CHARS {
-            errors.push(FieldError::new(
-                "client_id",
-                format!("must be 1 to {CLIENT_ID_MAX_CHARS} characters"),
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let insert = Insert {
-        chat_id: req.chat_id,
-        sender_id,
-        content,
-        client_id: req.client_id.clone(),
-    };
-    Ok(PendingSend {
-        answer: state.sends.queue(insert).await?,
-        chat_id: req.chat_id,
-        sender_id,
-        client_id: req.client_id,
-    })
+    pool: Pool,
 }
 
 impl PendingSend {
     /// Waits for the commit: the stored message, or the earlier one with this
     /// client_id (an idempotent retry).
-    pub async fn finish(self, state: &State) -> Result<Sent, ApiError> {
+    pub async fn finish(self) -> Result<Sent, ApiError> {
         let answer = self
             .answer
             .await
-            .map_err(|_| ApiError::Internal("the send queue dropped a send".into()))?;
-        let Some(row) = answer? else {
-            let client = state.pool.get().await?;
-            return existing_by_client_id(
-                &*client,
-                self.chat_id,
-                self.sender_id,
-                self.client_id.as_deref(),
-            )
-            .await;
-        };
-        Ok(Sent {
-            message: Message::from_row(&row),
-            event_id: row.get("event_id"),
-            duplicate: false,
-        })
+            .map_err(|_| ApiError::internal("the send queue dropped a send"))?;
+        match answer? {
+            Some(row) => Ok(Sent::from_row(&row, false)),
+            None => {
+                let client = self.pool.get().await?;
+                existing_by_client_id(
+                    &*client,
+                    self.chat_id,
+                    self.sender_id,
+                    self.client_id.as_deref(),
+                )
+                .await
+            }
+        }
     }
 }
 
@@ -131,32 +95,27 @@ async fn existing_by_client_id(
     sender_id: i64,
     client_id: Option<&str>,
 ) -> Result<Sent, ApiError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select m.id, m.chat_id, m.client_id, {}::text as body
+             from messages m left join users u on u.id = m.sender_id
+             where m.sender_id = $1 and m.client_id = $2 and {}",
+            message_json_sql("m", "u"),
+            is_member("$3", "$1"),
+        )
+    });
     let Some(client_id) = client_id else {
-        return Err(ApiError::NotFound("chat"));
+        return Err(ApiError::ChatNotFound);
     };
     let row = client
-        .query_opt(
-            &format!(
-                "select {MESSAGE_COLUMNS} from messages m left join users u on u.id = m.sender_id
-                 where m.sender_id = $1 and m.client_id = $2
-                   and exists (select 1 from chat_members c where c.chat_id = $3 and c.user_id = $1)"
-            ),
-            &[&sender_id, &client_id, &chat_id],
-        )
+        .query_opt(SQL.as_str(), &[&sender_id, &client_id, &chat_id])
         .await?
-        .ok_or(ApiError::NotFound("chat"))?;
-    let message = Message::from_row(&row);
-    if message.chat_id != chat_id {
-        return Err(ApiError::Conflict {
-            code: "client_id_reused",
-            message: "this client_id was already used for a message in another chat".into(),
-        });
+        .ok_or(ApiError::ChatNotFound)?;
+    let sent = Sent::from_row(&row, true);
+    if sent.chat_id != chat_id {
+        return Err(ApiError::ClientIdReused);
     }
-    Ok(Sent {
-        message,
-        event_id: None,
-        duplicate: true,
-    })
+    Ok(sent)
 }
 
 /// A validated send, as the statements take it.
@@ -178,13 +137,21 @@ struct Job {
 /// The task ends when the queue is dropped.
 pub struct SendQueue {
     jobs: mpsc::Sender<Job>,
+    /// For looking up the message a retried client_id names.
+    pool: Pool,
+    max_chars: usize,
 }
 
 impl SendQueue {
     /// Starts the committing task on `pipeline`, on the database thread. It
     /// connects and prepares right away, so the first sends do not wait for
     /// it; a failure is retried by the first send.
-    pub fn start(pipeline: Pipeline, db_thread: &DbThread) -> SendQueue {
+    pub fn start(
+        pipeline: Pipeline,
+        pool: Pool,
+        max_chars: usize,
+        db_thread: &DbThread,
+    ) -> SendQueue {
         let (jobs, queued) = mpsc::channel(MAX_BATCH * 8);
         db_thread.spawn(async move {
             if let Err(e) = pipeline.get().await {
@@ -192,78 +159,99 @@ impl SendQueue {
             }
             commit_batches(pipeline, queued).await
         });
-        SendQueue { jobs }
+        SendQueue {
+            jobs,
+            pool,
+            max_chars,
+        }
     }
 
-    /// Queues a send (in order: the queue is first in, first out, and so is
-    /// waiting for room in it) and returns where its outcome will arrive.
-    async fn queue(
-        &self,
-        insert: Insert,
-    ) -> Result<oneshot::Receiver<Result<Option<Row>, ApiError>>, ApiError> {
+    /// Validates a send and queues it for commit, waiting only for room in
+    /// the queue. Sends are committed in the order they were queued, so a
+    /// caller may queue its next send before the last one is committed (a
+    /// WebSocket client pipelining its messages) and still have them stored
+    /// in the order sent.
+    pub async fn queue(&self, sender_id: i64, req: SendRequest) -> Result<PendingSend, ApiError> {
+        let mut errors = Vec::new();
+        if req.chat_id <= 0 {
+            errors.push(FieldError::new("chat_id", "must be a positive chat id"));
+        }
+        let content = check_content(&req.content, self.max_chars, &mut errors);
+        if let Some(c) = &req.client_id {
+            let n = c.chars().count();
+            if n == 0 || n > CLIENT_ID_MAX_CHARS {
+                errors.push(FieldError::new(
+                    "client_id",
+                    format!("must be 1 to {CLIENT_ID_MAX_CHARS} characters"),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
         let (reply, answer) = oneshot::channel();
-        let job = Job { insert, reply };
+        let insert = Insert {
+            chat_id: req.chat_id,
+            sender_id,
+            content,
+            client_id: req.client_id.clone(),
+        };
+        // First in, first out, and so is waiting for room in the queue.
         self.jobs
-            .send(job)
+            .send(Job { insert, reply })
             .await
-            .map_err(|_| ApiError::Internal("the send queue has stopped".into()))?;
-        Ok(answer)
+            .map_err(|_| ApiError::internal("the send queue has stopped"))?;
+        Ok(PendingSend {
+            answer,
+            chat_id: req.chat_id,
+            sender_id,
+            client_id: req.client_id,
+            pool: self.pool.clone(),
+        })
     }
-}
 
-/// The statements the pipeline connection prepares: [`SEND_SQL`], then
-/// [`SEND_BATCH_SQL`].
-pub fn pipelined_statements() -> Vec<(&'static str, &'static [Type])> {
-    vec![
-        (
-            SEND_SQL.as_str(),
-            &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT],
-        ),
-        (
-            SEND_BATCH_SQL.as_str(),
-            &[
-                Type::INT8_ARRAY,
-                Type::INT8_ARRAY,
-                Type::TEXT_ARRAY,
-                Type::TEXT_ARRAY,
-            ],
-        ),
-    ]
+    /// The statements the pipeline connection prepares: [`SEND_SQL`], then
+    /// [`SEND_BATCH_SQL`].
+    pub fn statements() -> Vec<(&'static str, &'static [Type])> {
+        vec![
+            (
+                SEND_SQL.as_str(),
+                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT],
+            ),
+            (
+                SEND_BATCH_SQL.as_str(),
+                &[
+                    Type::INT8_ARRAY,
+                    Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                ],
+            ),
+        ]
+    }
 }
 
 const SEND_STATEMENT: usize = 0;
 const SEND_BATCH_STATEMENT: usize = 1;
 
-/// The `message` event payload of the inserted row `m` (sender `u`).
-fn event_payload_sql() -> String {
-    format!(
-        "jsonb_build_object(
-             'message_id', m.id, 'chat_id', m.chat_id, 'content', m.content,
-             'sender_id', m.sender_id, 'username', u.username, 'display_name', u.display_name,
-             'timestamp', {created}, 'client_id', m.client_id, 'created_at', {created},
-             'updated_at', {updated}, 'is_edited', m.is_edited)",
-        created = rfc3339_sql("m.created_at"),
-        updated = rfc3339_sql("m.updated_at"),
-    )
-}
-
 /// Sends message `$3` with client id `$4` from `$2` into chat `$1`, in one
 /// statement (one round trip, committed on its own): inserts it if `$2` is a
 /// member and the client id is new, touches the chat, appends the `message`
-/// event and NOTIFYs it; returns the message with its sender and `event_id`,
-/// or no row when nothing was inserted. The event_seq row lock (see
-/// `events`) is held only while PostgreSQL runs and commits this statement,
-/// never across a network round trip. Public so the benchmark's pgbench
-/// ceiling runs the very statement the server runs.
+/// event and NOTIFYs it; returns the message (its REST body, id, chat and
+/// client id) and `event_id`, or no row when nothing was inserted. The
+/// event_seq row lock (see `events`) is held only while PostgreSQL runs and
+/// commits this statement, never across a network round trip. Public so the
+/// benchmark's pgbench ceiling runs the very statement the server runs.
 pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "with member as (
-             select 1 from chat_members where chat_id = $1 and user_id = $2
-         ), m as (
+        "with m as (
              insert into messages (chat_id, sender_id, content, client_id)
-             select $1, $2, $3, $4 from member
+             select $1, $2, $3, $4 where {member}
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning *
+         ), b as (
+             select m.id, m.chat_id, m.client_id, {body} as body
+             from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id = (select chat_id from m)
          ), seq as (
@@ -271,25 +259,27 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              returning last_id
          ), ev as (
              insert into events (id, chat_id, kind, user_ids, payload)
-             select seq.last_id, m.chat_id, 'message', '{{}}', {payload}
-             from seq, m left join users u on u.id = m.sender_id
+             select seq.last_id, b.chat_id, 'message', '{{}}', {payload}
+             from seq, b
              returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
          ), sent as (
              {notify}
          )
-         select {MESSAGE_COLUMNS}, (select id from sent) as event_id
-         from m left join users u on u.id = m.sender_id",
-        payload = event_payload_sql(),
+         select b.id, b.chat_id, b.client_id, b.body::text as body, (select id from sent) as event_id
+         from b",
+        member = is_member("$1", "$2"),
+        body = message_json_sql("m", "u"),
+        payload = event_payload_sql("b.body"),
         notify = events::notify_sql("ev"),
     )
 });
 
 /// [`SEND_SQL`] for many sends at once, committed together: element `n`
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
-/// contents, `$4` client ids is one send. Message ids are drawn in array order before the insert,
-/// so each returned row carries its `n`; messages and events are numbered in
-/// that order. Sends not inserted (not a member, client id reused, even
-/// within the batch) return no row.
+/// contents, `$4` client ids is one send. Message ids are drawn in array
+/// order before the insert, so each returned row carries its `n`; messages
+/// and events are numbered in that order. Sends not inserted (not a member,
+/// client id reused, even within the batch) return no row.
 pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with req as (
@@ -297,8 +287,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
                     nextval(pg_get_serial_sequence('messages', 'id')) as id
              from unnest($1::int8[], $2::int8[], $3::text[], $4::text[])
                   with ordinality as r (chat_id, sender_id, content, client_id, n)
-             where exists (select 1 from chat_members c
-                           where c.chat_id = r.chat_id and c.user_id = r.sender_id)
+             where {member}
              order by r.n
          ), m as (
              insert into messages (id, chat_id, sender_id, content, client_id)
@@ -306,6 +295,9 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              select id, chat_id, sender_id, content, client_id from req order by id
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning *
+         ), b as (
+             select m.id, m.chat_id, m.client_id, {body} as body
+             from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id in (select chat_id from m)
          ), seq as (
@@ -314,19 +306,21 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              returning last_id - (select count(*) from m) as base
          ), ev as (
              insert into events (id, chat_id, kind, user_ids, payload)
-             select seq.base + row_number() over (order by m.id), m.chat_id, 'message', '{{}}',
+             select seq.base + row_number() over (order by b.id), b.chat_id, 'message', '{{}}',
                     {payload}
-             from seq, m left join users u on u.id = m.sender_id
-             order by m.id
+             from seq, b
+             order by b.id
              returning id, chat_id, kind, user_ids, (payload->>'message_id')::bigint as message_id,
                        {FRAME_SQL} as frame
          ), sent as (
              {notify}
          )
-         select req.n, {MESSAGE_COLUMNS}, ev.id as event_id
-         from sent join ev on ev.id = sent.id join m on m.id = ev.message_id
-         join req on req.id = m.id left join users u on u.id = m.sender_id",
-        payload = event_payload_sql(),
+         select req.n, b.id, b.chat_id, b.client_id, b.body::text as body, ev.id as event_id
+         from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
+         join req on req.id = b.id",
+        member = is_member("r.chat_id", "r.sender_id"),
+        body = message_json_sql("m", "u"),
+        payload = event_payload_sql("b.body"),
         notify = events::notify_sql("ev"),
     )
 });
@@ -347,8 +341,9 @@ async fn commit_batches(pipeline: Pipeline, mut queued: mpsc::Receiver<Job>) {
                 // One bad send (text PostgreSQL refuses, a chat deleted
                 // meanwhile) fails the whole statement; alone, it fails by itself.
                 Err(e) => log::info!(
-                    "a batch of {} sends failed ({e}); sending each alone",
-                    batch.len()
+                    "a batch of {} sends failed ({}); sending each alone",
+                    batch.len(),
+                    crate::error::chain(&e)
                 ),
             }
         }

@@ -8,8 +8,10 @@
 //! payloads, reconnects and startup alike.
 
 use super::Hub;
-use super::registry::{ACCOUNT_DELETED, DISPATCH_BATCH, Event, Frame, TOKEN_EXPIRED};
-use crate::events::{EVENTS_CHANNEL, FRAME_SQL, LIVE_CHANNEL, Live};
+use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
+use super::event::{Event, Frame};
+use super::registry::DISPATCH_BATCH;
+use crate::events::{EVENTS_CHANNEL, EventKind, FRAME_SQL, LIVE_CHANNEL, Live};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -22,10 +24,17 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 struct Notice {
     id: i64,
     chat_id: Option<i64>,
-    kind: Option<String>,
+    /// Absent, or unknown to this binary (a newer node's): read from the log.
+    #[serde(default, deserialize_with = "known_kind")]
+    kind: Option<EventKind>,
     #[serde(default)]
     user_ids: Vec<i64>,
     frame: Option<Box<serde_json::value::RawValue>>,
+}
+
+fn known_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventKind>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    Ok(text.as_deref().and_then(EventKind::parse))
 }
 
 /// Connects, LISTENs and dispatches until the hub shuts down, reconnecting with backoff.
@@ -102,12 +111,13 @@ async fn serve(
         hub.registry.advance_to(head);
         // Hold the newest events from the start, so that clients reconnecting
         // to a node that just started (a restart, a deploy) replay from memory.
-        let newest = hub.registry.preload_estimate() as i64;
+        let recent = hub.registry.recent();
+        let newest = recent.preload_estimate() as i64;
         if newest > 0 {
-            let events = fetch_events(client, head - newest, head, newest)
+            let page = fetch_events(client, head - newest, head, newest)
                 .await
                 .map_err(db)?;
-            hub.registry.preload(events);
+            recent.preload(page.events);
         }
         let _ = ready.send(());
     } else {
@@ -227,9 +237,11 @@ fn announced(payload: &str, last: i64) -> Announced {
 async fn catch_up(hub: &Arc<Hub>, client: &Client, upto: i64) -> Result<(), tokio_postgres::Error> {
     loop {
         let after = hub.registry.last_event_id();
-        let events = fetch_events(client, after, upto, 1000).await?;
-        let done = events.len() < 1000;
-        if let Some(first) = events.first()
+        let page = fetch_events(client, after, upto, 1000).await?;
+        let Some(through) = page.through else {
+            return Ok(());
+        };
+        if let Some(first) = page.events.first()
             && first.id != after + 1
         {
             log::warn!(
@@ -238,23 +250,34 @@ async fn catch_up(hub: &Arc<Hub>, client: &Client, upto: i64) -> Result<(), toki
                 first.id - 1
             );
         }
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        let events: Vec<Arc<Event>> = page.events.into_iter().map(Arc::new).collect();
         for batch in events.chunks(DISPATCH_BATCH) {
             hub.registry.dispatch_all(batch.to_vec());
         }
-        if done {
+        // Past any event skipped for its unknown kind, too.
+        hub.registry.advance_to(through);
+        if !page.full {
             return Ok(());
         }
     }
 }
 
-/// Logged events with ids in `(after, upto]`, oldest first, as frames.
+/// A page of the log, as [`fetch_events`] reads it.
+pub struct LogPage {
+    pub events: Vec<Event>,
+    /// The last id read (events of unknown kinds are skipped); `None` if none.
+    pub through: Option<i64>,
+    /// Whether the page was cut at its limit: more may follow.
+    pub full: bool,
+}
+
+/// Logged events with ids in `(after, upto]`, oldest first, at most `limit`.
 pub async fn fetch_events(
     client: &impl tokio_postgres::GenericClient,
     after: i64,
     upto: i64,
     limit: i64,
-) -> Result<Vec<Event>, tokio_postgres::Error> {
+) -> Result<LogPage, tokio_postgres::Error> {
     let rows = client
         .query(
             &format!(
@@ -264,16 +287,11 @@ pub async fn fetch_events(
             &[&after, &upto, &limit],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Event {
-            id: r.get(0),
-            chat_id: r.get(1),
-            kind: r.get(2),
-            user_ids: r.get(3),
-            frame: Frame::from(r.get::<_, String>(4)),
-        })
-        .collect())
+    Ok(LogPage {
+        events: rows.iter().filter_map(Event::from_row).collect(),
+        through: rows.last().map(|r| r.get(0)),
+        full: rows.len() as i64 == limit,
+    })
 }
 
 fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64, Frame)>) {

@@ -5,18 +5,26 @@
 //! node's [`registry`], whose per-connection queues are drained by one writer
 //! task per socket ([`conn`]). One path serves one node or many.
 
+pub mod close;
 pub mod conn;
+pub mod event;
+pub mod ids;
 pub mod listener;
 pub mod presence;
 pub mod protocol;
+pub mod recent;
 pub mod registry;
 pub mod upgrade;
 
+use crate::auth::{Auth, AuthUser};
 use crate::config::{Config, WsConfig};
 use crate::db::{DbThread, Pool};
 use crate::error::ApiError;
-use crate::http::{State, bearer_token, query_map, with_state};
-use registry::{PING_SLICES, Registry, SHUTTING_DOWN};
+use crate::http::{Context, bearer_token, query_map, with};
+use crate::messages::SendQueue;
+use close::SHUTTING_DOWN;
+use conn::Services;
+use registry::{PING_SLICES, Registry};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,7 +64,7 @@ impl Hub {
         db_thread: &DbThread,
     ) -> Result<Arc<Hub>, ApiError> {
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
-        let node_id: String = crate::random_bytes()[..8]
+        let node_id: String = crate::support::random_bytes()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -198,8 +206,17 @@ pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    health(state.clone()).or(connect(state)).unify()
+pub fn routes(
+    ctx: &Context,
+    sends: &Arc<SendQueue>,
+    hub: &Arc<Hub>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let services = Services {
+        hub: hub.clone(),
+        pool: ctx.pool.clone(),
+        sends: sends.clone(),
+    };
+    health(hub).or(connect(ctx, services)).unify()
 }
 
 #[derive(Serialize)]
@@ -211,12 +228,11 @@ struct WsHealth {
 }
 
 /// GET /ws/health
-fn health(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn health(hub: &Arc<Hub>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("ws" / "health")
         .and(warp::get())
-        .and(with_state(state))
-        .map(|state: State| {
-            let hub = &state.hub;
+        .and(with(hub.clone()))
+        .map(|hub: Arc<Hub>| {
             warp::reply::json(&WsHealth {
                 status: if hub.is_shutting_down() {
                     "shutting_down"
@@ -231,32 +247,39 @@ fn health(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
 }
 
 /// GET /ws?token=...&since=...
-fn connect(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let max_frame = state.config.ws.max_frame_bytes;
+fn connect(
+    ctx: &Context,
+    services: Services,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    let max_frame = services.hub.config.max_frame_bytes;
     warp::path!("ws")
         .and(warp::get())
         .and(query_map())
         .and(warp::header::optional::<String>("authorization"))
-        .and(with_state(state))
+        .and(with(ctx.auth.clone()))
+        .and(with(services))
         .and_then(
-            |q: HashMap<String, String>, header: Option<String>, state: State| async move {
+            |q: HashMap<String, String>,
+             header: Option<String>,
+             auth: Arc<Auth>,
+             services: Services| async move {
                 // Counted from here, not from the 101: a shutdown that begins
                 // while the token is checked waits for this socket and closes
                 // it with 1001, instead of racing the HTTP server's own
                 // shutdown for the upgrade.
-                let live = state.hub.connection_opened();
-                authorize(&state, &q, header.as_deref())
+                let live = services.hub.connection_opened();
+                authorize(&services.hub, &auth, &q, header.as_deref())
                     .await
-                    .map(|(user, since)| (state, user, since, live))
+                    .map(|(user, since)| (services, user, since, live))
                     .map_err(warp::reject::custom)
             },
         )
         .untuple_one()
         .and(upgrade::websocket())
         .map(
-            move |state: State, user, since, live, upgrade: upgrade::Upgrade| {
+            move |services: Services, user, since, live, upgrade: upgrade::Upgrade| {
                 upgrade.reply(upgrade::socket_config(max_frame), move |socket| {
-                    conn::run(socket, state, user, since, live)
+                    conn::run(socket, services, user, since, live)
                 })
             },
         )
@@ -265,11 +288,12 @@ fn connect(state: State) -> impl Filter<Extract = (Response,), Error = Rejection
 /// Checks the token (query `token` or `Authorization: Bearer`) and `since`
 /// before upgrading, so failures are plain JSON errors.
 async fn authorize(
-    state: &State,
+    hub: &Hub,
+    auth: &Auth,
     q: &HashMap<String, String>,
     header: Option<&str>,
-) -> Result<(crate::auth::AuthUser, Option<i64>), ApiError> {
-    if state.hub.is_shutting_down() {
+) -> Result<(AuthUser, Option<i64>), ApiError> {
+    if hub.is_shutting_down() {
         return Err(ApiError::DatabaseUnavailable);
     }
     let token = q
@@ -278,7 +302,7 @@ async fn authorize(
         .filter(|t| !t.is_empty())
         .or_else(|| header.and_then(bearer_token))
         .ok_or(ApiError::Unauthorized("missing token"))?;
-    let user = crate::auth::authenticate(state, token).await?;
+    let user = auth.authenticate(token).await?;
     let since = match q.get("since") {
         None => None,
         Some(raw) => match raw.parse::<i64>() {

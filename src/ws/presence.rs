@@ -7,7 +7,8 @@
 //! without saying goodbye has its users shown offline within that time.
 
 use super::Hub;
-use super::registry::{Frame, PresenceChange};
+use super::event::Frame;
+use super::registry::PresenceChange;
 use crate::error::ApiError;
 use crate::events::{Live, notify_live, notify_live_all};
 use std::sync::Arc;
@@ -17,10 +18,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 
 fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
-    t.and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
+    t.map(crate::support::rfc3339)
 }
 
 /// Presence changes applied in one transaction at most. A reconnect storm

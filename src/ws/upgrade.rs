@@ -52,10 +52,7 @@ pub fn websocket() -> impl Filter<Extract = (Upgrade,), Error = Rejection> + Clo
                         key: key.trim().to_string(),
                         on_upgrade,
                     }),
-                    _ => Err(warp::reject::custom(ApiError::bad_request(
-                        "upgrade_required",
-                        "this endpoint needs a WebSocket upgrade (version 13)",
-                    ))),
+                    _ => Err(warp::reject::custom(ApiError::UpgradeRequired)),
                 }
             },
         )

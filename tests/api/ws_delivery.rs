@@ -2,10 +2,8 @@
 //! each connection of each user allowed to see it, and nothing more after
 //! access ends; account changes close sockets.
 
-mod helpers;
-
-use helpers::ws::Closed;
-use helpers::*;
+use crate::helpers::ws::Closed;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -560,7 +558,7 @@ async fn a_token_that_expires_closes_its_connection_with_4001() {
     // with the server's own key, exactly as login does.
     let app = spawn_app().await;
     let bob = app.register("bob").await;
-    let short = chatapp::auth::issue_token(&app.state.token_key, bob.id, &bob.username, 0, 2)
+    let short = chatapp::auth::issue_token(app.auth.key(), bob.id, &bob.username, 0, 2)
         .expect("token issued");
     let short_lived = TestUser {
         token: short.token,

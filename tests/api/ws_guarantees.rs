@@ -2,11 +2,9 @@
 //! concurrent writers, recovery with `since`, retention, slow consumers,
 //! keepalive, presence, shutdown and the health endpoint.
 
-mod helpers;
-
-use helpers::realtime::*;
-use helpers::ws::Closed;
-use helpers::*;
+use crate::helpers::realtime::*;
+use crate::helpers::ws::Closed;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -118,7 +116,7 @@ async fn a_node_started_after_the_events_replays_them_from_memory_too() {
         app.send_message(&alice, chat, "two").await,
     ];
     let started_later = spawn_node(&app.database_url, |_| {}).await;
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     db.execute("delete from events where id > $1", &[&since])
         .await
         .unwrap();
@@ -165,7 +163,7 @@ async fn replay_is_served_from_the_nodes_recent_events_without_reading_the_log()
     ];
     // The node has dispatched both once alice's socket heard them.
     read_messages(&mut watcher, 2).await;
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     db.execute("delete from events where id > $1", &[&since])
         .await
         .unwrap();
@@ -210,7 +208,7 @@ async fn replays_exactly_the_missed_events_then_live_ones(replay_cache_bytes: us
 
     // Assert: recovered, and the replay is exactly the log after `since`.
     assert_eq!(ready["recovered"], true, "{ready}");
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     let missed: Vec<(i64, String)> = db
         .query(
             "select id, kind from events where id > $1 order by id",
@@ -368,7 +366,7 @@ async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_
         app.send_message(&alice, room, "two").await["id"].clone(),
     ];
     // Hold the event log so the replay blocks right after `ready`.
-    let mut holder = helpers::pg::connect(&app.database_url).await;
+    let mut holder = crate::helpers::pg::connect(&app.database_url).await;
     let tx = holder.transaction().await.unwrap();
     tx.batch_execute("lock table events in access exclusive mode")
         .await
@@ -378,7 +376,7 @@ async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_
     let (mut ws, ready) = connected(&app, &bob, Some(since)).await;
     assert_eq!(ready["recovered"], true);
     assert_eq!(ready["chat_ids"], json!([room]));
-    let observer = helpers::pg::connect(&app.database_url).await;
+    let observer = crate::helpers::pg::connect(&app.database_url).await;
     wait_for_lock_waiter(&observer, "events").await;
     let removal = chatapp::chats::members::leave_chat(&tx, room, bob.id, alice.id)
         .await
@@ -580,7 +578,7 @@ async fn a_listener_that_loses_its_database_connection_catches_up_from_the_log()
     let bob = app.register("bob").await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
     let (mut ws, _) = connected(&app, &bob, None).await;
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
 
     // Act: kill the node's LISTEN connection, then write while it is away.
     let killed: i64 = db
@@ -626,7 +624,7 @@ async fn since_older_than_the_retention_is_not_recovered() {
     app.send_message(&alice, chat, "soon forgotten").await;
     let (_, ready) = connected(&app, &alice, None).await;
     let head = ready["last_event_id"].as_i64().unwrap();
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let pruned: i64 = db
@@ -886,7 +884,7 @@ async fn presence_watch() -> (TestApp, TestUser, WsClient) {
 async fn users_of_a_node_that_died_without_goodbye_are_shown_offline() {
     // Arrange: a peer node holds bob's session and stopped heartbeating long ago.
     let (app, bob, mut a) = presence_watch().await;
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     db.batch_execute(&format!(
         "insert into presence_nodes (node_id, heartbeat_at) values ('ghost', now() - interval '1 hour');
          insert into presence_sessions (node_id, user_id) values ('ghost', {});
@@ -925,7 +923,7 @@ async fn a_user_still_connected_elsewhere_stays_online_when_a_dead_node_is_reape
     let (_b, _) = connected(&app, &bob, None).await;
     let online = a.next_of_type("presence").await;
     assert_eq!(online["payload"]["online"], true);
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     db.batch_execute(&format!(
         "insert into presence_nodes (node_id, heartbeat_at) values ('ghost', now() - interval '1 hour');
          insert into presence_sessions (node_id, user_id) values ('ghost', {});",
@@ -964,10 +962,10 @@ async fn a_stalled_node_reaped_by_its_peers_shows_its_users_online_again_when_it
     assert_eq!(a.next_of_type("presence").await["payload"]["online"], true);
 
     // Act: a peer reaps this node (as after a heartbeat stall), marking bob offline.
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     db.execute(
         "delete from presence_nodes where node_id = $1",
-        &[&app.state.hub.node_id],
+        &[&app.hub.node_id],
     )
     .await
     .unwrap();
@@ -999,18 +997,18 @@ async fn a_socket_upgraded_while_shutdown_starts_is_closed_with_1001_too() {
     // table is locked) until shutdown has begun.
     let mut app = spawn_app().await;
     let alice = app.register("alice").await;
-    let mut holder = helpers::pg::connect(&app.database_url).await;
+    let mut holder = crate::helpers::pg::connect(&app.database_url).await;
     let tx = holder.transaction().await.unwrap();
     tx.batch_execute("lock table users in access exclusive mode")
         .await
         .unwrap();
     let (addr, token) = (app.addr, alice.token.clone());
     let connecting = tokio::spawn(async move { WsClient::connect(addr, &token, None).await });
-    let observer = helpers::pg::connect(&app.database_url).await;
+    let observer = crate::helpers::pg::connect(&app.database_url).await;
     wait_for_lock_waiter(&observer, "users").await;
 
     // Act: shutdown starts (it closes the sockets it knows of), then the upgrade completes.
-    let hub = app.state.hub.clone();
+    let hub = app.hub.clone();
     let stopping = tokio::spawn(async move { app.stop().await });
     while !hub.is_shutting_down() {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1042,7 +1040,7 @@ async fn shutdown_closes_every_connection_with_1001_and_marks_users_offline() {
     // Assert
     assert_eq!(a_closed, Closed::Code(1001));
     assert_eq!(b_closed, Closed::Code(1001));
-    let db = helpers::pg::connect(&database_url).await;
+    let db = crate::helpers::pg::connect(&database_url).await;
     let row = db
         .query_one(
             "select count(*) filter (where last_seen is null),

@@ -2,21 +2,14 @@
 //! paging, edit, delete — and the permission matrix of every chat and message
 //! action for creator / admin / member / non-member.
 
-mod helpers;
-
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 // ---------- local helpers ----------
-
-fn ts(v: &Value) -> OffsetDateTime {
-    OffsetDateTime::parse(v.as_str().expect("timestamp string"), &Rfc3339)
-        .unwrap_or_else(|e| panic!("not RFC 3339: {v}: {e}"))
-}
 
 fn id(v: &Value) -> i64 {
     v["id"].as_i64().unwrap_or_else(|| panic!("no id: {v}"))
@@ -38,18 +31,9 @@ async fn history(app: &TestApp, user: &TestUser, chat: i64, query: &str) -> Vec<
         .collect()
 }
 
-async fn db_count(app: &TestApp, sql: &str, id: i64) -> i64 {
-    let db = pg::connect(&app.database_url).await;
-    db.query_one(sql, &[&id]).await.unwrap().get(0)
-}
-
 async fn stored_in_chat(app: &TestApp, chat: i64) -> i64 {
-    db_count(
-        app,
-        "select count(*) from messages where chat_id = $1",
-        chat,
-    )
-    .await
+    app.db_count("select count(*) from messages where chat_id = $1", chat)
+        .await
 }
 
 /// A chat of `owner` and `members`, with `n` messages from `owner`; returns the chat and

@@ -1,10 +1,8 @@
 //! A socket must not outlive a password change or account deletion that
 //! committed while it was connecting (before it could hear the announcement).
 
-mod helpers;
-
-use helpers::ws::Closed;
-use helpers::*;
+use crate::helpers::ws::Closed;
+use crate::helpers::*;
 
 /// Holds the connecting socket right before its membership snapshot (by
 /// locking `event_seq`), applies `change` directly in the database — no
@@ -12,14 +10,14 @@ use helpers::*;
 async fn close_code_after_silent_change(change: &str) -> Closed {
     let app = spawn_app().await;
     let user = app.register("racer").await;
-    let mut blocker = helpers::pg::connect(&app.database_url).await;
+    let mut blocker = crate::helpers::pg::connect(&app.database_url).await;
     let lock = blocker.transaction().await.unwrap();
     lock.batch_execute("lock table event_seq in access exclusive mode")
         .await
         .unwrap();
 
     let mut ws = app.connect_ws(&user, None).await;
-    let admin = helpers::pg::connect(&app.database_url).await;
+    let admin = crate::helpers::pg::connect(&app.database_url).await;
     admin
         .execute(change, &[&user.id])
         .await

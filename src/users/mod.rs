@@ -1,11 +1,20 @@
-//! Users: listing and search, profiles, password change, account deletion.
+//! Users: accounts ([`accounts`]: register, login, me), listing and search,
+//! profiles, password change, account deletion.
 
-use crate::auth::{self, AuthUser};
+mod accounts;
+
+pub use accounts::AuthResponse;
+
+use crate::auth::AuthUser;
+use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events;
-use crate::http::{Page, State, auth, id_param, json_body, query_map, respond, with_state};
+use crate::http::{Context, Page, authed, id_param, json_body, query_map, respond, with};
+use crate::password::Hasher;
+use crate::validate::{check_display_name, check_password};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio_postgres::{GenericClient, Row};
 use warp::reply::Response;
@@ -37,100 +46,97 @@ impl User {
     }
 }
 
-pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
-
-/// Trims a display name; blank means "none". Over 100 characters is an error.
-pub fn check_display_name(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<String> {
-    let trimmed = raw?.trim();
-    if trimmed.chars().count() > DISPLAY_NAME_MAX_CHARS {
-        errors.push(FieldError::new(
-            "display_name",
-            format!("must be at most {DISPLAY_NAME_MAX_CHARS} characters"),
-        ));
-        return None;
-    }
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
-}
-
-pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    list(state.clone())
-        .or(last_seen(state.clone()))
+pub fn routes(
+    ctx: &Context,
+    hasher: &Arc<Hasher>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    accounts::register(ctx, hasher)
+        .or(accounts::login(ctx, hasher))
         .unify()
-        .or(get(state.clone()))
+        .or(accounts::me(ctx))
         .unify()
-        .or(update(state.clone()))
+        .or(list(ctx))
         .unify()
-        .or(delete(state))
+        .or(last_seen(ctx))
+        .unify()
+        .or(get(ctx))
+        .unify()
+        .or(update(ctx, hasher))
+        .unify()
+        .or(delete(ctx))
         .unify()
 }
 
 /// GET /api/v1/users?limit&offset&q
-fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn list(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("users")
         .and(warp::get())
-        .and(auth(state.clone()))
-        .and(with_state(state))
+        .and(authed(ctx))
         .and(query_map())
-        .then(|_: AuthUser, state, q| async move { respond(list_users(state, q).await) })
+        .and(with(ctx.pool.clone()))
+        .then(list_users)
+        .map(respond)
 }
 
 /// POST /api/v1/users/last-seen
-fn last_seen(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn last_seen(
+    ctx: &Context,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("users" / "last-seen")
         .and(warp::post())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .then(|user: AuthUser, state: State| async move {
-            respond(
-                touch_last_seen(&state, user.id)
-                    .await
-                    .map(|u| warp::reply::json(&u)),
-            )
-        })
+        .and(authed(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(touch_last_seen)
+        .map(respond)
 }
 
 /// GET /api/v1/users/:id
-fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn get(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("users")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::get())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .then(|id: i64, _: AuthUser, state: State| async move {
-            respond(get_user(&state, id).await.map(|u| warp::reply::json(&u)))
-        })
+        .and(authed(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(get_user)
+        .map(respond)
 }
 
 /// PUT /api/v1/users/:id
-fn update(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let limit = state.config.limits.body_bytes;
+fn update(
+    ctx: &Context,
+    hasher: &Arc<Hasher>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("users")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::put())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .and(json_body(limit))
-        .then(|id, user, state, body| async move { respond(update_user(state, user, id, body).await) })
+        .and(authed(ctx))
+        .and(json_body(ctx.limits.body_bytes))
+        .and(with(ctx.pool.clone()))
+        .and(with(hasher.clone()))
+        .then(update_user)
+        .map(respond)
 }
 
 /// DELETE /api/v1/users/:id
-fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+fn delete(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("users")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::delete())
-        .and(auth(state.clone()))
-        .and(with_state(state))
-        .then(|id, user, state| async move { respond(delete_user(state, user, id).await) })
+        .and(authed(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(delete_user)
+        .map(respond)
 }
 
-pub async fn get_user(state: &State, id: i64) -> Result<User, ApiError> {
-    let client = state.pool.get().await?;
-    fetch_user(&*client, id)
+async fn get_user(id: i64, _caller: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {
+    let client = pool.get().await?;
+    let user = fetch_user(&*client, id)
         .await?
-        .ok_or(ApiError::NotFound("user"))
+        .ok_or(ApiError::UserNotFound)?;
+    Ok(warp::reply::json(&user))
 }
 
 pub async fn fetch_user(client: &impl GenericClient, id: i64) -> Result<Option<User>, ApiError> {
@@ -143,7 +149,11 @@ pub async fn fetch_user(client: &impl GenericClient, id: i64) -> Result<Option<U
     Ok(row.as_ref().map(User::from_row))
 }
 
-async fn list_users(state: State, q: HashMap<String, String>) -> Result<impl Reply, ApiError> {
+async fn list_users(
+    _caller: AuthUser,
+    q: HashMap<String, String>,
+    pool: Pool,
+) -> Result<impl Reply, ApiError> {
     let page = Page::from_query(&q)?;
     let search = q.get("q").map(|s| s.trim()).filter(|s| !s.is_empty());
     if search.is_some_and(|s| s.chars().count() > 100) {
@@ -157,7 +167,7 @@ async fn list_users(state: State, q: HashMap<String, String>) -> Result<impl Rep
             .replace('_', "\\_");
         format!("{}%", escaped.to_lowercase())
     });
-    let client = state.pool.get().await?;
+    let client = pool.get().await?;
     let rows = client
         .query(
             &format!(
@@ -175,17 +185,19 @@ async fn list_users(state: State, q: HashMap<String, String>) -> Result<impl Rep
     Ok(warp::reply::json(&users))
 }
 
-async fn touch_last_seen(state: &State, id: i64) -> Result<User, ApiError> {
-    let client = state.pool.get().await?;
+async fn touch_last_seen(caller: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {
+    let client = pool.get().await?;
     let row = client
         .query_opt(
             &format!("update users set last_seen = now() where id = $1 returning {USER_COLUMNS}"),
-            &[&id],
+            &[&caller.id],
         )
         .await?;
-    row.as_ref()
+    let user = row
+        .as_ref()
         .map(User::from_row)
-        .ok_or(ApiError::NotFound("user"))
+        .ok_or(ApiError::UserNotFound)?;
+    Ok(warp::reply::json(&user))
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -204,10 +216,11 @@ struct UpdateUserRequest {
 }
 
 async fn update_user(
-    state: State,
-    caller: AuthUser,
     id: i64,
+    caller: AuthUser,
     req: UpdateUserRequest,
+    pool: Pool,
+    hasher: Arc<Hasher>,
 ) -> Result<impl Reply, ApiError> {
     if id != caller.id {
         return Err(ApiError::NotYourAccount);
@@ -217,7 +230,7 @@ async fn update_user(
         .display_name
         .map(|d| check_display_name(d.as_deref(), &mut errors));
     if let Some(p) = &req.password {
-        auth::check_password("password", p, &mut errors);
+        check_password("password", p, &mut errors);
         if req.current_password.is_none() {
             errors.push(FieldError::new(
                 "current_password",
@@ -231,21 +244,21 @@ async fn update_user(
 
     let new_hash = match (req.password, req.current_password) {
         (Some(password), Some(current)) => {
-            let client = state.pool.get().await?;
+            let client = pool.get().await?;
             let hash: String = client
                 .query_one("select password_hash from users where id = $1", &[&id])
                 .await?
                 .get(0);
             drop(client);
-            if !crate::password::verify_password(current, hash).await? {
+            if !hasher.verify(current, hash).await? {
                 return Err(ApiError::validation("current_password", "is incorrect"));
             }
-            Some(crate::password::hash_password(password, state.config.auth.bcrypt_cost).await?)
+            Some(hasher.hash(password).await?)
         }
         _ => None,
     };
 
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let row = tx
         .query_one(
@@ -280,18 +293,18 @@ async fn update_user(
     Ok(warp::reply::json(&User::from_row(&row)))
 }
 
-async fn delete_user(state: State, caller: AuthUser, id: i64) -> Result<impl Reply, ApiError> {
+async fn delete_user(id: i64, caller: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {
     if id != caller.id {
         return Err(ApiError::NotYourAccount);
     }
-    let mut client = state.pool.get().await?;
+    let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // Lock the account row first so two concurrent deletes cannot interleave.
     let exists = tx
         .query_opt("select 1 from users where id = $1 for update", &[&id])
         .await?;
     if exists.is_none() {
-        return Err(ApiError::NotFound("user"));
+        return Err(ApiError::UserNotFound);
     }
     let mut pending = Vec::new();
     let chat_ids: Vec<i64> = tx

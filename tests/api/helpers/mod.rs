@@ -1,7 +1,6 @@
 //! Test harness: a real PostgreSQL (started once per test binary unless
 //! `DATABASE_URL` names one), a fresh database per test cloned from a migrated
 //! template, a real server on port 0, and a real WebSocket client.
-#![allow(dead_code)]
 
 pub mod pg;
 pub mod realtime;
@@ -40,7 +39,8 @@ pub struct TestApp {
     pub base_url: String,
     pub database_url: String,
     pub http: reqwest::Client,
-    pub state: std::sync::Arc<chatapp::AppState>,
+    pub hub: std::sync::Arc<chatapp::ws::Hub>,
+    pub auth: std::sync::Arc<chatapp::auth::Auth>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -69,7 +69,8 @@ pub async fn spawn_node(database_url: &str, tweak: impl FnOnce(&mut Config)) -> 
     tweak(&mut config);
     let app = chatapp::build(config).await.expect("app builds");
     let addr = app.local_addr();
-    let state = app.state();
+    let hub = app.hub();
+    let auth = app.auth();
     let (tx, rx) = oneshot::channel();
     let handle = tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -79,7 +80,8 @@ pub async fn spawn_node(database_url: &str, tweak: impl FnOnce(&mut Config)) -> 
         base_url: format!("http://{addr}"),
         database_url: database_url.to_string(),
         http: reqwest::Client::new(),
-        state,
+        hub,
+        auth,
         shutdown: Some(tx),
         handle: Some(handle),
     }
@@ -243,6 +245,12 @@ impl TestApp {
         WsClient::connect(self.addr, &user.token, since).await
     }
 
+    /// Runs a `select count(*) ... $1 ...` against the test database.
+    pub async fn db_count(&self, sql: &str, id: i64) -> i64 {
+        let db = pg::connect(&self.database_url).await;
+        db.query_one(sql, &[&id]).await.unwrap().get(0)
+    }
+
     /// `GET /ws/health`.
     pub async fn ws_health(&self) -> Value {
         let resp = self.http.get(self.url("/ws/health")).send().await.unwrap();
@@ -256,6 +264,14 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// A timestamp field parsed as RFC 3339; panics (naming it) when it is not one.
+#[track_caller]
+pub fn ts(v: &Value) -> time::OffsetDateTime {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::parse(v.as_str().expect("timestamp string"), &Rfc3339)
+        .unwrap_or_else(|e| panic!("not RFC 3339: {v}: {e}"))
 }
 
 /// Asserts an error response: the status, the envelope `{error, code}` with a

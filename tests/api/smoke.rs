@@ -1,6 +1,4 @@
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 
 #[tokio::test]
 async fn server_starts_and_health_is_ok() {

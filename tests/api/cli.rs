@@ -1,8 +1,6 @@
 //! The real `chatapp` binary: flags, config errors, the migrator and signals.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -648,5 +646,69 @@ async fn serve_logs_one_line_per_request_without_query_or_secrets() {
         assert!(!line.contains(password), "password logged: {line}");
         assert!(!line.contains(&token), "token logged: {line}");
         assert!(!line.contains("secretquery"), "query string logged: {line}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_in_the_query_string_is_never_logged() {
+    // Arrange: the real binary, logging at the default level.
+    let url = pg::fresh_database().await;
+    let dir = TempDir::new();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PORT", "0"),
+        ("CHATAPP_HOST", "127.0.0.1"),
+        ("CHATAPP_BCRYPT_COST", "4"),
+        ("CHATAPP_TOKEN_KEY", TEST_TOKEN_KEY),
+    ];
+    let server = start_server(&dir, &env);
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let registered: serde_json::Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"username": unique_name("logged"), "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["token"].as_str().unwrap().to_string();
+    let bogus = "bogus-token-that-must-not-be-logged";
+
+    // Act: one accepted and one refused connection with tokens in the query.
+    let mut ws = WsClient::connect(server.addr.parse().unwrap(), &token, Some(0)).await;
+    ws.next_of_type("ready").await;
+    let refused = http
+        .get(format!("{base}/ws?token={bogus}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    drop(ws);
+
+    // Assert: both requests were logged, without their query strings.
+    let mut lines = server.startup_log.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for line in &lines {
+            assert!(!line.contains(&token), "token logged: {line}");
+            assert!(!line.contains(bogus), "token logged: {line}");
+            assert!(!line.contains("token="), "query logged: {line}");
+        }
+        let ws_lines: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("chatapp::request") && l.contains("/ws"))
+            .collect();
+        if ws_lines.iter().any(|l| l.contains(" 101 "))
+            && ws_lines.iter().any(|l| l.contains(" 401 "))
+        {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.log.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("requests not logged: {lines:#?}"),
+        }
     }
 }

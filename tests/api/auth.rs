@@ -1,8 +1,6 @@
 //! Registration, login, tokens and revocation (`/api/v1/auth/*`).
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use rusty_paseto::prelude::*;

@@ -1,11 +1,9 @@
 //! Several nodes on one database behave as one service (issue 3): fan-out,
 //! recovery, membership, presence and account changes across two real servers.
 
-mod helpers;
-
-use helpers::realtime::*;
-use helpers::ws::Closed;
-use helpers::*;
+use crate::helpers::realtime::*;
+use crate::helpers::ws::Closed;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -223,7 +221,7 @@ async fn a_user_is_online_while_connected_to_any_node() {
     assert_eq!(online["payload"]["online"], true);
     let (bob_a, _) = connected(&a, &bob, None).await;
     // Sessions are recorded asynchronously: wait until both nodes hold one.
-    let db = helpers::pg::connect(&a.database_url).await;
+    let db = crate::helpers::pg::connect(&a.database_url).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let sessions: i64 = db
@@ -427,7 +425,7 @@ async fn a_user_switching_nodes_is_never_left_shown_offline() {
     let alice = a.register("alice").await;
     let bob = a.register("bob").await;
     a.create_group(&alice, "g", &[&bob]).await;
-    let db = helpers::pg::connect(&a.database_url).await;
+    let db = crate::helpers::pg::connect(&a.database_url).await;
     let (mut watcher, _) = connected(&a, &alice, None).await;
     let nodes = [&a, &b];
     let (mut current, _) = connected(&b, &bob, None).await;

@@ -2,10 +2,8 @@
 //! in one statement, yet each keeps its own outcome, its own event and its
 //! place in the order every subscriber sees.
 
-mod helpers;
-
+use crate::helpers::*;
 use futures_util::future::join_all;
-use helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::collections::HashSet;

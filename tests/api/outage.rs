@@ -4,9 +4,7 @@
 //!
 //! Uses a private PostgreSQL cluster it can stop, never the shared one.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;

@@ -1,9 +1,7 @@
 //! Users: listing and search, profiles, password change, account deletion,
 //! last-seen (`/api/v1/users*`).
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -600,7 +598,7 @@ async fn account_deletion_finds_the_users_messages_and_chats_by_index() {
     // Deleting a user nulls `messages.sender_id` and `chats.creator_id`; without
     // an index each deletion would scan those whole tables.
     let app = spawn_app().await;
-    let db = helpers::pg::connect(&app.database_url).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
     db.batch_execute("set enable_seqscan = off").await.unwrap();
     for query in [
         "explain update messages set sender_id = null where sender_id = 1",

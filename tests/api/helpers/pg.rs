@@ -54,11 +54,6 @@ pub async fn empty_database() -> String {
     with_database(&server.admin_url, &name)
 }
 
-/// The admin URL of the test server (to create or inspect databases).
-pub async fn admin_url() -> String {
-    SERVER.get_or_init(init).await.admin_url.clone()
-}
-
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await

@@ -1,9 +1,7 @@
 //! The one error envelope `{"error", "code", "fields"?}` for every status, and
 //! hostile input that must never cause a 500 or a panic.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

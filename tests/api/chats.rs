@@ -1,19 +1,10 @@
 //! Chats: creation (groups and DMs), listing, detail, rename, delete,
 //! membership changes and read markers.
 
-mod helpers;
-
-use helpers::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 // ---------- local helpers ----------
-
-fn ts(v: &Value) -> OffsetDateTime {
-    OffsetDateTime::parse(v.as_str().expect("timestamp string"), &Rfc3339)
-        .unwrap_or_else(|e| panic!("not RFC 3339: {v}: {e}"))
-}
 
 /// Sorted user ids of a chat detail's members.
 fn member_ids(chat: &Value) -> Vec<i64> {
@@ -39,12 +30,6 @@ fn member(chat: &Value, user_id: i64) -> &Value {
 fn sorted(mut ids: Vec<i64>) -> Vec<i64> {
     ids.sort_unstable();
     ids
-}
-
-/// Runs a `select count(*) ...` against the test database.
-async fn db_count(app: &TestApp, sql: &str, id: i64) -> i64 {
-    let db = pg::connect(&app.database_url).await;
-    db.query_one(sql, &[&id]).await.unwrap().get(0)
 }
 
 async fn detail(app: &TestApp, user: &TestUser, chat: i64) -> Value {
@@ -407,12 +392,12 @@ async fn concurrent_dm_creation_yields_one_chat() {
     let id = &results[0].1["id"];
     assert!(results.iter().all(|(_, b)| &b["id"] == id), "{results:?}");
     assert_eq!(
-        db_count(&app, "select count(*) from chats where id >= $1", 1).await,
+        app.db_count("select count(*) from chats where id >= $1", 1)
+            .await,
         1
     );
     assert_eq!(
-        db_count(
-            &app,
+        app.db_count(
             "select count(*) from chat_members where chat_id = $1",
             id.as_i64().unwrap()
         )
@@ -781,10 +766,10 @@ async fn the_creator_deletes_a_chat_with_its_messages_and_memberships() {
     assert_eq!(status, 404);
     let sql_msgs = "select count(*) from messages where chat_id = $1";
     let sql_members = "select count(*) from chat_members where chat_id = $1";
-    assert_eq!(db_count(&app, sql_msgs, chat).await, 0);
-    assert_eq!(db_count(&app, sql_members, chat).await, 0);
-    assert_eq!(db_count(&app, sql_msgs, kept).await, 1);
-    assert_eq!(db_count(&app, sql_members, kept).await, 2);
+    assert_eq!(app.db_count(sql_msgs, chat).await, 0);
+    assert_eq!(app.db_count(sql_members, chat).await, 0);
+    assert_eq!(app.db_count(sql_msgs, kept).await, 1);
+    assert_eq!(app.db_count(sql_members, kept).await, 2);
 }
 
 #[tokio::test]
@@ -1113,16 +1098,13 @@ async fn a_chat_whose_last_member_leaves_is_deleted() {
         assert_error(status, &body, 404, "not_found");
     }
     assert_eq!(
-        db_count(&app, "select count(*) from chats where id = $1", chat).await,
+        app.db_count("select count(*) from chats where id = $1", chat)
+            .await,
         0
     );
     assert_eq!(
-        db_count(
-            &app,
-            "select count(*) from messages where chat_id = $1",
-            chat
-        )
-        .await,
+        app.db_count("select count(*) from messages where chat_id = $1", chat)
+            .await,
         0
     );
 }

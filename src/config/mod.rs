@@ -1,0 +1,274 @@
+//! Configuration: a YAML file, then environment overrides, then validation.
+//!
+//! Every key has a default, so an empty file (or no file at all) is a valid
+//! development configuration. Validation errors name the offending key and the
+//! values it accepts, because operators read them in a one-line startup log.
+//! Loading lives in [`load`], validation in [`check`].
+
+mod check;
+mod load;
+
+pub use check::parse_token_key;
+
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub cors: CorsConfig,
+    pub limits: LimitsConfig,
+    pub ws: WsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: u32,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// 64 hex characters (32 bytes). `None` means "generate one at startup".
+    pub token_key: Option<String>,
+    pub token_ttl_secs: u64,
+    pub bcrypt_cost: u32,
+}
+
+// The token key is a secret: keep it out of `{:?}` output.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("bcrypt_cost", &self.bcrypt_cost)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins; `["*"]` allows any origin, an empty list disables CORS.
+    pub origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub body_bytes: u64,
+    pub message_chars: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub queue_frames: usize,
+    pub queue_bytes: usize,
+    /// Recent events held in memory per node for replay; 0 replays from the log only.
+    pub replay_cache_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_bad_frames: u32,
+    pub typing_interval_ms: u64,
+    pub event_retention_secs: u64,
+    pub prune_interval_secs: u64,
+    pub presence_heartbeat_secs: u64,
+    pub presence_timeout_secs: u64,
+    pub close_flush_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            cors: CorsConfig::default(),
+            limits: LimitsConfig::default(),
+            ws: WsConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/chatapp".into(),
+            pool_size: 16,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_key: None,
+            token_ttl_secs: 24 * 60 * 60,
+            bcrypt_cost: 12,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            body_bytes: 64 * 1024,
+            message_chars: 4000,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 75_000,
+            queue_frames: 1024,
+            queue_bytes: 4 * 1024 * 1024,
+            replay_cache_bytes: 16 * 1024 * 1024,
+            max_frame_bytes: 64 * 1024,
+            max_bad_frames: 20,
+            typing_interval_ms: 2_000,
+            event_retention_secs: 7 * 24 * 60 * 60,
+            prune_interval_secs: 300,
+            presence_heartbeat_secs: 10,
+            presence_timeout_secs: 45,
+            close_flush_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A configuration problem, phrased for an operator: which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn empty_yaml_gives_defaults() {
+        let c = Config::from_yaml("").unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.auth.bcrypt_cost, 12);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_yaml("auth:\n  bcrypt_kost: 4\n").unwrap_err();
+        assert!(e.to_string().contains("bcrypt_kost"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = Config::from_yaml("auth:\n  bcrypt_cost: lots\n").unwrap_err();
+        assert_eq!(e.key, "auth.bcrypt_cost", "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_range() {
+        let cases: &[(&str, &str)] = &[
+            ("auth:\n  bcrypt_cost: 3\n", "auth.bcrypt_cost"),
+            ("auth:\n  bcrypt_cost: 32\n", "auth.bcrypt_cost"),
+            ("database:\n  pool_size: 0\n", "database.pool_size"),
+            ("log:\n  level: loud\n", "log.level"),
+            ("limits:\n  message_chars: 0\n", "limits.message_chars"),
+            ("cors:\n  origins: [\"example.com\"]\n", "cors.origins"),
+            ("auth:\n  token_key: abc\n", "auth.token_key"),
+            (
+                "ws:\n  ping_interval_ms: 1000\n  idle_timeout_ms: 500\n",
+                "ws.idle_timeout_ms",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let e = Config::from_yaml(yaml).unwrap().validate().unwrap_err();
+            assert_eq!(&e.key, key, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn token_key_must_be_64_hex_chars() {
+        assert!(parse_token_key(&"ab".repeat(32)).is_ok());
+        assert!(parse_token_key(&"ab".repeat(31)).is_err());
+        assert!(parse_token_key(&"zz".repeat(32)).is_err());
+        assert!(parse_token_key(&"é".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn env_overrides_win_and_bad_values_name_the_variable() {
+        let env = |k: &str| match k {
+            "PORT" => Some("9999".to_string()),
+            "CHATAPP_BCRYPT_COST" => Some("5".to_string()),
+            _ => None,
+        };
+        let c = Config::load_with(Some(Path::new("/dev/null")), env).unwrap();
+        assert_eq!(c.port, 9999);
+        assert_eq!(c.auth.bcrypt_cost, 5);
+
+        let bad = |k: &str| (k == "PORT").then(|| "eighty".to_string());
+        let e = Config::load_with(Some(Path::new("/dev/null")), bad).unwrap_err();
+        assert_eq!(e.key, "PORT");
+    }
+
+    #[test]
+    fn config_path_may_name_a_directory() {
+        let dir = std::env::temp_dir().join(format!("chatapp-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), "port: 7070\n").unwrap();
+        let d = dir.to_string_lossy().to_string();
+        let c = Config::load_with(None, |k| (k == "CONFIG_PATH").then(|| d.clone())).unwrap();
+        assert_eq!(c.port, 7070);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,38 @@
+//! The membership rule: a user reads or changes a chat, its messages and its
+//! events only while a member of it, and a non-member is told the chat (or
+//! message) does not exist — 404, never 403, so ids cannot be probed.
+//!
+//! Every query that acts for a user states the rule with one of these
+//! fragments, in the statement that reads or changes the data (never as a
+//! separate check that a concurrent change could outdate).
+
+/// SQL: whether user `user` is a member of chat `chat` (both SQL expressions).
+pub fn is_member(chat: &str, user: &str) -> String {
+    format!(
+        "exists (select 1 from chat_members member_of where member_of.chat_id = {chat} and member_of.user_id = {user})"
+    )
+}
+
+/// SQL: joins user `user`'s membership of chat `chat` as `alias`, for
+/// queries that also read the membership (admin flag, read marker); rows of
+/// chats the user is not in drop out.
+pub fn join_member(alias: &str, chat: &str, user: &str) -> String {
+    format!("join chat_members {alias} on {alias}.chat_id = {chat} and {alias}.user_id = {user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fragments_name_the_chat_and_the_user_given() {
+        assert_eq!(
+            is_member("m.chat_id", "$2"),
+            "exists (select 1 from chat_members member_of where member_of.chat_id = m.chat_id and member_of.user_id = $2)"
+        );
+        assert_eq!(
+            join_member("m", "c.id", "$1"),
+            "join chat_members m on m.chat_id = c.id and m.user_id = $1"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! The one definition of a message as clients see it. REST bodies and the
+//! `message` / `message_updated` event payloads (sent live, through NOTIFY,
+//! and replayed) are both built here, in SQL: a send builds its event in the
+//! statement that stores it, so the notification leaves with the commit.
+
+/// SQL for timestamp `col` as the RFC 3339 text every body carries (`time`'s
+/// format: UTC as `Z`, fraction without trailing zeros). The colons are
+/// quoted so pgbench (the benchmark's ceiling) does not read `:MI` as a
+/// variable.
+pub fn rfc3339_sql(col: &str) -> String {
+    format!(
+        "(to_char({col} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24\":\"MI\":\"SS')
+          || coalesce('.' || nullif(rtrim(to_char({col} at time zone 'UTC', 'US'), '0'), ''), '')
+          || 'Z')"
+    )
+}
+
+/// SQL (jsonb) for message row `m`, sent by user row `u` (left-joined: null
+/// once the account is gone), as REST returns it: `{id, chat_id, sender_id,
+/// content, is_edited, client_id, created_at, updated_at, sender}`.
+pub fn message_json_sql(m: &str, u: &str) -> String {
+    format!(
+        "jsonb_build_object(
+             'id', {m}.id, 'chat_id', {m}.chat_id, 'sender_id', {m}.sender_id,
+             'content', {m}.content, 'is_edited', {m}.is_edited, 'client_id', {m}.client_id,
+             'created_at', {created}, 'updated_at', {updated},
+             'sender', case when {u}.id is null then null
+                            else jsonb_build_object('id', {u}.id, 'username', {u}.username,
+                                                    'display_name', {u}.display_name) end)",
+        created = rfc3339_sql(&format!("{m}.created_at")),
+        updated = rfc3339_sql(&format!("{m}.updated_at")),
+    )
+}
+
+/// SQL (jsonb) for the event payload of the message whose REST body is
+/// `body` (a jsonb from [`message_json_sql`]): the same fields, with the id,
+/// the sender's name and the send time under the names the seed's clients
+/// read (`message_id`, `username`, `display_name`, `timestamp`).
+pub fn event_payload_sql(body: &str) -> String {
+    format!(
+        "(({body}) - 'id' - 'sender') || jsonb_build_object(
+             'message_id', ({body})->'id',
+             'username', ({body})->'sender'->'username',
+             'display_name', ({body})->'sender'->'display_name',
+             'timestamp', ({body})->'created_at')"
+    )
+}

@@ -1,0 +1,86 @@
+//! Rules for what clients type: usernames, passwords, display names. Each
+//! check appends to a list of field errors, so one response names every
+//! bad field at once.
+
+use crate::error::FieldError;
+use crate::password::PASSWORD_MAX_BYTES;
+
+pub const PASSWORD_MIN_BYTES: usize = 8;
+pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
+
+/// 8 to 72 bytes: bcrypt reads no further.
+pub fn check_password(field: &str, password: &str, errors: &mut Vec<FieldError>) {
+    let n = password.len();
+    if !(PASSWORD_MIN_BYTES..=PASSWORD_MAX_BYTES).contains(&n) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes long"),
+        ));
+    }
+}
+
+pub fn check_username(username: &str, errors: &mut Vec<FieldError>) {
+    let n = username.chars().count();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if !(3..=50).contains(&n) || !username.chars().all(allowed) {
+        errors.push(FieldError::new(
+            "username",
+            "must be 3 to 50 characters of letters, digits, '_', '.' or '-'",
+        ));
+    }
+}
+
+/// Trims a display name; blank means "none". Over 100 characters is an error.
+pub fn check_display_name(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let trimmed = raw?.trim();
+    if trimmed.chars().count() > DISPLAY_NAME_MAX_CHARS {
+        errors.push(FieldError::new(
+            "display_name",
+            format!("must be at most {DISPLAY_NAME_MAX_CHARS} characters"),
+        ));
+        return None;
+    }
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_rules() {
+        for ok in ["abc", "a.b-c_d", &"x".repeat(50)] {
+            let mut e = vec![];
+            check_username(ok, &mut e);
+            assert!(e.is_empty(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            &"x".repeat(51),
+            "has space",
+            "emoji😀",
+            "semi;colon",
+            "",
+        ] {
+            let mut e = vec![];
+            check_username(bad, &mut e);
+            assert!(!e.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_8_to_72_bytes() {
+        let check = |p: &str| {
+            let mut e = vec![];
+            check_password("password", p, &mut e);
+            e.is_empty()
+        };
+        assert!(check("12345678"));
+        assert!(check(&"a".repeat(72)));
+        assert!(!check("1234567"));
+        assert!(!check(&"a".repeat(73)));
+        // 24 three-byte characters = 72 bytes; one more is 75 bytes.
+        assert!(check(&"€".repeat(24)));
+        assert!(!check(&"€".repeat(25)));
+    }
+}

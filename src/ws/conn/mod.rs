@@ -1,0 +1,130 @@
+//! One WebSocket connection: a reader loop ([`reader`], this task) and a
+//! writer task ([`writer`]) that owns the socket's sending half and drains
+//! the connection's bounded queue, after replaying what the client missed
+//! ([`replay`]).
+
+mod reader;
+mod replay;
+mod writer;
+
+use super::Hub;
+use super::close::{ACCOUNT_DELETED, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
+use super::protocol::ServerFrame;
+use super::upgrade::WebSocket;
+use crate::auth::AuthUser;
+use crate::db::Pool;
+use crate::error::ApiError;
+use crate::messages::SendQueue;
+use futures_util::StreamExt;
+use reader::Reader;
+use replay::Replay;
+use std::sync::Arc;
+use writer::{Writer, close_socket};
+
+/// What a connection's tasks use.
+#[derive(Clone)]
+pub struct Services {
+    pub hub: Arc<Hub>,
+    pub pool: Pool,
+    pub sends: Arc<SendQueue>,
+}
+
+/// Serves one upgraded socket until either side closes it.
+/// `_live` keeps the connection counted until this returns.
+pub async fn run(
+    socket: WebSocket,
+    services: Services,
+    user: AuthUser,
+    since: Option<i64>,
+    _live: super::LiveConnection,
+) {
+    let hub = services.hub.clone();
+    let flush_ms = hub.config.close_flush_timeout_ms;
+    let registration = hub.registry.register(user.id, user.token_version);
+    let id = registration.id;
+    // Authorized before shutdown began but registered after it closed every
+    // socket it knew of: close this one the same way.
+    if hub.is_shutting_down() {
+        hub.registry.kill(id, SHUTTING_DOWN);
+    }
+    let (sink, stream) = socket.split();
+    let snapshot = snapshot(&services.pool, user.id).await;
+    // A password change or account deletion committed between the token check
+    // and registration was announced before this socket could hear it.
+    if let Ok(snap) = &snapshot {
+        match snap.token_version {
+            None => hub.registry.kill(id, ACCOUNT_DELETED),
+            Some(v) if v != user.token_version => hub.registry.kill(id, TOKEN_EXPIRED),
+            Some(_) => {}
+        }
+    }
+    match snapshot {
+        Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
+            let recovered = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
+            // Replay follows the snapshot `ready` reports, not membership as of
+            // the replay query: a change committed in between arrives live.
+            let replay = since.filter(|_| recovered).map(|after| Replay {
+                after,
+                upto: snap.last_id,
+                user_id: user.id,
+                chat_ids: snap.chat_ids.clone(),
+            });
+            let ready = ServerFrame::Ready {
+                user_id: user.id,
+                last_event_id: snap.last_id,
+                chat_ids: snap.chat_ids,
+                recovered,
+            };
+            let reader_kill = registration.kill.clone();
+            let writer = Writer::new(sink, registration);
+            let writer = tokio::spawn(writer.run(services.clone(), ready.to_text(None), replay));
+            let reader = Reader {
+                services: &services,
+                user: &user,
+                id,
+            };
+            reader.run(stream, reader_kill).await;
+            hub.registry.unregister(id);
+            let _ = writer.await;
+        }
+        Ok(_) => {
+            // Killed (e.g. the account was deleted) before it was ready.
+            let reason = *registration.kill.borrow();
+            close_socket(sink, reason.unwrap_or(TOKEN_EXPIRED), flush_ms).await;
+        }
+        Err(e) => {
+            log::warn!("cannot open WebSocket session: {}", crate::error::chain(&e));
+            hub.registry.unregister(id);
+            close_socket(sink, UNAVAILABLE, flush_ms).await;
+        }
+    }
+}
+
+struct Snapshot {
+    last_id: i64,
+    pruned_through: i64,
+    chat_ids: Vec<i64>,
+    /// `None` when the account no longer exists.
+    token_version: Option<i32>,
+}
+
+/// The user's chats as of the latest committed event, read in one statement
+/// (one snapshot): membership changes commit with their events.
+async fn snapshot(pool: &Pool, user_id: i64) -> Result<Snapshot, ApiError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "select s.last_id, s.pruned_through,
+                    array(select chat_id from chat_members where user_id = $1 order by chat_id),
+                    (select token_version from users where id = $1)
+             from event_seq s",
+            &[&user_id],
+        )
+        .await?;
+    Ok(Snapshot {
+        last_id: row.get(0),
+        pruned_through: row.get(1),
+        chat_ids: row.get(2),
+        token_version: row.get(3),
+    })
+}

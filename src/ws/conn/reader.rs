@@ -1,0 +1,222 @@
+//! A connection's reader: reads client frames, answers each in the order
+//! received, and enforces the idle timeout, the token's expiry and the
+//! bad-frame limit.
+
+use super::Services;
+use super::writer::killed;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::events::{Live, notify_live};
+use crate::messages::{PendingSend, Sent};
+use crate::ws::close::{CloseReason, GARBAGE, IDLE, TOKEN_EXPIRED, TOO_BIG};
+use crate::ws::event::Frame;
+use crate::ws::protocol::{ClientFrame, ServerFrame, parse_client_frame};
+use crate::ws::registry::ConnId;
+use crate::ws::upgrade::WebSocket;
+use futures_util::future::{self, BoxFuture};
+use futures_util::stream::{FuturesOrdered, SplitStream};
+use futures_util::{FutureExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// Bad frames tolerated per window before the client is closed with 1008.
+const BAD_FRAME_WINDOW: Duration = Duration::from_secs(10);
+/// Replies a connection may have outstanding (sends waiting for their commit,
+/// and the replies queued behind them) before its reader stops reading until
+/// the oldest is due.
+const PIPELINED_SENDS: usize = 32;
+
+/// The connection being read: whose it is and what it may use.
+pub(super) struct Reader<'a> {
+    pub services: &'a Services,
+    pub user: &'a AuthUser,
+    pub id: ConnId,
+}
+
+/// A reply to a client frame: ready now, or once its send is committed.
+enum Reply {
+    Now(String),
+    Later(BoxFuture<'static, String>),
+}
+
+/// What handling a well-formed frame came to.
+enum Handled {
+    Reply(ServerFrame),
+    /// A message queued for commit; its ack follows the commit.
+    Queued(PendingSend),
+}
+
+impl Reader<'_> {
+    /// Reads until the client goes away or the connection is closed.
+    pub(super) async fn run(
+        &self,
+        mut stream: SplitStream<WebSocket>,
+        kill: watch::Receiver<Option<CloseReason>>,
+    ) {
+        let hub = &self.services.hub;
+        let idle = Duration::from_millis(hub.config.idle_timeout_ms);
+        let mut idle_deadline = Instant::now() + idle;
+        let until_expiry = (self.user.expires_at - time::OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        let expiry = tokio::time::sleep(until_expiry);
+        tokio::pin!(expiry);
+        let killed = killed(kill);
+        tokio::pin!(killed);
+        let mut bad_frames = 0u32;
+        let mut window_start = Instant::now();
+        // Replies in the order their frames arrived; a send's ack waits for
+        // its commit while the frames behind it are read (and their sends queued).
+        let mut replies: FuturesOrdered<BoxFuture<'static, String>> = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                _ = &mut killed => return,
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    hub.registry.kill(self.id, IDLE);
+                    return;
+                }
+                _ = &mut expiry => {
+                    hub.registry.kill(self.id, TOKEN_EXPIRED);
+                    return;
+                }
+                Some(reply) = replies.next(), if !replies.is_empty() => {
+                    hub.registry.send_to(self.id, Frame::from(reply));
+                }
+                message = stream.next(), if replies.len() < PIPELINED_SENDS => {
+                    let message = match message {
+                        None => return,
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            // tungstenite reports an oversized frame as a capacity error.
+                            if matches!(e, WsError::Capacity(_)) {
+                                hub.registry.kill(self.id, TOO_BIG);
+                            }
+                            return;
+                        }
+                    };
+                    idle_deadline = Instant::now() + idle;
+                    if message.is_close() {
+                        return;
+                    }
+                    let reply = if let Message::Text(text) = &message {
+                        self.handle_text(text.as_str()).await
+                    } else if message.is_binary() {
+                        Err(ServerFrame::Error {
+                            code: "invalid_frame",
+                            error: "binary frames are not supported; send JSON text".into(),
+                            reference: None,
+                        })
+                    } else {
+                        continue; // ping/pong: the idle deadline already moved.
+                    };
+                    let reply = match reply {
+                        Ok(Some(reply)) => reply,
+                        Ok(None) => continue,
+                        Err(error) => {
+                            if window_start.elapsed() > BAD_FRAME_WINDOW {
+                                window_start = Instant::now();
+                                bad_frames = 0;
+                            }
+                            bad_frames += 1;
+                            if bad_frames > hub.config.max_bad_frames {
+                                hub.registry.kill(self.id, GARBAGE);
+                                return;
+                            }
+                            Reply::Now(error.to_text(None))
+                        }
+                    };
+                    match reply {
+                        Reply::Now(frame) if replies.is_empty() => {
+                            hub.registry.send_to(self.id, Frame::from(frame));
+                        }
+                        Reply::Now(frame) => replies.push_back(future::ready(frame).boxed()),
+                        Reply::Later(frame) => replies.push_back(frame),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one client text frame. `Ok(Some)` is the reply, `Ok(None)`
+    /// means none is due, and `Err` is an error frame for a malformed frame
+    /// (counted towards the garbage limit). Refusals of well-formed requests
+    /// are replies.
+    async fn handle_text(&self, text: &str) -> Result<Option<Reply>, ServerFrame> {
+        let (frame, reference) = parse_client_frame(text).map_err(ServerFrame::from)?;
+        Ok(match self.handle_frame(frame).await {
+            Ok(Some(Handled::Reply(frame))) => Some(Reply::Now(frame.to_text(reference.as_ref()))),
+            Ok(Some(Handled::Queued(pending))) => Some(Reply::Later(
+                async move {
+                    match pending.finish().await {
+                        Ok(sent) => ack(&sent).to_text(reference.as_ref()),
+                        Err(e) => ServerFrame::error(&e, reference).to_text(None),
+                    }
+                }
+                .boxed(),
+            )),
+            Ok(None) => None,
+            Err(e) => Some(Reply::Now(ServerFrame::error(&e, reference).to_text(None))),
+        })
+    }
+
+    async fn handle_frame(&self, frame: ClientFrame) -> Result<Option<Handled>, ApiError> {
+        let Services { hub, pool, sends } = self.services;
+        let user = self.user;
+        let reply = |frame| Ok(Some(Handled::Reply(frame)));
+        match frame {
+            ClientFrame::Ping => reply(ServerFrame::Pong {}),
+            ClientFrame::Message(req) => {
+                Ok(Some(Handled::Queued(sends.queue(user.id, req).await?)))
+            }
+            ClientFrame::JoinChat { chat_id } | ClientFrame::LeaveChat { chat_id } => {
+                let pause = matches!(frame, ClientFrame::LeaveChat { .. });
+                if !hub.registry.set_paused(self.id, chat_id, pause) {
+                    return Err(ApiError::ChatNotFound);
+                }
+                reply(ServerFrame::Ack(
+                    json!({ "chat_id": chat_id, "subscribed": !pause }),
+                ))
+            }
+            ClientFrame::Typing { chat_id } => {
+                if !hub.registry.is_member(self.id, chat_id) {
+                    return Err(ApiError::ChatNotFound);
+                }
+                if hub.typing_allowed(user.id, chat_id) {
+                    let client = pool.get().await?;
+                    let signal = Live::Typing {
+                        chat_id,
+                        user_id: user.id,
+                        username: user.username.clone(),
+                    };
+                    notify_live(&*client, &signal).await?;
+                }
+                Ok(None)
+            }
+            ClientFrame::Read {
+                chat_id,
+                message_id,
+            } => {
+                let client = pool.get().await?;
+                let marker =
+                    crate::chats::read::advance_read_marker(&*client, chat_id, user.id, message_id)
+                        .await?;
+                reply(ServerFrame::Ack(
+                    serde_json::to_value(marker).unwrap_or(Value::Null),
+                ))
+            }
+        }
+    }
+}
+
+fn ack(sent: &Sent) -> ServerFrame {
+    ServerFrame::Ack(json!({
+        "message_id": sent.message_id,
+        "event_id": sent.event_id,
+        "chat_id": sent.chat_id,
+        "client_id": sent.client_id,
+        "duplicate": sent.duplicate,
+    }))
+}

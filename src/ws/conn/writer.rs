@@ -1,0 +1,289 @@
+//! A connection's writer task: sends `ready`, replays what the client missed,
+//! then drains the connection's queue (pings included) onto the socket until
+//! the connection is killed or its reader is gone.
+
+use super::Services;
+use super::replay::Replay;
+use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
+use crate::ws::event::Frame;
+use crate::ws::registry::{ConnId, Registration};
+use crate::ws::upgrade::WebSocket;
+use futures_util::future::BoxFuture;
+use futures_util::stream::SplitSink;
+use futures_util::{FutureExt, SinkExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+pub(super) type Sink = SplitSink<WebSocket, Message>;
+
+/// Queued frames written per flush: one syscall carries a burst.
+const WRITE_BATCH: usize = 64;
+
+/// A writer's view of its connection's kill signal.
+pub(super) struct Kill {
+    reason: watch::Receiver<Option<CloseReason>>,
+    /// Resolves once the connection is killed (or its registration is gone).
+    /// One future per connection, polled wherever the writer may block: a
+    /// fresh `changed()` per `select!` would register and deregister a
+    /// waiter under the channel's lock on every wake.
+    signal: BoxFuture<'static, ()>,
+}
+
+impl Kill {
+    fn new(reason: watch::Receiver<Option<CloseReason>>) -> Self {
+        Kill {
+            signal: killed(reason.clone()).boxed(),
+            reason,
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.reason.borrow().is_some()
+    }
+}
+
+/// Resolves once the connection is killed.
+pub(super) async fn killed(mut reason: watch::Receiver<Option<CloseReason>>) {
+    let _ = reason.wait_for(Option::is_some).await;
+}
+
+/// The sending half of a socket and the queue it drains.
+pub(super) struct Writer {
+    conn_id: ConnId,
+    sink: Sink,
+    rx: mpsc::Receiver<Frame>,
+    kill: Kill,
+    queued_bytes: Arc<AtomicUsize>,
+    /// Frames taken from the queue but not written when the connection was
+    /// killed; a draining close writes them first.
+    unsent: Vec<Frame>,
+    /// Scratch space for a burst, kept across writes. Grown on first use:
+    /// reserving a burst up front would cost every idle connection memory.
+    batch: Vec<Frame>,
+}
+
+impl Writer {
+    pub(super) fn new(sink: Sink, registration: Registration) -> Writer {
+        let Registration {
+            id,
+            rx,
+            kill,
+            queued_bytes,
+        } = registration;
+        Writer {
+            conn_id: id,
+            sink,
+            rx,
+            kill: Kill::new(kill),
+            queued_bytes,
+            unsent: Vec::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// Sends `ready`, replays, drains the queue; then closes the socket the
+    /// way the connection ended.
+    pub(super) async fn run(mut self, services: Services, ready: String, replay: Option<Replay>) {
+        let flush_ms = services.hub.config.close_flush_timeout_ms;
+        match self.drive(&services, ready, replay).await {
+            // The reader unregistered: the client went away.
+            Ok(true) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(flush_ms), self.sink.close()).await;
+            }
+            Ok(false) => {
+                let reason = (*self.kill.reason.borrow()).unwrap_or(IDLE);
+                if reason.drain {
+                    self.drain(flush_ms).await;
+                }
+                close_socket(self.sink, reason, flush_ms).await;
+            }
+            // The socket is broken: nothing more can be sent; make sure the
+            // reader stops too, whatever it is waiting for.
+            Err(e) => {
+                log::debug!("WebSocket write failed: {e}");
+                services.hub.registry.kill(self.conn_id, UNAVAILABLE);
+            }
+        }
+    }
+
+    /// The writer's work; `Ok(true)` when the reader unregistered,
+    /// `Ok(false)` when killed.
+    async fn drive(
+        &mut self,
+        services: &Services,
+        ready: String,
+        replay: Option<Replay>,
+    ) -> Result<bool, WsError> {
+        if !self.send(Message::text(ready)).await? {
+            return Ok(false);
+        }
+        if let Some(replay) = replay
+            && !replay.run(self, services).await?
+        {
+            return Ok(false);
+        }
+        // The writer waits on its queue alone. A kill removes the connection
+        // from the registry, which drops the queue's only sender, so the
+        // writer wakes to `None`; the kill signal is polled only while a
+        // write blocks (`send`, `send_queued`). Pings come through the queue
+        // too (see `registry::PING`).
+        while let Some(frame) = self.rx.recv().await {
+            if self.kill.is_set() {
+                self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                self.unsent.push(frame);
+                return Ok(false);
+            }
+            if !self.send_queued(frame).await? {
+                return Ok(false);
+            }
+        }
+        // Killed, or unregistered by the reader (the client went away).
+        Ok(!self.kill.is_set())
+    }
+
+    /// The id of the connection this writer serves.
+    pub(super) fn conn_id(&self) -> ConnId {
+        self.conn_id
+    }
+
+    /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`])
+    /// with one flush, unless the connection is killed meanwhile: then the
+    /// frames taken but not written are left in `unsent`.
+    async fn send_queued(&mut self, first: Frame) -> Result<bool, WsError> {
+        self.batch.push(first);
+        self.take_queued();
+        // Let the other woken writers (and the dispatcher) run once before
+        // writing: under load more frames are queued by then, and one write
+        // carries them all. Outside the write below, whose kill signal is
+        // then polled only when the socket is full.
+        if self.batch.len() == 1 {
+            tokio::task::yield_now().await;
+            self.take_queued();
+        }
+        let bytes = self.batch.iter().map(|f| f.len()).sum();
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if self.kill.is_set() {
+            self.unsent.append(&mut self.batch);
+            return Ok(false);
+        }
+        let mut fed = 0;
+        let sink = &mut self.sink;
+        let batch = &self.batch;
+        let write = async {
+            for frame in batch.iter() {
+                sink.feed(message_of(frame.clone())).await?;
+                fed += 1;
+            }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            biased;
+            result = write => result.map(|_| true),
+            _ = &mut self.kill.signal => Ok(false),
+        };
+        if let Ok(false) = written {
+            self.unsent.extend(self.batch.drain(fed..));
+        }
+        self.batch.clear();
+        written
+    }
+
+    fn take_queued(&mut self) {
+        while self.batch.len() < WRITE_BATCH
+            && let Ok(frame) = self.rx.try_recv()
+        {
+            self.batch.push(frame);
+        }
+    }
+
+    /// Sends one message unless the connection is killed meanwhile (a client
+    /// that stopped reading blocks the send; the kill must still get through).
+    async fn send(&mut self, message: Message) -> Result<bool, WsError> {
+        if self.kill.is_set() {
+            return Ok(false);
+        }
+        tokio::select! {
+            biased;
+            result = self.sink.send(message) => result.map(|_| true),
+            _ = &mut self.kill.signal => Ok(false),
+        }
+    }
+
+    /// Writes a page of replayed frames with one flush, unless the
+    /// connection is killed meanwhile. With `TCP_NODELAY` a flush per frame
+    /// would be a syscall and a TCP segment per frame.
+    pub(super) async fn send_page(&mut self, frames: Vec<(i64, Frame)>) -> Result<bool, WsError> {
+        if self.kill.is_set() {
+            return Ok(false);
+        }
+        let sink = &mut self.sink;
+        let write = async {
+            for (_, frame) in frames {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            result = write => result.map(|_| true),
+            _ = &mut self.kill.signal => Ok(false),
+        }
+    }
+
+    /// Writes `unsent` (counted out of `queued_bytes` already), then what is
+    /// still queued, within the flush timeout.
+    async fn drain(&mut self, flush_ms: u64) {
+        let Writer {
+            sink,
+            rx,
+            queued_bytes,
+            unsent,
+            ..
+        } = self;
+        let flush = async {
+            for frame in unsent.drain(..) {
+                if sink.feed(message_of(frame)).await.is_err() {
+                    return;
+                }
+            }
+            while let Ok(frame) = rx.try_recv() {
+                queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                if sink.feed(message_of(frame)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.flush().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(flush_ms), flush).await;
+    }
+}
+
+/// The message a queued frame is written as: [`PING`](crate::ws::registry::PING)
+/// (empty) stands for a ping.
+fn message_of(frame: Frame) -> Message {
+    if frame.is_empty() {
+        Message::Ping(Bytes::new())
+    } else {
+        Message::Text(frame)
+    }
+}
+
+/// Sends the close frame for `reason` and closes, within the flush timeout.
+pub(super) async fn close_socket(mut sink: Sink, reason: CloseReason, flush_ms: u64) {
+    let close = async {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(reason.code),
+                reason: Utf8Bytes::from_static(reason.reason),
+            })))
+            .await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(flush_ms), close).await;
+}

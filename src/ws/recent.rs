@@ -1,0 +1,172 @@
+//! The replay cache: a node's latest dispatched events, with consecutive
+//! ids, up to a byte budget. A client resuming with `since` is replayed
+//! from here when the events it missed are all still held, instead of from
+//! the log (where a reconnect storm makes PostgreSQL build every missed
+//! frame once per client).
+
+use super::event::{Event, Frame};
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+pub struct ReplayCache {
+    held: RwLock<Held>,
+    /// The byte budget; 0 holds nothing.
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Held {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+}
+
+impl ReplayCache {
+    pub fn new(limit: usize) -> ReplayCache {
+        ReplayCache {
+            held: RwLock::new(Held::default()),
+            limit,
+        }
+    }
+
+    /// Holds `event`, the newest dispatched; the oldest go when the budget is spent.
+    pub fn push(&self, event: Arc<Event>) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        held.push(event, self.limit);
+    }
+
+    /// How many of the newest logged events a starting node should read to
+    /// fill its budget (events average a few hundred bytes).
+    pub fn preload_estimate(&self) -> usize {
+        (self.limit / 384).min(100_000)
+    }
+
+    /// Holds `events` (consecutive, oldest first, all at or below the last
+    /// dispatched id) as the oldest held events, within the budget.
+    pub fn preload(&self, events: Vec<Event>) {
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if !held.events.is_empty() {
+            return;
+        }
+        for event in events {
+            held.push(Arc::new(event), self.limit);
+        }
+    }
+
+    /// Frames of held events in `(after, upto]` for which `wanted` holds, at
+    /// most `limit` of them, with the id of the last event looked at (resume
+    /// from there). `None` when event `after + 1` is not held: read the log.
+    pub fn page(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Option<(Vec<(i64, Frame)>, i64)> {
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        let first = held.events.front()?.id;
+        if after + 1 < first || after >= held.events.back()?.id {
+            return None;
+        }
+        let mut frames = Vec::new();
+        let mut scanned = after;
+        for event in held.events.range((after + 1 - first) as usize..) {
+            if event.id > upto || frames.len() == limit {
+                break;
+            }
+            scanned = event.id;
+            if wanted(event) {
+                frames.push((event.id, event.frame.clone()));
+            }
+        }
+        Some((frames, scanned))
+    }
+}
+
+impl Held {
+    fn push(&mut self, event: Arc<Event>, limit: usize) {
+        // A hole (events pruned before this node saw them) would make the
+        // held range lie about what it covers: start over after it.
+        if self
+            .events
+            .back()
+            .is_some_and(|last| last.id + 1 != event.id)
+        {
+            self.events.clear();
+            self.bytes = 0;
+        }
+        self.bytes += event.held_bytes();
+        self.events.push_back(event);
+        while self.bytes > limit {
+            match self.events.pop_front() {
+                Some(old) => self.bytes -= old.held_bytes(),
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EventKind;
+
+    fn event(id: i64, chat_id: i64) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            chat_id: Some(chat_id),
+            kind: EventKind::Message,
+            user_ids: Vec::new(),
+            frame: Frame::from(format!("{{\"event_id\":{id}}}")),
+        })
+    }
+
+    fn cache_of(limit: usize, ids: impl IntoIterator<Item = (i64, i64)>) -> ReplayCache {
+        let cache = ReplayCache::new(limit);
+        for (id, chat) in ids {
+            cache.push(event(id, chat));
+        }
+        cache
+    }
+
+    fn ids(page: Option<(Vec<(i64, Frame)>, i64)>) -> Option<(Vec<i64>, i64)> {
+        page.map(|(frames, through)| (frames.into_iter().map(|(id, _)| id).collect(), through))
+    }
+
+    #[test]
+    fn held_events_serve_a_range_they_cover_in_pages() {
+        let cache = cache_of(1 << 20, (1..=10).map(|id| (id, id % 2)));
+        let odd = |e: &Event| e.chat_id == Some(1);
+        assert_eq!(ids(cache.page(2, 9, 100, odd)), Some((vec![3, 5, 7, 9], 9)));
+        // A full page stops at its last frame; the next page resumes there.
+        assert_eq!(ids(cache.page(0, 10, 2, odd)), Some((vec![1, 3], 3)));
+        // Up to the newest held event; the rest is the log's.
+        assert_eq!(ids(cache.page(8, 12, 100, odd)), Some((vec![9], 10)));
+        assert_eq!(ids(cache.page(10, 12, 100, odd)), None);
+    }
+
+    #[test]
+    fn the_oldest_events_go_first_when_the_budget_is_spent() {
+        let one = event(1, 1).held_bytes();
+        let cache = cache_of(3 * one, (1..=5).map(|id| (id, 1)));
+        let all = |_: &Event| true;
+        assert_eq!(ids(cache.page(1, 5, 100, all)), None, "event 2 is gone");
+        assert_eq!(ids(cache.page(2, 5, 100, all)), Some((vec![3, 4, 5], 5)));
+    }
+
+    #[test]
+    fn a_hole_in_the_ids_drops_what_came_before_it() {
+        let cache = cache_of(1 << 20, [1, 2, 3, 7, 8].map(|id| (id, 1)));
+        let all = |_: &Event| true;
+        assert_eq!(ids(cache.page(2, 8, 100, all)), None);
+        assert_eq!(ids(cache.page(6, 8, 100, all)), Some((vec![7, 8], 8)));
+    }
+
+    #[test]
+    fn a_zero_budget_holds_nothing() {
+        let cache = cache_of(0, [(1, 1)]);
+        assert_eq!(ids(cache.page(0, 1, 100, |_| true)), None);
+    }
+}

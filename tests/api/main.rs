@@ -1,0 +1,21 @@
+//! The integration suite: a real PostgreSQL, real servers on port 0 and real
+//! WebSocket clients (see `helpers`), one module per area of the product.
+//! One binary, so the helpers and the server compile once and the suite
+//! shares one PostgreSQL cluster.
+
+mod helpers;
+
+mod auth;
+mod chats;
+mod cli;
+mod errors;
+mod messages;
+mod outage;
+mod send_batches;
+mod smoke;
+mod users;
+mod ws_connect_race;
+mod ws_delivery;
+mod ws_guarantees;
+mod ws_multinode;
+mod ws_protocol;
