@@ -35,8 +35,8 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, tokio_postgres::Error> {
 ///
 /// JIT off: our statements are short OLTP queries, but row estimates on tiny
 /// tables (the one-row `event_seq`, set-returning JSON functions) can push
-/// their cost past `jit_above_cost`, and compiling then costs 10-40 ms per
-/// execution — measured as the dominant cost of a message send.
+/// their cost past `jit_above_cost`, and compiling then costs more than the
+/// statement itself, on every execution.
 pub fn session_defaults(pg: &mut tokio_postgres::Config) {
     let mut options = pg.get_options().unwrap_or("").to_string();
     if !options.contains("jit=") {
@@ -51,9 +51,7 @@ pub fn session_defaults(pg: &mut tokio_postgres::Config) {
 /// NOTIFY — was a task woken by I/O that waited in the run queue behind the
 /// socket writers woken before it, so under fan-out load commits came later
 /// and writers found fewer frames per wake-up. Here the kernel schedules them
-/// beside the runtime's workers (`fanout`, 1,000 members, alternated runs:
-/// server CPU per delivery 0.48 and 0.45 -> 0.42 and 0.40 µs, BENCHMARKS.md).
-/// The thread stops when the runtime that started it is dropped.
+/// beside the runtime's workers. The thread stops when the runtime that started it is dropped.
 pub struct DbThread {
     handle: tokio::runtime::Handle,
 }

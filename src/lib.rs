@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
+mod layers;
 pub mod logging;
 pub mod membership;
 pub mod messages;
@@ -144,8 +145,8 @@ pub async fn build(config: Config) -> Result<App, StartError> {
 /// Binds `addr` with `TCP_NODELAY` on the listening socket, which Linux
 /// copies to every accepted socket (warp accepts them itself and offers no
 /// hook to set it). Without it a WebSocket's small frames wait for the
-/// client's delayed ACK whenever an earlier write is still unacknowledged:
-/// up to 40 ms per frame in the `fanout` benchmark.
+/// client's delayed ACK whenever an earlier write is still unacknowledged
+/// (up to 40 ms on Linux).
 fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

@@ -3,8 +3,8 @@
 //! A bcrypt check at cost 12 is ~250 ms of pure CPU. Run on tokio's blocking
 //! pool, a burst of logins starts one thread per login, and on a small machine
 //! those threads outnumber the runtime's workers: the OS then gives every other
-//! request a sliver of the cores (the `login` benchmark measured /health p99 at
-//! 84 ms during 50 concurrent logins on 2 cores). Here hashing runs on one
+//! request a sliver of the cores, and a burst of logins slows every other
+//! request the server answers. Here hashing runs on one
 //! thread per core at the lowest scheduling priority (nice 19), so it uses
 //! whatever CPU the runtime and PostgreSQL leave idle — the logins/s of a
 //! fully busy machine — and yields at once when a request needs a core.

@@ -777,19 +777,22 @@ async fn worker(opts: &Opts) -> Result<(), String> {
     let open = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
+    let shared = Shared {
+        count,
+        node,
+        gate,
+        events: ev_tx.clone(),
+        open: open.clone(),
+    };
     for (i, token) in tokens.into_iter().enumerate() {
-        tokio::spawn(socket(
-            i,
-            count,
-            node,
-            first + i,
+        let slot = Slot {
+            index: i,
+            global_index: first + i,
             token,
-            gate.clone(),
-            round_rx.clone(),
-            ev_tx.clone(),
-            open.clone(),
-        ));
+        };
+        tokio::spawn(socket(slot, shared.clone(), round_rx.clone()));
     }
+    drop(shared);
     drop(ev_tx);
     drop(round_rx);
 
@@ -893,21 +896,41 @@ async fn worker(opts: &Opts) -> Result<(), String> {
     }
 }
 
+/// What every socket of a worker shares.
+#[derive(Clone)]
+struct Shared {
+    /// Sockets in this worker.
+    count: usize,
+    node: SocketAddr,
+    /// At most this many handshakes at once.
+    gate: Arc<Semaphore>,
+    events: mpsc::UnboundedSender<SocketEvent>,
+    open: Arc<AtomicUsize>,
+}
+
+/// One socket's place: its index in the worker and across workers, and its token.
+struct Slot {
+    index: usize,
+    global_index: usize,
+    token: String,
+}
+
 /// One client socket: connect (at most `gate` handshakes at once), then read
 /// continuously (tungstenite answers the server's pings while reading) and
 /// send an application ping when a round asks for one.
-#[allow(clippy::too_many_arguments)]
-async fn socket(
-    index: usize,
-    count: usize,
-    node: SocketAddr,
-    global_index: usize,
-    token: String,
-    gate: Arc<Semaphore>,
-    mut rounds: watch::Receiver<Round>,
-    events: mpsc::UnboundedSender<SocketEvent>,
-    open: Arc<AtomicUsize>,
-) {
+async fn socket(slot: Slot, shared: Shared, mut rounds: watch::Receiver<Round>) {
+    let Slot {
+        index,
+        global_index,
+        token,
+    } = slot;
+    let Shared {
+        count,
+        node,
+        gate,
+        events,
+        open,
+    } = shared;
     let user = User {
         id: 0,
         username: String::new(),

@@ -2,8 +2,8 @@
 //! username, token version and expiry.
 //!
 //! Opening a token (BLAKE2b, XChaCha20, the claims' JSON, the expiry's
-//! RFC 3339 text) was a third of the server's instructions per message in the
-//! `send` benchmark (callgrind), for the same few tokens over and over. So the key
+//! RFC 3339 text) costs more than the rest of the server's work on a small
+//! request, and clients send the same few tokens over and over. So the key
 //! remembers the tokens it has opened, by their exact text: a repeat costs a
 //! hash of the text. Only tokens that opened are remembered (garbage cannot
 //! fill the memory), every use still checks the expiry, and revocation is

@@ -1,8 +1,11 @@
 //! Chats: groups and direct messages, listing by activity, rename and delete.
 //! Membership changes live in [`members`], read markers in [`read`].
 
+mod create;
 pub mod members;
 pub mod read;
+
+pub use create::{check_member_ids, ensure_users_exist};
 
 use crate::auth::AuthUser;
 use crate::db::Pool;
@@ -20,7 +23,6 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 pub const CHAT_NAME_MAX_CHARS: usize = 100;
-pub const MAX_MEMBER_IDS: usize = 1000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Chat {
@@ -172,53 +174,10 @@ fn check_name(raw: Option<&str>, required: bool, errors: &mut Vec<FieldError>) -
     name.map(str::to_string)
 }
 
-/// Dedups member ids and drops the caller's own; errors on bad or too many ids.
-pub fn check_member_ids(ids: &[i64], caller: i64, errors: &mut Vec<FieldError>) -> Vec<i64> {
-    if ids.len() > MAX_MEMBER_IDS {
-        errors.push(FieldError::new(
-            "member_ids",
-            format!("at most {MAX_MEMBER_IDS} ids"),
-        ));
-        return Vec::new();
-    }
-    if let Some(bad) = ids.iter().find(|&&id| id <= 0) {
-        errors.push(FieldError::new(
-            "member_ids",
-            format!("{bad} is not a valid user id"),
-        ));
-    }
-    let mut out: Vec<i64> = ids.iter().copied().filter(|&id| id != caller).collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Fails with a 400 listing the ids that name no user.
-pub async fn ensure_users_exist(client: &impl GenericClient, ids: &[i64]) -> Result<(), ApiError> {
-    let rows = client
-        .query(
-            "select t.id from unnest($1::bigint[]) as t(id)
-             where not exists (select 1 from users u where u.id = t.id) order by t.id",
-            &[&ids],
-        )
-        .await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let unknown: Vec<String> = rows
-        .iter()
-        .map(|r| r.get::<_, i64>(0).to_string())
-        .collect();
-    Err(ApiError::validation(
-        "member_ids",
-        format!("unknown user ids: {}", unknown.join(", ")),
-    ))
-}
-
 pub fn routes(
     ctx: &Context,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
-    create(ctx)
+    create::route(ctx)
         .or(list(ctx))
         .unify()
         .or(get(ctx))
@@ -231,17 +190,6 @@ pub fn routes(
         .unify()
         .or(read::routes(ctx))
         .unify()
-}
-
-/// POST /api/v1/chats
-fn create(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
-    warp::path!("chats")
-        .and(warp::post())
-        .and(authed(ctx))
-        .and(json_body(ctx.limits.body_bytes))
-        .and(with(ctx.pool.clone()))
-        .then(create_chat)
-        .map(respond)
 }
 
 /// GET /api/v1/chats?limit&offset&with_members
@@ -298,87 +246,6 @@ async fn get_chat(chat_id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply
         .await?
         .ok_or(ApiError::ChatNotFound)?;
     Ok(warp::reply::json(&chat))
-}
-
-#[derive(Deserialize)]
-struct CreateChatRequest {
-    name: Option<String>,
-    #[serde(default)]
-    is_group: bool,
-    #[serde(default)]
-    member_ids: Vec<i64>,
-}
-
-async fn create_chat(
-    user: AuthUser,
-    req: CreateChatRequest,
-    pool: Pool,
-) -> Result<Response, ApiError> {
-    let mut errors = Vec::new();
-    let name = check_name(req.name.as_deref(), req.is_group, &mut errors);
-    let others = check_member_ids(&req.member_ids, user.id, &mut errors);
-    if !req.is_group && errors.is_empty() && others.len() != 1 {
-        errors.push(FieldError::new(
-            "member_ids",
-            "a direct message needs exactly one other user",
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    ensure_users_exist(&tx, &others).await?;
-    let dm_key = (!req.is_group).then(|| {
-        let (a, b) = (user.id.min(others[0]), user.id.max(others[0]));
-        format!("{a}:{b}")
-    });
-    let created = tx
-        .query_opt(
-            "insert into chats (name, is_group, creator_id, dm_key) values ($1, $2, $3, $4)
-             on conflict (dm_key) do nothing
-             returning id",
-            &[&name, &req.is_group, &user.id, &dm_key],
-        )
-        .await?;
-    let (chat_id, status) = match created {
-        Some(row) => (row.get::<_, i64>(0), StatusCode::CREATED),
-        None => {
-            // The DM exists already (perhaps created concurrently): return it.
-            let row = tx
-                .query_one("select id from chats where dm_key = $1", &[&dm_key])
-                .await?;
-            (row.get::<_, i64>(0), StatusCode::OK)
-        }
-    };
-    // For an existing DM this re-adds whichever of the two had left it.
-    let mut all = vec![user.id];
-    all.extend(&others);
-    let added: Vec<i64> = tx
-        .query(
-            "insert into chat_members (chat_id, user_id, is_admin)
-             select $1, u, u = $2 from unnest($3::bigint[]) as u
-             on conflict do nothing
-             returning user_id",
-            &[&chat_id, &user.id, &all],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let chat = fetch_chat_detail(&tx, chat_id, user.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("the chat just created is not visible to its creator"))?;
-    if !added.is_empty() {
-        let mut pending =
-            vec![NewEvent::new(chat_id, EventKind::ChatCreated, &chat).to_users(added.clone())];
-        if status == StatusCode::OK {
-            pending.push(members::member_added_event(&chat, &added));
-        }
-        events::emit(&tx, &pending).await?;
-    }
-    tx.commit().await?;
-    Ok(warp::reply::with_status(warp::reply::json(&chat), status).into_response())
 }
 
 async fn list_chats(
