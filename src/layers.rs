@@ -14,7 +14,7 @@
 //! `lib.rs` and `main.rs` sit on top and may use anything.
 
 /// Bottom first.
-const LAYERS: &[&[&str]] = &[
+pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
     &["db", "events"],
     &["validate", "password", "auth", "membership"],

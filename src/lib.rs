@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http;
+#[cfg(test)]
 mod layers;
 pub mod logging;
 pub mod membership;
