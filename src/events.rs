@@ -53,18 +53,6 @@ pub enum Membership {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
-        EventKind::Message,
-        EventKind::MessageUpdated,
-        EventKind::MessageDeleted,
-        EventKind::ChatCreated,
-        EventKind::ChatUpdated,
-        EventKind::ChatDeleted,
-        EventKind::MemberAdded,
-        EventKind::MemberRemoved,
-        EventKind::System,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",
@@ -79,8 +67,10 @@ impl EventKind {
         }
     }
 
+    /// The kind named `text` (as the log stores it), if this binary knows it.
     pub fn parse(text: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| k.as_str() == text)
+        use serde::de::value::{Error, StrDeserializer};
+        EventKind::deserialize(StrDeserializer::<Error>::new(text)).ok()
     }
 
     pub fn membership(self) -> Membership {
@@ -273,4 +263,41 @@ pub async fn notify_live(client: &impl GenericClient, signal: &Live) -> Result<(
         .execute("select pg_notify($1, $2)", &[&LIVE_CHANNEL, &payload])
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [EventKind; 9] = [
+        EventKind::Message,
+        EventKind::MessageUpdated,
+        EventKind::MessageDeleted,
+        EventKind::ChatCreated,
+        EventKind::ChatUpdated,
+        EventKind::ChatDeleted,
+        EventKind::MemberAdded,
+        EventKind::MemberRemoved,
+        EventKind::System,
+    ];
+
+    #[test]
+    fn every_kind_reads_back_from_its_name_in_the_log_and_in_notifications() {
+        for kind in ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
+        assert_eq!(EventKind::parse("message_exploded"), None);
+    }
+
+    #[test]
+    fn chat_created_is_replayed_only_to_the_users_it_adds() {
+        assert!(EventKind::ChatCreated.replayed_to(true, false));
+        assert!(!EventKind::ChatCreated.replayed_to(false, true));
+        assert!(EventKind::MemberAdded.replayed_to(false, true));
+        assert!(EventKind::Message.replayed_to(false, true));
+        assert!(!EventKind::Message.replayed_to(false, false));
+    }
 }
