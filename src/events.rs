@@ -9,6 +9,7 @@
 //! its transaction: anything after it would lengthen the serialised section.
 
 use crate::error::ApiError;
+use crate::message_json::frame_sql;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -163,10 +164,6 @@ pub async fn emit(client: &impl GenericClient, events: &[NewEvent]) -> Result<Ve
     Ok(ids)
 }
 
-/// SQL for a logged event's frame text, with `event_id` added to its payload;
-/// the one definition the emitter, the listener and replay share.
-pub const FRAME_SQL: &str = "json_build_object('type', kind, 'payload', payload || jsonb_build_object('event_id', id))::text";
-
 /// Appends a JSON array of [`NewEvent`]s (`$1`) and NOTIFYs each.
 pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -179,16 +176,21 @@ pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
                     array(select jsonb_array_elements_text(e.v->'user_ids')::bigint),
                     e.v->'payload'
              from seq, jsonb_array_elements($1::jsonb) with ordinality as e(v, ord)
-             returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
+             returning id, chat_id, kind, user_ids, payload
+         ), ev as (
+             select id, chat_id, kind, user_ids, (payload->>'message_id')::bigint as message_id,
+                    {frame} as frame
+             from ins
          )
-         {}",
-        notify_sql("ins")
+         {notify}",
+        frame = frame_sql("ins"),
+        notify = notify_sql("ev"),
     )
 });
 
 /// Selects `id` and NOTIFYs each row of the CTE `ev` (id, chat_id, kind,
-/// user_ids, frame): the whole event when it fits a NOTIFY payload, else
-/// its id only (listeners then read it from the log).
+/// user_ids, message_id, frame): the whole event when it fits a NOTIFY
+/// payload, else its id only (listeners then read it from the log).
 pub fn notify_sql(ev: &str) -> String {
     format!(
         "select {ev}.id,
@@ -198,11 +200,22 @@ pub fn notify_sql(ev: &str) -> String {
          from {ev}, lateral (
              select json_build_object(
                  'id', {ev}.id, 'chat_id', {ev}.chat_id, 'kind', {ev}.kind, 'user_ids', {ev}.user_ids,
-                 'frame', {ev}.frame::json
+                 'message_id', {ev}.message_id, 'frame', {ev}.frame::json
              )::text as text
          ) n"
     )
 }
+
+/// SQL reading logged events as `id, chat_id, kind, user_ids, frame,
+/// message_id` (what `ws::event::Event::from_row` takes), for `where` and
+/// `order` clauses over `events e` to follow.
+pub static READ_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "select e.id, e.chat_id, e.kind, e.user_ids, {}, (e.payload->>'message_id')::bigint
+         from events e",
+        frame_sql("e")
+    )
+});
 
 /// Ephemeral signals: delivered to whoever is connected now, never replayed.
 /// Serialised in the frame shape `{"type", "payload"}`, so the NOTIFY payload

@@ -7,7 +7,7 @@
 //! health  users  chats  messages      resources
 //! http                                shared filters
 //! validate  password  auth  membership
-//! db  events
+//! db  events  message_json
 //! config  error  support  logging  migrate
 //! ```
 //!
@@ -16,7 +16,7 @@
 /// Bottom first.
 pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
-    &["db", "events"],
+    &["db", "events", "message_json"],
     &["validate", "password", "auth", "membership"],
     &["http"],
     &["health", "users", "chats", "messages"],

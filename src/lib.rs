@@ -13,6 +13,7 @@ pub mod http;
 mod layers;
 pub mod logging;
 pub mod membership;
+pub mod message_json;
 pub mod messages;
 pub mod migrate;
 pub mod password;

@@ -1,10 +1,10 @@
 //! Messages: send (idempotent by client_id), fetch, page through, edit, delete.
-//! Bodies are built in SQL by [`payload`], the one definition of a message.
+//! Bodies are built in SQL by [`message_json`](crate::message_json), the one
+//! definition of a message.
 
-mod payload;
 mod send;
 
-pub use payload::{event_payload_sql, message_json_sql, rfc3339_sql};
+pub use crate::message_json::rfc3339_sql;
 pub use send::{
     CLIENT_ID_MAX_CHARS, PendingSend, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, Sent,
 };
@@ -17,6 +17,7 @@ use crate::http::{
     Context, JsonText, Page, authed, id_param, int_param, json_body, query_map, respond, with,
 };
 use crate::membership::{is_member, join_member};
+use crate::message_json::message_json_sql;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -282,11 +283,9 @@ async fn edit_message(
 ) -> Result<impl Reply, ApiError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "with m as (update messages set content = $2, is_edited = true where id = $1 returning *),
-                  b as (select {} as body from m left join users u on u.id = m.sender_id)
-             select body::text, {} from b",
+            "with m as (update messages set content = $2, is_edited = true where id = $1 returning *)
+             select {}::text from m left join users u on u.id = m.sender_id",
             message_json_sql("m", "u"),
-            event_payload_sql("b.body"),
         )
     });
     let mut errors = Vec::new();
@@ -301,13 +300,12 @@ async fn edit_message(
         return Err(ApiError::NotMessageSender);
     }
     let row = tx.query_one(SQL.as_str(), &[&id, &content]).await?;
-    let payload: serde_json::Value = row.get(1);
     events::emit(
         &tx,
         &[NewEvent::new(
             access.chat_id,
             EventKind::MessageUpdated,
-            payload,
+            serde_json::json!({ "chat_id": access.chat_id, "message_id": id }),
         )],
     )
     .await?;

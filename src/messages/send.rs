@@ -4,11 +4,12 @@
 //! a commit runs go together in the next one (group commit), so under load
 //! PostgreSQL runs one statement per batch rather than one per message.
 
-use super::{check_content, event_payload_sql, message_json_sql};
+use super::check_content;
 use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
-use crate::events::{self, FRAME_SQL};
+use crate::events;
 use crate::membership::is_member;
+use crate::message_json::{event_payload_sql, logged_payload_sql, message_json_sql};
 use futures_util::future::join_all;
 use serde::Deserialize;
 use std::sync::LazyLock;
@@ -257,11 +258,15 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          ), seq as (
              update event_seq set last_id = last_id + 1 where exists (select 1 from m)
              returning last_id
-         ), ev as (
+         ), ins as (
              insert into events (id, chat_id, kind, user_ids, payload)
-             select seq.last_id, b.chat_id, 'message', '{{}}', {payload}
+             select seq.last_id, b.chat_id, 'message', '{{}}', {logged}
              from seq, b
-             returning id, chat_id, kind, user_ids, {FRAME_SQL} as frame
+             returning id
+         ), ev as (
+             select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
+                    b.id as message_id, {frame} as frame
+             from ins, b
          ), sent as (
              {notify}
          )
@@ -269,7 +274,8 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          from b",
         member = is_member("$1", "$2"),
         body = message_json_sql("m", "u"),
-        payload = event_payload_sql("b.body"),
+        logged = logged_payload_sql("b"),
+        frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
     )
 });
@@ -304,14 +310,17 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              update event_seq set last_id = last_id + (select count(*) from m)
              where exists (select 1 from m)
              returning last_id - (select count(*) from m) as base
-         ), ev as (
+         ), ins as (
              insert into events (id, chat_id, kind, user_ids, payload)
              select seq.base + row_number() over (order by b.id), b.chat_id, 'message', '{{}}',
-                    {payload}
+                    {logged}
              from seq, b
              order by b.id
-             returning id, chat_id, kind, user_ids, (payload->>'message_id')::bigint as message_id,
-                       {FRAME_SQL} as frame
+             returning id, (payload->>'message_id')::bigint as message_id
+         ), ev as (
+             select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
+                    b.id as message_id, {frame} as frame
+             from ins join b on b.id = ins.message_id
          ), sent as (
              {notify}
          )
@@ -320,10 +329,22 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          join req on req.id = b.id",
         member = is_member("r.chat_id", "r.sender_id"),
         body = message_json_sql("m", "u"),
-        payload = event_payload_sql("b.body"),
+        logged = logged_payload_sql("b"),
+        frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
     )
 });
+
+/// The `message` frame of event `event_id` for the message whose REST body
+/// is `body`: a send builds it from the row it inserts, which the log's
+/// readers (`message_json::frame_sql`) cannot see within the statement.
+fn frame_from_body_sql(event_id: &str, body: &str) -> String {
+    format!(
+        "json_build_object('type', 'message', 'payload',
+             {} || jsonb_build_object('event_id', {event_id}))::text",
+        event_payload_sql(body)
+    )
+}
 
 /// The committing task: takes whatever is queued, up to [`MAX_BATCH`], and
 /// commits it while the next sends queue.

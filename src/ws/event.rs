@@ -7,20 +7,23 @@ use tokio_postgres::Row;
 /// serialised once and the same bytes are written to every subscriber.
 pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Event {
     pub id: i64,
     pub chat_id: Option<i64>,
     pub kind: EventKind,
     /// Users addressed besides the chat's members (see `events::NewEvent`).
     pub user_ids: Vec<i64>,
+    /// The message a `message*` event is about.
+    pub message_id: Option<i64>,
     pub frame: Frame,
 }
 
 impl Event {
-    /// An event read from the log as `id, chat_id, kind, user_ids, frame`.
-    /// `None` (logged) for a kind this binary does not know — written by a
-    /// newer node during a rolling upgrade: it is skipped, not guessed at.
+    /// An event read from the log by `events::READ_EVENTS_SQL`. `None` for
+    /// one with no frame (the event of a message deleted since) and for a
+    /// kind this binary does not know — written by a newer node during a
+    /// rolling upgrade: it is skipped (and logged), not guessed at.
     pub fn from_row(row: &Row) -> Option<Event> {
         let id: i64 = row.get(0);
         let kind: &str = row.get(2);
@@ -28,12 +31,14 @@ impl Event {
             log::error!("event {id} has an unknown kind `{kind}`; not delivered");
             return None;
         };
+        let frame: Option<String> = row.get(4);
         Some(Event {
             id,
             chat_id: row.get(1),
             kind,
             user_ids: row.get(3),
-            frame: Frame::from(row.get::<_, String>(4)),
+            message_id: row.get(5),
+            frame: Frame::from(frame?),
         })
     }
 

@@ -11,7 +11,7 @@ use super::Hub;
 use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
 use super::event::{Event, Frame};
 use super::registry::DISPATCH_BATCH;
-use crate::events::{EVENTS_CHANNEL, EventKind, FRAME_SQL, LIVE_CHANNEL, Live};
+use crate::events::{EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, READ_EVENTS_SQL};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -29,6 +29,7 @@ struct Notice {
     kind: Option<EventKind>,
     #[serde(default)]
     user_ids: Vec<i64>,
+    message_id: Option<i64>,
     frame: Option<Box<serde_json::value::RawValue>>,
 }
 
@@ -227,6 +228,7 @@ fn announced(payload: &str, last: i64) -> Announced {
             chat_id: notice.chat_id,
             kind,
             user_ids: notice.user_ids,
+            message_id: notice.message_id,
             frame: Frame::from(frame.get()),
         }),
         _ => Announced::Gap(notice.id),
@@ -281,8 +283,8 @@ pub async fn fetch_events(
     let rows = client
         .query(
             &format!(
-                "select id, chat_id, kind, user_ids, {FRAME_SQL}
-                 from events where id > $1 and id <= $2 order by id limit $3"
+                "{} where e.id > $1 and e.id <= $2 order by e.id limit $3",
+                READ_EVENTS_SQL.as_str()
             ),
             &[&after, &upto, &limit],
         )

@@ -5,6 +5,8 @@
 //! frame once per client).
 
 use super::event::{Event, Frame};
+use crate::events::EventKind;
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
@@ -35,6 +37,46 @@ impl ReplayCache {
         }
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         held.push(event, self.limit);
+    }
+
+    /// Keeps no old text of the message `latest` (an edit or a deletion) is
+    /// about: its earlier held events are rewritten with the current text,
+    /// or, once it is deleted, held without a frame (replay skips them), as
+    /// the log would build them now.
+    pub fn forget_old_versions(&self, latest: &Event) {
+        let (Some(message_id), true) = (latest.message_id, self.limit > 0) else {
+            return;
+        };
+        let current: Option<Value> = match latest.kind {
+            EventKind::MessageUpdated => serde_json::from_str(latest.frame.as_str()).ok(),
+            EventKind::MessageDeleted => None,
+            _ => return,
+        };
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        let Held { events, bytes } = &mut *held;
+        for slot in events.iter_mut() {
+            let stale = slot.id < latest.id
+                && slot.message_id == Some(message_id)
+                && matches!(slot.kind, EventKind::Message | EventKind::MessageUpdated)
+                && !slot.frame.is_empty();
+            if !stale {
+                continue;
+            }
+            let frame = match &current {
+                Some(frame) => {
+                    let mut frame = frame.clone();
+                    frame["type"] = Value::from(slot.kind.as_str());
+                    frame["payload"]["event_id"] = Value::from(slot.id);
+                    Frame::from(frame.to_string())
+                }
+                None => Frame::from_static(""),
+            };
+            *bytes = *bytes + frame.len() - slot.frame.len();
+            *slot = Arc::new(Event {
+                frame,
+                ..(**slot).clone()
+            });
+        }
     }
 
     /// How many of the newest logged events a starting node should read to
@@ -77,7 +119,8 @@ impl ReplayCache {
                 break;
             }
             scanned = event.id;
-            if wanted(event) {
+            // An empty frame is a deleted message's event: nothing to replay.
+            if !event.frame.is_empty() && wanted(event) {
                 frames.push((event.id, event.frame.clone()));
             }
         }
@@ -111,7 +154,6 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventKind;
 
     fn event(id: i64, chat_id: i64) -> Arc<Event> {
         Arc::new(Event {
@@ -119,6 +161,7 @@ mod tests {
             chat_id: Some(chat_id),
             kind: EventKind::Message,
             user_ids: Vec::new(),
+            message_id: None,
             frame: Frame::from(format!("{{\"event_id\":{id}}}")),
         })
     }
@@ -168,5 +211,61 @@ mod tests {
     fn a_zero_budget_holds_nothing() {
         let cache = cache_of(0, [(1, 1)]);
         assert_eq!(ids(cache.page(0, 1, 100, |_| true)), None);
+    }
+
+    fn message_event(id: i64, kind: EventKind, message_id: i64, content: &str) -> Arc<Event> {
+        Arc::new(Event {
+            id,
+            chat_id: Some(1),
+            kind,
+            user_ids: Vec::new(),
+            message_id: Some(message_id),
+            frame: Frame::from(
+                serde_json::json!({"type": kind.as_str(), "payload":
+                    {"event_id": id, "message_id": message_id, "content": content}})
+                .to_string(),
+            ),
+        })
+    }
+
+    fn held_frames(cache: &ReplayCache) -> Vec<String> {
+        let (frames, _) = cache.page(0, i64::MAX, 100, |_| true).unwrap();
+        frames.into_iter().map(|(_, f)| f.to_string()).collect()
+    }
+
+    #[test]
+    fn an_edit_rewrites_the_held_versions_and_a_deletion_drops_them() {
+        let cache = ReplayCache::new(1 << 20);
+        cache.push(message_event(1, EventKind::Message, 7, "first"));
+        cache.push(message_event(2, EventKind::Message, 8, "other"));
+        let edit = message_event(3, EventKind::MessageUpdated, 7, "second");
+        cache.push(edit.clone());
+
+        cache.forget_old_versions(&edit);
+
+        let frames = held_frames(&cache);
+        assert!(frames[0].contains("second") && frames[0].contains("\"type\":\"message\""));
+        assert!(frames[0].contains("\"event_id\":1"), "{}", frames[0]);
+        assert!(frames[1].contains("other"));
+        assert!(!frames.iter().any(|f| f.contains("first")), "{frames:?}");
+
+        let deletion = Arc::new(Event {
+            id: 4,
+            chat_id: Some(1),
+            kind: EventKind::MessageDeleted,
+            user_ids: Vec::new(),
+            message_id: Some(7),
+            frame: Frame::from("{\"type\":\"message_deleted\"}"),
+        });
+        cache.push(deletion.clone());
+        cache.forget_old_versions(&deletion);
+
+        let frames = held_frames(&cache);
+        assert_eq!(
+            frames.len(),
+            2,
+            "only the other message and the deletion: {frames:?}"
+        );
+        assert!(!frames.iter().any(|f| f.contains("second")), "{frames:?}");
     }
 }

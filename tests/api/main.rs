@@ -11,6 +11,7 @@ mod cli;
 mod errors;
 mod messages;
 mod outage;
+mod redaction;
 mod send_batches;
 mod smoke;
 mod users;

@@ -7,7 +7,7 @@ use super::Services;
 use super::writer::Writer;
 use crate::db::Pool;
 use crate::error::ApiError;
-use crate::events::FRAME_SQL;
+use crate::events::READ_EVENTS_SQL;
 use crate::ws::close::UNAVAILABLE;
 use crate::ws::event::{Event, Frame};
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -66,10 +66,9 @@ impl Replay {
         let rows = client
             .query(
                 &format!(
-                    "select id, chat_id, kind, user_ids, {FRAME_SQL}
-                     from events
-                     where id > $2 and id <= $3 and ($1 = any(user_ids) or chat_id = any($5))
-                     order by id limit $4"
+                    "{} where e.id > $2 and e.id <= $3 and ($1 = any(e.user_ids) or e.chat_id = any($5))
+                     order by e.id limit $4",
+                    READ_EVENTS_SQL.as_str()
                 ),
                 &[
                     &self.user_id,

@@ -57,6 +57,7 @@ impl Registry {
         }
         inner.last_event_id = event.id;
         self.recent.push(event.clone());
+        self.recent.forget_old_versions(event);
         let pending: Vec<ConnId> = inner.pending.iter().copied().collect();
         for id in pending {
             let overflow = match inner.conns.get_mut(&id).and_then(|c| c.pending.as_mut()) {

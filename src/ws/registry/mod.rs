@@ -379,6 +379,7 @@ mod tests {
             chat_id: Some(chat_id),
             kind: EventKind::Message,
             user_ids: Vec::new(),
+            message_id: None,
             frame: Frame::from(format!("{{\"event_id\":{id}}}")),
         })
     }
@@ -398,6 +399,7 @@ mod tests {
             chat_id: Some(chat_id),
             kind,
             user_ids,
+            message_id: None,
             frame: event(id, chat_id).frame.clone(),
         })
     }

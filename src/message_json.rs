@@ -45,3 +45,27 @@ pub fn event_payload_sql(body: &str) -> String {
              'timestamp', ({body})->'created_at')"
     )
 }
+
+/// SQL (text) for the frame of event row `e` (id, kind, payload) as clients
+/// receive it: `{"type": kind, "payload": {..., "event_id"}}`. The log keeps
+/// only the ids of a message event (`{chat_id, message_id}`), never its
+/// text: the frame is built from the message as it is now, so an edit leaves
+/// no old version to replay and a deleted message's events build no frame
+/// at all (NULL).
+pub fn frame_sql(e: &str) -> String {
+    format!(
+        "case when {e}.kind in ('message', 'message_updated') then (
+             select json_build_object('type', {e}.kind, 'payload',
+                        {payload} || jsonb_build_object('event_id', {e}.id))::text
+             from messages fm left join users fu on fu.id = fm.sender_id
+             where fm.id = ({e}.payload->>'message_id')::bigint)
+         else json_build_object('type', {e}.kind, 'payload',
+                  {e}.payload || jsonb_build_object('event_id', {e}.id))::text end",
+        payload = event_payload_sql(&message_json_sql("fm", "fu")),
+    )
+}
+
+/// SQL (jsonb) for what the log keeps of message `m`'s event: its ids only.
+pub fn logged_payload_sql(m: &str) -> String {
+    format!("jsonb_build_object('chat_id', {m}.chat_id, 'message_id', {m}.id)")
+}
