@@ -5,6 +5,7 @@ use crate::auth::{Auth, AuthUser};
 use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError, InvalidId};
+use crate::validate::json_has_nul;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -158,6 +159,9 @@ pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             "request body must be a JSON object".into(),
         ));
     }
+    if json_has_nul(body) {
+        return Err(ApiError::InvalidText);
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))
 }
@@ -194,7 +198,11 @@ fn form_decode(raw: &str) -> Result<String, ApiError> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| bad())
+    let text = String::from_utf8(out).map_err(|_| bad())?;
+    if text.contains('\0') {
+        return Err(ApiError::InvalidText);
+    }
+    Ok(text)
 }
 
 /// A positive id path segment; anything else is a 400 rather than a 404.

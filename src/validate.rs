@@ -43,9 +43,40 @@ pub fn check_display_name(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Op
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
+/// Whether JSON text holds a NUL character, which PostgreSQL cannot store
+/// in `text`: a `\u0000` escape (JSON has no other way to write one) that
+/// is not itself an escaped backslash followed by `u0000`. Checked on the
+/// raw text, before decoding, so every string of a body is covered at once.
+pub fn json_has_nul(json: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(found) = find(&json[at..], b"u0000") {
+        let u = at + found;
+        // Count the backslashes right before `u`: an odd count escapes the `u`.
+        let slashes = json[..u].iter().rev().take_while(|&&b| b == b'\\').count();
+        if slashes % 2 == 1 {
+            return true;
+        }
+        at = u + 1;
+    }
+    false
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_is_an_odd_run_of_backslashes_before_u0000() {
+        assert!(json_has_nul(br#"{"a":"x\u0000"}"#));
+        assert!(json_has_nul(br#"{"a":"\\\u0000"}"#));
+        assert!(!json_has_nul(br#"{"a":"\\u0000"}"#));
+        assert!(!json_has_nul(br#"{"a":"u0000"}"#));
+        assert!(!json_has_nul(br#"{"a":"\u0001"}"#));
+    }
 
     #[test]
     fn usernames_follow_the_rules() {

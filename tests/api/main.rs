@@ -9,6 +9,7 @@ mod auth;
 mod chats;
 mod cli;
 mod errors;
+mod hostile_input;
 mod messages;
 mod outage;
 mod redaction;

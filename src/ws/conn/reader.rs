@@ -8,6 +8,7 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::events::{Live, notify_live};
 use crate::messages::{PendingSend, Sent};
+use crate::validate::json_has_nul;
 use crate::ws::close::{CloseReason, GARBAGE, IDLE, TOKEN_EXPIRED, TOO_BIG};
 use crate::ws::event::Frame;
 use crate::ws::protocol::{ClientFrame, ServerFrame, parse_client_frame};
@@ -146,7 +147,14 @@ impl Reader<'_> {
     /// are replies.
     async fn handle_text(&self, text: &str) -> Result<Option<Reply>, ServerFrame> {
         let (frame, reference) = parse_client_frame(text).map_err(ServerFrame::from)?;
-        Ok(match self.handle_frame(frame).await {
+        // Refused before it is queued: a send PostgreSQL refuses would fail
+        // the whole group commit it joined.
+        let handled = if json_has_nul(text.as_bytes()) {
+            Err(ApiError::InvalidText)
+        } else {
+            self.handle_frame(frame).await
+        };
+        Ok(match handled {
             Ok(Some(Handled::Reply(frame))) => Some(Reply::Now(frame.to_text(reference.as_ref()))),
             Ok(Some(Handled::Queued(pending))) => Some(Reply::Later(
                 async move {
