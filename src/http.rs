@@ -134,6 +134,18 @@ pub fn json_body<T: DeserializeOwned + Send>(
     })
 }
 
+/// A JSON body of at most `limit` bytes, or `T::default()` when there is none.
+pub fn optional_json_body<T: DeserializeOwned + Default + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    limited_body(limit, false).and_then(|(_, body): (BodyKind, Vec<u8>)| async move {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
+        decode_json(&body).map_err(warp::reject::custom)
+    })
+}
+
 /// A JSON or `application/x-www-form-urlencoded` body (register and login accept both).
 pub fn json_or_form_body<T: DeserializeOwned + Send>(
     limit: u64,

@@ -3,7 +3,7 @@
 
 mod tokens;
 
-pub use tokens::{IssuedToken, Opened, TokenKey, issue_token};
+pub use tokens::{DEFAULT_CLOCK_SKEW_SECS, Grant, IssuedToken, Opened, TokenKey, issue_token};
 
 use crate::config::{AuthConfig, DatabaseConfig};
 use crate::db::Pipeline;
@@ -27,6 +27,7 @@ pub struct Auth {
     /// its own (see [`Pipeline`]): prepared once, pipelined, no pool checkout.
     checks: Pipeline,
     ttl_secs: u64,
+    skew_secs: u64,
 }
 
 impl Auth {
@@ -46,6 +47,7 @@ impl Auth {
             key: TokenKey::new(key),
             checks,
             ttl_secs: config.token_ttl_secs,
+            skew_secs: config.clock_skew_secs,
         })
     }
 
@@ -68,7 +70,14 @@ impl Auth {
         username: &str,
         token_version: i32,
     ) -> Result<IssuedToken, ApiError> {
-        issue_token(&self.key, user_id, username, token_version, self.ttl_secs)
+        let grant = Grant {
+            user_id,
+            username,
+            token_version,
+            ttl_secs: self.ttl_secs,
+            skew_secs: self.skew_secs,
+        };
+        self.key.issue(&grant, OffsetDateTime::now_utc())
     }
 
     /// Checks the token's seal and expiry, then that the account still exists

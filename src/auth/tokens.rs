@@ -109,6 +109,52 @@ impl TokenKey {
     }
 }
 
+/// How far behind the issuing node's clock another node's (or another
+/// PASETO implementation's) may be and still accept a token at once, by
+/// default.
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 60;
+
+/// What a token grants, and for how long.
+pub struct Grant<'a> {
+    pub user_id: i64,
+    pub username: &'a str,
+    pub token_version: i32,
+    pub ttl_secs: u64,
+    /// Seconds `nbf` is set before `now`: see [`DEFAULT_CLOCK_SKEW_SECS`].
+    pub skew_secs: u64,
+}
+
+impl TokenKey {
+    /// Seals `grant` as of `now`. Times are whole seconds (`iat` = now,
+    /// `nbf` = now minus the skew, `exp` = now plus the lifetime): a
+    /// verifier comparing whole seconds, or whose clock is a little behind,
+    /// must not reject a token that was just issued.
+    pub fn issue(&self, grant: &Grant, now: OffsetDateTime) -> Result<IssuedToken, ApiError> {
+        let now = now.replace_nanosecond(0).map_err(ApiError::internal)?;
+        let expires_at = now + time::Duration::seconds(grant.ttl_secs as i64);
+        let text = |t: OffsetDateTime| t.format(&Rfc3339).map_err(ApiError::internal);
+        let iat = text(now)?;
+        let nbf = text(now - time::Duration::seconds(grant.skew_secs as i64))?;
+        let exp = text(expires_at)?;
+        let mut builder = PasetoBuilder::<V4, Local>::default();
+        builder
+            .set_claim(IssuedAtClaim::try_from(iat.as_str()).map_err(claim)?)
+            .set_claim(NotBeforeClaim::try_from(nbf.as_str()).map_err(claim)?)
+            .set_claim(ExpirationClaim::try_from(exp.as_str()).map_err(claim)?)
+            .set_claim(CustomClaim::try_from(("user_id", grant.user_id)).map_err(claim)?)
+            .set_claim(CustomClaim::try_from(("username", grant.username)).map_err(claim)?)
+            .set_claim(CustomClaim::try_from(("ver", grant.token_version)).map_err(claim)?);
+        let token = builder.build(&self.key).map_err(ApiError::internal)?;
+        Ok(IssuedToken { token, expires_at })
+    }
+}
+
+/// A claim that would not build: a bug, not a client's doing.
+fn claim<E: Into<rusty_paseto::Error>>(e: E) -> ApiError {
+    ApiError::internal(e.into())
+}
+
+/// A token issued now with the default clock skew.
 pub fn issue_token(
     key: &TokenKey,
     user_id: i64,
@@ -116,20 +162,14 @@ pub fn issue_token(
     token_version: i32,
     ttl_secs: u64,
 ) -> Result<IssuedToken, ApiError> {
-    let token = PasetoBuilder::<V4, Local>::default()
-        .claim("user_id", user_id)
-        .and_then(|b| b.claim("username", username.to_string()))
-        .and_then(|b| b.claim("ver", token_version))
-        .map_err(ApiError::internal)?
-        .expires_in(std::time::Duration::from_secs(ttl_secs))
-        .build(&key.key)
-        .map_err(ApiError::internal)?;
-    // Report exactly the expiry sealed into the token.
-    let opened = key.open_sealed(&token)?;
-    Ok(IssuedToken {
-        token,
-        expires_at: opened.expires_at,
-    })
+    let grant = Grant {
+        user_id,
+        username,
+        token_version,
+        ttl_secs,
+        skew_secs: DEFAULT_CLOCK_SKEW_SECS,
+    };
+    key.issue(&grant, OffsetDateTime::now_utc())
 }
 
 #[cfg(test)]
@@ -152,6 +192,34 @@ mod tests {
         let other = TokenKey::new([8; 32]);
         assert!(other.open(&t.token, now).is_err());
         assert!(key.open("v4.local.garbage", now).is_err());
+    }
+
+    #[test]
+    fn a_token_opens_at_once_where_the_clock_is_behind_the_issuers() {
+        // Arrange: issued by a node whose clock is 30 s ahead of this one's.
+        let key = TokenKey::new([7; 32]);
+        let ahead = OffsetDateTime::now_utc() + Duration::seconds(30);
+        let grant = Grant {
+            user_id: 42,
+            username: "alice",
+            token_version: 0,
+            ttl_secs: 3600,
+            skew_secs: DEFAULT_CLOCK_SKEW_SECS,
+        };
+        let issued = key.issue(&grant, ahead).unwrap();
+
+        // Act: opened here, a fresh key so nothing is remembered.
+        let opened = TokenKey::new([7; 32]).open(&issued.token, OffsetDateTime::now_utc());
+
+        // Assert
+        assert_eq!(opened.unwrap().user_id, 42);
+    }
+
+    #[test]
+    fn token_times_are_whole_seconds() {
+        let key = TokenKey::new([7; 32]);
+        let issued = issue_token(&key, 1, "alice", 0, 60).unwrap();
+        assert_eq!(issued.expires_at.nanosecond(), 0);
     }
 
     #[test]

@@ -44,6 +44,7 @@ impl Config {
             366 * 24 * 3600,
         )?;
         check_range("auth.bcrypt_cost", self.auth.bcrypt_cost as u64, 4, 31)?;
+        check_range("auth.clock_skew_secs", self.auth.clock_skew_secs, 0, 3600)?;
         if !LOG_LEVELS.contains(&self.log.level.to_ascii_lowercase().as_str()) {
             return Err(ConfigError::new(
                 "log.level",
@@ -95,6 +96,12 @@ impl Config {
             ws.replay_cache_bytes as u64,
             0,
             1 << 34,
+        )?;
+        check_range(
+            "ws.replay_max_events",
+            ws.replay_max_events as u64,
+            0,
+            10_000_000,
         )?;
         check_range(
             "ws.max_frame_bytes",

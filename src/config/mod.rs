@@ -41,6 +41,8 @@ pub struct AuthConfig {
     pub token_key: Option<String>,
     pub token_ttl_secs: u64,
     pub bcrypt_cost: u32,
+    /// How far behind the issuing node's clock a verifier's may be.
+    pub clock_skew_secs: u64,
 }
 
 // The token key is a secret: keep it out of `{:?}` output.
@@ -50,6 +52,7 @@ impl fmt::Debug for AuthConfig {
             .field("token_key", &self.token_key.as_ref().map(|_| "<redacted>"))
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("clock_skew_secs", &self.clock_skew_secs)
             .finish()
     }
 }
@@ -83,6 +86,7 @@ pub struct WsConfig {
     pub queue_bytes: usize,
     /// Recent events held in memory per node for replay; 0 replays from the log only.
     pub replay_cache_bytes: usize,
+    pub replay_max_events: usize,
     pub max_frame_bytes: usize,
     pub max_bad_frames: u32,
     pub typing_interval_ms: u64,
@@ -124,6 +128,7 @@ impl Default for AuthConfig {
             token_key: None,
             token_ttl_secs: 24 * 60 * 60,
             bcrypt_cost: 12,
+            clock_skew_secs: 60,
         }
     }
 }
@@ -153,6 +158,7 @@ impl Default for WsConfig {
             queue_frames: 1024,
             queue_bytes: 4 * 1024 * 1024,
             replay_cache_bytes: 16 * 1024 * 1024,
+            replay_max_events: 10_000,
             max_frame_bytes: 64 * 1024,
             max_bad_frames: 20,
             typing_interval_ms: 2_000,

@@ -9,7 +9,9 @@ use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events;
-use crate::http::{Context, Page, authed, id_param, json_body, query_map, respond, with};
+use crate::http::{
+    Context, Page, authed, id_param, json_body, optional_json_body, query_map, respond, with,
+};
 use crate::password::Hasher;
 use crate::validate::{check_display_name, check_password};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -63,7 +65,7 @@ pub fn routes(
         .unify()
         .or(update(ctx, hasher))
         .unify()
-        .or(delete(ctx))
+        .or(delete(ctx, hasher))
         .unify()
 }
 
@@ -120,13 +122,18 @@ fn update(
 }
 
 /// DELETE /api/v1/users/:id
-fn delete(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+fn delete(
+    ctx: &Context,
+    hasher: &Arc<Hasher>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path("users")
         .and(id_param())
         .and(warp::path::end())
         .and(warp::delete())
         .and(authed(ctx))
+        .and(optional_json_body(ctx.limits.body_bytes))
         .and(with(ctx.pool.clone()))
+        .and(with(hasher.clone()))
         .then(delete_user)
         .map(respond)
 }
@@ -293,9 +300,34 @@ async fn update_user(
     Ok(warp::reply::json(&User::from_row(&row)))
 }
 
-async fn delete_user(id: i64, caller: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {
+#[derive(Default, Deserialize)]
+struct DeleteUserRequest {
+    current_password: Option<String>,
+}
+
+/// Deleting an account takes its password, not just a token: a stolen
+/// token must not be enough to erase someone.
+async fn delete_user(
+    id: i64,
+    caller: AuthUser,
+    req: DeleteUserRequest,
+    pool: Pool,
+    hasher: Arc<Hasher>,
+) -> Result<impl Reply, ApiError> {
     if id != caller.id {
         return Err(ApiError::NotYourAccount);
+    }
+    let password = req.current_password.ok_or(ApiError::InvalidCredentials)?;
+    let hash: String = {
+        let client = pool.get().await?;
+        client
+            .query_opt("select password_hash from users where id = $1", &[&id])
+            .await?
+            .ok_or(ApiError::UserNotFound)?
+            .get(0)
+    };
+    if !hasher.verify(password, hash).await? {
+        return Err(ApiError::InvalidCredentials);
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -307,9 +339,14 @@ async fn delete_user(id: i64, caller: AuthUser, pool: Pool) -> Result<impl Reply
         return Err(ApiError::UserNotFound);
     }
     let mut pending = Vec::new();
+    // Every chat of the user is locked, in id order (as every membership
+    // change locks its chat), so a concurrent leave or demote in one of
+    // them runs before or after this, never halfway: each chat keeps an
+    // admin, and the last member out deletes it.
     let chat_ids: Vec<i64> = tx
         .query(
-            "select chat_id from chat_members where user_id = $1 order by chat_id",
+            "select c.id from chats c join chat_members m on m.chat_id = c.id and m.user_id = $1
+             order by c.id for update of c",
             &[&id],
         )
         .await?

@@ -124,6 +124,7 @@ async fn serve(
     } else {
         // Reconnected: whatever was announced while we were away is in the log.
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
+        recheck_sessions(hub, client).await.map_err(db)?;
     }
     // Presence fan-outs need a query, so they run off this loop, but in
     // order: a user's offline and online must not reach clients swapped.
@@ -176,6 +177,34 @@ async fn serve(
         }
         hub.registry.dispatch_all(events);
     }
+}
+
+/// Closes the sockets whose tokens were revoked, or whose accounts were
+/// deleted, while this listener was away: those announcements are live
+/// signals, gone with the connection that missed them, so every connected
+/// user's token version is read again.
+async fn recheck_sessions(hub: &Arc<Hub>, client: &Client) -> Result<(), tokio_postgres::Error> {
+    let users = hub.registry.connected_users();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "select u, (select token_version from users where id = u)
+             from unnest($1::bigint[]) u",
+            &[&users],
+        )
+        .await?;
+    for row in rows {
+        let user_id: i64 = row.get(0);
+        match row.get::<_, Option<i32>>(1) {
+            None => hub.registry.kill_user(user_id, ACCOUNT_DELETED, |_| true),
+            Some(current) => hub
+                .registry
+                .kill_user(user_id, TOKEN_EXPIRED, |version| version < current),
+        }
+    }
+    Ok(())
 }
 
 /// How often the listener proves its connection alive and compares the log's

@@ -79,6 +79,15 @@ impl ReplayCache {
         }
     }
 
+    /// Whether event `after + 1` is held, so a replay from `after` starts in memory.
+    pub fn holds_after(&self, after: i64) -> bool {
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        match (held.events.front(), held.events.back()) {
+            (Some(first), Some(last)) => first.id <= after + 1 && after < last.id,
+            _ => false,
+        }
+    }
+
     /// How many of the newest logged events a starting node should read to
     /// fill its budget (events average a few hundred bytes).
     pub fn preload_estimate(&self) -> usize {

@@ -348,12 +348,7 @@ async fn wrong_password_and_unknown_user_get_the_same_401() {
 async fn login_with_odd_passwords_is_a_401_not_an_error() {
     let app = spawn_app().await;
     let user = app.register("oddpw").await;
-    for password in [
-        String::new(),
-        "a".repeat(73),
-        "a".repeat(10_000),
-        "\0".into(),
-    ] {
+    for password in [String::new(), "a".repeat(73), "a".repeat(10_000)] {
         let (status, body) = app.login(&user.username, &password).await;
         assert_error(status, &body, 401, "invalid_credentials");
         let (status, body) = app.login(&unique_name("nobody"), &password).await;
@@ -554,9 +549,7 @@ async fn account_deletion_revokes_tokens_and_credentials() {
     let app = spawn_app().await;
     let user = app.register("gone").await;
 
-    let (status, body) = app
-        .delete(&format!("/api/v1/users/{}", user.id), &user.token)
-        .await;
+    let (status, body) = app.delete_account(&user).await;
     assert_eq!(status, 204, "{body}");
 
     let (status, body) = app.get("/api/v1/auth/me", &user.token).await;
@@ -569,9 +562,7 @@ async fn account_deletion_revokes_tokens_and_credentials() {
 async fn a_deleted_users_token_does_not_work_for_a_new_account_with_the_same_name() {
     let app = spawn_app().await;
     let old = app.register("reuse").await;
-    let (status, _) = app
-        .delete(&format!("/api/v1/users/{}", old.id), &old.token)
-        .await;
+    let (status, _) = app.delete_account(&old).await;
     assert_eq!(status, 204);
 
     let (status, body) = register_json(

@@ -808,9 +808,7 @@ async fn once_the_creators_account_is_gone_any_remaining_admin_may_delete() {
     let bob = app.register("bob").await;
     let chat = app.create_group(&alice, "g", &[&admin, &bob]).await;
     set_admin(&app, &alice, chat, admin.id, true).await;
-    let (status, body) = app
-        .delete(&format!("/api/v1/users/{}", alice.id), &alice.token)
-        .await;
+    let (status, body) = app.delete_account(&alice).await;
     assert_eq!(status, 204, "{body}");
     let after = detail(&app, &bob, chat).await;
     assert!(after["creator_id"].is_null(), "{after}");

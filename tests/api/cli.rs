@@ -712,3 +712,44 @@ async fn the_token_in_the_query_string_is_never_logged() {
         }
     }
 }
+
+/// libfaketime, which makes a process's clock read differently (installed
+/// by scripts/test.sh).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+#[tokio::test]
+async fn a_token_works_at_once_on_a_node_whose_clock_is_30_seconds_behind() {
+    // Arrange: this test's node issues the token; a real second node runs
+    // with its clock 30 s behind, on the same database and key.
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "{FAKETIME_LIB} is missing: install Debian's `faketime` (scripts/test.sh does)"
+    );
+    let app = spawn_app().await;
+    let dir = TempDir::new();
+    let env = [
+        ("DATABASE_URL", app.database_url.as_str()),
+        ("PORT", "0"),
+        ("CHATAPP_HOST", "127.0.0.1"),
+        ("CHATAPP_BCRYPT_COST", "4"),
+        ("CHATAPP_TOKEN_KEY", TEST_TOKEN_KEY),
+        ("LD_PRELOAD", FAKETIME_LIB),
+        ("FAKETIME", "-30s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let behind = start_server(&dir, &env);
+    let user = app.register("skewed").await;
+
+    // Act: the token, just issued, used on the node that is behind.
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/auth/me", behind.addr))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}

@@ -13,6 +13,8 @@ mod hostile_input;
 mod messages;
 mod outage;
 mod redaction;
+mod replay_cost;
+mod revocation;
 mod send_batches;
 mod smoke;
 mod users;

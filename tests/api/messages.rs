@@ -524,18 +524,6 @@ async fn insert_messages(db: &tokio_postgres::Client, chat: i64, sender: i64, n:
     .collect()
 }
 
-/// Heap rows PostgreSQL has read from `messages` (sequential + index fetches).
-async fn message_rows_read(db: &tokio_postgres::Client) -> i64 {
-    db.query_one(
-        "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
-         from pg_stat_user_tables where relname = 'messages'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test]
 async fn history_pages_read_only_the_rows_they_return_not_the_whole_chat() {
     // Arrange: one chat with a long history, written straight to the database.
@@ -546,7 +534,7 @@ async fn history_pages_read_only_the_rows_they_return_not_the_whole_chat() {
     let ids = insert_messages(&db, chat, alice.id, 5000).await;
     db.batch_execute("analyze messages").await.unwrap();
     let middle = ids[2500];
-    let before = message_rows_read(&db).await;
+    let before = pg::rows_read(&db, "messages").await;
 
     // Act: the newest page and a page in the middle of the history.
     assert_eq!(history(&app, &alice, chat, "?limit=10").await.len(), 10);
@@ -555,7 +543,7 @@ async fn history_pages_read_only_the_rows_they_return_not_the_whole_chat() {
 
     // Assert: the pages came from the (chat_id, id) index in order rather
     // than from reading and sorting all 5000 messages.
-    let read = message_rows_read_since(&db, before, 20).await;
+    let read = pg::rows_read_since(&db, "messages", before, 20).await;
     assert!(
         (20..=200).contains(&read),
         "two 10-message pages read {read} message rows"
@@ -576,7 +564,7 @@ async fn a_page_deep_in_a_small_chat_reads_one_page_even_when_a_big_chat_came_af
     insert_messages(&db, big, alice.id, 50_000).await;
     db.batch_execute("analyze messages").await.unwrap();
     let middle = ids[500];
-    let before = message_rows_read(&db).await;
+    let before = pg::rows_read(&db, "messages").await;
 
     // Act
     let page = history(
@@ -590,26 +578,11 @@ async fn a_page_deep_in_a_small_chat_reads_one_page_even_when_a_big_chat_came_af
     // Assert: one page read, not the 500 older messages joined and sorted.
     assert_eq!(page.len(), 50);
     assert_eq!(page.first(), Some(&(middle - 1)));
-    let read = message_rows_read_since(&db, before, 50).await;
+    let read = pg::rows_read_since(&db, "messages", before, 50).await;
     assert!(
         (50..=150).contains(&read),
         "a 50-message page read {read} message rows"
     );
-}
-
-/// Message rows read since `before` (a [`message_rows_read`] figure), once at
-/// least the `returned` rows show up: statistics reach the view
-/// asynchronously (a backend that flushed less than a second ago waits up to
-/// 10 s).
-async fn message_rows_read_since(db: &tokio_postgres::Client, before: i64, returned: i64) -> i64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let read = message_rows_read(db).await - before;
-        if read >= returned || std::time::Instant::now() > deadline {
-            return read;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]

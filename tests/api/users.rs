@@ -429,7 +429,7 @@ async fn deleting_your_account_removes_memberships_and_keeps_messages_anonymous(
     let in_dm = app.send_message(&bob, dm, "private bye").await;
     let from_alice = app.send_message(&alice, group, "hi bob").await;
 
-    let (status, body) = app.delete(&user_path(bob.id), &bob.token).await;
+    let (status, body) = app.delete_account(&bob).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(body, Value::Null, "204 has no body");
 
@@ -505,7 +505,7 @@ async fn deleting_the_last_admins_account_promotes_a_member_and_drops_chats_left
     app.send_message(&alice, solo, "note to self").await;
 
     // Act
-    let (status, body) = app.delete(&user_path(alice.id), &alice.token).await;
+    let (status, body) = app.delete_account(&alice).await;
     assert_eq!(status, 204, "{body}");
 
     // Assert: bob, the longest-standing remaining member, is now the admin...
@@ -614,4 +614,94 @@ async fn account_deletion_finds_the_users_messages_and_chats_by_index() {
         let plan = plan.join("\n");
         assert!(plan.contains("Index"), "{query} scans the table:\n{plan}");
     }
+}
+
+#[tokio::test]
+async fn deleting_an_account_takes_its_current_password() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let path = user_path(alice.id);
+
+    // Act
+    let (no_body, no_body_resp) = app.delete(&path, &alice.token).await;
+    let (wrong, wrong_resp) = app
+        .request(
+            Method::DELETE,
+            &path,
+            Some(&alice.token),
+            Some(json!({"current_password": "not it at all"})),
+        )
+        .await;
+    let (right, _) = app.delete_account(&alice).await;
+
+    // Assert: a token alone cannot erase an account.
+    assert_error(no_body, &no_body_resp, 401, "invalid_credentials");
+    assert_error(wrong, &wrong_resp, 401, "invalid_credentials");
+    assert_eq!(right, 204);
+}
+
+/// A group of `owner` with `others`, every one of them an admin.
+async fn group_of_admins(app: &TestApp, owner: &TestUser, others: &[&TestUser]) -> i64 {
+    let chat = app.create_group(owner, "g", others).await;
+    for other in others {
+        let (status, body) = app
+            .put(
+                &format!("/api/v1/chats/{chat}/members/{}", other.id),
+                &owner.token,
+                json!({"is_admin": true}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    chat
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_deletion_racing_leaves_and_demotes_keeps_chats_admined_or_deleted() {
+    // Arrange: in each round alice deletes her account while bob, the other
+    // admin, leaves a three-member group, leaves a two-admin group and
+    // steps down in a third; whichever runs first, the rules must hold.
+    let app = spawn_app().await;
+    for _ in 0..12 {
+        let alice = app.register("alice").await;
+        let bob = app.register("bob").await;
+        let carol = app.register("carol").await;
+        let trio = group_of_admins(&app, &alice, &[&bob]).await;
+        app.post(
+            &format!("/api/v1/chats/{trio}/members"),
+            &alice.token,
+            json!({"member_ids": [carol.id]}),
+        )
+        .await;
+        let pair = group_of_admins(&app, &alice, &[&bob]).await;
+        let demoted = group_of_admins(&app, &alice, &[&bob]).await;
+        let member = |chat: i64| format!("/api/v1/chats/{chat}/members/{}", bob.id);
+        let (trio_bob, pair_bob, demoted_bob) = (member(trio), member(pair), member(demoted));
+
+        // Act
+        let _ = tokio::join!(
+            app.delete_account(&alice),
+            app.delete(&trio_bob, &bob.token),
+            app.delete(&pair_bob, &bob.token),
+            app.put(&demoted_bob, &bob.token, json!({"is_admin": false})),
+        );
+    }
+
+    // Assert: no chat is left empty, and every chat with members has an admin.
+    let db = pg::connect(&app.database_url).await;
+    let broken: Vec<(i64, i64, i64)> = db
+        .query(
+            "select c.id, count(m.user_id), count(m.user_id) filter (where m.is_admin)
+             from chats c left join chat_members m on m.chat_id = c.id
+             group by c.id
+             having count(m.user_id) = 0 or count(m.user_id) filter (where m.is_admin) = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(broken.is_empty(), "(chat, members, admins): {broken:?}");
 }

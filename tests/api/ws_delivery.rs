@@ -485,9 +485,7 @@ async fn deleting_an_account_closes_its_connections_with_4003() {
     let mut b2 = connected(&app, &bob).await;
 
     // Act
-    let (status, body) = app
-        .delete(&format!("/api/v1/users/{}", bob.id), &bob.token)
-        .await;
+    let (status, body) = app.delete_account(&bob).await;
     assert_eq!(status, 204, "{body}");
 
     // Assert

@@ -353,7 +353,9 @@ async fn wait_for_lock_waiter(db: &tokio_postgres::Client, table: &str) {
 #[tokio::test]
 async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_runs() {
     // Arrange: bob misses two messages in `room` while away. Replay reads the
-    // log (no recent events held), so holding the log holds the replay.
+    // log (no recent events held) and builds message frames from `messages`,
+    // so holding `messages` holds the replay (sizing it, before `ready`,
+    // reads `events` alone).
     let app = spawn_app_with(|c| c.ws.replay_cache_bytes = 0).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
@@ -365,10 +367,10 @@ async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_
         app.send_message(&alice, room, "one").await["id"].clone(),
         app.send_message(&alice, room, "two").await["id"].clone(),
     ];
-    // Hold the event log so the replay blocks right after `ready`.
+    // Hold the messages so the replay blocks right after `ready`.
     let mut holder = crate::helpers::pg::connect(&app.database_url).await;
     let tx = holder.transaction().await.unwrap();
-    tx.batch_execute("lock table events in access exclusive mode")
+    tx.batch_execute("lock table messages in access exclusive mode")
         .await
         .unwrap();
 
@@ -377,7 +379,7 @@ async fn replay_follows_the_ready_snapshot_even_if_membership_changes_before_it_
     assert_eq!(ready["recovered"], true);
     assert_eq!(ready["chat_ids"], json!([room]));
     let observer = crate::helpers::pg::connect(&app.database_url).await;
-    wait_for_lock_waiter(&observer, "events").await;
+    wait_for_lock_waiter(&observer, "messages").await;
     let removal = chatapp::chats::members::leave_chat(&tx, room, bob.id, alice.id)
         .await
         .unwrap();

@@ -300,9 +300,7 @@ async fn account_changes_through_one_node_close_sockets_on_the_other() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = a
-        .delete(&format!("/api/v1/users/{}", carol.id), &carol.token)
-        .await;
+    let (status, body) = a.delete_account(&carol).await;
     assert_eq!(status, 204, "{body}");
 
     // Assert

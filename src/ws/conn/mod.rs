@@ -60,15 +60,20 @@ pub async fn run(
     }
     match snapshot {
         Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
-            let recovered = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
+            let in_log = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
             // Replay follows the snapshot `ready` reports, not membership as of
             // the replay query: a change committed in between arrives live.
-            let replay = since.filter(|_| recovered).map(|after| Replay {
+            let replay = since.filter(|_| in_log).map(|after| Replay {
                 after,
                 upto: snap.last_id,
                 user_id: user.id,
                 chat_ids: snap.chat_ids.clone(),
             });
+            let replay = match replay {
+                Some(replay) => within_budget(replay, &services).await,
+                None => None,
+            };
+            let recovered = replay.is_some();
             let ready = ServerFrame::Ready {
                 user_id: user.id,
                 last_event_id: snap.last_id,
@@ -96,6 +101,20 @@ pub async fn run(
             log::warn!("cannot open WebSocket session: {}", crate::error::chain(&e));
             hub.registry.unregister(id);
             close_socket(sink, UNAVAILABLE, flush_ms).await;
+        }
+    }
+}
+
+/// The replay, if it is within the configured budget (else the client is
+/// told to re-fetch over REST).
+async fn within_budget(replay: Replay, services: &Services) -> Option<Replay> {
+    let budget = services.hub.config.replay_max_events;
+    match replay.within_budget(services, budget).await {
+        Ok(true) => Some(replay),
+        Ok(false) => None,
+        Err(e) => {
+            log::warn!("cannot size a replay: {}", crate::error::chain(&e));
+            None
         }
     }
 }

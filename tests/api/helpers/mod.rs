@@ -240,6 +240,17 @@ impl TestApp {
         body
     }
 
+    /// Deletes `user`'s own account, confirming it with their password.
+    pub async fn delete_account(&self, user: &TestUser) -> (StatusCode, Value) {
+        self.request(
+            Method::DELETE,
+            &format!("/api/v1/users/{}", user.id),
+            Some(&user.token),
+            Some(json!({ "current_password": PASSWORD })),
+        )
+        .await
+    }
+
     /// Opens a WebSocket as `user`, optionally resuming after `since`.
     pub async fn connect_ws(&self, user: &TestUser, since: Option<i64>) -> WsClient {
         WsClient::connect(self.addr, &user.token, since).await

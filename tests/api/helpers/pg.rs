@@ -62,6 +62,37 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Heap rows PostgreSQL has read from `table` (sequential + index fetches).
+pub async fn rows_read(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.query_one(
+        "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+         from pg_stat_user_tables where relname = $1",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Rows of `table` read since `before` (a [`rows_read`] figure), once at
+/// least `at_least` show up: statistics reach the view asynchronously (a
+/// backend that flushed less than a second ago waits up to 10 s).
+pub async fn rows_read_since(
+    db: &tokio_postgres::Client,
+    table: &str,
+    before: i64,
+    at_least: i64,
+) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = rows_read(db, table).await - before;
+        if read >= at_least || std::time::Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Replaces the database name in a postgres:// URL.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
