@@ -21,6 +21,14 @@ pub fn pool(cfg: &DatabaseConfig) -> Result<Pool, tokio_postgres::Error> {
         pg.application_name("chatapp");
     }
     session_defaults(&mut pg);
+    // Request queries only: the listener, the pipelines and migrations have
+    // connections of their own.
+    let options = format!(
+        "{} -c statement_timeout={}",
+        pg.get_options().unwrap_or(""),
+        cfg.statement_timeout_ms
+    );
+    pg.options(options.trim());
     let manager = PostgresConnectionManager::new(pg, NoTls);
     Ok(bb8::Pool::builder()
         .max_size(cfg.pool_size)

@@ -68,6 +68,12 @@ pub enum ApiError {
     LastAdmin,
     /// A client_id already used for a message in another chat.
     ClientIdReused,
+    /// A group at `limits.group_members`.
+    ChatFull,
+    /// A statement ran past `database.statement_timeout_ms`.
+    QueryTimeout,
+    /// The user already holds `limits.sockets_per_user` WebSockets on this node.
+    TooManySockets,
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
@@ -101,10 +107,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            UsernameTaken | LastAdmin | ClientIdReused => StatusCode::CONFLICT,
+            UsernameTaken | LastAdmin | ClientIdReused | ChatFull => StatusCode::CONFLICT,
+            TooManySockets => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            DatabaseUnavailable | QueryTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -136,6 +143,9 @@ impl ApiError {
             UsernameTaken => "username_taken",
             LastAdmin => "last_admin",
             ClientIdReused => "client_id_reused",
+            ChatFull => "chat_full",
+            QueryTimeout => "query_timeout",
+            TooManySockets => "too_many_sockets",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             DatabaseUnavailable => "database_unavailable",
@@ -176,6 +186,9 @@ impl ApiError {
             ClientIdReused => {
                 "this client_id was already used for a message in another chat".into()
             }
+            ChatFull => "the group has as many members as it may have".into(),
+            QueryTimeout => "the request took too long; try again or narrow it".into(),
+            TooManySockets => "too many open connections for this user".into(),
             PayloadTooLarge => "request body is too large".into(),
             UnsupportedMediaType => "unsupported content type".into(),
             DatabaseUnavailable => "database unavailable, try again shortly".into(),
@@ -255,6 +268,15 @@ impl From<tokio_postgres::Error> for ApiError {
         // Client text PostgreSQL cannot store (a NUL character) is bad input, not a 500.
         if e.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
             return ApiError::InvalidText;
+        }
+        // statement_timeout: the request asked for too much work; a cancel for
+        // any other reason is unexpected, hence the message test.
+        if let Some(db) = e.as_db_error()
+            && *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED
+            && db.message().contains("statement timeout")
+        {
+            log::warn!("{}", chain(&e));
+            return ApiError::QueryTimeout;
         }
         ApiError::Internal(Arc::new(e))
     }

@@ -21,7 +21,7 @@ use warp::{Buf, Filter, Rejection, Reply};
 pub struct Context {
     pub pool: Pool,
     pub auth: Arc<Auth>,
-    pub limits: LimitsConfig,
+    pub limits: Arc<LimitsConfig>,
 }
 
 /// Hands a clone of `value` to the handler.
@@ -255,6 +255,37 @@ pub fn query_map() -> impl Filter<Extract = (HashMap<String, String>,), Error = 
         })
 }
 
+/// A request's query string, with the bounds its paging obeys.
+pub struct Query {
+    params: HashMap<String, String>,
+    max_offset: i64,
+}
+
+/// The query string (see [`Query`]); an absent one is empty.
+pub fn query(ctx: &Context) -> impl Filter<Extract = (Query,), Error = Rejection> + Clone + use<> {
+    let max_offset = ctx.limits.max_offset as i64;
+    query_map().map(move |params| Query { params, max_offset })
+}
+
+impl Query {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// `limit` 1-100 (default 50) and `offset` 0 to `limits.max_offset`;
+    /// anything else is a 400 naming the field.
+    pub fn page(&self, errors: &mut Vec<FieldError>) -> Page {
+        let limit = int_param(&self.params, "limit", 1, MAX_LIMIT, errors).unwrap_or(DEFAULT_LIMIT);
+        let offset = int_param(&self.params, "offset", 0, self.max_offset, errors).unwrap_or(0);
+        Page { limit, offset }
+    }
+
+    /// An optional integer within `min..=max`, collecting errors.
+    pub fn int(&self, name: &str, min: i64, max: i64, errors: &mut Vec<FieldError>) -> Option<i64> {
+        int_param(&self.params, name, min, max, errors)
+    }
+}
+
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 100;
 
@@ -264,22 +295,17 @@ pub struct Page {
     pub offset: i64,
 }
 
-impl Page {
-    /// `limit` 1-100 (default 50) and `offset` >= 0; anything else is a 400.
-    pub fn from_query(q: &HashMap<String, String>) -> Result<Page, ApiError> {
-        let mut errors = Vec::new();
-        let limit = int_param(q, "limit", 1, MAX_LIMIT, &mut errors).unwrap_or(DEFAULT_LIMIT);
-        let offset = int_param(q, "offset", 0, i64::MAX, &mut errors).unwrap_or(0);
-        if errors.is_empty() {
-            Ok(Page { limit, offset })
-        } else {
-            Err(ApiError::Validation(errors))
-        }
+/// `Err` naming every bad field when there are any.
+pub fn validated(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
     }
 }
 
 /// Reads an optional integer query parameter within `min..=max`, collecting errors.
-pub fn int_param(
+fn int_param(
     q: &HashMap<String, String>,
     name: &str,
     min: i64,
@@ -330,27 +356,33 @@ mod tests {
 
     #[test]
     fn page_rejects_out_of_range_values() {
-        let q = |pairs: &[(&str, &str)]| {
-            pairs
+        let q = |pairs: &[(&str, &str)]| Query {
+            params: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>()
+                .collect(),
+            max_offset: 10_000,
         };
+        let mut errors = Vec::new();
         assert_eq!(
-            Page::from_query(&q(&[])).unwrap(),
+            q(&[]).page(&mut errors),
             Page {
                 limit: 50,
                 offset: 0
             }
         );
+        assert!(errors.is_empty());
         for bad in [
             &[("limit", "0")][..],
             &[("limit", "101")],
             &[("limit", "abc")],
             &[("offset", "-1")],
+            &[("offset", "10001")],
             &[("limit", "99999999999999999999999")],
         ] {
-            assert!(Page::from_query(&q(bad)).is_err(), "{bad:?}");
+            let mut errors = Vec::new();
+            q(bad).page(&mut errors);
+            assert!(!errors.is_empty(), "{bad:?}");
         }
     }
 

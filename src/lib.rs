@@ -132,7 +132,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let ctx = Context {
         pool,
         auth: Arc::new(auth),
-        limits: config.limits.clone(),
+        limits: Arc::new(config.limits.clone()),
     };
     Ok(App {
         listener,

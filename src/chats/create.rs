@@ -3,18 +3,17 @@
 
 use super::{check_name, fetch_chat_detail, members};
 use crate::auth::AuthUser;
+use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{Context, authed, json_body, respond, with};
+use crate::http::{Context, authed, json_body, respond, validated, with};
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio_postgres::GenericClient;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
-
-/// Ids one request may name.
-pub const MAX_MEMBER_IDS: usize = 1000;
 
 /// POST /api/v1/chats
 pub fn route(
@@ -25,16 +24,22 @@ pub fn route(
         .and(authed(ctx))
         .and(json_body(ctx.limits.body_bytes))
         .and(with(ctx.pool.clone()))
+        .and(with(ctx.limits.clone()))
         .then(create_chat)
         .map(respond)
 }
 
 /// Dedups member ids and drops the caller's own; errors on bad or too many ids.
-pub fn check_member_ids(ids: &[i64], caller: i64, errors: &mut Vec<FieldError>) -> Vec<i64> {
-    if ids.len() > MAX_MEMBER_IDS {
+pub fn check_member_ids(
+    ids: &[i64],
+    caller: i64,
+    limits: &LimitsConfig,
+    errors: &mut Vec<FieldError>,
+) -> Vec<i64> {
+    if ids.len() > limits.ids_per_request {
         errors.push(FieldError::new(
             "member_ids",
-            format!("at most {MAX_MEMBER_IDS} ids"),
+            format!("at most {} ids", limits.ids_per_request),
         ));
         return Vec::new();
     }
@@ -85,18 +90,20 @@ async fn create_chat(
     user: AuthUser,
     req: CreateChatRequest,
     pool: Pool,
+    limits: Arc<LimitsConfig>,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let name = check_name(req.name.as_deref(), req.is_group, &mut errors);
-    let others = check_member_ids(&req.member_ids, user.id, &mut errors);
+    let others = check_member_ids(&req.member_ids, user.id, &limits, &mut errors);
     if !req.is_group && errors.is_empty() && others.len() != 1 {
         errors.push(FieldError::new(
             "member_ids",
             "a direct message needs exactly one other user",
         ));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+    validated(errors)?;
+    if others.len() + 1 > limits.group_members {
+        return Err(ApiError::ChatFull);
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -145,7 +152,7 @@ async fn create_chat(
         let mut pending =
             vec![NewEvent::new(chat_id, EventKind::ChatCreated, &chat).to_users(added.clone())];
         if status == StatusCode::OK {
-            pending.push(members::member_added_event(&chat, &added));
+            pending.extend(members::member_added_events(&tx, chat_id, &added).await?);
         }
         events::emit(&tx, &pending).await?;
     }

@@ -3,14 +3,19 @@
 //! "at least one admin" and "delete when empty" rules hold under concurrency.
 
 use super::{
-    Chat, check_member_ids, delete_chat_event, ensure_users_exist, fetch_chat_detail, lock_role,
+    MEMBERS_LISTED, Member, check_member_ids, delete_chat_event, ensure_users_exist,
+    fetch_chat_detail, fetch_members_by_id, lock_role,
 };
 use crate::auth::AuthUser;
+use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::ApiError;
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{Context, authed, id_param, json_body, respond, with};
+use crate::http::{Context, Query, authed, id_param, json_body, query, respond, validated, with};
+use crate::membership::is_member;
 use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::LazyLock;
 use tokio_postgres::GenericClient;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -19,7 +24,70 @@ use warp::{Filter, Rejection, Reply};
 pub fn routes(
     ctx: &Context,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
-    add(ctx).or(remove(ctx)).unify().or(set_admin(ctx)).unify()
+    list(ctx)
+        .or(add(ctx))
+        .unify()
+        .or(remove(ctx))
+        .unify()
+        .or(set_admin(ctx))
+        .unify()
+}
+
+/// GET /api/v1/chats/:id/members?limit&offset
+fn list(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
+    warp::path("chats")
+        .and(id_param())
+        .and(warp::path!("members"))
+        .and(warp::get())
+        .and(authed(ctx))
+        .and(query(ctx))
+        .and(with(ctx.pool.clone()))
+        .then(list_members)
+        .map(respond)
+}
+
+/// A page of the chat's members, by join time: all of them, where chat
+/// objects list the first [`MEMBERS_LISTED`].
+async fn list_members(
+    chat_id: i64,
+    user: AuthUser,
+    q: Query,
+    pool: Pool,
+) -> Result<impl Reply, ApiError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
+             from chat_members m join users u on u.id = m.user_id
+             where m.chat_id = $1 and {}
+             order by m.joined_at, m.user_id
+             limit $3 offset $4",
+            is_member("$1", "$2")
+        )
+    });
+    let mut errors = Vec::new();
+    let page = q.page(&mut errors);
+    validated(errors)?;
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            SQL.as_str(),
+            &[&chat_id, &user.id, &page.limit, &page.offset],
+        )
+        .await?;
+    if rows.is_empty() {
+        let member: bool = client
+            .query_one(
+                &format!("select {}", is_member("$1", "$2")),
+                &[&chat_id, &user.id],
+            )
+            .await?
+            .get(0);
+        if !member {
+            return Err(ApiError::ChatNotFound);
+        }
+    }
+    let members: Vec<Member> = rows.iter().map(Member::from_row).collect();
+    Ok(warp::reply::json(&members))
 }
 
 /// POST /api/v1/chats/:id/members
@@ -31,6 +99,7 @@ fn add(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .and(authed(ctx))
         .and(json_body(ctx.limits.body_bytes))
         .and(with(ctx.pool.clone()))
+        .and(with(ctx.limits.clone()))
         .then(add_members)
         .map(respond)
 }
@@ -66,20 +135,38 @@ fn set_admin(
         .map(respond)
 }
 
-/// Tells the chat (and the new members, who subscribe on it) who joined.
-pub fn member_added_event(chat: &Chat, added: &[i64]) -> NewEvent {
-    let members: Vec<_> = chat
-        .members
-        .iter()
-        .flatten()
-        .filter(|m| added.contains(&m.user_id))
-        .collect();
-    NewEvent::new(
-        chat.id,
-        EventKind::MemberAdded,
-        serde_json::json!({ "chat_id": chat.id, "members": members }),
-    )
-    .to_users(added.to_vec())
+/// Tells the chat (and the new members, who subscribe on it) who joined:
+/// one `member_added` per [`MEMBERS_LISTED`] of them, so no frame grows
+/// with the size of the add.
+pub async fn member_added_events(
+    client: &impl GenericClient,
+    chat_id: i64,
+    added: &[i64],
+) -> Result<Vec<NewEvent>, ApiError> {
+    let members = fetch_members_by_id(client, chat_id, added).await?;
+    Ok(members
+        .chunks(MEMBERS_LISTED as usize)
+        .map(|chunk| {
+            NewEvent::new(
+                chat_id,
+                EventKind::MemberAdded,
+                serde_json::json!({ "chat_id": chat_id, "members": chunk }),
+            )
+            .to_users(chunk.iter().map(|m| m.user_id).collect())
+        })
+        .collect())
+}
+
+/// Names shown in a system note: the first few, then how many more.
+fn named(mut names: Vec<String>) -> String {
+    const SHOWN: usize = 10;
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    let mut text = names.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} others"));
+    }
+    text
 }
 
 #[derive(Deserialize)]
@@ -93,6 +180,7 @@ async fn add_members(
     user: AuthUser,
     req: AddMembersRequest,
     pool: Pool,
+    limits: Arc<LimitsConfig>,
 ) -> Result<impl Reply, ApiError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -104,7 +192,7 @@ async fn add_members(
         return Err(ApiError::NotAGroup);
     }
     let mut errors = Vec::new();
-    let ids = check_member_ids(&req.member_ids, user.id, &mut errors);
+    let ids = check_member_ids(&req.member_ids, user.id, &limits, &mut errors);
     if ids.is_empty() && errors.is_empty() {
         errors.push(crate::error::FieldError::new(
             "member_ids",
@@ -128,28 +216,28 @@ async fn add_members(
     let chat = fetch_chat_detail(&tx, chat_id, user.id)
         .await?
         .ok_or(ApiError::ChatNotFound)?;
+    // Checked after the insert, under the chat's lock: the rollback undoes it.
+    if chat.member_count > limits.group_members as i64 {
+        return Err(ApiError::ChatFull);
+    }
     if !added.is_empty() {
-        let names: Vec<&str> = chat
-            .members
+        let added_events = member_added_events(&tx, chat_id, &added).await?;
+        let names = added_events
             .iter()
-            .flatten()
-            .filter(|m| added.contains(&m.user_id))
-            .map(|m| m.username.as_str())
+            .flat_map(|e| e.payload["members"].as_array().into_iter().flatten())
+            .filter_map(|m| m["username"].as_str().map(str::to_string))
             .collect();
-        let note = format!("{} added {}", user.username, names.join(", "));
+        let note = format!("{} added {}", user.username, named(names));
         let mut new_member_view = chat.clone();
         new_member_view.last_read_message_id = None;
         new_member_view.unread_count = 0;
-        events::emit(
-            &tx,
-            &[
-                NewEvent::new(chat_id, EventKind::ChatCreated, &new_member_view)
-                    .to_users(added.clone()),
-                member_added_event(&chat, &added),
-                NewEvent::system(chat_id, note),
-            ],
-        )
-        .await?;
+        let mut pending = vec![
+            NewEvent::new(chat_id, EventKind::ChatCreated, &new_member_view)
+                .to_users(added.clone()),
+        ];
+        pending.extend(added_events);
+        pending.push(NewEvent::system(chat_id, note));
+        events::emit(&tx, &pending).await?;
     }
     tx.commit().await?;
     Ok(warp::reply::json(&chat))

@@ -11,7 +11,7 @@ use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{Context, Page, authed, id_param, json_body, query_map, respond, with};
+use crate::http::{Context, Query, authed, id_param, json_body, query, respond, validated, with};
 use crate::membership::join_member;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -23,6 +23,16 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 pub const CHAT_NAME_MAX_CHARS: usize = 100;
+
+/// The most members a chat object lists (REST bodies and events alike);
+/// `member_count` says how many there are, `GET /chats/:id/members` pages
+/// through them. A chat of the largest allowed size must still fit in one
+/// frame far below any connection's queue bound.
+pub const MEMBERS_LISTED: i64 = 100;
+
+/// Where `unread_count` stops counting: a chat list must not count
+/// millions of messages per chat.
+pub const UNREAD_COUNT_MAX: i64 = 1000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Chat {
@@ -36,6 +46,8 @@ pub struct Chat {
     pub updated_at: OffsetDateTime,
     pub last_read_message_id: Option<i64>,
     pub unread_count: i64,
+    pub member_count: i64,
+    /// The first [`MEMBERS_LISTED`] members, by join time, where listed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<Member>>,
 }
@@ -50,12 +62,19 @@ pub struct Member {
     pub joined_at: OffsetDateTime,
 }
 
-/// Chat columns as seen by member `$2`, for `Chat::from_row`; `c` is chats, `m` the membership.
-const CHAT_COLUMNS: &str = "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
-    m.last_read_message_id,
-    (select count(*) from messages x
-      where x.chat_id = c.id and x.id > coalesce(m.last_read_message_id, 0)
-        and x.sender_id is distinct from m.user_id) as unread_count";
+/// Chat columns as seen by a member, for `Chat::from_row`; `c` is chats, `m`
+/// the membership.
+static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
+         m.last_read_message_id,
+         (select count(*) from (select 1 from messages x
+           where x.chat_id = c.id and x.id > coalesce(m.last_read_message_id, 0)
+             and x.sender_id is distinct from m.user_id
+           limit {UNREAD_COUNT_MAX}) unread) as unread_count,
+         (select count(*) from chat_members mc where mc.chat_id = c.id) as member_count"
+    )
+});
 
 impl Chat {
     fn from_row(row: &Row) -> Chat {
@@ -68,6 +87,7 @@ impl Chat {
             updated_at: row.get("updated_at"),
             last_read_message_id: row.get("last_read_message_id"),
             unread_count: row.get("unread_count"),
+            member_count: row.get("member_count"),
             members: None,
         }
     }
@@ -81,7 +101,8 @@ pub async fn fetch_chat_detail(
 ) -> Result<Option<Chat>, ApiError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "select {CHAT_COLUMNS} from chats c {} where c.id = $1",
+            "select {} from chats c {} where c.id = $1",
+            CHAT_COLUMNS.as_str(),
             join_member("m", "c.id", "$2")
         )
     });
@@ -99,31 +120,62 @@ pub async fn fetch_chat_detail(
     Ok(Some(chat))
 }
 
-/// Members of several chats in one query (no N+1 on chat lists).
+/// The first [`MEMBERS_LISTED`] members of several chats, by join time, in
+/// one query (no N+1 on chat lists).
 pub async fn fetch_members(
     client: &impl GenericClient,
     chat_ids: &[i64],
 ) -> Result<HashMap<i64, Vec<Member>>, ApiError> {
     let rows = client
         .query(
-            "select m.chat_id, m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
-             from chat_members m join users u on u.id = m.user_id
-             where m.chat_id = any($1)
-             order by m.chat_id, m.joined_at, m.user_id",
-            &[&chat_ids],
+            "select c.id as chat_id, x.*
+             from unnest($1::bigint[]) c(id), lateral (
+                 select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
+                 from chat_members m join users u on u.id = m.user_id
+                 where m.chat_id = c.id
+                 order by m.joined_at, m.user_id
+                 limit $2) x
+             order by c.id, x.joined_at, x.user_id",
+            &[&chat_ids, &MEMBERS_LISTED],
         )
         .await?;
     let mut out: HashMap<i64, Vec<Member>> = HashMap::new();
     for r in rows {
-        out.entry(r.get("chat_id")).or_default().push(Member {
+        out.entry(r.get("chat_id"))
+            .or_default()
+            .push(Member::from_row(&r));
+    }
+    Ok(out)
+}
+
+impl Member {
+    pub(crate) fn from_row(r: &Row) -> Member {
+        Member {
             user_id: r.get("user_id"),
             username: r.get("username"),
             display_name: r.get("display_name"),
             is_admin: r.get("is_admin"),
             joined_at: r.get("joined_at"),
-        });
+        }
     }
-    Ok(out)
+}
+
+/// Members `user_ids` of chat `chat_id`, by join time.
+pub async fn fetch_members_by_id(
+    client: &impl GenericClient,
+    chat_id: i64,
+    user_ids: &[i64],
+) -> Result<Vec<Member>, ApiError> {
+    let rows = client
+        .query(
+            "select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
+             from chat_members m join users u on u.id = m.user_id
+             where m.chat_id = $1 and m.user_id = any($2)
+             order by m.joined_at, m.user_id",
+            &[&chat_id, &user_ids],
+        )
+        .await?;
+    Ok(rows.iter().map(Member::from_row).collect())
 }
 
 /// The caller's role in a chat, locking the chat row so concurrent membership
@@ -197,7 +249,7 @@ fn list(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> 
     warp::path!("chats")
         .and(warp::get())
         .and(authed(ctx))
-        .and(query_map())
+        .and(query(ctx))
         .and(with(ctx.pool.clone()))
         .then(list_chats)
         .map(respond)
@@ -248,27 +300,25 @@ async fn get_chat(chat_id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply
     Ok(warp::reply::json(&chat))
 }
 
-async fn list_chats(
-    user: AuthUser,
-    q: HashMap<String, String>,
-    pool: Pool,
-) -> Result<impl Reply, ApiError> {
-    let page = Page::from_query(&q)?;
-    let with_members = match q.get("with_members").map(String::as_str) {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
+async fn list_chats(user: AuthUser, q: Query, pool: Pool) -> Result<impl Reply, ApiError> {
+    let mut errors = Vec::new();
+    let page = q.page(&mut errors);
+    // Members by default, as the seed listed chats "with members".
+    let with_members = match q.get("with_members") {
+        None | Some("true") | Some("1") => true,
+        Some("false") | Some("0") => false,
         Some(_) => {
-            return Err(ApiError::validation(
-                "with_members",
-                "must be true or false",
-            ));
+            errors.push(FieldError::new("with_members", "must be true or false"));
+            false
         }
     };
+    validated(errors)?;
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "select {CHAT_COLUMNS} from chats c {}
+            "select {} from chats c {}
              order by c.last_activity_at desc, c.id desc
              limit $2 offset $3",
+            CHAT_COLUMNS.as_str(),
             join_member("m", "c.id", "$1")
         )
     });

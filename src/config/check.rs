@@ -75,6 +75,32 @@ impl Config {
             1,
             100_000,
         )?;
+        let limits = &self.limits;
+        check_range("limits.max_offset", limits.max_offset as u64, 0, 1_000_000)?;
+        check_range(
+            "limits.ids_per_request",
+            limits.ids_per_request as u64,
+            1,
+            100_000,
+        )?;
+        check_range(
+            "limits.group_members",
+            limits.group_members as u64,
+            2,
+            1_000_000,
+        )?;
+        check_range(
+            "limits.sockets_per_user",
+            limits.sockets_per_user as u64,
+            1,
+            100_000,
+        )?;
+        check_range(
+            "database.statement_timeout_ms",
+            self.database.statement_timeout_ms,
+            0,
+            3_600_000,
+        )?;
         let ws = &self.ws;
         check_range("ws.ping_interval_ms", ws.ping_interval_ms, 50, 3_600_000)?;
         check_range(
@@ -90,7 +116,9 @@ impl Config {
             ));
         }
         check_range("ws.queue_frames", ws.queue_frames as u64, 1, 1_000_000)?;
-        check_range("ws.queue_bytes", ws.queue_bytes as u64, 1024, 1 << 30)?;
+        // A chat object (members listed included) is far below 64 KiB; a
+        // queue must hold the largest frame the server builds.
+        check_range("ws.queue_bytes", ws.queue_bytes as u64, 64 * 1024, 1 << 30)?;
         check_range(
             "ws.replay_cache_bytes",
             ws.replay_cache_bytes as u64,

@@ -32,6 +32,9 @@ pub struct DatabaseConfig {
     pub url: String,
     pub pool_size: u32,
     pub connect_timeout_secs: u64,
+    /// The longest a request's statement may run (PostgreSQL's
+    /// `statement_timeout` on the pool's connections); 0 is no limit.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -75,6 +78,14 @@ pub struct CorsConfig {
 pub struct LimitsConfig {
     pub body_bytes: u64,
     pub message_chars: usize,
+    /// The deepest `offset` a page may start at (deeper: use cursors).
+    pub max_offset: usize,
+    /// Ids one request may name (e.g. `member_ids`).
+    pub ids_per_request: usize,
+    /// Members a group may have.
+    pub group_members: usize,
+    /// WebSockets one user may hold open on a node.
+    pub sockets_per_user: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +129,7 @@ impl Default for DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/chatapp".into(),
             pool_size: 16,
             connect_timeout_secs: 5,
+            statement_timeout_ms: 5_000,
         }
     }
 }
@@ -146,6 +158,10 @@ impl Default for LimitsConfig {
         LimitsConfig {
             body_bytes: 64 * 1024,
             message_chars: 4000,
+            max_offset: 10_000,
+            ids_per_request: 1000,
+            group_members: 10_000,
+            sockets_per_user: 32,
         }
     }
 }

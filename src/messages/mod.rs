@@ -14,12 +14,11 @@ use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
 use crate::http::{
-    Context, JsonText, Page, authed, id_param, int_param, json_body, query_map, respond, with,
+    Context, JsonText, Query, authed, id_param, json_body, query, respond, validated, with,
 };
 use crate::membership::{is_member, join_member};
 use crate::message_json::message_json_sql;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use tokio_postgres::GenericClient;
 use warp::http::StatusCode;
@@ -62,7 +61,7 @@ fn history(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejectio
         .and(warp::path::end())
         .and(warp::get())
         .and(authed(ctx))
-        .and(query_map())
+        .and(query(ctx))
         .and(with(ctx.pool.clone()))
         .then(fetch_history)
         .map(respond)
@@ -153,26 +152,20 @@ async fn get_message(id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply, 
 async fn fetch_history(
     chat_id: i64,
     user: AuthUser,
-    q: HashMap<String, String>,
+    q: Query,
     pool: Pool,
 ) -> Result<impl Reply, ApiError> {
-    let page = Page::from_query(&q);
-    let mut errors = match &page {
-        Err(ApiError::Validation(e)) => e.clone(),
-        _ => Vec::new(),
-    };
-    let before = int_param(&q, "before_id", 1, i64::MAX, &mut errors);
-    let after = int_param(&q, "after_id", 1, i64::MAX, &mut errors);
+    let mut errors = Vec::new();
+    let page = q.page(&mut errors);
+    let before = q.int("before_id", 1, i64::MAX, &mut errors);
+    let after = q.int("after_id", 1, i64::MAX, &mut errors);
     if before.is_some() && after.is_some() {
         errors.push(FieldError::new(
             "after_id",
             "cannot be combined with before_id",
         ));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let page = page?;
+    validated(errors)?;
     let client = pool.get().await?;
     let rows = client
         .query(

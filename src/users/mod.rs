@@ -10,12 +10,12 @@ use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events;
 use crate::http::{
-    Context, Page, authed, id_param, json_body, optional_json_body, query_map, respond, with,
+    Context, Query, authed, id_param, json_body, optional_json_body, query, respond, validated,
+    with,
 };
 use crate::password::Hasher;
 use crate::validate::{check_display_name, check_password};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio_postgres::{GenericClient, Row};
@@ -74,7 +74,7 @@ fn list(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> 
     warp::path!("users")
         .and(warp::get())
         .and(authed(ctx))
-        .and(query_map())
+        .and(query(ctx))
         .and(with(ctx.pool.clone()))
         .then(list_users)
         .map(respond)
@@ -156,16 +156,14 @@ pub async fn fetch_user(client: &impl GenericClient, id: i64) -> Result<Option<U
     Ok(row.as_ref().map(User::from_row))
 }
 
-async fn list_users(
-    _caller: AuthUser,
-    q: HashMap<String, String>,
-    pool: Pool,
-) -> Result<impl Reply, ApiError> {
-    let page = Page::from_query(&q)?;
-    let search = q.get("q").map(|s| s.trim()).filter(|s| !s.is_empty());
+async fn list_users(_caller: AuthUser, q: Query, pool: Pool) -> Result<impl Reply, ApiError> {
+    let mut errors = Vec::new();
+    let page = q.page(&mut errors);
+    let search = q.get("q").map(str::trim).filter(|s| !s.is_empty());
     if search.is_some_and(|s| s.chars().count() > 100) {
-        return Err(ApiError::validation("q", "must be at most 100 characters"));
+        errors.push(FieldError::new("q", "must be at most 100 characters"));
     }
+    validated(errors)?;
     // A prefix pattern with LIKE's own wildcards escaped.
     let pattern = search.map(|s| {
         let escaped = s

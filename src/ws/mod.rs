@@ -52,6 +52,7 @@ pub struct Hub {
     typing_heard: Mutex<HashMap<(i64, i64), Instant>>,
     live_connections: AtomicUsize,
     all_closed: Notify,
+    sockets_per_user: usize,
 }
 
 impl Hub {
@@ -85,6 +86,7 @@ impl Hub {
             typing_heard: Mutex::new(HashMap::new()),
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
+            sockets_per_user: config.limits.sockets_per_user,
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
@@ -303,6 +305,11 @@ async fn authorize(
         .or_else(|| header.and_then(bearer_token))
         .ok_or(ApiError::Unauthorized("missing token"))?;
     let user = auth.authenticate(token).await?;
+    // Per node, and checked before the upgrade so the refusal is a plain
+    // HTTP error; sockets opening at the same moment may pass it together.
+    if hub.registry.connections_of(user.id) >= hub.sockets_per_user {
+        return Err(ApiError::TooManySockets);
+    }
     let since = match q.get("since") {
         None => None,
         Some(raw) => match raw.parse::<i64>() {

@@ -96,7 +96,7 @@ async fn mark_read(app: &TestApp, user: &TestUser, chat: i64, message_id: i64) -
     body
 }
 
-const CHAT_FIELDS: [&str; 8] = [
+const CHAT_FIELDS: [&str; 9] = [
     "id",
     "name",
     "is_group",
@@ -105,6 +105,7 @@ const CHAT_FIELDS: [&str; 8] = [
     "updated_at",
     "last_read_message_id",
     "unread_count",
+    "member_count",
 ];
 
 // ---------- POST /chats: groups ----------
@@ -448,7 +449,10 @@ async fn chat_list_contains_only_the_callers_chats() {
     for field in CHAT_FIELDS {
         assert!(bobs[0].get(field).is_some(), "missing {field}: {}", bobs[0]);
     }
-    assert!(bobs[0].get("members").is_none(), "{}", bobs[0]);
+    assert_eq!(member_ids(&bobs[0]), sorted(vec![alice.id, bob.id]));
+    assert_eq!(bobs[0]["member_count"], 2);
+    let without = list(&app, &bob, "?with_members=false").await;
+    assert!(without[0].get("members").is_none(), "{}", without[0]);
     assert!(ids_of(&list(&app, &alice, "").await).contains(&carol_dm));
     assert_eq!(list(&app, &alice, "").await.len(), 3);
 }

@@ -326,6 +326,11 @@ impl Registry {
         }
     }
 
+    /// How many connections `user_id` holds on this node.
+    pub fn connections_of(&self, user_id: i64) -> usize {
+        self.lock().users.get(&user_id).map_or(0, |c| c.len())
+    }
+
     pub fn connected_users(&self) -> Vec<i64> {
         self.lock().users.keys().copied().collect()
     }
