@@ -5,7 +5,7 @@
 //! ```text
 //! ws                                  real-time delivery
 //! health  users  chats  messages      resources
-//! http                                shared filters
+//! http  server                        shared filters, the HTTP server
 //! validate  password  auth  membership
 //! db  events  message_json
 //! config  error  support  logging  migrate
@@ -18,7 +18,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
     &["db", "events", "message_json"],
     &["validate", "password", "auth", "membership"],
-    &["http"],
+    &["http", "server"],
     &["health", "users", "chats", "messages"],
     &["ws"],
 ];

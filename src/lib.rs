@@ -17,6 +17,7 @@ pub mod message_json;
 pub mod messages;
 pub mod migrate;
 pub mod password;
+pub mod server;
 pub mod support;
 pub mod users;
 pub mod validate;
@@ -192,14 +193,13 @@ impl App {
             hub.shutdown().await;
             let _ = stop_tx.send(());
         });
-        let routes = self.routes();
-        warp::serve(routes)
-            .incoming(self.listener)
-            .graceful(async {
-                let _ = stop_rx.await;
-            })
-            .run()
-            .await;
+        let service = warp::service(self.routes());
+        let drain =
+            Duration::from_millis(self.hub.config.close_flush_timeout_ms) + Duration::from_secs(5);
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        server::serve(self.listener, service, &self.config.http, stopped, drain).await;
         log::info!("server stopped");
     }
 

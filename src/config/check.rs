@@ -95,6 +95,20 @@ impl Config {
             1,
             100_000,
         )?;
+        let http = &self.http;
+        check_range(
+            "http.header_read_timeout_secs",
+            http.header_read_timeout_secs,
+            1,
+            3600,
+        )?;
+        check_range("http.keep_alive_secs", http.keep_alive_secs, 1, 24 * 3600)?;
+        check_range(
+            "http.max_connections",
+            http.max_connections as u64,
+            1,
+            10_000_000,
+        )?;
         check_range(
             "database.statement_timeout_ms",
             self.database.statement_timeout_ms,

@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub cors: CorsConfig,
+    pub http: HttpConfig,
     pub limits: LimitsConfig,
     pub ws: WsConfig,
 }
@@ -73,6 +74,28 @@ pub struct CorsConfig {
     pub origins: Vec<String>,
 }
 
+/// Bounds on HTTP connections (see `server`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// How long a request head may take from its first byte.
+    pub header_read_timeout_secs: u64,
+    /// How long a kept-alive connection may wait for its next request.
+    pub keep_alive_secs: u64,
+    /// Connections (WebSockets included) open at once, per node.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_secs: 10,
+            keep_alive_secs: 60,
+            max_connections: 20_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -117,6 +140,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             cors: CorsConfig::default(),
+            http: HttpConfig::default(),
             limits: LimitsConfig::default(),
             ws: WsConfig::default(),
         }
@@ -217,6 +241,13 @@ pub const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trac
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_sample_config_documents_every_default() {
+        let sample = Config::from_yaml(include_str!("../../config.sample.yaml")).unwrap();
+        sample.validate().unwrap();
+        assert_eq!(format!("{sample:?}"), format!("{:?}", Config::default()));
+    }
 
     #[test]
     fn empty_yaml_gives_defaults() {

@@ -22,6 +22,7 @@ use crate::db::{DbThread, Pool};
 use crate::error::ApiError;
 use crate::http::{Context, bearer_token, query_map, with};
 use crate::messages::SendQueue;
+use crate::server::ConnSlot;
 use close::SHUTTING_DOWN;
 use conn::Services;
 use registry::{PING_SLICES, Registry};
@@ -139,9 +140,12 @@ impl Hub {
     /// Counts a connection from its upgrade request until its task ends, so a
     /// shutdown that begins while an upgrade is in flight waits for it (and
     /// closes it with 1001) instead of letting the HTTP server drop it.
-    fn connection_opened(self: &Arc<Self>) -> LiveConnection {
+    fn connection_opened(self: &Arc<Self>, slot: Option<ConnSlot>) -> LiveConnection {
         self.live_connections.fetch_add(1, Ordering::SeqCst);
-        LiveConnection(self.clone())
+        LiveConnection {
+            hub: self.clone(),
+            _slot: slot,
+        }
     }
 
     /// True at most once per `typing_interval_ms` for a user in a chat.
@@ -191,13 +195,17 @@ async fn ping_connections(hub: Arc<Hub>) {
     }
 }
 
-/// One counted connection (see [`Hub::connection_opened`]).
-pub struct LiveConnection(Arc<Hub>);
+/// One counted connection (see [`Hub::connection_opened`]); it also keeps
+/// the connection's place under `http.max_connections` until it closes.
+pub struct LiveConnection {
+    hub: Arc<Hub>,
+    _slot: Option<ConnSlot>,
+}
 
 impl Drop for LiveConnection {
     fn drop(&mut self) {
-        if self.0.live_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.all_closed.notify_waiters();
+        if self.hub.live_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.hub.all_closed.notify_waiters();
         }
     }
 }
@@ -260,16 +268,18 @@ fn connect(
         .and(warp::header::optional::<String>("authorization"))
         .and(with(ctx.auth.clone()))
         .and(with(services))
+        .and(warp::ext::optional::<ConnSlot>())
         .and_then(
             |q: HashMap<String, String>,
              header: Option<String>,
              auth: Arc<Auth>,
-             services: Services| async move {
+             services: Services,
+             slot: Option<ConnSlot>| async move {
                 // Counted from here, not from the 101: a shutdown that begins
                 // while the token is checked waits for this socket and closes
                 // it with 1001, instead of racing the HTTP server's own
                 // shutdown for the upgrade.
-                let live = services.hub.connection_opened();
+                let live = services.hub.connection_opened(slot);
                 authorize(&services.hub, &auth, &q, header.as_deref())
                     .await
                     .map(|(user, since)| (services, user, since, live))

@@ -17,6 +17,7 @@ mod redaction;
 mod replay_cost;
 mod revocation;
 mod send_batches;
+mod slow_clients;
 mod smoke;
 mod users;
 mod ws_connect_race;
