@@ -74,6 +74,14 @@ pub enum ApiError {
     QueryTimeout,
     /// The user already holds `limits.sockets_per_user` WebSockets on this node.
     TooManySockets,
+    /// Over a rate limit (see `limits`): try again after `retry_after`.
+    RateLimited {
+        retry_after: std::time::Duration,
+    },
+    /// The password-hashing queue is full: try again after `retry_after`.
+    Busy {
+        retry_after: std::time::Duration,
+    },
     PayloadTooLarge,
     UnsupportedMediaType,
     DatabaseUnavailable,
@@ -108,10 +116,10 @@ impl ApiError {
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             UsernameTaken | LastAdmin | ClientIdReused | ChatFull => StatusCode::CONFLICT,
-            TooManySockets => StatusCode::TOO_MANY_REQUESTS,
+            TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            DatabaseUnavailable | QueryTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            DatabaseUnavailable | QueryTimeout | Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,6 +154,8 @@ impl ApiError {
             ChatFull => "chat_full",
             QueryTimeout => "query_timeout",
             TooManySockets => "too_many_sockets",
+            RateLimited { .. } => "rate_limited",
+            Busy { .. } => "busy",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             DatabaseUnavailable => "database_unavailable",
@@ -189,10 +199,25 @@ impl ApiError {
             ChatFull => "the group has as many members as it may have".into(),
             QueryTimeout => "the request took too long; try again or narrow it".into(),
             TooManySockets => "too many open connections for this user".into(),
+            RateLimited { retry_after } => format!(
+                "too many requests; try again in {} ms",
+                retry_after.as_millis().max(1)
+            ),
+            Busy { .. } => "the server is busy; try again shortly".into(),
             PayloadTooLarge => "request body is too large".into(),
             UnsupportedMediaType => "unsupported content type".into(),
             DatabaseUnavailable => "database unavailable, try again shortly".into(),
             Internal(_) => "internal server error".into(),
+        }
+    }
+
+    /// When to try again, for errors that say so (429, 503 busy).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ApiError::RateLimited { retry_after } | ApiError::Busy { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
         }
     }
 
@@ -255,7 +280,17 @@ impl Reply for ApiError {
             _ => {}
         }
         let status = self.status();
-        warp::reply::with_status(warp::reply::json(&self.body()), status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up: a client must not come back early.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from(secs.max(1)),
+            );
+        }
+        response
     }
 }
 

@@ -5,11 +5,14 @@ use crate::auth::{Auth, AuthUser};
 use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError, InvalidId};
+use crate::limits::{Action, RateLimits};
+use crate::server::PeerAddr;
 use crate::validate::json_has_nul;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use warp::http::HeaderMap;
 use warp::reply::Response;
@@ -22,6 +25,7 @@ pub struct Context {
     pub pool: Pool,
     pub auth: Arc<Auth>,
     pub limits: Arc<LimitsConfig>,
+    pub rates: Arc<RateLimits>,
 }
 
 /// Hands a clone of `value` to the handler.
@@ -340,6 +344,41 @@ pub fn authed(
                 .ok_or(ApiError::Unauthorized("missing bearer token"))
                 .map_err(warp::reject::custom)?;
             auth.authenticate(token).await.map_err(warp::reject::custom)
+        })
+}
+
+/// [`authed`], for an action with a rate limit: over it, the request is
+/// refused (429) before its handler runs.
+pub fn authed_for(
+    ctx: &Context,
+    action: Action,
+) -> impl Filter<Extract = (AuthUser,), Error = Rejection> + Clone + use<> {
+    authed(ctx).and(with(ctx.rates.clone())).and_then(
+        move |user: AuthUser, rates: Arc<RateLimits>| async move {
+            rates
+                .check_user(action, user.id)
+                .map(|()| user)
+                .map_err(warp::reject::custom)
+        },
+    )
+}
+
+/// The client's address: the connection's peer, or, with
+/// `limits.trust_forwarded_for`, the last `X-Forwarded-For` entry (the one
+/// the proxy in front appended; earlier ones are the client's to forge).
+pub fn client_ip(
+    ctx: &Context,
+) -> impl Filter<Extract = (IpAddr,), Error = Rejection> + Clone + use<> {
+    let trust_forwarded = ctx.limits.trust_forwarded_for;
+    warp::ext::optional::<PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .map(move |peer: Option<PeerAddr>, forwarded: Option<String>| {
+            let forwarded = forwarded
+                .filter(|_| trust_forwarded)
+                .and_then(|f| f.rsplit(',').next().and_then(|ip| ip.trim().parse().ok()));
+            forwarded
+                .or(peer.map(|p| p.0.ip()))
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]))
         })
 }
 

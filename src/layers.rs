@@ -6,7 +6,7 @@
 //! ws                                  real-time delivery
 //! health  users  chats  messages      resources
 //! http  server                        shared filters, the HTTP server
-//! validate  password  auth  membership
+//! validate  password  auth  membership  limits
 //! db  events  message_json
 //! config  error  support  logging  migrate
 //! ```
@@ -17,7 +17,7 @@
 pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
     &["db", "events", "message_json"],
-    &["validate", "password", "auth", "membership"],
+    &["validate", "password", "auth", "membership", "limits"],
     &["http", "server"],
     &["health", "users", "chats", "messages"],
     &["ws"],

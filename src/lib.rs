@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 #[cfg(test)]
 mod layers;
+pub mod limits;
 pub mod logging;
 pub mod membership;
 pub mod message_json;
@@ -117,13 +118,16 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         Auth::new(token_key, &config.auth, &config.database).map_err(StartError::database)?;
     auth.warm_up().await;
     let db_thread = db::DbThread::start().map_err(StartError::Thread)?;
-    let sends = SendQueue::start(
+    let rates = Arc::new(limits::RateLimits::new(&config.limits.rate));
+    tokio::spawn(tidy_rate_limits(rates.clone()));
+    let setup = messages::SendSetup {
         pipeline,
-        pool.clone(),
-        config.limits.message_chars,
-        &db_thread,
-    );
-    let hasher = Hasher::new(config.auth.bcrypt_cost)
+        pool: pool.clone(),
+        max_chars: config.limits.message_chars,
+        rates: rates.clone(),
+    };
+    let sends = SendQueue::start(setup, &db_thread);
+    let hasher = Hasher::new(config.auth.bcrypt_cost, config.limits.bcrypt_queue)
         .await
         .map_err(StartError::database)?;
     let listener = listen(addr).map_err(StartError::Bind)?;
@@ -134,6 +138,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         pool,
         auth: Arc::new(auth),
         limits: Arc::new(config.limits.clone()),
+        rates,
     };
     Ok(App {
         listener,
@@ -143,6 +148,16 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         sends: Arc::new(sends),
         hub,
     })
+}
+
+/// Drops idle keys from the rate limits every few seconds, for as long as
+/// the runtime lives.
+async fn tidy_rate_limits(rates: Arc<limits::RateLimits>) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        every.tick().await;
+        rates.tidy();
+    }
 }
 
 /// Binds `addr` with `TCP_NODELAY` on the listening socket, which Linux

@@ -10,8 +10,10 @@
 //! fully busy machine — and yields at once when a request needs a core.
 
 use crate::error::ApiError;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// bcrypt reads only the first 72 bytes; longer passwords are refused.
@@ -19,7 +21,8 @@ pub const PASSWORD_MAX_BYTES: usize = 72;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The hashing threads' queue, started on first use.
+/// The hashing threads' queue, started on first use and shared by every
+/// [`Hasher`] of the process (each bounds its own jobs).
 static HASHERS: LazyLock<Mutex<Sender<Job>>> = LazyLock::new(|| {
     let (tx, rx) = channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
@@ -56,62 +59,106 @@ fn lower_priority() {
     }
 }
 
-/// Runs `f` on a hashing thread.
-async fn on_hasher<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    let (tx, rx) = oneshot::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(f());
-    });
-    HASHERS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(job)
-        .map_err(|_| ApiError::internal("the bcrypt threads are gone"))?;
-    rx.await
-        .map_err(|_| ApiError::internal("a bcrypt job panicked"))
-}
-
-pub async fn hash_password(password: String, cost: u32) -> Result<String, ApiError> {
-    on_hasher(move || bcrypt::hash(password, cost))
-        .await?
-        .map_err(ApiError::internal)
-}
-
-pub async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
-    // bcrypt reads only the first 72 bytes, so a longer password would match by
-    // truncation; no stored password is longer. Still hash, for equal timing.
-    let too_long = password.len() > PASSWORD_MAX_BYTES;
-    on_hasher(move || bcrypt::verify(password, &hash).unwrap_or(false) && !too_long).await
-}
-
-/// Hashes and checks passwords at the configured cost.
+/// Hashes and checks passwords at the configured cost, with at most
+/// `queue` of them waiting or running at once: past that a login is told
+/// the server is busy instead of waiting behind an unbounded queue, and a
+/// queued check whose requester has gone (the client hung up) is skipped.
 pub struct Hasher {
     cost: u32,
     /// A hash of nothing in particular, so logins for unknown users cost the
     /// same as real ones.
     dummy_hash: String,
+    queue: usize,
+    load: Arc<Load>,
+}
+
+/// How many jobs are waiting or running, and how many were skipped.
+#[derive(Default)]
+struct Load {
+    queued: AtomicUsize,
+    skipped: AtomicU64,
 }
 
 impl Hasher {
-    pub async fn new(cost: u32) -> Result<Hasher, ApiError> {
-        let dummy_hash = hash_password("dummy password".into(), cost).await?;
-        Ok(Hasher { cost, dummy_hash })
+    pub async fn new(cost: u32, queue: usize) -> Result<Hasher, ApiError> {
+        let mut hasher = Hasher {
+            cost,
+            dummy_hash: String::new(),
+            queue,
+            load: Arc::default(),
+        };
+        hasher.dummy_hash = hasher.hash("dummy password".into()).await?;
+        Ok(hasher)
     }
 
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        hash_password(password, self.cost).await
+        let cost = self.cost;
+        self.run(move || bcrypt::hash(password, cost))
+            .await?
+            .map_err(ApiError::internal)
     }
 
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, ApiError> {
-        verify_password(password, hash).await
+        // bcrypt reads only the first 72 bytes, so a longer password would
+        // match by truncation; no stored password is longer. Still hash, for
+        // equal timing.
+        let too_long = password.len() > PASSWORD_MAX_BYTES;
+        self.run(move || bcrypt::verify(password, &hash).unwrap_or(false) && !too_long)
+            .await
     }
 
     /// The work of a real check, for a user that does not exist: response
     /// time must not tell whether a username is taken.
     pub async fn verify_nobody(&self, password: String) -> Result<bool, ApiError> {
-        verify_password(password, self.dummy_hash.clone()).await
+        self.verify(password, self.dummy_hash.clone()).await
+    }
+
+    /// Jobs waiting or running now.
+    pub fn queued(&self) -> usize {
+        self.load.queued.load(Ordering::Relaxed)
+    }
+
+    /// Jobs skipped so far because their requester had gone.
+    pub fn skipped(&self) -> u64 {
+        self.load.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on a hashing thread, if the queue has room.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let load = self.load.clone();
+        let taken = load
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(ApiError::Busy {
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                load.skipped.fetch_add(1, Ordering::Relaxed);
+                load.queued.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                let done = f();
+                // Counted out before the answer goes, so the caller never
+                // sees its own finished job still in the queue.
+                load.queued.fetch_sub(1, Ordering::AcqRel);
+                let _ = tx.send(done);
+            }
+        });
+        HASHERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| ApiError::internal("the bcrypt threads are gone"))?;
+        rx.await
+            .map_err(|_| ApiError::internal("a bcrypt job panicked"))
     }
 }
 
@@ -137,10 +184,12 @@ mod tests {
                 }
             }
         });
-        assert!(verify_password("password".into(), hash).await.unwrap());
-        let after_verify = ticks.load(Ordering::Relaxed);
-        let hashed = hash_password("password".into(), 8).await.unwrap();
-        let during_hash = ticks.load(Ordering::Relaxed) - after_verify;
+        let hasher = Hasher::new(8, 16).await.unwrap();
+        let after_setup = ticks.load(Ordering::Relaxed);
+        assert!(hasher.verify("password".into(), hash).await.unwrap());
+        let after_verify = ticks.load(Ordering::Relaxed) - after_setup;
+        let hashed = hasher.hash("password".into()).await.unwrap();
+        let during_hash = ticks.load(Ordering::Relaxed) - after_verify - after_setup;
         ticker.abort();
         assert!(hashed.starts_with("$2"));
         assert!(after_verify > 1, "the runtime was blocked while verifying");
@@ -152,26 +201,77 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashing_threads_run_at_nice_19() {
-        let nice = on_hasher(|| {
-            // SAFETY: reads this thread's priority; errno is not consulted as 19 is not -1.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-        })
-        .await
-        .unwrap();
+        let hasher = Hasher::new(4, 16).await.unwrap();
+        let nice = hasher
+            .run(|| {
+                // SAFETY: reads this thread's priority; errno is not consulted as 19 is not -1.
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+            })
+            .await
+            .unwrap();
         assert_eq!(nice, 19);
+    }
+
+    #[tokio::test]
+    async fn past_its_queue_a_hasher_is_busy_and_it_skips_checks_nobody_awaits() {
+        // Arrange: every hashing thread held by a job of this hasher, whose
+        // queue has room for one more.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hasher = Arc::new(Hasher::new(4, threads + 1).await.unwrap());
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let held: Vec<_> = (0..threads)
+            .map(|_| {
+                let (hasher, release) = (hasher.clone(), release_rx.clone());
+                tokio::spawn(async move {
+                    hasher
+                        .run(move || {
+                            let _ = release.lock().unwrap().recv();
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while hasher.queued() < threads {
+            tokio::task::yield_now().await;
+        }
+        let hash = bcrypt::hash("password", 4).unwrap();
+
+        // Act: one check queued and abandoned by its caller, one past the queue.
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            hasher.verify("password".into(), hash.clone()),
+        )
+        .await;
+        let refused = hasher.verify("password".into(), hash).await;
+        for _ in 0..threads {
+            release_tx.send(()).unwrap();
+        }
+        for job in held {
+            job.await.unwrap().unwrap();
+        }
+        while hasher.queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+
+        // Assert
+        assert!(
+            abandoned.is_err(),
+            "the queued check did not wait: {abandoned:?}"
+        );
+        assert!(matches!(refused, Err(ApiError::Busy { .. })), "{refused:?}");
+        assert_eq!(hasher.skipped(), 1, "the abandoned check ran");
     }
 
     #[tokio::test]
     async fn passwords_past_72_bytes_never_verify() {
         let password = "p".repeat(72);
         let hash = bcrypt::hash(&password, 4).unwrap();
+        let hasher = Hasher::new(4, 16).await.unwrap();
+        assert!(hasher.verify(password.clone(), hash.clone()).await.unwrap());
         assert!(
-            verify_password(password.clone(), hash.clone())
-                .await
-                .unwrap()
-        );
-        assert!(
-            !verify_password(format!("{password}extra"), hash)
+            !hasher
+                .verify(format!("{password}extra"), hash)
                 .await
                 .unwrap()
         );

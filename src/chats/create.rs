@@ -7,7 +7,8 @@ use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{Context, authed, json_body, respond, validated, with};
+use crate::http::{Context, authed_for, json_body, respond, validated, with};
+use crate::limits::Action;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_postgres::GenericClient;
@@ -21,7 +22,7 @@ pub fn route(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("chats")
         .and(warp::post())
-        .and(authed(ctx))
+        .and(authed_for(ctx, Action::CreateChat))
         .and(json_body(ctx.limits.body_bytes))
         .and(with(ctx.pool.clone()))
         .and(with(ctx.limits.clone()))

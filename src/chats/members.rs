@@ -11,7 +11,10 @@ use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::ApiError;
 use crate::events::{self, EventKind, NewEvent};
-use crate::http::{Context, Query, authed, id_param, json_body, query, respond, validated, with};
+use crate::http::{
+    Context, Query, authed, authed_for, id_param, json_body, query, respond, validated, with,
+};
+use crate::limits::Action;
 use crate::membership::is_member;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -96,7 +99,7 @@ fn add(ctx: &Context) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .and(id_param())
         .and(warp::path!("members"))
         .and(warp::post())
-        .and(authed(ctx))
+        .and(authed_for(ctx, Action::AddMembers))
         .and(json_body(ctx.limits.body_bytes))
         .and(with(ctx.pool.clone()))
         .and(with(ctx.limits.clone()))
@@ -316,7 +319,8 @@ pub async fn leave_chat(
                  returning user_id
              )
              select (select count(*) from chat_members where chat_id = $1) as remaining,
-                    (select u.username from promoted p join users u on u.id = p.user_id) as promoted",
+                    (select u.username from promoted p join users u on u.id = p.user_id) as promoted,
+                    (select user_id from promoted) as promoted_id",
             &[&chat_id, &was_admin],
         )
         .await?;
@@ -327,7 +331,19 @@ pub async fn leave_chat(
         pending.push(deleted);
         return Ok(pending);
     }
-    if let Some(promoted) = row.get::<_, Option<String>>(1) {
+    if let (Some(promoted), Some(promoted_id)) = (
+        row.get::<_, Option<String>>(1),
+        row.get::<_, Option<i64>>(2),
+    ) {
+        // The new admin shows in the chat's members, as after a promotion.
+        let chat = fetch_chat_detail(client, chat_id, promoted_id)
+            .await?
+            .ok_or(ApiError::ChatNotFound)?;
+        pending.push(NewEvent::new(
+            chat_id,
+            EventKind::ChatUpdated,
+            chat.shared_view(),
+        ));
         pending.push(NewEvent::system(
             chat_id,
             format!("{promoted} is now an admin"),
@@ -393,7 +409,7 @@ async fn update_member(
         events::emit(
             &tx,
             &[
-                NewEvent::new(chat_id, EventKind::ChatUpdated, &chat),
+                NewEvent::new(chat_id, EventKind::ChatUpdated, chat.shared_view()),
                 NewEvent::system(chat_id, note),
             ],
         )

@@ -77,6 +77,18 @@ static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
 });
 
 impl Chat {
+    /// The payload of a `chat_updated` event: the chat without the fields
+    /// that are one member's own (their read marker and unread count), which
+    /// every member has different and none may see of another.
+    pub fn shared_view(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("last_read_message_id");
+            fields.remove("unread_count");
+        }
+        value
+    }
+
     fn from_row(row: &Row) -> Chat {
         Chat {
             id: row.get("id"),
@@ -374,7 +386,7 @@ async fn rename_chat(
     events::emit(
         &tx,
         &[
-            NewEvent::new(chat_id, EventKind::ChatUpdated, &chat),
+            NewEvent::new(chat_id, EventKind::ChatUpdated, chat.shared_view()),
             NewEvent::system(chat_id, note),
         ],
     )

@@ -4,7 +4,8 @@ use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::ApiError;
 use crate::events::{self, Live};
-use crate::http::{Context, authed, id_param, json_body, respond, with};
+use crate::http::{Context, authed_for, id_param, json_body, respond, with};
+use crate::limits::Action;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 use warp::reply::Response;
@@ -24,7 +25,7 @@ fn mark_read(
         .and(id_param())
         .and(warp::path!("read"))
         .and(warp::post())
-        .and(authed(ctx))
+        .and(authed_for(ctx, Action::MarkRead))
         .and(json_body(ctx.limits.body_bytes))
         .and(with(ctx.pool.clone()))
         .then(read_up_to)

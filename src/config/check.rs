@@ -110,6 +110,44 @@ impl Config {
             10_000_000,
         )?;
         check_range(
+            "limits.bcrypt_queue",
+            limits.bcrypt_queue as u64,
+            1,
+            100_000,
+        )?;
+        let r = &limits.rate;
+        for (key, rate) in [
+            ("register_per_ip", r.register_per_ip),
+            ("login_per_ip", r.login_per_ip),
+            ("messages", r.messages),
+            ("chats_created", r.chats_created),
+            ("member_adds", r.member_adds),
+            ("typing", r.typing),
+            ("reads", r.reads),
+            ("frames", r.frames),
+        ] {
+            let key = format!("limits.rate.{key}");
+            check_range(
+                &format!("{key}.per_minute"),
+                rate.per_minute as u64,
+                1,
+                10_000_000,
+            )?;
+            check_range(&format!("{key}.burst"), rate.burst as u64, 1, 1_000_000)?;
+        }
+        check_range(
+            "limits.rate.failed_logins_before_backoff",
+            r.failed_logins_before_backoff as u64,
+            0,
+            1000,
+        )?;
+        check_range(
+            "limits.rate.failed_login_max_backoff_secs",
+            r.failed_login_max_backoff_secs,
+            1,
+            24 * 3600,
+        )?;
+        check_range(
             "database.statement_timeout_ms",
             self.database.statement_timeout_ms,
             0,

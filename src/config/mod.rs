@@ -109,6 +109,61 @@ pub struct LimitsConfig {
     pub group_members: usize,
     /// WebSockets one user may hold open on a node.
     pub sockets_per_user: usize,
+    /// Password hashes queued at most; past it logins get 503 `busy`.
+    pub bcrypt_queue: usize,
+    /// Take the client's address from the last `X-Forwarded-For` entry
+    /// (set it only behind a proxy that appends one).
+    pub trust_forwarded_for: bool,
+    pub rate: RateConfig,
+}
+
+/// A token bucket: `burst` at once, refilled at `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+const fn rate(per_minute: u32, burst: u32) -> Rate {
+    Rate { per_minute, burst }
+}
+
+/// Rate limits, per node (see `limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    pub enabled: bool,
+    pub register_per_ip: Rate,
+    pub login_per_ip: Rate,
+    /// Failed logins of one account before each further try must wait.
+    pub failed_logins_before_backoff: u32,
+    pub failed_login_max_backoff_secs: u64,
+    pub messages: Rate,
+    pub chats_created: Rate,
+    pub member_adds: Rate,
+    pub typing: Rate,
+    pub reads: Rate,
+    /// Other WebSocket frames (join_chat, leave_chat, ping).
+    pub frames: Rate,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            enabled: true,
+            register_per_ip: rate(20, 20),
+            login_per_ip: rate(60, 30),
+            failed_logins_before_backoff: 5,
+            failed_login_max_backoff_secs: 300,
+            messages: rate(600, 60),
+            chats_created: rate(30, 10),
+            member_adds: rate(60, 20),
+            typing: rate(120, 10),
+            reads: rate(600, 60),
+            frames: rate(1200, 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +241,9 @@ impl Default for LimitsConfig {
             ids_per_request: 1000,
             group_members: 10_000,
             sockets_per_user: 32,
+            bcrypt_queue: 64,
+            trust_forwarded_for: false,
+            rate: RateConfig::default(),
         }
     }
 }

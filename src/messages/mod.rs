@@ -6,7 +6,8 @@ mod send;
 
 pub use crate::message_json::rfc3339_sql;
 pub use send::{
-    CLIENT_ID_MAX_CHARS, PendingSend, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, Sent,
+    CLIENT_ID_MAX_CHARS, PendingSend, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, SendSetup,
+    Sent,
 };
 
 use crate::auth::AuthUser;

@@ -8,11 +8,12 @@ use super::check_content;
 use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
 use crate::events;
+use crate::limits::{Action, RateLimits};
 use crate::membership::is_member;
 use crate::message_json::{event_payload_sql, logged_payload_sql, message_json_sql};
 use futures_util::future::join_all;
 use serde::Deserialize;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
@@ -141,18 +142,29 @@ pub struct SendQueue {
     /// For looking up the message a retried client_id names.
     pool: Pool,
     max_chars: usize,
+    /// One limit for sends over REST and WebSocket alike.
+    rates: Arc<RateLimits>,
+}
+
+/// What a [`SendQueue`] is started with.
+pub struct SendSetup {
+    pub pipeline: Pipeline,
+    pub pool: Pool,
+    pub max_chars: usize,
+    pub rates: Arc<RateLimits>,
 }
 
 impl SendQueue {
     /// Starts the committing task on `pipeline`, on the database thread. It
     /// connects and prepares right away, so the first sends do not wait for
     /// it; a failure is retried by the first send.
-    pub fn start(
-        pipeline: Pipeline,
-        pool: Pool,
-        max_chars: usize,
-        db_thread: &DbThread,
-    ) -> SendQueue {
+    pub fn start(setup: SendSetup, db_thread: &DbThread) -> SendQueue {
+        let SendSetup {
+            pipeline,
+            pool,
+            max_chars,
+            rates,
+        } = setup;
         let (jobs, queued) = mpsc::channel(MAX_BATCH * 8);
         db_thread.spawn(async move {
             if let Err(e) = pipeline.get().await {
@@ -164,6 +176,7 @@ impl SendQueue {
             jobs,
             pool,
             max_chars,
+            rates,
         }
     }
 
@@ -173,6 +186,7 @@ impl SendQueue {
     /// WebSocket client pipelining its messages) and still have them stored
     /// in the order sent.
     pub async fn queue(&self, sender_id: i64, req: SendRequest) -> Result<PendingSend, ApiError> {
+        self.rates.check_user(Action::SendMessage, sender_id)?;
         let mut errors = Vec::new();
         if req.chat_id <= 0 {
             errors.push(FieldError::new("chat_id", "must be a positive chat id"));

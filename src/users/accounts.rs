@@ -4,10 +4,12 @@ use super::{USER_COLUMNS, User, fetch_user};
 use crate::auth::{Auth, AuthUser};
 use crate::db::Pool;
 use crate::error::ApiError;
-use crate::http::{Context, authed, json_or_form_body, respond, with};
+use crate::http::{Context, authed, client_ip, json_or_form_body, respond, with};
+use crate::limits::{Action, RateLimits};
 use crate::password::Hasher;
 use crate::validate::{check_display_name, check_password, check_username};
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
@@ -40,17 +42,36 @@ pub struct AuthResponse {
     pub user: User,
 }
 
+/// What registering and logging in use.
+#[derive(Clone)]
+pub struct Accounts {
+    pool: Pool,
+    auth: Arc<Auth>,
+    hasher: Arc<Hasher>,
+    rates: Arc<RateLimits>,
+}
+
+impl Accounts {
+    pub fn new(ctx: &Context, hasher: &Arc<Hasher>) -> Accounts {
+        Accounts {
+            pool: ctx.pool.clone(),
+            auth: ctx.auth.clone(),
+            hasher: hasher.clone(),
+            rates: ctx.rates.clone(),
+        }
+    }
+}
+
 /// POST /api/v1/auth/register
 pub fn register(
     ctx: &Context,
-    hasher: &Arc<Hasher>,
+    accounts: &Accounts,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("auth" / "register")
         .and(warp::post())
+        .and(client_ip(ctx))
         .and(json_or_form_body(ctx.limits.body_bytes))
-        .and(with(ctx.pool.clone()))
-        .and(with(ctx.auth.clone()))
-        .and(with(hasher.clone()))
+        .and(with(accounts.clone()))
         .then(register_user)
         .map(respond)
 }
@@ -58,14 +79,13 @@ pub fn register(
 /// POST /api/v1/auth/login
 pub fn login(
     ctx: &Context,
-    hasher: &Arc<Hasher>,
+    accounts: &Accounts,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     warp::path!("auth" / "login")
         .and(warp::post())
+        .and(client_ip(ctx))
         .and(json_or_form_body(ctx.limits.body_bytes))
-        .and(with(ctx.pool.clone()))
-        .and(with(ctx.auth.clone()))
-        .and(with(hasher.clone()))
+        .and(with(accounts.clone()))
         .then(login_user)
         .map(respond)
 }
@@ -89,11 +109,17 @@ async fn my_profile(user: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> 
 }
 
 async fn register_user(
+    ip: IpAddr,
     req: RegisterRequest,
-    pool: Pool,
-    auth: Arc<Auth>,
-    hasher: Arc<Hasher>,
+    accounts: Accounts,
 ) -> Result<impl Reply, ApiError> {
+    let Accounts {
+        pool,
+        auth,
+        hasher,
+        rates,
+    } = accounts;
+    rates.check_ip(Action::Register, ip)?;
     let mut errors = Vec::new();
     check_username(&req.username, &mut errors);
     check_password("password", &req.password, &mut errors);
@@ -112,11 +138,18 @@ async fn register_user(
 }
 
 async fn login_user(
+    ip: IpAddr,
     req: LoginRequest,
-    pool: Pool,
-    auth: Arc<Auth>,
-    hasher: Arc<Hasher>,
+    accounts: Accounts,
 ) -> Result<impl Reply, ApiError> {
+    let Accounts {
+        pool,
+        auth,
+        hasher,
+        rates,
+    } = accounts;
+    rates.check_ip(Action::Login, ip)?;
+    rates.login_allowed(&req.username)?;
     let client = pool.get().await?;
     let found = client
         .query_opt(
@@ -128,16 +161,24 @@ async fn login_user(
         )
         .await?;
     drop(client);
-    let Some(row) = found else {
-        hasher.verify_nobody(req.password).await?;
+    let verified = match &found {
+        Some(row) => {
+            hasher
+                .verify(req.password, row.get("password_hash"))
+                .await?
+        }
+        // The same bcrypt work as a real check: response time must not tell
+        // whether the user exists.
+        None => {
+            hasher.verify_nobody(req.password).await?;
+            false
+        }
+    };
+    let Some(row) = found.filter(|_| verified) else {
+        rates.login_failed(&req.username);
         return Err(ApiError::InvalidCredentials);
     };
-    if !hasher
-        .verify(req.password, row.get("password_hash"))
-        .await?
-    {
-        return Err(ApiError::InvalidCredentials);
-    }
+    rates.login_succeeded(&req.username);
     let reply = auth_response(&auth, User::from_row(&row), row.get("token_version"))?;
     Ok(warp::reply::json(&reply))
 }

@@ -52,8 +52,9 @@ pub fn routes(
     ctx: &Context,
     hasher: &Arc<Hasher>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
-    accounts::register(ctx, hasher)
-        .or(accounts::login(ctx, hasher))
+    let accounts = accounts::Accounts::new(ctx, hasher);
+    accounts::register(ctx, &accounts)
+        .or(accounts::login(ctx, &accounts))
         .unify()
         .or(accounts::me(ctx))
         .unify()

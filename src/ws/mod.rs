@@ -225,6 +225,7 @@ pub fn routes(
         hub: hub.clone(),
         pool: ctx.pool.clone(),
         sends: sends.clone(),
+        rates: ctx.rates.clone(),
     };
     health(hub).or(connect(ctx, services)).unify()
 }

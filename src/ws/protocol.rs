@@ -96,6 +96,9 @@ pub enum ServerFrame {
         error: String,
         #[serde(rename = "ref")]
         reference: Option<Value>,
+        /// On `rate_limited`: when the same frame would be accepted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -106,6 +109,7 @@ impl ServerFrame {
             code: body.code,
             error: body.error,
             reference,
+            retry_after_ms: e.retry_after().map(|d| d.as_millis() as u64),
         }
     }
 
@@ -125,6 +129,7 @@ impl From<BadFrame> for ServerFrame {
             code: b.code,
             error: b.error,
             reference: b.reference,
+            retry_after_ms: None,
         }
     }
 }

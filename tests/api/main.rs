@@ -13,6 +13,7 @@ mod errors;
 mod hostile_input;
 mod messages;
 mod outage;
+mod rate_limits;
 mod redaction;
 mod replay_cost;
 mod revocation;

@@ -571,3 +571,68 @@ async fn a_token_that_expires_closes_its_connection_with_4001() {
     lasting.send_json(json!({"type": "ping"})).await;
     lasting.next_of_type("pong").await;
 }
+
+#[tokio::test]
+async fn chat_updated_carries_no_members_read_position() {
+    // Arrange: bob has read carol's three messages; alice has not.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let chat = app.create_group(&alice, "g", &[&bob, &carol]).await;
+    let mut last = Value::Null;
+    for i in 0..3 {
+        last = app.send_message(&carol, chat, &format!("m{i}")).await["id"].clone();
+    }
+    app.post(
+        &format!("/api/v1/chats/{chat}/read"),
+        &bob.token,
+        json!({"message_id": last}),
+    )
+    .await;
+    let mut b = connected(&app, &bob).await;
+
+    // Act
+    app.put(
+        &format!("/api/v1/chats/{chat}"),
+        &alice.token,
+        json!({"name": "renamed"}),
+    )
+    .await;
+
+    // Assert: no one's unread count or read marker rides along.
+    let updated = b.next_of_type("chat_updated").await;
+    assert_eq!(updated["payload"]["name"], "renamed");
+    let payload = updated["payload"].as_object().unwrap();
+    assert!(!payload.contains_key("unread_count"), "{updated}");
+    assert!(!payload.contains_key("last_read_message_id"), "{updated}");
+}
+
+#[tokio::test]
+async fn the_member_promoted_when_the_last_admin_leaves_is_announced_in_chat_updated() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let chat = app.create_group(&alice, "g", &[&bob, &carol]).await;
+    let mut c = connected(&app, &carol).await;
+
+    // Act: alice, the only admin, leaves.
+    app.delete(
+        &format!("/api/v1/chats/{chat}/members/{}", alice.id),
+        &alice.token,
+    )
+    .await;
+
+    // Assert: the chat's new admin shows in its members.
+    let updated = c.next_of_type("chat_updated").await;
+    let admins: Vec<i64> = updated["payload"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["is_admin"] == true)
+        .map(|m| m["user_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(admins, [bob.id], "{updated}");
+}

@@ -14,6 +14,7 @@ use super::upgrade::WebSocket;
 use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::ApiError;
+use crate::limits::RateLimits;
 use crate::messages::SendQueue;
 use futures_util::StreamExt;
 use reader::Reader;
@@ -27,6 +28,7 @@ pub struct Services {
     pub hub: Arc<Hub>,
     pub pool: Pool,
     pub sends: Arc<SendQueue>,
+    pub rates: Arc<RateLimits>,
 }
 
 /// Serves one upgraded socket until either side closes it.

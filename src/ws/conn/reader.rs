@@ -7,6 +7,7 @@ use super::writer::killed;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::events::{Live, notify_live};
+use crate::limits::Action;
 use crate::messages::{PendingSend, Sent};
 use crate::validate::json_has_nul;
 use crate::ws::close::{CloseReason, GARBAGE, IDLE, TOKEN_EXPIRED, TOO_BIG};
@@ -109,6 +110,7 @@ impl Reader<'_> {
                             code: "invalid_frame",
                             error: "binary frames are not supported; send JSON text".into(),
                             reference: None,
+                            retry_after_ms: None,
                         })
                     } else {
                         continue; // ping/pong: the idle deadline already moved.
@@ -171,9 +173,29 @@ impl Reader<'_> {
     }
 
     async fn handle_frame(&self, frame: ClientFrame) -> Result<Option<Handled>, ApiError> {
-        let Services { hub, pool, sends } = self.services;
+        let Services {
+            hub,
+            pool,
+            sends,
+            rates,
+        } = self.services;
         let user = self.user;
         let reply = |frame| Ok(Some(Handled::Reply(frame)));
+        // A frame over its limit gets `rate_limited` (never counted as a bad
+        // frame, never a disconnect); a typing signal is dropped silently.
+        // Message sends are limited where REST sends are, in the send queue.
+        match &frame {
+            ClientFrame::Typing { .. } => {
+                if rates.check_user(Action::Typing, user.id).is_err() {
+                    return Ok(None);
+                }
+            }
+            ClientFrame::Read { .. } => rates.check_user(Action::MarkRead, user.id)?,
+            ClientFrame::Message(_) => {}
+            ClientFrame::Ping | ClientFrame::JoinChat { .. } | ClientFrame::LeaveChat { .. } => {
+                rates.check_user(Action::Frame, user.id)?
+            }
+        }
         match frame {
             ClientFrame::Ping => reply(ServerFrame::Pong {}),
             ClientFrame::Message(req) => {
