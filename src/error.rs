@@ -53,6 +53,8 @@ pub enum ApiError {
     NotChatCreator,
     NotMessageSender,
     NotYourAccount,
+    /// The user named has blocked the caller.
+    Blocked,
     CorsForbidden,
     /// The chat does not exist *or the caller is not a member*: ids cannot be probed.
     ChatNotFound,
@@ -108,9 +110,8 @@ impl ApiError {
             | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | UpgradeRequired
             | LengthRequired => StatusCode::BAD_REQUEST,
             Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | CorsForbidden => {
-                StatusCode::FORBIDDEN
-            }
+            NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | Blocked
+            | CorsForbidden => StatusCode::FORBIDDEN,
             ChatNotFound | MessageNotFound | UserNotFound | MemberNotFound | RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -143,6 +144,7 @@ impl ApiError {
             NotChatCreator => "not_chat_creator",
             NotMessageSender => "not_message_sender",
             NotYourAccount => "not_your_account",
+            Blocked => "blocked",
             CorsForbidden => "forbidden",
             ChatNotFound | MessageNotFound | UserNotFound | MemberNotFound | RouteNotFound => {
                 "not_found"
@@ -184,6 +186,7 @@ impl ApiError {
             NotChatCreator => "only the chat's creator may delete it".into(),
             NotMessageSender => "only the sender may do this to a message".into(),
             NotYourAccount => "you may only change your own account".into(),
+            Blocked => "a user named has blocked you".into(),
             CorsForbidden => "CORS request not allowed for this origin".into(),
             ChatNotFound => "chat not found".into(),
             MessageNotFound => "message not found".into(),

@@ -247,6 +247,14 @@ pub enum Live {
     UserDeleted {
         user_id: i64,
     },
+    /// Control, never forwarded: `blocker_id` blocked (or unblocked)
+    /// `blocked_id`; nodes stop (or resume) passing presence and typing
+    /// between them.
+    Blocked {
+        blocker_id: i64,
+        blocked_id: i64,
+        blocked: bool,
+    },
 }
 
 /// NOTIFYs `signals` in order, in one statement.

@@ -4,7 +4,11 @@
 //!
 //! Every query that acts for a user states the rule with one of these
 //! fragments, in the statement that reads or changes the data (never as a
-//! separate check that a concurrent change could outdate).
+//! separate check that a concurrent change could outdate). And nobody is
+//! made a member by someone they blocked ([`ensure_not_blocked_by`]).
+
+use crate::error::ApiError;
+use tokio_postgres::GenericClient;
 
 /// SQL: whether user `user` is a member of chat `chat` (both SQL expressions).
 pub fn is_member(chat: &str, user: &str) -> String {
@@ -18,6 +22,25 @@ pub fn is_member(chat: &str, user: &str) -> String {
 /// chats the user is not in drop out.
 pub fn join_member(alias: &str, chat: &str, user: &str) -> String {
     format!("join chat_members {alias} on {alias}.chat_id = {chat} and {alias}.user_id = {user}")
+}
+
+/// Fails with 403 `blocked` when any of `others` has blocked `user_id`:
+/// nobody is put into a chat by someone they blocked.
+pub async fn ensure_not_blocked_by(
+    client: &impl GenericClient,
+    user_id: i64,
+    others: &[i64],
+) -> Result<(), ApiError> {
+    let blocked = client
+        .query_opt(
+            "select 1 from blocks where blocked_id = $1 and blocker_id = any($2) limit 1",
+            &[&user_id, &others],
+        )
+        .await?;
+    match blocked {
+        Some(_) => Err(ApiError::Blocked),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
 use crate::http::{Context, authed_for, json_body, respond, validated, with};
 use crate::limits::Action;
+use crate::membership::ensure_not_blocked_by;
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_postgres::GenericClient;
@@ -109,6 +110,7 @@ async fn create_chat(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     ensure_users_exist(&tx, &others).await?;
+    ensure_not_blocked_by(&tx, user.id, &others).await?;
     let dm_key = (!req.is_group).then(|| {
         let (a, b) = (user.id.min(others[0]), user.id.max(others[0]));
         format!("{a}:{b}")

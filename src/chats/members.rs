@@ -15,7 +15,7 @@ use crate::http::{
     Context, Query, authed, authed_for, id_param, json_body, query, respond, validated, with,
 };
 use crate::limits::Action;
-use crate::membership::is_member;
+use crate::membership::{ensure_not_blocked_by, is_member};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -206,6 +206,7 @@ async fn add_members(
         return Err(ApiError::Validation(errors));
     }
     ensure_users_exist(&tx, &ids).await?;
+    ensure_not_blocked_by(&tx, user.id, &ids).await?;
     let added: Vec<i64> = tx
         .query(
             "insert into chat_members (chat_id, user_id) select $1, u from unnest($2::bigint[]) as u

@@ -2,6 +2,7 @@
 //! profiles, password change, account deletion.
 
 mod accounts;
+mod blocks;
 
 pub use accounts::AuthResponse;
 
@@ -61,6 +62,8 @@ pub fn routes(
         .or(list(ctx))
         .unify()
         .or(last_seen(ctx))
+        .unify()
+        .or(blocks::routes(ctx))
         .unify()
         .or(get(ctx))
         .unify()

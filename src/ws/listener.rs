@@ -10,7 +10,7 @@
 use super::Hub;
 use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
 use super::event::{Event, Frame};
-use super::registry::DISPATCH_BATCH;
+use super::registry::{BlockChange, DISPATCH_BATCH, Hidden, Sender};
 use crate::events::{EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, READ_EVENTS_SQL};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -341,7 +341,11 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
             chat_id, user_id, ..
         } => {
             if hub.typing_deliverable(user_id, chat_id) {
-                registry.broadcast_room(chat_id, frame(), Some(user_id));
+                let typer = Sender {
+                    user_id,
+                    hidden: Hidden::FromBlockers,
+                };
+                registry.broadcast_room(chat_id, frame(), Some(typer));
             }
         }
         Live::Read { chat_id, .. } => registry.broadcast_room(chat_id, frame(), None),
@@ -358,5 +362,14 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
         Live::UserDeleted { user_id } => {
             registry.kill_user(user_id, ACCOUNT_DELETED, |_| true);
         }
+        Live::Blocked {
+            blocker_id,
+            blocked_id,
+            blocked,
+        } => registry.apply_block(BlockChange {
+            blocker: blocker_id,
+            blocked: blocked_id,
+            on: blocked,
+        }),
     }
 }

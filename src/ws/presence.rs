@@ -8,7 +8,7 @@
 
 use super::Hub;
 use super::event::Frame;
-use super::registry::PresenceChange;
+use super::registry::{Hidden, PresenceChange, Sender};
 use crate::error::ApiError;
 use crate::events::{Live, notify_live, notify_live_all};
 use std::sync::Arc;
@@ -164,8 +164,14 @@ async fn fan_out_batch(hub: &Hub, batch: &[(i64, Frame)]) -> Result<(), ApiError
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     for (user_id, frame) in batch {
         if let Some(chats) = chats.get(user_id) {
-            hub.registry
-                .broadcast_rooms(chats, frame.clone(), Some(*user_id));
+            hub.registry.broadcast_rooms(
+                chats,
+                frame.clone(),
+                Some(Sender {
+                    user_id: *user_id,
+                    hidden: Hidden::BothWays,
+                }),
+            );
         }
     }
     Ok(())

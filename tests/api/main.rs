@@ -6,6 +6,7 @@
 mod helpers;
 
 mod auth;
+mod blocking;
 mod caps;
 mod chats;
 mod cli;

@@ -10,6 +10,7 @@ mod writer;
 use super::Hub;
 use super::close::{ACCOUNT_DELETED, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
 use super::protocol::ServerFrame;
+use super::registry::Activation;
 use super::upgrade::WebSocket;
 use crate::auth::AuthUser;
 use crate::db::Pool;
@@ -61,7 +62,7 @@ pub async fn run(
         }
     }
     match snapshot {
-        Ok(snap) if hub.registry.activate(id, &snap.chat_ids, snap.last_id) => {
+        Ok(snap) if hub.registry.activate(id, &snap.activation()) => {
             let in_log = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
             // Replay follows the snapshot `ready` reports, not membership as of
             // the replay query: a change committed in between arrives live.
@@ -127,6 +128,19 @@ struct Snapshot {
     chat_ids: Vec<i64>,
     /// `None` when the account no longer exists.
     token_version: Option<i32>,
+    blocked: Vec<i64>,
+    blocked_by: Vec<i64>,
+}
+
+impl Snapshot {
+    fn activation(&self) -> Activation<'_> {
+        Activation {
+            chat_ids: &self.chat_ids,
+            snapshot_id: self.last_id,
+            blocked: &self.blocked,
+            blocked_by: &self.blocked_by,
+        }
+    }
 }
 
 /// The user's chats as of the latest committed event, read in one statement
@@ -137,7 +151,9 @@ async fn snapshot(pool: &Pool, user_id: i64) -> Result<Snapshot, ApiError> {
         .query_one(
             "select s.last_id, s.pruned_through,
                     array(select chat_id from chat_members where user_id = $1 order by chat_id),
-                    (select token_version from users where id = $1)
+                    (select token_version from users where id = $1),
+                    array(select blocked_id from blocks where blocker_id = $1),
+                    array(select blocker_id from blocks where blocked_id = $1)
              from event_seq s",
             &[&user_id],
         )
@@ -147,5 +163,7 @@ async fn snapshot(pool: &Pool, user_id: i64) -> Result<Snapshot, ApiError> {
         pruned_through: row.get(1),
         chat_ids: row.get(2),
         token_version: row.get(3),
+        blocked: row.get(4),
+        blocked_by: row.get(5),
     })
 }

@@ -2,7 +2,7 @@
 //! full queue marks its connection as too slow), and the ephemeral
 //! broadcasts (typing, read, presence) that skip the event log.
 
-use super::{ConnId, Inner, Outbox, Registry, SLOW_CONSUMER};
+use super::{ConnId, Inner, Outbox, Registry, SLOW_CONSUMER, Sender};
 use crate::ws::event::Frame;
 use crate::ws::ids::IdSet;
 use std::sync::atomic::Ordering;
@@ -68,16 +68,17 @@ impl Registry {
         self.kill_slow(inner, slow);
     }
 
-    /// Delivers an ephemeral frame to a chat's subscribers, except `skip_user`'s connections.
-    pub fn broadcast_room(&self, chat: i64, frame: Frame, skip_user: Option<i64>) {
-        self.broadcast_rooms(&[chat], frame, skip_user);
+    /// Delivers an ephemeral frame to a chat's subscribers; see [`Registry::broadcast_rooms`].
+    pub fn broadcast_room(&self, chat: i64, frame: Frame, sender: Option<Sender>) {
+        self.broadcast_rooms(&[chat], frame, sender);
     }
 
-    /// Delivers an ephemeral frame once to each connection subscribed to any of
-    /// `chats`, except `skip_user`'s own.
-    pub fn broadcast_rooms(&self, chats: &[i64], frame: Frame, skip_user: Option<i64>) {
+    /// Delivers an ephemeral frame once to each connection subscribed to any
+    /// of `chats`, except the sender's own and those a block hides it from.
+    pub fn broadcast_rooms(&self, chats: &[i64], frame: Frame, sender: Option<Sender>) {
         let mut inner = self.lock();
-        let wanted = |o: &&Outbox| skip_user.is_none_or(|u| o.user_id != u);
+        let wanted =
+            |o: &&Outbox| sender.is_none_or(|s| o.user_id != s.user_id && !inner.hides(o.id, s));
         let rooms = chats.iter().filter_map(|c| inner.rooms.get(c));
         let slow = if chats.len() == 1 {
             self.offer_all(
@@ -96,15 +97,5 @@ impl Registry {
             )
         };
         self.kill_slow(&mut inner, slow);
-    }
-
-    /// Delivers an ephemeral frame to every connection of these users.
-    pub fn broadcast_users(&self, users: &[i64], frame: Frame) {
-        let mut inner = self.lock();
-        let targets: Vec<ConnId> = users
-            .iter()
-            .flat_map(|u| inner.users.get(u).into_iter().flatten().copied())
-            .collect();
-        self.deliver(&mut inner, targets, &frame);
     }
 }

@@ -166,7 +166,7 @@ mod tests {
     use super::*;
     use crate::events::EventKind;
     use crate::ws::event::Frame;
-    use crate::ws::registry::tests::{addressed, event, frames, received, registry};
+    use crate::ws::registry::tests::{activation, addressed, event, frames, received, registry};
     use tokio::sync::mpsc;
 
     #[test]
@@ -174,8 +174,8 @@ mod tests {
         let r = registry(0);
         let mut a = r.register(1, 0);
         let mut b = r.register(2, 0);
-        assert!(r.activate(a.id, &[1, 2], 0));
-        assert!(r.activate(b.id, &[1], 0));
+        assert!(r.activate(a.id, &activation(&[1, 2], 0)));
+        assert!(r.activate(b.id, &activation(&[1], 0)));
 
         r.dispatch_all(vec![
             event(1, 1),
@@ -195,7 +195,7 @@ mod tests {
     fn a_batch_skips_events_a_subscriber_has_from_its_snapshot() {
         let r = registry(0);
         let mut a = r.register(1, 0);
-        assert!(r.activate(a.id, &[1], 2));
+        assert!(r.activate(a.id, &activation(&[1], 2)));
 
         r.dispatch_all((1..=4).map(|id| event(id, 1)).collect());
 
@@ -207,7 +207,7 @@ mod tests {
         // A 100-byte queue: event 2's frame does not fit, event 3's would.
         let r = Registry::new(16, 100, 0, mpsc::unbounded_channel().0);
         let mut slow = r.register(1, 0);
-        assert!(r.activate(slow.id, &[1], 0));
+        assert!(r.activate(slow.id, &activation(&[1], 0)));
         let big = Arc::new(Event {
             frame: Frame::from(format!(
                 "{{\"event_id\":2,\"pad\":\"{}\"}}",

@@ -14,9 +14,11 @@
 //! after `L` are applied to it alone. So no event falls between snapshot and
 //! subscription, and none is applied twice.
 
+mod blocks;
 mod deliver;
 mod dispatch;
 
+pub use blocks::{BlockChange, Hidden, Sender};
 pub use dispatch::DISPATCH_BATCH;
 
 use crate::ws::close::{CloseReason, SLOW_CONSUMER};
@@ -79,6 +81,7 @@ struct Conn {
     paused: HashSet<i64>,
     /// `Some` until activation: events dispatched since registration.
     pending: Option<Vec<Arc<Event>>>,
+    blocks: blocks::Blocks,
 }
 
 #[derive(Default)]
@@ -89,6 +92,19 @@ struct Inner {
     pending: IdSet<ConnId>,
     /// The last durable event dispatched on this node.
     last_event_id: i64,
+    /// Whether any connection here has blocks to honour (else broadcasts
+    /// skip looking).
+    blocks_in_use: bool,
+}
+
+/// What a connection learns from its snapshot (see [`Registry::activate`]).
+pub struct Activation<'a> {
+    /// Its user's chats as of event `snapshot_id`.
+    pub chat_ids: &'a [i64],
+    pub snapshot_id: i64,
+    /// Users its user blocked, and users who blocked its user.
+    pub blocked: &'a [i64],
+    pub blocked_by: &'a [i64],
 }
 
 /// A user's first connection opened or last one closed on this node.
@@ -191,6 +207,7 @@ impl Registry {
                 member_of: HashSet::new(),
                 paused: HashSet::new(),
                 pending: Some(Vec::new()),
+                blocks: blocks::Blocks::pending(),
             },
         );
         inner.pending.insert(id);
@@ -210,15 +227,24 @@ impl Registry {
         }
     }
 
-    /// Subscribes the connection to `chat_ids` (its membership as of event
+    /// Subscribes the connection to its chats (its membership as of event
     /// `snapshot_id`) and applies what was buffered after that. Returns false
     /// if the connection was closed meanwhile.
-    pub fn activate(&self, id: ConnId, chat_ids: &[i64], snapshot_id: i64) -> bool {
+    pub fn activate(&self, id: ConnId, activation: &Activation) -> bool {
+        let Activation {
+            chat_ids,
+            snapshot_id,
+            ..
+        } = *activation;
         let mut inner = self.lock();
         inner.pending.remove(&id);
         let Some(conn) = inner.conns.get_mut(&id) else {
             return false;
         };
+        let user_id = conn.outbox.user_id;
+        conn.blocks
+            .activate(activation.blocked, activation.blocked_by, user_id);
+        let blocking = !activation.blocked.is_empty() || !activation.blocked_by.is_empty();
         let buffered = conn.pending.take().unwrap_or_default();
         conn.member_of = chat_ids.iter().copied().collect();
         conn.outbox
@@ -232,6 +258,7 @@ impl Registry {
                 .or_default()
                 .insert(id, outbox.clone());
         }
+        inner.blocks_in_use |= blocking;
         for event in buffered.iter().filter(|e| e.id > snapshot_id) {
             self.route(&mut inner, event, Some(id));
         }
@@ -389,6 +416,16 @@ mod tests {
         })
     }
 
+    /// An activation with chats `chat_ids` as of `snapshot_id`, and no blocks.
+    pub(super) fn activation(chat_ids: &[i64], snapshot_id: i64) -> Activation<'_> {
+        Activation {
+            chat_ids,
+            snapshot_id,
+            blocked: &[],
+            blocked_by: &[],
+        }
+    }
+
     pub(super) fn registry(replay_cache_bytes: usize) -> Registry {
         Registry::new(16, 1 << 20, replay_cache_bytes, mpsc::unbounded_channel().0)
     }
@@ -457,7 +494,7 @@ mod tests {
         // member_added, and a join after a leave.
         let r = registry(0);
         let mut a = r.register(1, 0);
-        assert!(r.activate(a.id, &[1, 2], 0));
+        assert!(r.activate(a.id, &activation(&[1, 2], 0)));
         r.dispatch_all(vec![addressed(1, 3, EventKind::MemberAdded, vec![1])]);
         assert!(r.set_paused(a.id, 2, true));
         assert!(r.set_paused(a.id, 2, false));
