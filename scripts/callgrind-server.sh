@@ -21,9 +21,11 @@ port=$((18000 + RANDOM % 2000))
 out="$(mktemp -d)"
 
 DATABASE_URL="$db_url" "$bin" migrate >/dev/null 2>&1
+# The load generator's few users do what thousands of people would: no rate limits.
+printf 'http:\n  max_connections: 1000000\nlimits:\n  sockets_per_user: 100000\n  rate:\n    enabled: false\n' >"$out/config.yaml"
 DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" PORT="$port" CHATAPP_HOST=127.0.0.1 \
   CHATAPP_LOG_LEVEL=warn CHATAPP_BCRYPT_COST=4 \
-  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve \
+  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve --config "$out/config.yaml" \
   >"$out/server.log" 2>&1 &
 server=$!
 for _ in $(seq 120); do

@@ -231,7 +231,22 @@ pub struct ServerOpts {
     pub bcrypt_cost: u32,
     pub pool_size: Option<u32>,
     pub env: Vec<(String, String)>,
+    /// The server's YAML configuration (its limits: see [`BENCH_CONFIG`]).
+    pub config: String,
 }
+
+/// The benchmarks set their own limits: a load generator is one client
+/// address and a few users doing what thousands of people would, so the
+/// rate limits are off and the connection caps far above what a scenario
+/// opens. A scenario measuring the limits sets them itself.
+pub const BENCH_CONFIG: &str = "\
+http:
+  max_connections: 1000000
+limits:
+  sockets_per_user: 100000
+  rate:
+    enabled: false
+";
 
 impl Default for ServerOpts {
     fn default() -> Self {
@@ -239,6 +254,7 @@ impl Default for ServerOpts {
             bcrypt_cost: 4,
             pool_size: None,
             env: Vec::new(),
+            config: BENCH_CONFIG.to_string(),
         }
     }
 }
@@ -261,8 +277,12 @@ impl Server {
             SERVER_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let log_file = std::fs::File::create(&log).expect("server log file");
+        let config = log.with_extension("yaml");
+        std::fs::write(&config, &opts.config).expect("server config file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatapp"));
         cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
             .current_dir(&env.log_dir)
             .env_remove("CONFIG_PATH")
             .env("DATABASE_URL", database_url)

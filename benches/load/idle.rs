@@ -13,8 +13,8 @@
 //! Worker -> parent (stdout): `{"event":"loaded"|"connected"|"status"|"pinged", ...}`.
 
 use crate::common::{
-    Env, Opts, Percentiles, Server, ServerOpts, User, Ws, connect_db, seed_users, source_ip,
-    ws_login,
+    BENCH_CONFIG, Env, Opts, Percentiles, Server, ServerOpts, User, Ws, connect_db, seed_users,
+    source_ip, ws_login,
 };
 use crate::report::Report;
 use futures_util::{SinkExt, StreamExt};
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,17 +102,10 @@ pub async fn run(env: &Env, report: &mut Report) {
             env.opts.repeats
         ),
     );
-    let config = env
-        .log_dir
-        .join(format!("idle-config-{}.yaml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "ws:\n  ping_interval_ms: {}\n  idle_timeout_ms: {}\n",
-            p.ping_interval_ms, p.idle_timeout_ms
-        ),
-    )
-    .expect("write idle config");
+    let config = format!(
+        "{BENCH_CONFIG}ws:\n  ping_interval_ms: {}\n  idle_timeout_ms: {}\n",
+        p.ping_interval_ms, p.idle_timeout_ms
+    );
     for _ in 0..env.opts.repeats {
         for &n in &sizes {
             if let Err(e) = one_size(env, report, n as usize, &p, &config).await {
@@ -167,7 +160,7 @@ async fn one_size(
     report: &mut Report,
     n: usize,
     p: &Params,
-    config: &Path,
+    config: &str,
 ) -> Result<(), String> {
     let case = case_name(n, p);
     let k = nodes_for(n, p);
@@ -185,7 +178,7 @@ async fn one_size(
             env.server(
                 &db_url,
                 ServerOpts {
-                    env: vec![("CONFIG_PATH".into(), config.display().to_string())],
+                    config: config.to_string(),
                     ..ServerOpts::default()
                 },
             )
