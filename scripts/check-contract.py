@@ -1,0 +1,455 @@
+#!/usr/bin/env python3
+"""Checks src/contract/openapi.yaml and src/contract/asyncapi.yaml.
+
+  scripts/check-contract.py
+
+Creates its own virtualenv on first run (in $CONTRACT_VENV, default
+/tmp/chatapp-contract-venv) and re-runs itself there. It checks that
+
+- openapi.yaml is a valid OpenAPI 3.1 document (openapi-spec-validator);
+- every schema of both documents is a valid JSON Schema (draft 2020-12, and
+  draft-07 for the AsyncAPI ones), every pattern compiles, every local $ref
+  resolves;
+- the AsyncAPI operations only use their channel's messages, every frame
+  schema is in `ServerFrame` / `ClientFrame` and pins its `type`;
+- the schemas copied from openapi.yaml into asyncapi.yaml did not drift;
+- sample bodies and frames (the README's examples and hand-written ones)
+  validate, and broken ones do not.
+
+It needs no server and no database. Exit status 0 when everything holds.
+"""
+
+import os
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.environ.get("CONTRACT_VENV", "/tmp/chatapp-contract-venv")
+REQUIREMENTS = [
+    "openapi-spec-validator==0.9.0",
+    "jsonschema==4.26.0",
+    "PyYAML==6.0.4",
+    "rfc3339-validator==0.1.4",
+]
+
+
+def in_venv():
+    return os.path.realpath(sys.prefix) == os.path.realpath(VENV)
+
+
+def bootstrap():
+    python = os.path.join(VENV, "bin", "python")
+    stamp = os.path.join(VENV, ".chatapp-contract-requirements")
+    wanted = "\n".join(REQUIREMENTS)
+    current = open(stamp).read() if os.path.exists(stamp) else None
+    if current != wanted:
+        print(f"creating the virtualenv {VENV} ...", file=sys.stderr)
+        venv.create(VENV, with_pip=True, clear=os.path.exists(VENV))
+        subprocess.check_call([python, "-m", "pip", "install", "-q", *REQUIREMENTS])
+        with open(stamp, "w") as f:
+            f.write(wanted)
+    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+if not in_venv():
+    bootstrap()
+
+# ---------------------------------------------------------------- in the venv
+import copy  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+
+import yaml  # noqa: E402
+from jsonschema import Draft7Validator, Draft202012Validator  # noqa: E402
+from openapi_spec_validator import validate as validate_openapi  # noqa: E402
+from referencing import Registry, Resource  # noqa: E402
+from referencing.jsonschema import DRAFT202012  # noqa: E402
+
+OPENAPI_PATH = os.path.join(ROOT, "src", "contract", "openapi.yaml")
+ASYNCAPI_PATH = os.path.join(ROOT, "src", "contract", "asyncapi.yaml")
+OPENAPI_URI = "urn:chatapp:contract:openapi"
+ASYNCAPI_URI = "urn:chatapp:contract:asyncapi"
+
+failures = []
+
+
+def fail(message):
+    failures.append(message)
+    print("FAIL", message)
+
+
+def load(path):
+    with open(path) as f:
+        # Through JSON: plain data only (YAML dates etc. would not be JSON).
+        return json.loads(json.dumps(yaml.safe_load(f)))
+
+
+openapi = load(OPENAPI_PATH)
+asyncapi = load(ASYNCAPI_PATH)
+registry = Registry().with_resources(
+    [
+        (OPENAPI_URI, Resource(contents=openapi, specification=DRAFT202012)),
+        (ASYNCAPI_URI, Resource(contents=asyncapi, specification=DRAFT202012)),
+    ]
+)
+
+
+def validator(uri, name):
+    return Draft202012Validator(
+        {"$ref": f"{uri}#/components/schemas/{name}"},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def walk(node, path="#"):
+    yield path, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{path}/{i}")
+
+
+def pointer(doc, ref):
+    node = doc
+    for part in ref.lstrip("#/").split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+# ------------------------------------------------------------ document checks
+def check_openapi_document():
+    try:
+        validate_openapi(copy.deepcopy(openapi))
+    except Exception as e:  # the validator raises its own exception types
+        fail(f"openapi.yaml is not a valid OpenAPI 3.1 document: {e}")
+
+
+def schemas_of(doc, is_asyncapi):
+    out = [(f"#/components/schemas/{k}", v) for k, v in doc["components"]["schemas"].items()]
+    for path, node in walk(doc):
+        if not isinstance(node, dict):
+            continue
+        if path.startswith("#/components/schemas/"):
+            continue
+        for key in ("schema", "query", "headers") if is_asyncapi else ("schema",):
+            if isinstance(node.get(key), dict) and "$ref" not in node[key]:
+                out.append((f"{path}/{key}", node[key]))
+    return out
+
+
+def check_schemas(name, doc, is_asyncapi):
+    count = 0
+    for path, schema in schemas_of(doc, is_asyncapi):
+        count += 1
+        try:
+            Draft202012Validator.check_schema(schema)
+        except Exception as e:
+            fail(f"{name} {path}: not a valid draft 2020-12 schema: {e}")
+        if is_asyncapi:
+            try:
+                Draft7Validator.check_schema(schema)
+            except Exception as e:
+                fail(f"{name} {path}: not a valid draft-07 schema: {e}")
+    patterns = 0
+    for path, node in walk(doc):
+        if path.endswith("/pattern") and isinstance(node, str):
+            patterns += 1
+            try:
+                re.compile(node)
+            except re.error as e:
+                fail(f"{name} {path}: pattern does not compile: {e}")
+        if path.endswith("/$ref") and isinstance(node, str):
+            if not node.startswith("#/"):
+                fail(f"{name} {path}: non-local $ref {node} (the files must be self-contained)")
+                continue
+            try:
+                pointer(doc, node)
+            except (KeyError, IndexError, ValueError):
+                fail(f"{name} {path}: $ref {node} does not resolve")
+    print(f"{name}: {count} schemas, {patterns} patterns and every $ref checked")
+
+
+def check_asyncapi_structure():
+    channels = asyncapi["channels"]
+    for op_name, op in asyncapi["operations"].items():
+        channel_ref = op["channel"]["$ref"]
+        channel_prefix = channel_ref + "/messages/"
+        refs = [m["$ref"] for m in op.get("messages", [])]
+        reply = op.get("reply")
+        if reply:
+            refs += [m["$ref"] for m in reply.get("messages", [])]
+        for ref in refs:
+            if not ref.startswith(channel_prefix):
+                fail(f"asyncapi operation {op_name}: {ref} is not a message of {channel_ref}")
+    used = {
+        m["$ref"].rsplit("/", 1)[1]
+        for ch in channels.values()
+        for m in ch["messages"].values()
+    }
+    for name in asyncapi["components"]["messages"]:
+        if name not in used:
+            fail(f"asyncapi message {name} is in no channel")
+    schemas = asyncapi["components"]["schemas"]
+
+    def union(name):
+        refs = set()
+        for branch in schemas[name]["oneOf"]:
+            target = branch["$ref"].rsplit("/", 1)[1]
+            if "oneOf" in schemas[target]:
+                refs |= union(target)
+            else:
+                refs.add(target)
+        return refs
+
+    server, client = union("ServerFrame"), union("ClientFrame")
+    for name, schema in schemas.items():
+        if not (name.startswith("Server") or name.startswith("Client")) or "oneOf" in schema:
+            continue
+        if name not in (server if name.startswith("Server") else client):
+            fail(f"asyncapi schema {name} is missing from its frame union")
+        if "const" not in schema.get("properties", {}).get("type", {}):
+            fail(f"asyncapi schema {name} does not pin its type")
+        if schema.get("additionalProperties") is not False:
+            fail(f"asyncapi schema {name}: the envelope is not closed")
+    for name in sorted(server | client):
+        message = asyncapi["components"]["messages"].get(name)
+        if not message or message["payload"]["$ref"] != f"#/components/schemas/{name}":
+            fail(f"asyncapi frame schema {name} has no message of the same name")
+            continue
+        wanted = schemas[name]["properties"]["type"]["const"]
+        if message["name"] != wanted:
+            fail(f"asyncapi message {name}: name {message['name']!r} != type {wanted!r}")
+    print(f"asyncapi: structure of {len(server)} server and {len(client)} client frame schemas checked")
+
+
+def strip_descriptions(node):
+    if isinstance(node, dict):
+        return {k: strip_descriptions(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [strip_descriptions(v) for v in node]
+    return node
+
+
+def check_copies():
+    o, a = openapi["components"]["schemas"], asyncapi["components"]["schemas"]
+    for name in ("Member", "ReadMarker"):
+        if strip_descriptions(o[name]) != strip_descriptions(a[name]):
+            fail(f"asyncapi {name} drifted from openapi {name}")
+    detail = strip_descriptions(o["ChatDetail"])
+    event = strip_descriptions(a["ChatEventPayload"])
+    event_props = dict(event["properties"])
+    event_props.pop("event_id", None)
+    if event_props != detail["properties"] or set(event["required"]) - {"event_id"} != set(detail["required"]):
+        fail("asyncapi ChatEventPayload drifted from openapi ChatDetail (+ event_id)")
+    codes = set(a["ServerError"]["properties"]["payload"]["properties"]["code"]["enum"])
+    rest_codes = set(o["Error"]["properties"]["code"]["enum"])
+    ws_only = {"invalid_json", "invalid_frame", "unknown_type", "invalid_payload"}
+    if not codes - ws_only <= rest_codes:
+        fail(f"asyncapi error codes not in the REST enum: {sorted(codes - ws_only - rest_codes)}")
+    print("copies between the two documents checked")
+
+
+# -------------------------------------------------------------------- samples
+TS = "2026-11-25T10:00:00.123456Z"
+USER = {"id": 3, "username": "alice", "display_name": None, "created_at": TS, "last_seen": None}
+MEMBER = {"user_id": 3, "username": "alice", "display_name": "Alice", "is_admin": True, "joined_at": TS}
+CHAT = {
+    "id": 7, "name": "team", "is_group": True, "creator_id": 3, "created_at": TS,
+    "updated_at": TS, "last_read_message_id": None, "unread_count": 0,
+}
+CHAT_DETAIL = {**CHAT, "members": [MEMBER]}
+MESSAGE = {
+    "id": 42, "chat_id": 7, "sender_id": 3, "content": "hi", "is_edited": False,
+    "client_id": "c-1", "created_at": TS, "updated_at": TS,
+    "sender": {"id": 3, "username": "alice", "display_name": None},
+}
+# The README's example exchange, verbatim.
+README_CLIENT_MESSAGE = json.loads(
+    '{"type":"message","payload":{"chat_id":7,"content":"hi","client_id":"c-1"},"ref":"r1"}'
+)
+README_ACK = json.loads(
+    '{"type":"ack","payload":{"message_id":42,"event_id":1031,"chat_id":7,"client_id":"c-1","duplicate":false},"ref":"r1"}'
+)
+README_MESSAGE = json.loads(
+    '{"type":"message","payload":{"event_id":1031,"message_id":42,"chat_id":7,"content":"hi",'
+    '"sender_id":3,"username":"alice","display_name":null,"timestamp":"2026-11-25T10:00:00.123456Z",'
+    '"client_id":"c-1","created_at":"2026-11-25T10:00:00.123456Z",'
+    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false}}'
+)
+
+
+def without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+def frame(kind, payload, **extra):
+    return {"type": kind, "payload": payload, **extra}
+
+
+REST_SAMPLES = [
+    # (schema, instance, valid?)
+    ("User", USER, True),
+    ("User", {**USER, "last_seen": TS, "display_name": "Alice"}, True),
+    ("User", without(USER, "last_seen"), False),
+    ("User", {**USER, "password_hash": "x"}, False),
+    ("AuthResponse", {"token": "v4.local.xyz", "expires_at": TS, "user": USER}, True),
+    ("Chat", CHAT, True),
+    ("Chat", CHAT_DETAIL, True),
+    ("Chat", {**CHAT, "name": None, "is_group": False, "creator_id": None, "last_read_message_id": 41, "unread_count": 2}, True),
+    ("Chat", {**CHAT, "dm_key": "3:4"}, False),
+    ("Chat", {**CHAT, "created_at": "yesterday"}, False),
+    ("ChatDetail", CHAT_DETAIL, True),
+    ("ChatDetail", CHAT, False),
+    ("Message", MESSAGE, True),
+    ("Message", {**MESSAGE, "sender_id": None, "sender": None, "client_id": None}, True),
+    ("Message", without(MESSAGE, "client_id"), False),
+    ("Message", {**MESSAGE, "sender": {"id": 3, "username": "alice"}}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, True),
+    ("Health", {"status": "ok", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, True),
+    ("Health", {"status": "degraded", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "unavailable"}, True),
+    ("Health", {"status": "fine", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, False),
+    ("WsHealth", {"status": "ok", "node_id": "0123456789abcdef", "connections": 0, "connected_users": 0,
+                  "active_rooms": 0, "events_delivered": 0, "slow_consumer_disconnects": 0}, True),
+    ("Error", {"error": "content: must be 1 to 4000 characters after trimming", "code": "validation_failed",
+               "fields": [{"field": "content", "message": "must be 1 to 4000 characters after trimming"}]}, True),
+    ("Error", {"error": "chat not found", "code": "not_found"}, True),
+    ("Error", {"error": "x", "code": "validation_failed"}, False),
+    ("Error", {"error": "x", "code": "not_found", "fields": [{"field": "a", "message": "b"}]}, False),
+    ("Error", {"error": "x", "code": "teapot"}, False),
+    # request bodies
+    ("RegisterRequest", {"username": "alice_smith", "password": "correct horse", "display_name": "  Alice  "}, True),
+    ("RegisterRequest", {"username": "ab", "password": "correct horse"}, False),
+    ("RegisterRequest", {"username": "alice", "password": "x"}, False),
+    ("RegisterRequest", {"username": "alice", "password": "correct horse", "display_name": "x" * 101}, False),
+    ("RegisterRequest", {"username": "alice", "password": "correct horse", "display_name": " " + "x" * 100 + "\n"}, True),
+    ("LoginRequest", {"username": "alice", "password": "correct horse"}, True),
+    ("UpdateUserRequest", {"display_name": None}, True),
+    ("UpdateUserRequest", {"password": "new password", "current_password": "old password"}, True),
+    ("UpdateUserRequest", {"password": "new password"}, False),
+    ("UpdateUserRequest", {"password": None}, True),
+    ("CreateChatRequest", {"name": "team", "is_group": True, "member_ids": [4, 5]}, True),
+    ("CreateChatRequest", {"is_group": True, "member_ids": [4]}, False),
+    ("CreateChatRequest", {"name": "   ", "is_group": True}, False),
+    ("CreateChatRequest", {"member_ids": [4]}, True),
+    ("CreateChatRequest", {"is_group": False, "member_ids": []}, False),
+    ("CreateChatRequest", {"is_group": True, "name": "x", "member_ids": [0]}, False),
+    ("AddMembersRequest", {"member_ids": [4]}, True),
+    ("AddMembersRequest", {"member_ids": list(range(1, 1002))}, False),
+    ("SetAdminRequest", {"is_admin": None}, False),
+    ("ReadRequest", {"message_id": 42}, True),
+    ("SendMessageRequest", README_CLIENT_MESSAGE["payload"], True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "  \n\t "}, False),
+    ("SendMessageRequest", {"chat_id": 7, "content": "a\u0000b"}, False),
+    ("SendMessageRequest", {"chat_id": 7, "content": "x" * 4000}, True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "x" * 4001}, False),
+    ("SendMessageRequest", {"chat_id": 7, "content": " " + "x" * 4000 + " "}, True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "client_id": ""}, False),
+    ("EditMessageRequest", {"content": "edited"}, True),
+]
+
+SERVER_FRAMES = [
+    (README_ACK, True),
+    (README_MESSAGE, True),
+    (frame("ready", {"user_id": 3, "last_event_id": 0, "chat_ids": [], "recovered": False}), True),
+    (frame("ready", {"user_id": 3, "last_event_id": 1031, "chat_ids": [7, 9], "recovered": True}), True),
+    (frame("message_updated", {**README_MESSAGE["payload"], "content": "edited", "is_edited": True}), True),
+    (frame("message_deleted", {"event_id": 1032, "chat_id": 7, "message_id": 42}), True),
+    (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033}), True),
+    (frame("chat_updated", {**CHAT_DETAIL, "name": "renamed", "event_id": 1034}), True),
+    (frame("chat_deleted", {"event_id": 1035, "chat_id": 7}), True),
+    (frame("member_added", {"event_id": 1036, "chat_id": 7, "members": [{**MEMBER, "is_admin": False}]}), True),
+    (frame("member_removed", {"event_id": 1037, "chat_id": 7, "user_id": 4, "removed_by": 3}), True),
+    (frame("system", {"event_id": 1038, "chat_id": 7, "message": "alice added bob"}), True),
+    (frame("typing", {"chat_id": 7, "user_id": 4, "username": "bob"}), True),
+    (frame("read", {"chat_id": 7, "user_id": 4, "message_id": 42}), True),
+    (frame("presence", {"user_id": 4, "online": True, "last_seen": TS}), True),
+    (frame("presence", {"user_id": 4, "online": False, "last_seen": None}), True),
+    (frame("ack", {"message_id": 42, "event_id": None, "chat_id": 7, "client_id": "c-1", "duplicate": True}), True),
+    (frame("ack", {"chat_id": 7, "subscribed": False}, ref={"any": ["json"]}), True),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, ref=None), True),
+    (frame("pong", {}), True),
+    (frame("pong", {}, ref=5), True),
+    (frame("error", {"code": "not_found", "error": "chat not found", "ref": "r2"}), True),
+    (frame("error", {"code": "invalid_json", "error": "frame is not valid JSON: ...", "ref": None}), True),
+    # broken ones
+    (frame("message", without(README_MESSAGE["payload"], "event_id")), False),
+    (frame("message", {**README_MESSAGE["payload"], "sender": None}), False),
+    (frame("ack", {**README_ACK["payload"], "extra": 1}), False),
+    (frame("ready", {"user_id": 3, "last_event_id": 0, "chat_ids": [], "recovered": False}, ref="r1"), False),
+    (frame("error", {"code": "validation_failed", "error": "x", "ref": None, "fields": []}), False),
+    (frame("error", {"code": "not_found", "error": "x"}), False),
+    (frame("error", {"code": "not_found", "error": "x", "ref": None}, ref="r1"), False),
+    (frame("pong", {"x": 1}), False),
+    (frame("presence", {"user_id": 4, "online": True}), False),
+    (frame("chat_created", CHAT_DETAIL), False),
+    (frame("chat_created", {**CHAT, "event_id": 1}), False),
+    (frame("member_removed", {"event_id": 1, "chat_id": 7, "user_id": 4}), False),
+    (frame("dance", {}), False),
+    ({"type": "message"}, False),
+]
+
+CLIENT_FRAMES = [
+    (README_CLIENT_MESSAGE, True),
+    ({"type": "ping"}, True),
+    ({"type": "ping", "payload": None, "ref": 1}, True),
+    (frame("join_chat", {"chat_id": 7}), True),
+    (frame("leave_chat", {"chat_id": 7}, ref="x"), True),
+    (frame("typing", {"chat_id": 7}), True),
+    (frame("read", {"chat_id": 7, "message_id": 42}), True),
+    (frame("message", {"chat_id": 7, "content": "hi", "client_id": None}), True),
+    ({"type": "ping", "payload": {}}, False),
+    (frame("message", {"chat_id": 7, "content": ""}), False),
+    (frame("message", {"chat_id": 0, "content": "hi"}), False),
+    (frame("typing", {"chat_id": "x"}), False),
+    (frame("read", {"chat_id": 7}), False),
+    (frame("dance", {}), False),
+]
+
+
+def check_samples():
+    checked = 0
+    for name, instance, valid in REST_SAMPLES:
+        errors = list(validator(OPENAPI_URI, name).iter_errors(instance))
+        checked += 1
+        if valid and errors:
+            fail(f"openapi {name}: a valid sample is refused: {errors[0].message[:200]}")
+        if not valid and not errors:
+            fail(f"openapi {name}: a broken sample is accepted: {json.dumps(instance)[:200]}")
+    for union, samples in (("ServerFrame", SERVER_FRAMES), ("ClientFrame", CLIENT_FRAMES)):
+        v = validator(ASYNCAPI_URI, union)
+        for instance, valid in samples:
+            errors = list(v.iter_errors(instance))
+            checked += 1
+            if valid and errors:
+                best = min(errors, key=lambda e: len(e.message))
+                fail(f"asyncapi {union}: a valid frame is refused: {json.dumps(instance)[:160]}: {best.message[:200]}")
+            if not valid and not errors:
+                fail(f"asyncapi {union}: a broken frame is accepted: {json.dumps(instance)[:200]}")
+    # Every example embedded in the documents validates too.
+    for name, message in asyncapi["components"]["messages"].items():
+        for example in message.get("examples", []):
+            checked += 1
+            for error in validator(ASYNCAPI_URI, name).iter_errors(example["payload"]):
+                fail(f"asyncapi message {name}: its example is refused: {error.message[:200]}")
+    print(f"{checked} samples checked")
+
+
+def main():
+    check_openapi_document()
+    check_schemas("openapi", openapi, is_asyncapi=False)
+    check_schemas("asyncapi", asyncapi, is_asyncapi=True)
+    check_asyncapi_structure()
+    check_copies()
+    check_samples()
+    if failures:
+        print(f"{len(failures)} failure(s)")
+        sys.exit(1)
+    print("contract ok")
+
+
+main()
