@@ -64,7 +64,10 @@ pub enum ApiError {
     /// The user named in the path is not a member of the chat.
     MemberNotFound,
     RouteNotFound,
-    MethodNotAllowed,
+    /// A documented path with another method; `allow` lists its methods.
+    MethodNotAllowed {
+        allow: String,
+    },
     UsernameTaken,
     /// Demoting the chat's last admin.
     LastAdmin,
@@ -115,7 +118,7 @@ impl ApiError {
             ChatNotFound | MessageNotFound | UserNotFound | MemberNotFound | RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             UsernameTaken | LastAdmin | ClientIdReused | ChatFull => StatusCode::CONFLICT,
             TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,7 +152,7 @@ impl ApiError {
             ChatNotFound | MessageNotFound | UserNotFound | MemberNotFound | RouteNotFound => {
                 "not_found"
             }
-            MethodNotAllowed => "method_not_allowed",
+            MethodNotAllowed { .. } => "method_not_allowed",
             UsernameTaken => "username_taken",
             LastAdmin => "last_admin",
             ClientIdReused => "client_id_reused",
@@ -193,7 +196,7 @@ impl ApiError {
             UserNotFound => "user not found".into(),
             MemberNotFound => "member not found".into(),
             RouteNotFound => "route not found".into(),
-            MethodNotAllowed => "method not allowed".into(),
+            MethodNotAllowed { .. } => "method not allowed".into(),
             UsernameTaken => "username is already taken".into(),
             LastAdmin => "a chat must keep at least one admin".into(),
             ClientIdReused => {
@@ -285,6 +288,14 @@ impl Reply for ApiError {
         let status = self.status();
         let mut response =
             warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
+        if let ApiError::MethodNotAllowed { allow } = &self
+            && let Ok(value) = warp::http::HeaderValue::from_str(allow)
+            && !allow.is_empty()
+        {
+            response
+                .headers_mut()
+                .insert(warp::http::header::ALLOW, value);
+        }
         if let Some(wait) = self.retry_after() {
             // Whole seconds, rounded up: a client must not come back early.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -400,7 +411,9 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     {
         ApiError::CorsForbidden
     } else if rejection.find::<MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
+        ApiError::MethodNotAllowed {
+            allow: String::new(),
+        }
     } else if let Some(InvalidId(e)) = rejection.find() {
         e.clone()
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {

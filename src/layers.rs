@@ -5,7 +5,7 @@
 //! ```text
 //! ws                                  real-time delivery
 //! health  users  chats  messages      resources
-//! http  server                        shared filters, the HTTP server
+//! http  server  contract              shared filters, the HTTP server, the API documents
 //! validate  password  auth  membership  limits
 //! db  events  message_json
 //! config  error  support  logging  migrate
@@ -18,7 +18,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
     &["db", "events", "message_json"],
     &["validate", "password", "auth", "membership", "limits"],
-    &["http", "server"],
+    &["http", "server", "contract"],
     &["health", "users", "chats", "messages"],
     &["ws"],
 ];

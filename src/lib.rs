@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod chats;
 pub mod config;
+pub mod contract;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -233,10 +234,17 @@ impl App {
                 .boxed(),
         );
         let timeout = Duration::from_secs(self.config.database.connect_timeout_secs);
-        let routes = health::route(&ctx.pool, timeout)
-            .or(ws::routes(ctx, &self.sends, &self.hub))
-            .unify()
-            .or(api)
+        let routes = contract::methods_guard()
+            .and(
+                health::route(&ctx.pool, timeout)
+                    .or(ws::routes(ctx, &self.sends, &self.hub))
+                    .unify()
+                    .or(contract::openapi())
+                    .unify()
+                    .or(contract::asyncapi())
+                    .unify()
+                    .or(api),
+            )
             .unify()
             .boxed();
         // An empty origin list means no CORS headers at all (same-origin clients only).
