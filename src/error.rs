@@ -236,6 +236,7 @@ impl ApiError {
                 ApiError::Validation(f) => Some(f.clone()),
                 _ => None,
             },
+            request_id: crate::support::request_id(),
         }
     }
 }
@@ -276,6 +277,9 @@ pub struct ErrorBody {
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<FieldError>>,
+    /// The request's `X-Request-Id`, to quote when reporting the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Reply for ApiError {

@@ -200,7 +200,8 @@ pub fn notify_sql(ev: &str) -> String {
          from {ev}, lateral (
              select json_build_object(
                  'id', {ev}.id, 'chat_id', {ev}.chat_id, 'kind', {ev}.kind, 'user_ids', {ev}.user_ids,
-                 'message_id', {ev}.message_id, 'frame', {ev}.frame::json
+                 'message_id', {ev}.message_id, 'frame', {ev}.frame::json,
+                 'at', extract(epoch from clock_timestamp())
              )::text as text
          ) n"
     )

@@ -3,11 +3,12 @@
 //! and no two modules import each other, directly or through others.
 //!
 //! ```text
+//! ops                                 probes and metrics
 //! ws                                  real-time delivery
 //! health  users  chats  messages      resources
 //! http  server  contract              shared filters, the HTTP server, the API documents
 //! validate  password  auth  membership  limits
-//! db  events  message_json
+//! db  events  message_json  metrics
 //! config  error  support  logging  migrate
 //! ```
 //!
@@ -16,11 +17,12 @@
 /// Bottom first.
 pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
-    &["db", "events", "message_json"],
+    &["db", "events", "message_json", "metrics"],
     &["validate", "password", "auth", "membership", "limits"],
     &["http", "server", "contract"],
     &["health", "users", "chats", "messages"],
     &["ws"],
+    &["ops"],
 ];
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ pub mod logging;
 pub mod membership;
 pub mod message_json;
 pub mod messages;
+pub mod metrics;
 pub mod migrate;
+pub mod ops;
 pub mod password;
 pub mod server;
 pub mod support;
@@ -34,6 +36,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use warp::Filter;
 use ws::Hub;
@@ -85,6 +88,8 @@ pub struct App {
     hasher: Arc<Hasher>,
     sends: Arc<SendQueue>,
     hub: Arc<Hub>,
+    metrics: Arc<metrics::Metrics>,
+    draining: Arc<AtomicBool>,
 }
 
 /// Applies pending migrations on a dedicated connection.
@@ -119,22 +124,33 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         Auth::new(token_key, &config.auth, &config.database).map_err(StartError::database)?;
     auth.warm_up().await;
     let db_thread = db::DbThread::start().map_err(StartError::Thread)?;
-    let rates = Arc::new(limits::RateLimits::new(&config.limits.rate));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let rates = Arc::new(limits::RateLimits::new(
+        &config.limits.rate,
+        metrics.clone(),
+    ));
     tokio::spawn(tidy_rate_limits(rates.clone()));
     let setup = messages::SendSetup {
         pipeline,
         pool: pool.clone(),
         max_chars: config.limits.message_chars,
         rates: rates.clone(),
+        metrics: metrics.clone(),
     };
     let sends = SendQueue::start(setup, &db_thread);
     let hasher = Hasher::new(config.auth.bcrypt_cost, config.limits.bcrypt_queue)
         .await
         .map_err(StartError::database)?;
     let listener = listen(addr).map_err(StartError::Bind)?;
-    let hub = Hub::start(&config, pool.clone(), &db_thread)
+    let hub = Hub::start(&config, pool.clone(), metrics.clone(), &db_thread)
         .await
         .map_err(StartError::database)?;
+    let hasher = Arc::new(hasher);
+    metrics.register_collector(Box::new(ops::NodeState {
+        hub: hub.clone(),
+        pool: pool.clone(),
+        hasher: hasher.clone(),
+    }));
     let ctx = Context {
         pool,
         auth: Arc::new(auth),
@@ -145,9 +161,11 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         listener,
         config: Arc::new(config),
         ctx,
-        hasher: Arc::new(hasher),
+        hasher,
         sends: Arc::new(sends),
         hub,
+        metrics,
+        draining: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -197,26 +215,76 @@ impl App {
         self.ctx.auth.clone()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish,
-    /// closes WebSockets with 1001 after flushing their queues, and closes the pool.
+    /// The one line a starting node logs: what it is, where it listens,
+    /// which database (no credentials), and what differs from the defaults.
+    pub fn describe(&self) -> String {
+        let database = config::database_target(&self.config.database.url);
+        let settings = self.config.non_default_settings();
+        let settings = if settings.is_empty() {
+            "none".to_string()
+        } else {
+            settings.join(", ")
+        };
+        format!(
+            "chatapp {} listening on {}, node {}, database {database}, non-default settings: {settings}",
+            env!("CARGO_PKG_VERSION"),
+            self.local_addr(),
+            self.hub.node_id,
+        )
+    }
+
+    /// Serves until `shutdown` resolves. Then `/readyz` answers 503 for
+    /// `http.drain_delay_secs` while requests are still served (load
+    /// balancers route around the node), then in-flight requests finish,
+    /// WebSockets close with 1001 after flushing their queues, and the pool
+    /// closes.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hub = self.hub.clone();
+        let draining = self.draining.clone();
+        let drain_delay = Duration::from_secs(self.config.http.drain_delay_secs);
         // WebSockets are upgraded connections the HTTP server no longer tracks:
-        // close them as soon as shutdown starts, so graceful shutdown can finish.
+        // close them once the drain delay is over, so graceful shutdown can finish.
         tokio::spawn(async move {
             shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+            if !drain_delay.is_zero() {
+                log::info!("draining for {drain_delay:?} before closing connections");
+                tokio::time::sleep(drain_delay).await;
+            }
             hub.shutdown().await;
             let _ = stop_tx.send(());
         });
+        if let Some(addr) = &self.config.metrics.listen {
+            self.serve_metrics_apart(addr);
+        }
         let service = warp::service(self.routes());
-        let drain =
-            Duration::from_millis(self.hub.config.close_flush_timeout_ms) + Duration::from_secs(5);
+        let serving = server::Serving {
+            config: &self.config.http,
+            drain: Duration::from_millis(self.hub.config.close_flush_timeout_ms)
+                + Duration::from_secs(5),
+            metrics: self.metrics.clone(),
+        };
         let stopped = async {
             let _ = stop_rx.await;
         };
-        server::serve(self.listener, service, &self.config.http, stopped, drain).await;
+        server::serve(self.listener, service, serving, stopped).await;
         log::info!("server stopped");
+    }
+
+    /// `GET /metrics` on a listener of its own (`metrics.listen`), until
+    /// the runtime stops.
+    fn serve_metrics_apart(&self, addr: &str) {
+        let Ok(addr) = addr.parse::<SocketAddr>() else {
+            return;
+        };
+        let routes = ops::metrics(&self.metrics);
+        tokio::spawn(async move {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => warp::serve(routes).incoming(listener).run().await,
+                Err(e) => log::error!("cannot serve metrics on {addr}: {e}"),
+            }
+        });
     }
 
     /// The whole HTTP surface.
@@ -234,9 +302,35 @@ impl App {
                 .boxed(),
         );
         let timeout = Duration::from_secs(self.config.database.connect_timeout_secs);
+        let readiness = ops::Readiness {
+            pool: ctx.pool.clone(),
+            hub: self.hub.clone(),
+            draining: self.draining.clone(),
+            timeout,
+        };
+        // Without `metrics.listen`, the metrics are served here; with it, a
+        // request here finds nothing.
+        let metrics = ops::metrics(&self.metrics)
+            .and(warp::any().map({
+                let apart = self.config.metrics.listen.is_some();
+                move || apart
+            }))
+            .and_then(|response, apart: bool| async move {
+                if apart {
+                    Err(warp::reject::not_found())
+                } else {
+                    Ok::<_, warp::Rejection>(response)
+                }
+            });
         let routes = contract::methods_guard()
             .and(
                 health::route(&ctx.pool, timeout)
+                    .or(ops::livez())
+                    .unify()
+                    .or(ops::readyz(&readiness))
+                    .unify()
+                    .or(metrics)
+                    .unify()
                     .or(ws::routes(ctx, &self.sends, &self.hub))
                     .unify()
                     .or(contract::openapi())
@@ -255,7 +349,6 @@ impl App {
         routes
             .recover(error::recover)
             .unify()
-            .with(warp::log::custom(logging::log_request))
             .map(warp::Reply::into_response)
     }
 }

@@ -11,13 +11,14 @@
 
 use crate::config::{Rate, RateConfig};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Keys a limiter remembers at most (those seen recently).
@@ -37,6 +38,22 @@ pub enum Action {
     MarkRead,
     /// Any other WebSocket frame (join, leave, ping).
     Frame,
+}
+
+impl Action {
+    /// Its name in the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Register => "register",
+            Action::Login => "login",
+            Action::SendMessage => "send_message",
+            Action::CreateChat => "create_chat",
+            Action::AddMembers => "add_members",
+            Action::Typing => "typing",
+            Action::MarkRead => "mark_read",
+            Action::Frame => "frame",
+        }
+    }
 }
 
 struct Keyed<K: Hash + Eq + Clone> {
@@ -97,10 +114,11 @@ pub struct RateLimits {
     failed_logins: Mutex<HashMap<String, Failures>>,
     free_failures: u32,
     max_backoff: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl RateLimits {
-    pub fn new(config: &RateConfig) -> RateLimits {
+    pub fn new(config: &RateConfig, metrics: Arc<Metrics>) -> RateLimits {
         RateLimits {
             enabled: config.enabled,
             register: Keyed::new(&config.register_per_ip),
@@ -114,6 +132,7 @@ impl RateLimits {
             failed_logins: Mutex::new(HashMap::new()),
             free_failures: config.failed_logins_before_backoff,
             max_backoff: Duration::from_secs(config.failed_login_max_backoff_secs),
+            metrics,
         }
     }
 
@@ -127,7 +146,9 @@ impl RateLimits {
             Action::Login => &self.login,
             _ => return Ok(()),
         };
-        limiter.check(&bucket(ip)).map_err(limited)
+        limiter
+            .check(&bucket(ip))
+            .map_err(|wait| self.limited(action, wait))
     }
 
     /// A per-user action: `Err` (429) when `user_id` is over its limit.
@@ -144,7 +165,9 @@ impl RateLimits {
             Action::Frame => &self.frame,
             Action::Register | Action::Login => return Ok(()),
         };
-        limiter.check(&user_id).map_err(limited)
+        limiter
+            .check(&user_id)
+            .map_err(|wait| self.limited(action, wait))
     }
 
     /// Whether `username` may try a password now: after a run of failures,
@@ -161,7 +184,7 @@ impl RateLimits {
         let wait = self.backoff(f.count);
         let since = f.last.elapsed();
         if since < wait {
-            return Err(limited(wait - since));
+            return Err(self.limited(Action::Login, wait - since));
         }
         Ok(())
     }
@@ -239,8 +262,11 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn limited(retry_after: Duration) -> ApiError {
-    ApiError::RateLimited { retry_after }
+impl RateLimits {
+    fn limited(&self, action: Action, retry_after: Duration) -> ApiError {
+        self.metrics.limited(action.name());
+        ApiError::RateLimited { retry_after }
+    }
 }
 
 #[cfg(test)]
@@ -251,7 +277,7 @@ mod tests {
     fn limits(edit: impl FnOnce(&mut RateConfig)) -> RateLimits {
         let mut config = LimitsConfig::default().rate;
         edit(&mut config);
-        RateLimits::new(&config)
+        RateLimits::new(&config, Arc::default())
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = chatapp::logging::init(&config.log.level) {
+    if let Err(e) = chatapp::logging::init(&config.log.level, config.log.format == "json") {
         eprintln!("chatapp: cannot start logging: {e}");
         return ExitCode::FAILURE;
     }
@@ -129,11 +129,7 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 
 async fn serve(config: Config) -> Result<(), chatapp::StartError> {
     let app = chatapp::build(config).await?;
-    log::info!(
-        "chatapp {} listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        app.local_addr()
-    );
+    log::info!("{}", app.describe());
     app.run_until(shutdown_signal()).await;
     Ok(())
 }

@@ -5,8 +5,14 @@
 //! `http.keep_alive_secs`; at most `http.max_connections` connections are
 //! open at once (WebSockets included: an upgraded connection keeps its
 //! slot until it closes).
+//!
+//! Every request gets an id (its `X-Request-Id`, or a new one), returned in
+//! the response's header and error body and carried by the log lines
+//! written while it is served; each is logged and counted once here.
 
 use crate::config::HttpConfig;
+use crate::metrics::Metrics;
+use crate::{contract, logging};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -36,15 +42,22 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
 content-type: application/json\r\nretry-after: 1\r\ncontent-length: 86\r\n\r\n\
 {\"error\":\"too many open connections, try again shortly\",\"code\":\"too_many_connections\"}";
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then lets
+/// How [`serve`] serves.
+pub struct Serving<'a> {
+    pub config: &'a HttpConfig,
+    /// How long to wait for connections to close once shutdown starts.
+    pub drain: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then lets
 /// requests in flight finish and waits (up to `drain`) for every connection
 /// to close — WebSockets are closed by their own shutdown.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
-    config: &HttpConfig,
+    serving: Serving<'_>,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
 ) where
     S: tower_service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -55,6 +68,12 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let Serving {
+        config,
+        drain,
+        metrics,
+    } = serving;
+    let ids = Arc::new(RequestIds::new());
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut http = http1::Builder::new();
     // hyper's header timer runs from the moment it waits for a request, so
@@ -92,6 +111,10 @@ pub async fn serve<S>(
             peer: PeerAddr(peer),
             http: http.clone(),
             head_timeout,
+            observer: Observer {
+                ids: ids.clone(),
+                metrics: metrics.clone(),
+            },
         };
         tokio::spawn(connection.serve(stream, service.clone(), stop_rx.clone()));
     }
@@ -113,6 +136,87 @@ struct Connection {
     peer: PeerAddr,
     http: Arc<http1::Builder>,
     head_timeout: Duration,
+    observer: Observer,
+}
+
+/// Names, logs and counts each request.
+#[derive(Clone)]
+struct Observer {
+    ids: Arc<RequestIds>,
+    metrics: Arc<Metrics>,
+}
+
+impl Observer {
+    /// Serves `request` with `service` as request `id`, then stamps, logs
+    /// and counts its response.
+    async fn serve<S>(&self, mut service: S, request: Request) -> Result<Response, Infallible>
+    where
+        S: tower_service::Service<Request, Response = Response, Error = Infallible>,
+    {
+        let id = self.ids.for_request(&request);
+        let method = request.method().clone();
+        // The path alone: a query string may carry a token.
+        let path = request.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let response = crate::support::serving_request(id.clone(), async {
+            let mut response = match service.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let took = started.elapsed();
+            let status = response.status().as_u16();
+            logging::log_request(method.as_str(), &path, status, took.as_secs_f64() * 1e3);
+            let route = contract::route_of(&path).map_or("other", |r| r.template.as_str());
+            self.metrics
+                .http_request(method.as_str(), route, status, took);
+            if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
+                response.headers_mut().insert("x-request-id", value);
+            }
+            response
+        })
+        .await;
+        Ok(response)
+    }
+}
+
+type Request = hyper::Request<hyper::body::Incoming>;
+type Response = warp::reply::Response;
+
+/// Request ids: the client's `X-Request-Id` when it is a sensible one
+/// (1-128 of `A-Z a-z 0-9 . _ : -`), else this process's prefix and a count.
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let random = crate::support::random_bytes();
+        RequestIds {
+            prefix: random[..4].iter().map(|b| format!("{b:02x}")).collect(),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn for_request(&self, request: &Request) -> Arc<str> {
+        let given = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| {
+                (1..=128).contains(&id.len())
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+            });
+        match given {
+            Some(id) => Arc::from(id),
+            None => {
+                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Arc::from(format!("{}-{n:x}", self.prefix))
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -132,12 +236,13 @@ impl Connection {
             peer,
             http,
             head_timeout,
+            observer,
         } = self;
-        let service = hyper::service::service_fn(move |mut request| {
+        let service = hyper::service::service_fn(move |mut request: Request| {
             request.extensions_mut().insert(peer);
             request.extensions_mut().insert(slot.clone());
-            let mut service = service.clone();
-            service.call(request)
+            let (service, observer) = (service.clone(), observer.clone());
+            async move { observer.serve(service, request).await }
         });
         let io = TokioIo::new(HeadDeadline::new(stream, head_timeout));
         let connection = http.serve_connection(io, service).with_upgrades();

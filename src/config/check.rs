@@ -55,6 +55,21 @@ impl Config {
                 ),
             ));
         }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(ConfigError::new(
+                "log.format",
+                format!("`{}` is not one of text, json", self.log.format),
+            ));
+        }
+        if let Some(listen) = &self.metrics.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::new(
+                "metrics.listen",
+                format!("`{listen}` is not an address such as 127.0.0.1:9100"),
+            ));
+        }
+        check_range("http.drain_delay_secs", self.http.drain_delay_secs, 0, 3600)?;
         for origin in &self.cors.origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(ConfigError::new(

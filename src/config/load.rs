@@ -72,6 +72,9 @@ impl Config {
         if let Some(v) = env("CHATAPP_LOG_LEVEL") {
             self.log.level = v;
         }
+        if let Some(v) = env("CHATAPP_LOG_FORMAT") {
+            self.log.format = v;
+        }
         Ok(())
     }
 }

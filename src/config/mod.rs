@@ -10,10 +10,10 @@ mod load;
 
 pub use check::parse_token_key;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub host: String,
@@ -23,11 +23,12 @@ pub struct Config {
     pub log: LogConfig,
     pub cors: CorsConfig,
     pub http: HttpConfig,
+    pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub ws: WsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
@@ -38,7 +39,7 @@ pub struct DatabaseConfig {
     pub statement_timeout_ms: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// 64 hex characters (32 bytes). `None` means "generate one at startup".
@@ -61,13 +62,15 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
+    /// `text` (a line per entry) or `json` (an object per line).
+    pub format: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorsConfig {
     /// Allowed origins; `["*"]` allows any origin, an empty list disables CORS.
@@ -75,7 +78,7 @@ pub struct CorsConfig {
 }
 
 /// Bounds on HTTP connections (see `server`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// How long a request head may take from its first byte.
@@ -84,6 +87,9 @@ pub struct HttpConfig {
     pub keep_alive_secs: u64,
     /// Connections (WebSockets included) open at once, per node.
     pub max_connections: usize,
+    /// On SIGTERM, how long `/readyz` says 503 before the node stops taking
+    /// requests, so load balancers route around it first.
+    pub drain_delay_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -92,11 +98,21 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             keep_alive_secs: 60,
             max_connections: 20_000,
+            drain_delay_secs: 5,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `GET /metrics` (Prometheus).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve the metrics on this address (e.g. `127.0.0.1:9100`) instead
+    /// of on the main listener, for deployments that do not expose them.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub body_bytes: u64,
@@ -118,7 +134,7 @@ pub struct LimitsConfig {
 }
 
 /// A token bucket: `burst` at once, refilled at `per_minute`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     pub per_minute: u32,
@@ -130,7 +146,7 @@ const fn rate(per_minute: u32, burst: u32) -> Rate {
 }
 
 /// Rate limits, per node (see `limits`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateConfig {
     pub enabled: bool,
@@ -166,7 +182,7 @@ impl Default for RateConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     pub ping_interval_ms: u64,
@@ -196,6 +212,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cors: CorsConfig::default(),
             http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
             limits: LimitsConfig::default(),
             ws: WsConfig::default(),
         }
@@ -228,6 +245,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: "text".into(),
         }
     }
 }
@@ -293,6 +311,65 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl Config {
+    /// `key=value` for every setting that differs from its default, for the
+    /// startup line; the token key and the database's credentials are
+    /// never shown.
+    pub fn non_default_settings(&self) -> Vec<String> {
+        let mut ours = Vec::new();
+        let mut defaults = Vec::new();
+        flatten(
+            "",
+            &serde_json::to_value(self).unwrap_or_default(),
+            &mut ours,
+        );
+        flatten(
+            "",
+            &serde_json::to_value(Config::default()).unwrap_or_default(),
+            &mut defaults,
+        );
+        ours.into_iter()
+            .filter(|setting| !defaults.contains(setting))
+            .map(|(key, value)| match key.as_str() {
+                "auth.token_key" => format!("{key}=<set>"),
+                "database.url" => format!("{key}={}", database_target(&self.database.url)),
+                _ => format!("{key}={value}"),
+            })
+            .collect()
+    }
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, value) in fields {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// The database a URL names, without user or password: `host:port/db`.
+pub fn database_target(url: &str) -> String {
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "<unparsable>".into();
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("{host}:{port}/{db}")
+}
+
 pub const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
 #[cfg(test)]
@@ -305,6 +382,33 @@ mod tests {
         let sample = Config::from_yaml(include_str!("../../config.sample.yaml")).unwrap();
         sample.validate().unwrap();
         assert_eq!(format!("{sample:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn the_startup_line_shows_changed_settings_but_no_secret() {
+        let mut config = Config {
+            port: 9000,
+            ..Config::default()
+        };
+        config.auth.token_key = Some("ab".repeat(32));
+        config.database.url = "postgres://chat:hunter2@db.internal:6432/chat".into();
+
+        let shown = config.non_default_settings().join(" ");
+
+        assert!(shown.contains("port=9000"), "{shown}");
+        assert!(shown.contains("auth.token_key=<set>"), "{shown}");
+        assert!(
+            shown.contains("database.url=db.internal:6432/chat"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("abab"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("bcrypt_cost"),
+            "defaults are left out: {shown}"
+        );
     }
 
     #[test]

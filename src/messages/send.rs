@@ -11,6 +11,7 @@ use crate::events;
 use crate::limits::{Action, RateLimits};
 use crate::membership::is_member;
 use crate::message_json::{event_payload_sql, logged_payload_sql, message_json_sql};
+use crate::metrics::Metrics;
 use futures_util::future::join_all;
 use serde::Deserialize;
 use std::sync::{Arc, LazyLock};
@@ -152,6 +153,7 @@ pub struct SendSetup {
     pub pool: Pool,
     pub max_chars: usize,
     pub rates: Arc<RateLimits>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl SendQueue {
@@ -164,13 +166,14 @@ impl SendQueue {
             pool,
             max_chars,
             rates,
+            metrics,
         } = setup;
         let (jobs, queued) = mpsc::channel(MAX_BATCH * 8);
         db_thread.spawn(async move {
             if let Err(e) = pipeline.get().await {
                 log::warn!("cannot prepare the send pipeline yet: {e:?}");
             }
-            commit_batches(pipeline, queued).await
+            commit_batches(pipeline, queued, metrics).await
         });
         SendQueue {
             jobs,
@@ -362,35 +365,45 @@ fn frame_from_body_sql(event_id: &str, body: &str) -> String {
 
 /// The committing task: takes whatever is queued, up to [`MAX_BATCH`], and
 /// commits it while the next sends queue.
-async fn commit_batches(pipeline: Pipeline, mut queued: mpsc::Receiver<Job>) {
+async fn commit_batches(
+    pipeline: Pipeline,
+    mut queued: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queued.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if batch.len() > 1 {
-            match insert_batch(&pipeline, &batch).await {
-                Ok(rows) => {
-                    for (job, row) in batch.drain(..).zip(rows) {
-                        let _ = job.reply.send(Ok(row));
-                    }
-                    continue;
-                }
-                // One bad send (text PostgreSQL refuses, a chat deleted
-                // meanwhile) fails the whole statement; alone, it fails by itself.
-                Err(e) => log::info!(
-                    "a batch of {} sends failed ({}); sending each alone",
-                    batch.len(),
-                    crate::error::chain(&e)
-                ),
-            }
-        }
-        // Pipelined: they go out back to back, each with its own answer.
-        join_all(batch.drain(..).map(|job| {
-            let pipeline = &pipeline;
-            async move {
-                let _ = job.reply.send(insert_one(pipeline, &job.insert).await);
-            }
-        }))
-        .await;
+        metrics.send_batch_size.observe(batch.len() as f64);
+        let started = std::time::Instant::now();
+        commit(&pipeline, &mut batch).await;
+        metrics.send_commit.observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// Commits `batch` (emptying it): in one statement, or send by send when
+/// that fails.
+async fn commit(pipeline: &Pipeline, batch: &mut Vec<Job>) {
+    if batch.len() > 1 {
+        match insert_batch(pipeline, batch).await {
+            Ok(rows) => {
+                for (job, row) in batch.drain(..).zip(rows) {
+                    let _ = job.reply.send(Ok(row));
+                }
+                return;
+            }
+            // One bad send (a chat deleted meanwhile, say) fails the whole
+            // statement; alone, it fails by itself.
+            Err(e) => log::info!(
+                "a batch of {} sends failed ({}); sending each alone",
+                batch.len(),
+                crate::error::chain(&e)
+            ),
+        }
+    }
+    // Pipelined: they go out back to back, each with its own answer.
+    join_all(batch.drain(..).map(|job| async move {
+        let _ = job.reply.send(insert_one(pipeline, &job.insert).await);
+    }))
+    .await;
 }
 
 async fn insert_one(pipeline: &Pipeline, insert: &Insert) -> Result<Option<Row>, ApiError> {

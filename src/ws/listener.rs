@@ -12,6 +12,7 @@ use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
 use super::event::{Event, Frame};
 use super::registry::{BlockChange, DISPATCH_BATCH, Hidden, Sender};
 use crate::events::{EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, READ_EVENTS_SQL};
+use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ struct Notice {
     user_ids: Vec<i64>,
     message_id: Option<i64>,
     frame: Option<Box<serde_json::value::RawValue>>,
+    /// When the event's statement ran (seconds since the epoch, by the
+    /// database's clock): how late it is dispatched is `listen_lag`.
+    at: Option<f64>,
 }
 
 fn known_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventKind>, D::Error> {
@@ -42,9 +46,12 @@ fn known_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventKind
 pub async fn run(hub: Arc<Hub>, mut ready: Option<tokio::sync::oneshot::Sender<()>>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match listen_once(&hub, &mut ready).await {
+        let result = listen_once(&hub, &mut ready).await;
+        hub.set_listening(false);
+        match result {
             Ok(()) => return,
             Err(e) => {
+                hub.metrics.listener_reconnects.inc();
                 log::warn!("event listener lost its connection: {e}; reconnecting in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -126,6 +133,7 @@ async fn serve(
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
         recheck_sessions(hub, client).await.map_err(db)?;
     }
+    hub.set_listening(true);
     // Presence fan-outs need a query, so they run off this loop, but in
     // order: a user's offline and online must not reach clients swapped.
     let (presence_tx, presence_rx) = mpsc::unbounded_channel::<(i64, Frame)>();
@@ -166,7 +174,7 @@ async fn serve(
             let last = events
                 .last()
                 .map_or_else(|| hub.registry.last_event_id(), |e| e.id);
-            match announced(n.payload(), last) {
+            match announced(n.payload(), last, &hub.metrics) {
                 Announced::Next(event) => events.push(Arc::new(event)),
                 Announced::Stale => {}
                 Announced::Gap(upto) => {
@@ -240,7 +248,7 @@ enum Announced {
     Gap(i64),
 }
 
-fn announced(payload: &str, last: i64) -> Announced {
+fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
     let notice: Notice = match serde_json::from_str(payload) {
         Ok(n) => n,
         Err(e) => {
@@ -248,6 +256,12 @@ fn announced(payload: &str, last: i64) -> Announced {
             return Announced::Stale;
         }
     };
+    if let Some(at) = notice.at {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics.listen_lag.observe((now - at).max(0.0));
+    }
     if notice.id <= last {
         return Announced::Stale;
     }

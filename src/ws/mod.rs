@@ -22,6 +22,7 @@ use crate::db::{DbThread, Pool};
 use crate::error::ApiError;
 use crate::http::{Context, bearer_token, query_map, with};
 use crate::messages::SendQueue;
+use crate::metrics::Metrics;
 use crate::server::ConnSlot;
 use close::SHUTTING_DOWN;
 use conn::Services;
@@ -54,6 +55,9 @@ pub struct Hub {
     live_connections: AtomicUsize,
     all_closed: Notify,
     sockets_per_user: usize,
+    pub metrics: Arc<Metrics>,
+    /// Whether the node's LISTEN connection is up (for `/readyz`).
+    listening: AtomicBool,
 }
 
 impl Hub {
@@ -63,6 +67,7 @@ impl Hub {
     pub async fn start(
         config: &Config,
         pool: Pool,
+        metrics: Arc<Metrics>,
         db_thread: &DbThread,
     ) -> Result<Arc<Hub>, ApiError> {
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -88,6 +93,8 @@ impl Hub {
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
             sockets_per_user: config.limits.sockets_per_user,
+            metrics,
+            listening: AtomicBool::new(false),
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
@@ -100,6 +107,16 @@ impl Hub {
             Ok(Ok(())) => Ok(hub),
             _ => Err(ApiError::DatabaseUnavailable),
         }
+    }
+
+    /// Whether the node's LISTEN connection is up: without it this node
+    /// delivers nothing live.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
+    fn set_listening(&self, up: bool) {
+        self.listening.store(up, Ordering::SeqCst);
     }
 
     pub fn is_shutting_down(&self) -> bool {

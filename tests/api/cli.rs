@@ -508,7 +508,8 @@ fn start_server(dir: &TempDir, env: &[(&str, &str)]) -> Server {
                 let addr = line
                     .split("listening on ")
                     .nth(1)
-                    .map(|a| a.trim().to_string());
+                    .and_then(|rest| rest.split([',', ' ']).next())
+                    .map(str::to_string);
                 seen.push(line);
                 if let Some(addr) = addr {
                     return Server {
@@ -752,4 +753,172 @@ async fn a_token_works_at_once_on_a_node_whose_clock_is_30_seconds_behind() {
     let status = response.status();
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "{body}");
+}
+
+/// Waits until the child exits; its status.
+async fn exited(server: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn on_sigterm_readyz_turns_503_for_the_drain_delay_before_the_server_stops() {
+    // Arrange: a two-second drain delay.
+    let url = pg::fresh_database().await;
+    let dir = TempDir::new();
+    let config = dir.write("config.yaml", "http:\n  drain_delay_secs: 2\n");
+    let config = config.display().to_string();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PORT", "0"),
+        ("CHATAPP_HOST", "127.0.0.1"),
+        ("CONFIG_PATH", config.as_str()),
+    ];
+    let mut server = start_server(&dir, &env);
+    let base = format!("http://{}", server.addr);
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Act
+    signal(&server.child, "-TERM");
+
+    // Assert: not ready (draining) yet still serving, then gone.
+    let mut draining = None;
+    for _ in 0..40 {
+        let answer = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        if answer.status() == 503 {
+            draining = Some(answer.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(draining.expect("503 while draining")["status"], "draining");
+    let live = reqwest::get(format!("{base}/livez")).await.unwrap();
+    assert_eq!(live.status(), 200, "still serving while draining");
+    let status = exited(&mut server, Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_fields_and_never_a_token_or_password() {
+    // Arrange: the real binary logging JSON.
+    let url = pg::fresh_database().await;
+    let dir = TempDir::new();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PORT", "0"),
+        ("CHATAPP_HOST", "127.0.0.1"),
+        ("CHATAPP_BCRYPT_COST", "4"),
+        ("CHATAPP_TOKEN_KEY", TEST_TOKEN_KEY),
+        ("CHATAPP_LOG_FORMAT", "json"),
+    ];
+    let server = start_server(&dir, &env);
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let password = "first-secret-passphrase";
+    let new_password = "second-secret-passphrase";
+
+    // Act: everything that carries a secret.
+    let name = unique_name("secretive");
+    let registered: serde_json::Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["token"].as_str().unwrap().to_string();
+    let id = registered["user"]["id"].as_i64().unwrap();
+    for attempt in [password, "a-wrong-secret-guess"] {
+        http.post(format!("{base}/api/v1/auth/login"))
+            .header("x-request-id", "login-trace")
+            .json(&serde_json::json!({"username": name, "password": attempt}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut ws = WsClient::connect(server.addr.parse().unwrap(), &token, Some(0)).await;
+    ws.next_of_type("ready").await;
+    drop(ws);
+    http.put(format!("{base}/api/v1/users/{id}"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"password": new_password, "current_password": password}))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert: every line is a JSON object; request lines carry their fields.
+    let mut lines = server.startup_log.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines.iter().any(|l| l.contains("\"method\":\"PUT\"")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.log.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("no log line for the password change: {lines:#?}"),
+        }
+    }
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["ts", "level", "target", "message"] {
+            assert!(entry.get(field).is_some(), "no {field}: {line}");
+        }
+        for secret in [
+            password,
+            new_password,
+            "a-wrong-secret-guess",
+            token.as_str(),
+        ] {
+            assert!(!line.contains(secret), "a secret was logged: {line}");
+        }
+    }
+    let login = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["request_id"] == "login-trace")
+        .unwrap_or_else(|| panic!("no line for the traced login: {lines:#?}"));
+    assert_eq!(login["method"], "POST");
+    assert_eq!(login["path"], "/api/v1/auth/login");
+    assert_eq!(login["status"], 200);
+    assert!(login["duration_ms"].is_number(), "{login}");
+}
+
+#[tokio::test]
+async fn the_startup_line_names_version_address_node_database_and_changed_settings() {
+    let url = pg::fresh_database().await;
+    let dir = TempDir::new();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PORT", "0"),
+        ("CHATAPP_HOST", "127.0.0.1"),
+        ("CHATAPP_BCRYPT_COST", "4"),
+        ("CHATAPP_TOKEN_KEY", TEST_TOKEN_KEY),
+    ];
+    let server = start_server(&dir, &env);
+
+    let line = server
+        .startup_log
+        .iter()
+        .find(|l| l.contains("listening on"))
+        .unwrap();
+
+    assert!(
+        line.contains(&format!("chatapp {}", env!("CARGO_PKG_VERSION"))),
+        "{line}"
+    );
+    assert!(line.contains(&server.addr), "{line}");
+    assert!(line.contains(", node "), "{line}");
+    let target = url.rsplit('@').next().unwrap();
+    assert!(line.contains(&format!("database {target}")), "{line}");
+    assert!(line.contains("auth.bcrypt_cost=4"), "{line}");
+    assert!(line.contains("auth.token_key=<set>"), "{line}");
+    assert!(!line.contains(TEST_TOKEN_KEY), "{line}");
 }

@@ -13,6 +13,7 @@ mod cli;
 mod errors;
 mod hostile_input;
 mod messages;
+mod ops;
 mod outage;
 mod rate_limits;
 mod redaction;

@@ -43,6 +43,8 @@ pub async fn run(
 ) {
     let hub = services.hub.clone();
     let flush_ms = hub.config.close_flush_timeout_ms;
+    hub.metrics.ws_opened.inc();
+    hub.metrics.ws_open.inc();
     let registration = hub.registry.register(user.id, user.token_version);
     let id = registration.id;
     // Authorized before shutdown began but registered after it closed every
@@ -77,6 +79,14 @@ pub async fn run(
                 None => None,
             };
             let recovered = replay.is_some();
+            match &replay {
+                Some(r) if hub.registry.recent().holds_after(r.after) => {
+                    hub.metrics.replay("memory")
+                }
+                Some(_) => hub.metrics.replay("log"),
+                None if since.is_some() => hub.metrics.replay("not_recovered"),
+                None => {}
+            }
             let ready = ServerFrame::Ready {
                 user_id: user.id,
                 last_event_id: snap.last_id,
@@ -97,13 +107,15 @@ pub async fn run(
         }
         Ok(_) => {
             // Killed (e.g. the account was deleted) before it was ready.
-            let reason = *registration.kill.borrow();
-            close_socket(sink, reason.unwrap_or(TOKEN_EXPIRED), flush_ms).await;
+            let reason = (*registration.kill.borrow()).unwrap_or(TOKEN_EXPIRED);
+            close_socket(sink, reason, flush_ms).await;
+            hub.metrics.ws_closed(reason.code.to_string());
         }
         Err(e) => {
             log::warn!("cannot open WebSocket session: {}", crate::error::chain(&e));
             hub.registry.unregister(id);
             close_socket(sink, UNAVAILABLE, flush_ms).await;
+            hub.metrics.ws_closed(UNAVAILABLE.code.to_string());
         }
     }
 }

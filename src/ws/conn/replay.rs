@@ -75,6 +75,11 @@ impl Replay {
                     }
                 },
             };
+            services
+                .hub
+                .metrics
+                .replayed_events
+                .inc_by(frames.len() as u64);
             if !writer.send_page(frames).await? {
                 return Ok(false);
             }

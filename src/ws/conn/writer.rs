@@ -90,11 +90,13 @@ impl Writer {
     /// way the connection ended.
     pub(super) async fn run(mut self, services: Services, ready: String, replay: Option<Replay>) {
         let flush_ms = services.hub.config.close_flush_timeout_ms;
+        let metrics = services.hub.metrics.clone();
         match self.drive(&services, ready, replay).await {
             // The reader unregistered: the client went away.
             Ok(true) => {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(flush_ms), self.sink.close()).await;
+                metrics.ws_closed("client".into());
             }
             Ok(false) => {
                 let reason = (*self.kill.reason.borrow()).unwrap_or(IDLE);
@@ -102,12 +104,14 @@ impl Writer {
                     self.drain(flush_ms).await;
                 }
                 close_socket(self.sink, reason, flush_ms).await;
+                metrics.ws_closed(reason.code.to_string());
             }
             // The socket is broken: nothing more can be sent; make sure the
             // reader stops too, whatever it is waiting for.
             Err(e) => {
                 log::debug!("WebSocket write failed: {e}");
                 services.hub.registry.kill(self.conn_id, UNAVAILABLE);
+                metrics.ws_closed("error".into());
             }
         }
     }

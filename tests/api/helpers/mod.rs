@@ -34,6 +34,8 @@ pub fn test_config(database_url: &str) -> Config {
     // Tests register and send far faster than any person; the rate limits
     // have tests of their own, which turn them on.
     config.limits.rate.enabled = false;
+    // Stopping a test server need not give load balancers time to notice.
+    config.http.drain_delay_secs = 0;
     config
 }
 
@@ -278,6 +280,15 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// An error body without its `request_id`, which differs per request.
+pub fn without_request_id(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("request_id");
+    }
+    body
 }
 
 /// A timestamp field parsed as RFC 3339; panics (naming it) when it is not one.
