@@ -5,6 +5,8 @@
 #
 #   scripts/pg.sh ensure                 install the server binaries only
 #   scripts/pg.sh start [DIR] [PORT]     start the cluster, print DATABASE_URL
+#                                        (if PORT is taken by something else, the
+#                                        next free port is used and remembered)
 #   scripts/pg.sh stop  [DIR]            stop it
 set -euo pipefail
 
@@ -12,6 +14,11 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-start}"
 dir="${2:-$repo/.data/pg}"
 port="${3:-55432}"
+
+# Whether something accepts connections on 127.0.0.1:$1.
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
 
 bindir() {
   local d
@@ -54,9 +61,21 @@ start() {
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_pg "$bin/initdb" -A trust -U postgres -E UTF8 --locale C -D "$dir/data" >/dev/null
   fi
+  # A port chosen by an earlier start (because the default was taken) sticks.
+  if [ -f "$dir/port" ]; then port="$(cat "$dir/port")"; fi
   if ! as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
-    as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+    if port_in_use "$port"; then
+      local wanted="$port"
+      while port_in_use "$port"; do port=$((port + 1)); done
+      echo "pg.sh: port $wanted is taken by another program; using $port for the cluster in $dir" >&2
+      echo "$port" >"$dir/port"
+    fi
+    if ! as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null; then
+      echo "pg.sh: PostgreSQL did not start; its log ($dir/log) ends with:" >&2
+      tail -n 5 "$dir/log" >&2
+      exit 1
+    fi
   fi
   as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
     "select 1 from pg_database where datname = 'chatapp'" | grep -q 1 ||

@@ -15,4 +15,15 @@ if [ -z "${DATABASE_URL:-}" ]; then
   echo "run.sh: using private PostgreSQL at $DATABASE_URL (stop it with scripts/pg.sh stop)" >&2
 fi
 cargo build --release --locked
+# Once the server answers, say where to open it.
+port="${PORT:-8080}"
+(
+  for _ in $(seq 600); do
+    if PORT="$port" target/release/chatapp healthcheck >/dev/null 2>&1; then
+      echo "run.sh: chatapp is up: open http://localhost:$port/ (API under /api/v1, docs at /api/docs)" >&2
+      exit 0
+    fi
+    sleep 0.5
+  done
+) &
 exec target/release/chatapp serve "$@"

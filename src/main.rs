@@ -20,6 +20,17 @@ struct Cli {
 enum Command {
     Serve(ServeArgs),
     Migrate(MigrateArgs),
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Exit 0 if the server configured here answers GET /livez, else 1 (for a
+/// container's HEALTHCHECK: no curl needed).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "healthcheck")]
+struct HealthcheckArgs {
+    /// path to the YAML config file (default: $CONFIG_PATH, then ./config.yaml)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Apply pending migrations, then serve HTTP and WebSocket until SIGINT/SIGTERM.
@@ -59,6 +70,7 @@ fn main() -> ExitCode {
     let config_path = match &command {
         Command::Serve(a) => a.config.clone(),
         Command::Migrate(a) => a.config.clone(),
+        Command::Healthcheck(a) => a.config.clone(),
     };
     let config = match Config::load(config_path.as_deref()) {
         Ok(c) => c,
@@ -78,9 +90,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Healthcheck(_) = command {
+        return match runtime.block_on(chatapp::ops::probe_livez(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chatapp: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(async move {
         match command {
             Command::Serve(_) => serve(config).await,
+            Command::Healthcheck(_) => unreachable!("answered above"),
             Command::Migrate(a) if a.status => migrate_status(&config).await,
             Command::Migrate(_) => chatapp::run_migrations(&config).await.map(|applied| {
                 println!("applied {} migration(s)", applied.len());
@@ -118,7 +140,7 @@ fn parse_cli() -> Result<Cli, ExitCode> {
         .iter()
         .copied()
         .take(1)
-        .filter(|a| matches!(*a, "serve" | "migrate"))
+        .filter(|a| matches!(*a, "serve" | "migrate" | "healthcheck"))
         .collect();
     help.push("--help");
     if let Err(usage) = Cli::from_args(&["chatapp"], &help) {

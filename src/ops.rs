@@ -3,6 +3,7 @@
 //! and it is not draining) and `/metrics` (Prometheus), plus the collector
 //! that reads the node's state at scrape time.
 
+use crate::config::Config;
 use crate::db::Pool;
 use crate::http::with;
 use crate::metrics::{CONTENT_TYPE, Metrics};
@@ -83,6 +84,42 @@ pub fn metrics(
         .map(|metrics: Arc<Metrics>| {
             warp::reply::with_header(metrics.render(), "content-type", CONTENT_TYPE).into_response()
         })
+}
+
+/// Asks the server `config` describes for `GET /livez` (on loopback when it
+/// listens on every address), within two seconds.
+pub async fn probe_livez(config: &Config) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = config.listen_addr().map_err(|e| e.to_string())?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .map_err(|_| format!("{addr} did not answer within 2 s"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        let status = String::from_utf8_lossy(&answer);
+        Err(format!(
+            "{addr} answered {}",
+            status.lines().next().unwrap_or("nothing")
+        ))
+    }
 }
 
 /// Reads, at scrape time, what the node keeps counts of anyway: its

@@ -70,11 +70,22 @@ pub struct LogConfig {
     pub format: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorsConfig {
     /// Allowed origins; `["*"]` allows any origin, an empty list disables CORS.
     pub origins: Vec<String>,
+}
+
+/// Any origin, as the seed allowed: the API authenticates with bearer
+/// tokens, never cookies, so a page elsewhere cannot act as a user without
+/// the user's token.
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            origins: vec!["*".into()],
+        }
+    }
 }
 
 /// Bounds on HTTP connections (see `server`).
