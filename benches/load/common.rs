@@ -21,6 +21,7 @@ pub const USAGE: &str =
 scenarios: send fanout idle history login recovery replay-cost all
 options (comma lists run each size):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
+            --limits both (rate limits off and on, alternated; or off, on)
   fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10
   idle      --connections 10000,50000 --per-node 18000 --ping-rate 5000
   history   --messages 10000,1000000 --requests 2000 --concurrency 8
