@@ -26,9 +26,13 @@ psql "$db_url" -q -c "
 one="$(mktemp)"
 { echo '\set chat 1'; echo '\set sender 1'; grep -v '^\\set' "$script"; } >"$one"
 start="$(psql "$db_url" -Atq -c 'select pg_current_wal_lsn()')"
-tps="$(pgbench -n -M prepared -c 1 -t "$n" -f "$one" "$db_url" 2>/dev/null |
-  awk '/^tps/ { print $3 }')"
+tps="$(pgbench -n -M prepared -c 1 -t "$n" -f "$one" "$db_url" 2>"$one.err" |
+  awk '/^tps/ { print $3 }')" || { cat "$one.err" >&2; rm -f "$one" "$one.err"; exit 1; }
 end="$(psql "$db_url" -Atq -c 'select pg_current_wal_lsn()')"
+# Every send landed (a statement that no longer fits the schema, or a seed
+# the member check refuses, would otherwise measure nothing).
+landed="$(psql "$db_url" -Atq -c "select (select count(*) from messages) || ' ' || (select count(*) from events where kind = 'message')")"
+[ "$landed" = "$n $n" ] || { echo "expected $n messages and $n message events, found: $landed" >&2; exit 1; }
 wal="$(psql "$db_url" -Atq -c "select pg_wal_lsn_diff('$end', '$start') / $n")"
-rm -f "$one"
+rm -f "$one" "$one.err"
 printf 'binary: %s\nmessages: %d  WAL bytes/message: %.0f  transactions/s: %s\n' "$bin" "$n" "$wal" "$tps"

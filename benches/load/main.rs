@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
-//!     scenarios: send fanout idle history login recovery all
+//!     scenarios: send fanout idle history login recovery replay-cost all
 //! ```
 //!
 //! It starts what it needs: a private PostgreSQL (or the one `DATABASE_URL`
@@ -22,13 +22,22 @@ mod login;
 #[path = "../../tests/api/helpers/pg.rs"]
 mod pg;
 mod recovery;
+mod replay_cost;
 mod report;
 mod send;
 
 use common::{Env, Opts};
 use report::Report;
 
-pub const SCENARIOS: [&str; 6] = ["send", "fanout", "idle", "history", "login", "recovery"];
+pub const SCENARIOS: [&str; 7] = [
+    "send",
+    "fanout",
+    "idle",
+    "history",
+    "login",
+    "recovery",
+    "replay-cost",
+];
 
 fn main() {
     let opts = Opts::parse();
@@ -69,6 +78,7 @@ async fn run(opts: Opts) -> Report {
             "history" => history::run(&env, &mut report).await,
             "login" => login::run(&env, &mut report).await,
             "recovery" => recovery::run(&env, &mut report).await,
+            "replay-cost" => replay_cost::run(&env, &mut report).await,
             other => unreachable!("unknown scenario {other}"),
         }
         eprintln!("== {scenario} took {:.1}s", started.elapsed().as_secs_f64());

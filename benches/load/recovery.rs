@@ -19,8 +19,8 @@
 //! resuming from the last event seen. How many had to is reported.
 
 use crate::common::{
-    Env, Percentiles, ServerOpts, User, Ws, connect_db, proc_cpu_secs, seed_chat, seed_users,
-    source_ip, ws_login,
+    BENCH_CONFIG, Env, Percentiles, ServerOpts, User, Ws, connect_db, proc_cpu_secs, seed_chat,
+    seed_users, source_ip, ws_login,
 };
 use crate::report::Report;
 use futures_util::{SinkExt, StreamExt};
@@ -64,24 +64,21 @@ pub async fn run(env: &Env, report: &mut Report) {
     // The ceiling-less scenario's reference: the same server replaying from
     // the event log only, which is what a node does when the missed events
     // predate what it holds in memory (`ws.replay_cache_bytes`).
-    let log_only = env
-        .log_dir
-        .join(format!("recovery-log-only-{}.yaml", std::process::id()));
-    std::fs::write(&log_only, "ws:\n  replay_cache_bytes: 0\n").expect("write recovery config");
+    // Both through the server's --config, which wins over CONFIG_PATH.
     let systems = [
-        (CHATAPP, Vec::new()),
+        (CHATAPP, BENCH_CONFIG.to_string()),
         (
             LOG_REPLAY,
-            vec![("CONFIG_PATH".to_string(), log_only.display().to_string())],
+            format!("{BENCH_CONFIG}ws:\n  replay_cache_bytes: 0\n"),
         ),
     ];
     for _ in 0..env.opts.repeats {
-        for (system, server_env) in &systems {
+        for (system, config) in &systems {
             let server = env
                 .server(
                     &db_url,
                     ServerOpts {
-                        env: server_env.clone(),
+                        config: config.clone(),
                         ..ServerOpts::default()
                     },
                 )

@@ -2,10 +2,21 @@
 //! by side with pgbench running the transaction the handler commits (the
 //! same statements, generated from the server's own SQL) at the same
 //! concurrency against the same database.
+//!
+//! `--limits both` (the default) also runs each size with the rate limits on
+//! (`C=N limits on`), every limit far above what the load offers, so that
+//! each send is checked and none refused: beside the run with them off
+//! (`C=N`, as every other scenario runs), alternated, the difference is what
+//! the limiter's bookkeeping costs. One server runs at a time (two would
+//! both LISTEN, and each send's NOTIFY would cost both), so with both, each
+//! run starts a fresh one and warms it up first; pgbench runs with the last
+//! one listening, as its sends notify a live server's listener too.
+//! `--limits off` keeps one server for the whole run; `--limits on` runs
+//! only with them on.
 
 use crate::common::{
-    Env, Percentiles, Protocol, ServerOpts, User, connect_db, join, pgbench, postgres_cpu_secs,
-    proc_cpu_secs, seed_chat, seed_users,
+    BENCH_CONFIG, Env, Percentiles, Protocol, Server, ServerOpts, User, connect_db, join, pgbench,
+    postgres_cpu_secs, proc_cpu_secs, seed_chat, seed_users,
 };
 use crate::report::Report;
 use std::path::PathBuf;
@@ -14,14 +25,76 @@ use std::time::{Duration, Instant};
 const SCENARIO: &str = "send";
 const CONTENT: &str = "a benchmark message of ordinary length, about sixty bytes";
 
+/// Whether the server checks its rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    Off,
+    On,
+}
+
+impl Limits {
+    fn case(self, clients: u64) -> String {
+        match self {
+            Limits::Off => format!("C={clients}"),
+            Limits::On => format!("C={clients} limits on"),
+        }
+    }
+
+    fn config(self) -> String {
+        match self {
+            Limits::Off => BENCH_CONFIG.to_string(),
+            Limits::On => limits_on_config(),
+        }
+    }
+}
+
+/// [`BENCH_CONFIG`] with the rate limits on, each at the most the
+/// configuration accepts (10,000,000 a minute, bursts of 1,000,000, per user
+/// or per address): checked on every request, never reached by this load.
+fn limits_on_config() -> String {
+    let rate = "{ per_minute: 10000000, burst: 1000000 }";
+    let rates: String = [
+        "register_per_ip",
+        "login_per_ip",
+        "messages",
+        "chats_created",
+        "member_adds",
+        "typing",
+        "reads",
+        "frames",
+    ]
+    .iter()
+    .map(|key| format!("    {key}: {rate}\n"))
+    .collect();
+    let config = BENCH_CONFIG.replace(
+        "    enabled: false\n",
+        &format!("    enabled: true\n{rates}"),
+    );
+    assert_ne!(
+        config, BENCH_CONFIG,
+        "BENCH_CONFIG turns the rate limits off"
+    );
+    config
+}
+
 pub async fn run(env: &Env, report: &mut Report) {
     let clients = env.opts.list("clients", &[1, 16, 64], &[1, 4]);
     let n_chats = env.opts.num("chats", 4, 2) as usize;
     let secs = env.opts.num("duration", 10, 1);
+    let limits = env.opts.get("limits").unwrap_or("both");
+    let modes: &[Limits] = match limits {
+        "both" => &[Limits::Off, Limits::On],
+        "off" => &[Limits::Off],
+        "on" => &[Limits::On],
+        other => {
+            eprintln!("load: --limits {other:?}: expected on, off or both");
+            std::process::exit(2);
+        }
+    };
     report.command(
         SCENARIO,
         format!(
-            "cargo bench --bench load -- send --clients {} --chats {n_chats} --duration {secs} --repeats {}",
+            "cargo bench --bench load -- send --clients {} --chats {n_chats} --duration {secs} --limits {limits} --repeats {}",
             join(&clients),
             env.opts.repeats
         ),
@@ -38,30 +111,51 @@ pub async fn run(env: &Env, report: &mut Report) {
     // The server's own pool size unless --pool says otherwise: an operator's
     // default is what is measured.
     let pool = env.opts.get("pool").map(|p| p.parse().expect("--pool N"));
-    let server = env
-        .server(
+    let start = |mode: Limits| {
+        env.server(
             &db_url,
             ServerOpts {
                 pool_size: pool,
+                config: mode.config(),
                 ..ServerOpts::default()
             },
         )
-        .await;
+    };
     let script = write_pgbench_script(env, &chats, &users);
     let duration = Duration::from_secs(secs);
-    for _ in 0..env.opts.repeats {
+    let warm_up = Duration::from_millis(if env.smoke() { 200 } else { 1000 }).min(duration);
+    let mut running: Option<(Limits, Server)> = None;
+    for repeat in 0..env.opts.repeats {
         for &c in &clients {
+            // Alternated: off then on in one repeat, on then off in the next.
+            let mut order = modes.to_vec();
+            order.rotate_left(repeat % modes.len());
+            for mode in order {
+                if modes.len() > 1 || running.as_ref().is_none_or(|(m, _)| *m != mode) {
+                    drop(running.take());
+                    let server = start(mode).await;
+                    if modes.len() > 1 {
+                        // Its pool's connections open here, not in the run.
+                        chatapp_load(&server.url, &users[..c as usize], &chats, warm_up).await;
+                    }
+                    running = Some((mode, server));
+                }
+                let Some((_, server)) = &running else {
+                    unreachable!("a server was just started")
+                };
+                let case = mode.case(c);
+                let cpu = CpuUse::start(server.pid(), false);
+                let (sent, elapsed, latencies, errors) =
+                    chatapp_load(&server.url, &users[..c as usize], &chats, duration).await;
+                cpu.record(report, &case, "chatapp", sent as f64);
+                report.check(
+                    SCENARIO,
+                    errors == 0,
+                    format!("{case}: every POST /messages answered 201 ({errors} did not)"),
+                );
+                record(report, &case, "chatapp", sent as f64 / elapsed, latencies);
+            }
             let case = format!("C={c}");
-            let cpu = CpuUse::start(server.pid(), false);
-            let (sent, elapsed, latencies, errors) =
-                chatapp_load(&server.url, &users[..c as usize], &chats, duration).await;
-            cpu.record(report, &case, "chatapp", sent as f64);
-            report.check(
-                SCENARIO,
-                errors == 0,
-                format!("{case}: every POST /messages answered 201 ({errors} did not)"),
-            );
-            record(report, &case, "chatapp", sent as f64 / elapsed, latencies);
             let cpu = CpuUse::start(None, true);
             let (tps, latencies) = pgbench(&db_url, &script, Protocol::Prepared, c as usize, secs);
             cpu.record(report, &case, "pgbench", latencies.len() as f64);
@@ -102,6 +196,18 @@ pub async fn run(env: &Env, report: &mut Report) {
                 p99,
                 "<=",
                 20.0,
+            );
+        }
+        // No measurable cost: within 5 %, about the spread of repeated runs here.
+        let on = report.median(SCENARIO, &Limits::On.case(c), "chatapp", "messages/s");
+        let off = report.median(SCENARIO, &Limits::Off.case(c), "chatapp", "messages/s");
+        if let (Some(on), Some(off)) = (on, off) {
+            report.target(
+                SCENARIO,
+                &format!("{case} chatapp limits on / off messages/s"),
+                on / off,
+                ">=",
+                0.95,
             );
         }
     }
