@@ -393,6 +393,26 @@ mod tests {
         let sample = Config::from_yaml(include_str!("../../config.sample.yaml")).unwrap();
         sample.validate().unwrap();
         assert_eq!(format!("{sample:?}"), format!("{:?}", Config::default()));
+
+        // A key left out of the sample falls back to its default and would
+        // pass the comparison above: every key must be written out. The
+        // token key has no default and is shown commented out.
+        let written: serde_json::Value =
+            serde_yaml::from_str(include_str!("../../config.sample.yaml")).unwrap();
+        let mut written_keys = Vec::new();
+        flatten("", &written, &mut written_keys);
+        let mut default_keys = Vec::new();
+        flatten(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut default_keys,
+        );
+        for (key, _) in default_keys {
+            assert!(
+                key == "auth.token_key" || written_keys.iter().any(|(k, _)| *k == key),
+                "config.sample.yaml does not document {key}"
+            );
+        }
     }
 
     #[test]
