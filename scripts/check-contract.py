@@ -12,7 +12,13 @@ Creates its own virtualenv on first run (in $CONTRACT_VENV, default
   resolves;
 - the AsyncAPI operations only use their channel's messages, every frame
   schema is in `ServerFrame` / `ClientFrame` and pins its `type`;
-- the schemas copied from openapi.yaml into asyncapi.yaml did not drift;
+- every OpenAPI response carries `X-Request-Id`, every 429 `rate_limited`
+  `Retry-After`, every 405 `Allow`; each `x-error-codes` value is an `Error`
+  code and the statuses match the codes; every operation with a body answers
+  413 / 415 and `invalid_text`, every authenticated one 401, the rate-limited
+  and password-hashing ones 429 / 503 `busy`;
+- the schemas copied from openapi.yaml into asyncapi.yaml did not drift, nor
+  `Chat` from `ChatDetail`;
 - sample bodies and frames (the README's examples and hand-written ones)
   validate, and broken ones do not.
 
@@ -241,11 +247,47 @@ def check_copies():
         if strip_descriptions(o[name]) != strip_descriptions(a[name]):
             fail(f"asyncapi {name} drifted from openapi {name}")
     detail = strip_descriptions(o["ChatDetail"])
-    event = strip_descriptions(a["ChatEventPayload"])
-    event_props = dict(event["properties"])
-    event_props.pop("event_id", None)
-    if event_props != detail["properties"] or set(event["required"]) - {"event_id"} != set(detail["required"]):
-        fail("asyncapi ChatEventPayload drifted from openapi ChatDetail (+ event_id)")
+    # Chat is ChatDetail with `members` optional.
+    chat = strip_descriptions(o["Chat"])
+    if {k: v for k, v in chat.items() if k != "required"} != {k: v for k, v in detail.items() if k != "required"} or set(
+        chat["required"]
+    ) != set(detail["required"]) - {"members"}:
+        fail("openapi Chat drifted from ChatDetail (they differ only in `members` being required)")
+
+    def event_copy(name, dropped, replaced):
+        """asyncapi `name` is ChatDetail + event_id, without `dropped`, with `replaced` properties."""
+        event = strip_descriptions(a[name])
+        props = dict(event["properties"])
+        props.pop("event_id", None)
+        wanted = {k: v for k, v in detail["properties"].items() if k not in dropped}
+        for key, schema in replaced.items():
+            if props.get(key) != schema:
+                fail(f"asyncapi {name}.{key} should be {schema}")
+            wanted[key] = schema
+        if props != wanted:
+            diff = sorted(k for k in set(props) | set(wanted) if props.get(k) != wanted.get(k))
+            fail(f"asyncapi {name} drifted from openapi ChatDetail (+ event_id): {diff}")
+        if set(event["required"]) != (set(detail["required"]) - set(dropped)) | {"event_id"}:
+            fail(f"asyncapi {name}: required drifted from openapi ChatDetail (+ event_id)")
+        if event.get("if") != detail.get("if") or event.get("then") != detail.get("then"):
+            fail(f"asyncapi {name}: its if/then drifted from openapi ChatDetail")
+
+    # chat_created: what the added user sees as a new member (no read marker yet).
+    event_copy("ChatCreatedPayload", dropped=(), replaced={"last_read_message_id": {"type": "null"}})
+    # chat_updated: the chat without any member's own marker and count.
+    event_copy("ChatUpdatedPayload", dropped=("last_read_message_id", "unread_count"), replaced={})
+    # message / message_updated: the REST body without `id` and `sender`, plus names.
+    message = strip_descriptions(o["Message"])["properties"]
+    event = strip_descriptions(a["MessageEventPayload"])["properties"]
+    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at"):
+        if message[key] != event.get(key):
+            fail(f"asyncapi MessageEventPayload.{key} drifted from openapi Message.{key}")
+    if event["message_id"] != message["id"]:
+        fail("asyncapi MessageEventPayload.message_id drifted from openapi Message.id")
+    sender = strip_descriptions(o["MessageSender"])["properties"]
+    for key in ("username", "display_name"):
+        if {k: v for k, v in event[key].items() if k != "type"} != {k: v for k, v in sender[key].items() if k != "type"}:
+            fail(f"asyncapi MessageEventPayload.{key} drifted from openapi MessageSender.{key}")
     codes = set(a["ServerError"]["properties"]["payload"]["properties"]["code"]["enum"])
     rest_codes = set(o["Error"]["properties"]["code"]["enum"])
     ws_only = {"invalid_json", "invalid_frame", "unknown_type", "invalid_payload"}
@@ -254,15 +296,104 @@ def check_copies():
     print("copies between the two documents checked")
 
 
+# ------------------------------------------------------- openapi responses
+# What the code does (src/http.rs `authed_for`, src/limits.rs, src/password.rs),
+# by operationId: the operations with a rate limit, and those running bcrypt.
+RATE_LIMITED = {"register", "login", "createChat", "addMembers", "markRead", "sendMessage"}
+BCRYPT = {"register", "login", "updateUser", "deleteUser"}
+# Operations reading a query string (`http::query_map`): NUL and bad escapes are 400.
+READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "connectWebSocket"}
+STATUS_OF_CODE = {
+    "validation_failed": 400, "invalid_body": 400, "invalid_id": 400, "invalid_text": 400,
+    "invalid_query": 400, "invalid_header": 400, "missing_header": 400, "length_required": 400,
+    "not_a_group": 400, "upgrade_required": 400, "unauthorized": 401, "invalid_credentials": 401,
+    "forbidden": 403, "not_chat_admin": 403, "not_chat_creator": 403, "not_message_sender": 403,
+    "not_your_account": 403, "blocked": 403, "not_found": 404, "method_not_allowed": 405,
+    "username_taken": 409, "last_admin": 409, "client_id_reused": 409, "chat_full": 409,
+    "payload_too_large": 413, "unsupported_media_type": 415, "rate_limited": 429,
+    "too_many_sockets": 429, "internal_error": 500, "database_unavailable": 503,
+    "query_timeout": 503, "busy": 503, "too_many_connections": 503,
+}
+
+
+def resolved(node):
+    return pointer(openapi, node["$ref"]) if "$ref" in node else node
+
+
+def check_openapi_responses():
+    enum = set(openapi["components"]["schemas"]["Error"]["properties"]["code"]["enum"])
+    if enum != set(STATUS_OF_CODE):
+        fail(f"openapi Error codes differ from this script's table: {sorted(enum ^ set(STATUS_OF_CODE))}")
+    operations = 0
+    for path, item in openapi["paths"].items():
+        for method, op in item.items():
+            if method not in ("get", "put", "post", "delete", "patch"):
+                continue
+            operations += 1
+            name = op["operationId"]
+            responses = {status: resolved(r) for status, r in op["responses"].items()}
+            codes_at = {}
+            for status, response in responses.items():
+                headers = response.get("headers", {})
+                if "X-Request-Id" not in headers:
+                    fail(f"openapi {name} {status}: no X-Request-Id header")
+                codes = response.get("x-error-codes", [])
+                codes_at[status] = set(codes)
+                for code in codes:
+                    if code not in enum:
+                        fail(f"openapi {name} {status}: unknown error code {code}")
+                    elif str(STATUS_OF_CODE[code]) != status:
+                        fail(f"openapi {name} {status}: {code} is a {STATUS_OF_CODE[code]}")
+                error_body = response.get("content", {}).get("application/json", {}).get("schema") == {
+                    "$ref": "#/components/schemas/Error"
+                }
+                if error_body and not codes:
+                    fail(f"openapi {name} {status}: an Error response without x-error-codes")
+                if "rate_limited" in codes and "Retry-After" not in headers:
+                    fail(f"openapi {name} {status}: rate_limited without Retry-After")
+                if "busy" in codes and "Retry-After" not in headers:
+                    fail(f"openapi {name} {status}: busy without Retry-After")
+                if status == "405" and "Allow" not in headers:
+                    fail(f"openapi {name} 405: no Allow header")
+            everything = set().union(*codes_at.values())
+            secured = op.get("security", openapi["security"]) != []
+            if secured and "unauthorized" not in everything:
+                fail(f"openapi {name}: authenticated but no 401 unauthorized")
+            if not secured and "unauthorized" in everything:
+                fail(f"openapi {name}: 401 unauthorized without security")
+            if "requestBody" in op:
+                for code in ("payload_too_large", "unsupported_media_type", "invalid_body", "invalid_text"):
+                    if code not in everything:
+                        fail(f"openapi {name}: takes a body but lists no {code}")
+            if name in READS_QUERY:
+                for code in ("invalid_body", "invalid_text"):
+                    if code not in everything:
+                        fail(f"openapi {name}: reads a query string but lists no {code}")
+            if ("rate_limited" in everything) != (name in RATE_LIMITED):
+                fail(f"openapi {name}: 429 rate_limited listed {'but' if name not in RATE_LIMITED else 'not, but'} the code limits it")
+            if ("busy" in everything) != (name in BCRYPT):
+                fail(f"openapi {name}: 503 busy listed {'but' if name not in BCRYPT else 'not, but'} it runs bcrypt")
+            if "{" in path and "invalid_id" not in everything:
+                fail(f"openapi {name}: a path id but no invalid_id")
+    print(f"openapi: responses of {operations} operations checked")
+
+
 # -------------------------------------------------------------------- samples
+def without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
 TS = "2026-11-25T10:00:00.123456Z"
 USER = {"id": 3, "username": "alice", "display_name": None, "created_at": TS, "last_seen": None}
 MEMBER = {"user_id": 3, "username": "alice", "display_name": "Alice", "is_admin": True, "joined_at": TS}
 CHAT = {
     "id": 7, "name": "team", "is_group": True, "creator_id": 3, "created_at": TS,
-    "updated_at": TS, "last_read_message_id": None, "unread_count": 0,
+    "updated_at": TS, "last_read_message_id": None, "unread_count": 0, "member_count": 1,
 }
 CHAT_DETAIL = {**CHAT, "members": [MEMBER]}
+MANY_MEMBERS = [{**MEMBER, "user_id": i, "username": f"user{i}", "is_admin": i == 1} for i in range(1, 102)]
+# What `Chat::shared_view` leaves for chat_updated.
+CHAT_SHARED = without(without(CHAT_DETAIL, "last_read_message_id"), "unread_count")
 MESSAGE = {
     "id": 42, "chat_id": 7, "sender_id": 3, "content": "hi", "is_edited": False,
     "client_id": "c-1", "created_at": TS, "updated_at": TS,
@@ -283,10 +414,6 @@ README_MESSAGE = json.loads(
 )
 
 
-def without(d, key):
-    return {k: v for k, v in d.items() if k != key}
-
-
 def frame(kind, payload, **extra):
     return {"type": kind, "payload": payload, **extra}
 
@@ -297,27 +424,61 @@ REST_SAMPLES = [
     ("User", {**USER, "last_seen": TS, "display_name": "Alice"}, True),
     ("User", without(USER, "last_seen"), False),
     ("User", {**USER, "password_hash": "x"}, False),
+    ("User", {**USER, "display_name": " Alice"}, False),
+    ("User", {**USER, "username": "has space"}, False),
     ("AuthResponse", {"token": "v4.local.xyz", "expires_at": TS, "user": USER}, True),
+    ("AuthResponse", {"token": "v3.local.xyz", "expires_at": TS, "user": USER}, False),
     ("Chat", CHAT, True),
     ("Chat", CHAT_DETAIL, True),
-    ("Chat", {**CHAT, "name": None, "is_group": False, "creator_id": None, "last_read_message_id": 41, "unread_count": 2}, True),
+    ("Chat", {**CHAT, "name": None, "is_group": False, "creator_id": None, "last_read_message_id": 41,
+              "unread_count": 2, "member_count": 2}, True),
+    ("Chat", {**CHAT, "unread_count": 1000, "member_count": 1200, "members": MANY_MEMBERS[:100]}, True),
+    ("Chat", {**CHAT, "members": MANY_MEMBERS}, False),
+    ("Chat", {**CHAT, "unread_count": 1001}, False),
+    ("Chat", without(CHAT, "member_count"), False),
+    ("Chat", {**CHAT, "member_count": 0}, False),
+    ("Chat", {**CHAT, "name": None}, False),
+    ("Chat", {**CHAT, "name": "  padded  "}, False),
     ("Chat", {**CHAT, "dm_key": "3:4"}, False),
     ("Chat", {**CHAT, "created_at": "yesterday"}, False),
     ("ChatDetail", CHAT_DETAIL, True),
     ("ChatDetail", CHAT, False),
+    ("ChatDetail", {**CHAT_DETAIL, "members": []}, False),
     ("Message", MESSAGE, True),
     ("Message", {**MESSAGE, "sender_id": None, "sender": None, "client_id": None}, True),
+    ("Message", {**MESSAGE, "is_edited": True, "updated_at": "2026-11-25T10:05:00Z"}, True),
     ("Message", without(MESSAGE, "client_id"), False),
     ("Message", {**MESSAGE, "sender": {"id": 3, "username": "alice"}}, False),
+    ("Message", {**MESSAGE, "sender": None}, False),
+    ("Message", {**MESSAGE, "sender_id": None}, False),
+    ("Message", {**MESSAGE, "content": " hi "}, False),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, True),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, True),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": None, "unread_count": 0}, False),
     ("Health", {"status": "ok", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, True),
     ("Health", {"status": "degraded", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "unavailable"}, True),
     ("Health", {"status": "fine", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, False),
+    ("Health", {"status": "ok", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "unavailable"}, False),
+    ("Health", {"status": "ok", "service": "chatapp", "version": "0.1.0",
+                "timestamp": "2026-12-05T01:41:27.558380906Z", "database": "ok"}, True),
+    ("Liveness", {"status": "ok"}, True),
+    ("Liveness", {"status": "ok", "database": True}, False),
+    ("Ready", {"status": "ready"}, True),
+    ("Ready", {"status": "draining"}, False),
+    ("NotReady", {"status": "unavailable", "database": False, "listener": True}, True),
+    ("NotReady", {"status": "draining", "database": True, "listener": True}, True),
+    ("NotReady", {"status": "ready", "database": True, "listener": True}, False),
+    ("NotReady", {"status": "unavailable"}, False),
     ("WsHealth", {"status": "ok", "node_id": "0123456789abcdef", "connections": 0, "connected_users": 0,
                   "active_rooms": 0, "events_delivered": 0, "slow_consumer_disconnects": 0}, True),
     ("Error", {"error": "content: must be 1 to 4000 characters after trimming", "code": "validation_failed",
                "fields": [{"field": "content", "message": "must be 1 to 4000 characters after trimming"}]}, True),
     ("Error", {"error": "chat not found", "code": "not_found"}, True),
+    ("Error", {"error": "chat not found", "code": "not_found", "request_id": "01J9ZQ6V3N"}, True),
+    ("Error", {"error": "too many requests; try again in 1814 ms", "code": "rate_limited"}, True),
+    ("Error", {"error": "too many open connections, try again shortly", "code": "too_many_connections"}, True),
+    ("Error", {"error": "x", "code": "not_found", "request_id": ""}, False),
     ("Error", {"error": "x", "code": "validation_failed"}, False),
     ("Error", {"error": "x", "code": "not_found", "fields": [{"field": "a", "message": "b"}]}, False),
     ("Error", {"error": "x", "code": "teapot"}, False),
@@ -327,17 +488,29 @@ REST_SAMPLES = [
     ("RegisterRequest", {"username": "alice", "password": "x"}, False),
     ("RegisterRequest", {"username": "alice", "password": "correct horse", "display_name": "x" * 101}, False),
     ("RegisterRequest", {"username": "alice", "password": "correct horse", "display_name": " " + "x" * 100 + "\n"}, True),
+    ("RegisterRequest", {"username": "alice", "password": "correct\u0000horse"}, False),
     ("LoginRequest", {"username": "alice", "password": "correct horse"}, True),
+    ("LoginRequest", {"username": "alice", "password": "a\u0000b"}, False),
+    ("DeleteUserRequest", {}, True),
+    ("DeleteUserRequest", {"current_password": "correct horse"}, True),
+    ("DeleteUserRequest", {"current_password": 5}, False),
     ("UpdateUserRequest", {"display_name": None}, True),
     ("UpdateUserRequest", {"password": "new password", "current_password": "old password"}, True),
     ("UpdateUserRequest", {"password": "new password"}, False),
     ("UpdateUserRequest", {"password": None}, True),
+    # Other fields are ignored by the server, unless they hold a NUL (400 invalid_text).
+    ("UpdateUserRequest", {"": 0, "x": {"y": [1, {"z": "ok"}, None, 2.5]}}, True),
+    ("UpdateUserRequest", {"x\u0000": 1}, False),
+    ("UpdateUserRequest", {"x": ["a\u0000"]}, False),
+    ("UpdateUserRequest", {"x": {"y": {"z\u0000": True}}}, False),
     ("CreateChatRequest", {"name": "team", "is_group": True, "member_ids": [4, 5]}, True),
     ("CreateChatRequest", {"is_group": True, "member_ids": [4]}, False),
     ("CreateChatRequest", {"name": "   ", "is_group": True}, False),
     ("CreateChatRequest", {"member_ids": [4]}, True),
     ("CreateChatRequest", {"is_group": False, "member_ids": []}, False),
     ("CreateChatRequest", {"is_group": True, "name": "x", "member_ids": [0]}, False),
+    ("CreateChatRequest", {"is_group": True, "name": "a\u0000b"}, False),
+    ("CreateChatRequest", {"is_group": True, "name": "x", "member_ids": list(range(1, 1001))}, True),
     ("AddMembersRequest", {"member_ids": [4]}, True),
     ("AddMembersRequest", {"member_ids": list(range(1, 1002))}, False),
     ("SetAdminRequest", {"is_admin": None}, False),
@@ -350,6 +523,7 @@ REST_SAMPLES = [
     ("SendMessageRequest", {"chat_id": 7, "content": " " + "x" * 4000 + " "}, True),
     ("SendMessageRequest", {"chat_id": 7, "content": "hi", "client_id": ""}, False),
     ("EditMessageRequest", {"content": "edited"}, True),
+    ("ReadRequest", {}, False),
 ]
 
 SERVER_FRAMES = [
@@ -360,9 +534,13 @@ SERVER_FRAMES = [
     (frame("message_updated", {**README_MESSAGE["payload"], "content": "edited", "is_edited": True}), True),
     (frame("message_deleted", {"event_id": 1032, "chat_id": 7, "message_id": 42}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033}), True),
-    (frame("chat_updated", {**CHAT_DETAIL, "name": "renamed", "event_id": 1034}), True),
+    (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033, "is_group": False, "name": None,
+                            "unread_count": 3, "member_count": 2}), True),
+    (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033, "member_count": 1200, "members": MANY_MEMBERS[:100]}), True),
+    (frame("chat_updated", {**CHAT_SHARED, "name": "renamed", "event_id": 1034}), True),
     (frame("chat_deleted", {"event_id": 1035, "chat_id": 7}), True),
     (frame("member_added", {"event_id": 1036, "chat_id": 7, "members": [{**MEMBER, "is_admin": False}]}), True),
+    (frame("member_added", {"event_id": 1036, "chat_id": 7, "members": MANY_MEMBERS[:100]}), True),
     (frame("member_removed", {"event_id": 1037, "chat_id": 7, "user_id": 4, "removed_by": 3}), True),
     (frame("system", {"event_id": 1038, "chat_id": 7, "message": "alice added bob"}), True),
     (frame("typing", {"chat_id": 7, "user_id": 4, "username": "bob"}), True),
@@ -376,9 +554,34 @@ SERVER_FRAMES = [
     (frame("pong", {}, ref=5), True),
     (frame("error", {"code": "not_found", "error": "chat not found", "ref": "r2"}), True),
     (frame("error", {"code": "invalid_json", "error": "frame is not valid JSON: ...", "ref": None}), True),
+    (frame("error", {"code": "rate_limited", "error": "too many requests; try again in 42 ms", "ref": 58,
+                     "retry_after_ms": 42}), True),
+    (frame("error", {"code": "invalid_text", "error": "text must not contain NUL characters", "ref": "nul"}), True),
+    (frame("error", {"code": "query_timeout", "error": "the request took too long", "ref": None}), True),
+    # A replay after the sender deleted their account.
+    (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None}), True),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, ref=1), True),
     # broken ones
     (frame("message", without(README_MESSAGE["payload"], "event_id")), False),
     (frame("message", {**README_MESSAGE["payload"], "sender": None}), False),
+    (frame("message", {**README_MESSAGE["payload"], "sender_id": None}), False),
+    (frame("message", {**README_MESSAGE["payload"], "username": None}), False),
+    (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None, "display_name": "Bob"}), False),
+    (frame("ack", {**README_ACK["payload"], "duplicate": True}), False),
+    (frame("ack", {**README_ACK["payload"], "event_id": None}), False),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 4, "unread_count": 1200}, ref=1), False),
+    (frame("error", {"code": "rate_limited", "error": "x", "ref": 1}), False),
+    (frame("error", {"code": "not_found", "error": "x", "ref": 1, "retry_after_ms": 5}), False),
+    (frame("error", {"code": "too_many_sockets", "error": "x", "ref": None}), False),
+    # chat_created carries the recipient's (empty) read marker, never another member's.
+    (frame("chat_created", {**CHAT_DETAIL, "event_id": 7, "last_read_message_id": 2, "unread_count": 1}), False),
+    (frame("chat_created", {**CHAT_DETAIL, "event_id": 1, "members": MANY_MEMBERS}), False),
+    (frame("chat_created", {**without(CHAT_DETAIL, "member_count"), "event_id": 1}), False),
+    # chat_updated carries no member's own marker or count.
+    (frame("chat_updated", {**CHAT_DETAIL, "event_id": 1034}), False),
+    (frame("chat_updated", {**CHAT_SHARED, "event_id": 1034, "unread_count": 0}), False),
+    (frame("member_added", {"event_id": 1, "chat_id": 7, "members": MANY_MEMBERS}), False),
+    (frame("member_added", {"event_id": 1, "chat_id": 7, "members": []}), False),
     (frame("ack", {**README_ACK["payload"], "extra": 1}), False),
     (frame("ready", {"user_id": 3, "last_event_id": 0, "chat_ids": [], "recovered": False}, ref="r1"), False),
     (frame("error", {"code": "validation_failed", "error": "x", "ref": None, "fields": []}), False),
@@ -444,6 +647,7 @@ def main():
     check_schemas("openapi", openapi, is_asyncapi=False)
     check_schemas("asyncapi", asyncapi, is_asyncapi=True)
     check_asyncapi_structure()
+    check_openapi_responses()
     check_copies()
     check_samples()
     if failures:
