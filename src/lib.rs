@@ -337,6 +337,10 @@ impl App {
                     .unify()
                     .or(contract::asyncapi())
                     .unify()
+                    .or(contract::docs::page())
+                    .unify()
+                    .or(contract::docs::asset())
+                    .unify()
                     .or(api),
             )
             .unify()

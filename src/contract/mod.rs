@@ -9,6 +9,8 @@
 //! metrics. Tests check that every route's doc line is documented and every
 //! documented path is served, so the two cannot drift apart unnoticed.
 
+pub mod docs;
+
 use crate::error::ApiError;
 use serde_json::Value;
 use std::sync::LazyLock;

@@ -11,6 +11,7 @@ mod caps;
 mod chats;
 mod cli;
 mod container;
+mod contract;
 mod errors;
 mod hostile_input;
 mod messages;

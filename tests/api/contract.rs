@@ -1,0 +1,64 @@
+//! The published contract: the documents and the rendered reference.
+
+use crate::helpers::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn the_reference_page_loads_its_scripts_and_styles_from_this_server() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    let page = app.http.get(app.url("/api/docs")).send().await.unwrap();
+
+    // Assert: an HTML page that may load nothing from another origin...
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = page.text().await.unwrap();
+    // ...and every file it names is served, with its type.
+    let mut named = 0;
+    for (attribute, kind) in [("src=\"", "text/javascript"), ("href=\"", "")] {
+        for part in html.split(attribute).skip(1) {
+            let path = &part[..part.find('"').unwrap()];
+            if path.starts_with("data:") {
+                continue;
+            }
+            assert!(path.starts_with('/'), "{path} is not from this origin");
+            let file = app.http.get(app.url(path)).send().await.unwrap();
+            assert_eq!(file.status(), 200, "{path}");
+            let served = file.headers()["content-type"].to_str().unwrap().to_string();
+            let expected = match path.rsplit('.').next().unwrap() {
+                "css" => "text/css",
+                "json" => "application/json",
+                _ => kind,
+            };
+            assert!(served.starts_with(expected), "{path} served as {served}");
+            named += 1;
+        }
+    }
+    assert!(named >= 4, "the page names {named} files");
+}
+
+#[tokio::test]
+async fn an_unknown_reference_file_is_a_json_404() {
+    let app = spawn_app().await;
+
+    let response = app
+        .http
+        .get(app.url("/api/docs/nothing.js"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["code"].is_string(), "{body}");
+}
