@@ -228,8 +228,16 @@ pub fn id_param() -> impl Filter<Extract = (i64,), Error = Rejection> + Copy {
     })
 }
 
+/// `42`, or `42.0` as a client that wrote the integer as a JSON number with a
+/// zero fraction may put it in a path (see `validate::integer`).
 pub fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    match raw.parse::<i64>() {
+    let digits = match raw.split_once('.') {
+        Some((whole, fraction)) if !fraction.is_empty() && fraction.bytes().all(|b| b == b'0') => {
+            whole
+        }
+        _ => raw,
+    };
+    match digits.parse::<i64>() {
         Ok(id) if id > 0 => Ok(id),
         _ => Err(ApiError::InvalidId(truncate(raw, 40).to_string())),
     }
@@ -437,7 +445,18 @@ mod tests {
     #[test]
     fn ids_must_be_positive_integers() {
         assert_eq!(parse_id("42").unwrap(), 42);
-        for bad in ["0", "-1", "abc", "99999999999999999999", "1.5", ""] {
+        assert_eq!(parse_id("42.00").unwrap(), 42);
+        for bad in [
+            "0",
+            "-1",
+            "abc",
+            "99999999999999999999",
+            "1.5",
+            "",
+            "4.",
+            ".0",
+            "0.0",
+        ] {
             assert!(parse_id(bad).is_err(), "{bad}");
         }
     }

@@ -4,6 +4,8 @@
 
 use crate::error::FieldError;
 use crate::password::PASSWORD_MAX_BYTES;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use std::fmt;
 
 pub const PASSWORD_MIN_BYTES: usize = 8;
 pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
@@ -41,6 +43,54 @@ pub fn check_display_name(raw: Option<&str>, errors: &mut Vec<FieldError>) -> Op
         return None;
     }
     (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+/// An integer field of a request (`#[serde(deserialize_with)]`). JSON has
+/// one number type, and JSON Schema (so the contract) counts `5.0` as the
+/// integer 5: a client whose encoder writes integers that way is not wrong.
+/// A fraction or a value outside `i64` is still refused.
+pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    d.deserialize_any(IntegerVisitor)
+}
+
+/// A list of [`integer`]s.
+pub fn integers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    struct Integer(i64);
+    impl<'de> Deserialize<'de> for Integer {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            integer(d).map(Integer)
+        }
+    }
+    let list = Vec::<Integer>::deserialize(d)?;
+    Ok(list.into_iter().map(|Integer(n)| n).collect())
+}
+
+struct IntegerVisitor;
+
+impl Visitor<'_> for IntegerVisitor {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<i64, E> {
+        Ok(n)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<i64, E> {
+        i64::try_from(n).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<i64, E> {
+        // 2^63 is exactly representable; every integral f64 below it fits.
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+        if n.fract() == 0.0 && (-LIMIT..LIMIT).contains(&n) {
+            Ok(n as i64)
+        } else {
+            Err(E::invalid_value(de::Unexpected::Float(n), &self))
+        }
+    }
 }
 
 /// Whether JSON text holds a NUL character, which PostgreSQL cannot store

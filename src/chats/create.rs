@@ -84,7 +84,7 @@ struct CreateChatRequest {
     name: Option<String>,
     #[serde(default)]
     is_group: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::integers")]
     member_ids: Vec<i64>,
 }
 

@@ -174,7 +174,7 @@ fn named(mut names: Vec<String>) -> String {
 
 #[derive(Deserialize)]
 struct AddMembersRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::integers")]
     member_ids: Vec<i64>,
 }
 

@@ -45,6 +45,7 @@ async fn read_up_to(
 
 #[derive(Deserialize)]
 pub struct ReadRequest {
+    #[serde(deserialize_with = "crate::validate::integer")]
     pub message_id: i64,
 }
 

@@ -26,7 +26,7 @@ const MAX_BATCH: usize = 128;
 
 #[derive(Debug, Deserialize)]
 pub struct SendRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::integer")]
     pub chat_id: i64,
     #[serde(default)]
     pub content: String,

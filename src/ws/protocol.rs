@@ -12,10 +12,24 @@ use serde_json::Value;
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum ClientFrame {
     Message(crate::messages::SendRequest),
-    JoinChat { chat_id: i64 },
-    LeaveChat { chat_id: i64 },
-    Typing { chat_id: i64 },
-    Read { chat_id: i64, message_id: i64 },
+    JoinChat {
+        #[serde(deserialize_with = "crate::validate::integer")]
+        chat_id: i64,
+    },
+    LeaveChat {
+        #[serde(deserialize_with = "crate::validate::integer")]
+        chat_id: i64,
+    },
+    Typing {
+        #[serde(deserialize_with = "crate::validate::integer")]
+        chat_id: i64,
+    },
+    Read {
+        #[serde(deserialize_with = "crate::validate::integer")]
+        chat_id: i64,
+        #[serde(deserialize_with = "crate::validate::integer")]
+        message_id: i64,
+    },
     Ping,
 }
 

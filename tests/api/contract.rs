@@ -1,7 +1,7 @@
 //! The published contract: the documents and the rendered reference.
 
 use crate::helpers::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn the_reference_page_loads_its_scripts_and_styles_from_this_server() {
@@ -61,4 +61,51 @@ async fn an_unknown_reference_file_is_a_json_404() {
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert!(body["code"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn an_integer_written_with_a_zero_fraction_is_that_integer() {
+    // Arrange: JSON Schema, and so the contract, counts 5.0 as an integer.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let carol = app.register("carol").await;
+    let chat = app.create_group(&alice, "floats", &[&bob]).await;
+    let sent = app.send_message(&alice, chat, "first").await;
+    let message = sent["id"].as_i64().unwrap();
+
+    // Act & Assert: each integer field of a body, written as a float.
+    let accepted = [
+        (
+            "/api/v1/messages",
+            json!({"chat_id": chat as f64, "content": "x"}),
+            201,
+        ),
+        (
+            &*format!("/api/v1/chats/{chat}/members"),
+            json!({"member_ids": [carol.id as f64]}),
+            200,
+        ),
+        (
+            &*format!("/api/v1/chats/{chat}/read"),
+            json!({"message_id": message as f64}),
+            200,
+        ),
+    ];
+    for (path, body, status) in accepted {
+        let (got, answer) = app.post(path, &alice.token, body.clone()).await;
+        assert_eq!(got.as_u16(), status, "{path} {body}: {answer}");
+    }
+
+    // A fraction, or a float past i64, is still not an id.
+    for chat_id in [json!(chat as f64 + 0.5), json!(1e19), json!(-1e19)] {
+        let (status, body) = app
+            .post(
+                "/api/v1/messages",
+                &alice.token,
+                json!({"chat_id": chat_id, "content": "x"}),
+            )
+            .await;
+        assert_error(status, &body, 400, "invalid_body");
+    }
 }
