@@ -109,3 +109,22 @@ async fn an_integer_written_with_a_zero_fraction_is_that_integer() {
         assert_error(status, &body, 400, "invalid_body");
     }
 }
+
+#[test]
+#[should_panic(expected = "asyncapi.yaml does not describe")]
+fn a_frame_of_an_undocumented_type_fails_the_test_that_receives_it() {
+    crate::helpers::ws::server_frame(r#"{"type": "surprise", "payload": {}}"#);
+}
+
+#[test]
+#[should_panic(expected = "asyncapi.yaml does not describe")]
+fn a_frame_with_an_undocumented_field_fails_the_test_that_receives_it() {
+    // `{"type": "pong", "payload": {}}` is documented; one more field is not.
+    crate::helpers::ws::server_frame(r#"{"type": "pong", "payload": {"extra": 1}}"#);
+}
+
+#[test]
+fn a_documented_frame_passes() {
+    let frame = crate::helpers::ws::server_frame(r#"{"type": "pong", "payload": {}}"#);
+    assert_eq!(frame["type"], "pong");
+}

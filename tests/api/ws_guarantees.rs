@@ -1101,7 +1101,7 @@ async fn shutdown_flushes_queued_frames_before_closing_with_1001() {
             use futures_util::StreamExt;
             match ws.stream.next().await {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                    let f: Value = serde_json::from_str(&t).unwrap();
+                    let f = crate::helpers::ws::server_frame(&t);
                     if f["type"] == "message" {
                         got.push(f["payload"]["message_id"].clone());
                     }

@@ -2,6 +2,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -9,6 +10,31 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The published schema of every frame the server sends: `ServerFrame` of
+/// `asyncapi.yaml`, its references resolved within the document.
+static SERVER_FRAME: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let mut doc: Value =
+        serde_yaml::from_str(chatapp::contract::ASYNCAPI_YAML).expect("asyncapi.yaml parses");
+    doc["$ref"] = "#/components/schemas/ServerFrame".into();
+    jsonschema::validator_for(&doc).expect("ServerFrame is a JSON Schema")
+});
+
+/// Parses a frame the server sent and checks it against the published
+/// schema, so an undocumented type or field fails the test that saw it.
+pub fn server_frame(text: &str) -> Value {
+    let frame: Value = serde_json::from_str(text).expect("server sends JSON");
+    let errors: Vec<String> = SERVER_FRAME
+        .iter_errors(&frame)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a frame asyncapi.yaml does not describe: {frame}\n  {}",
+        errors.join("\n  ")
+    );
+    frame
+}
 
 pub struct WsClient {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -57,9 +83,7 @@ impl WsClient {
                 .ok()??
                 .ok()?;
             match msg {
-                Message::Text(t) => {
-                    return Some(serde_json::from_str(&t).expect("server sends JSON"));
-                }
+                Message::Text(t) => return Some(server_frame(&t)),
                 Message::Close(_) => return None,
                 _ => continue,
             }
