@@ -2,6 +2,11 @@
 # Runs the whole test suite against real PostgreSQL. Installs the server
 # binaries if missing; each test binary then starts its own throwaway cluster
 # (or uses DATABASE_URL when set) and gives every test a fresh database.
+# Then checks the contract and fuzzes a live server against it
+# (scripts/fuzz.sh).
+#
+#   scripts/test.sh              everything
+#   scripts/test.sh ARGS...      only `cargo test ARGS...` (e.g. a name filter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,4 +18,8 @@ if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq faketime
 fi
-cargo test --locked --all-targets "$@"
+if [ "$#" -gt 0 ]; then
+  exec cargo test --locked "$@"
+fi
+cargo test --locked --all-targets
+scripts/fuzz.sh
