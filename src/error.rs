@@ -415,9 +415,9 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     {
         ApiError::CorsForbidden
     } else if rejection.find::<MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed {
-            allow: String::new(),
-        }
+        // Every documented path's methods were checked against the document
+        // before routing (`contract::methods_guard`): this path is not one.
+        ApiError::RouteNotFound
     } else if let Some(InvalidId(e)) = rejection.find() {
         e.clone()
     } else if rejection.find::<warp::reject::LengthRequired>().is_some() {

@@ -341,6 +341,8 @@ impl App {
                     .unify()
                     .or(contract::docs::asset())
                     .unify()
+                    .or(contract::options())
+                    .unify()
                     .or(api),
             )
             .unify()

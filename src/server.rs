@@ -149,7 +149,7 @@ struct Observer {
 impl Observer {
     /// Serves `request` with `service` as request `id`, then stamps, logs
     /// and counts its response.
-    async fn serve<S>(&self, mut service: S, request: Request) -> Result<Response, Infallible>
+    async fn serve<S>(&self, mut service: S, mut request: Request) -> Result<Response, Infallible>
     where
         S: tower_service::Service<Request, Response = Response, Error = Infallible>,
     {
@@ -157,6 +157,11 @@ impl Observer {
         let method = request.method().clone();
         // The path alone: a query string may carry a token.
         let path = request.uri().path().to_string();
+        // HEAD is GET without the body: hyper leaves the body out of the
+        // answer to a HEAD, so the routes need only know GET.
+        if request.method() == warp::http::Method::HEAD {
+            *request.method_mut() = warp::http::Method::GET;
+        }
         let started = std::time::Instant::now();
         let response = crate::support::serving_request(id.clone(), async {
             let mut response = match service.call(request).await {

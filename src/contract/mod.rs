@@ -66,9 +66,17 @@ impl Route {
         Some(literals)
     }
 
-    /// The `Allow` header's value.
+    /// The `Allow` header's value: the documented methods, HEAD wherever
+    /// GET is (the server answers it as GET without the body), and OPTIONS.
     pub fn allow(&self) -> String {
-        let names: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        let mut names = Vec::new();
+        for method in &self.methods {
+            names.push(method.as_str());
+            if method == Method::GET {
+                names.push("HEAD");
+            }
+        }
+        names.push("OPTIONS");
         names.join(", ")
     }
 }
@@ -124,13 +132,19 @@ pub fn route_of(path: &str) -> Option<&'static Route> {
         .map(|(_, route)| route)
 }
 
-/// Refuses a documented path with an undocumented method (405 and `Allow`);
-/// lets everything else through to the routes.
+/// Refuses a documented path with an undocumented method (405 and `Allow`)
+/// and a documented path with a trailing slash (404: another path, which
+/// warp would otherwise serve as the documented one); lets everything else
+/// through to the routes.
 pub fn methods_guard() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::path::full()
         .and(warp::method())
         .and_then(|path: FullPath, method: Method| async move {
-            match route_of(path.as_str()) {
+            let path = path.as_str();
+            if path.len() > 1 && path.ends_with('/') {
+                return Err(warp::reject::custom(ApiError::RouteNotFound));
+            }
+            match route_of(path) {
                 Some(route) if method != Method::OPTIONS && !route.methods.contains(&method) => {
                     Err(warp::reject::custom(ApiError::MethodNotAllowed {
                         allow: route.allow(),
@@ -140,6 +154,24 @@ pub fn methods_guard() -> impl Filter<Extract = (), Error = Rejection> + Clone {
             }
         })
         .untuple_one()
+}
+
+/// OPTIONS on any documented path: 204 with its `Allow`. (A CORS preflight
+/// never gets here: the CORS filter answers it.)
+pub fn options() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::options()
+        .and(warp::path::full())
+        .and_then(|path: FullPath| async move {
+            let route = route_of(path.as_str()).ok_or_else(warp::reject::not_found)?;
+            let mut response = Response::new(Default::default());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            let allow = warp::http::HeaderValue::from_str(&route.allow())
+                .map_err(|_| warp::reject::not_found())?;
+            response
+                .headers_mut()
+                .insert(warp::http::header::ALLOW, allow);
+            Ok::<_, Rejection>(response)
+        })
 }
 
 /// GET /api/v1/openapi.json

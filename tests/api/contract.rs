@@ -128,3 +128,84 @@ fn a_documented_frame_passes() {
     let frame = crate::helpers::ws::server_frame(r#"{"type": "pong", "payload": {}}"#);
     assert_eq!(frame["type"], "pong");
 }
+
+#[tokio::test]
+async fn options_on_a_documented_path_answers_its_methods() {
+    let app = spawn_app().await;
+
+    // No Origin: not a CORS preflight, a question about the resource.
+    let response = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/chats/1"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        response.headers()["allow"],
+        "DELETE, GET, HEAD, PUT, OPTIONS"
+    );
+}
+
+#[tokio::test]
+async fn head_answers_as_get_would_without_the_body() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    app.create_group(&alice, "heads", &[]).await;
+    let get = |method| {
+        app.http
+            .request(method, app.url("/api/v1/chats"))
+            .bearer_auth(&alice.token)
+            .send()
+    };
+
+    // Act
+    let full = get(reqwest::Method::GET).await.unwrap();
+    let head = get(reqwest::Method::HEAD).await.unwrap();
+
+    // Assert
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-type"],
+        full.headers()["content-type"]
+    );
+    let length = full.text().await.unwrap().len();
+    assert!(length > 0);
+    assert_eq!(
+        head.headers()["content-length"],
+        length.to_string().as_str()
+    );
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_documented_is_404_whatever_the_method() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+
+    // A documented path with a trailing slash is another path.
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/v1/chats/"),
+        (reqwest::Method::PUT, "/api/v1/users/"),
+        (reqwest::Method::POST, "/api/v1/messages/"),
+        (reqwest::Method::PATCH, "/nowhere"),
+        (reqwest::Method::DELETE, "/api/v1/chats/1/nothing"),
+    ] {
+        let response = app
+            .http
+            .request(method.clone(), app.url(path))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str()),
+            (404, Some("not_found")),
+            "{method} {path}"
+        );
+    }
+}

@@ -251,7 +251,10 @@ async fn a_documented_path_with_another_method_is_405_with_allow() {
         .unwrap();
 
     assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["allow"], "DELETE, GET, PUT");
+    assert_eq!(
+        response.headers()["allow"],
+        "DELETE, GET, HEAD, PUT, OPTIONS"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 }
