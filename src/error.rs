@@ -205,9 +205,9 @@ impl ApiError {
             ChatFull => "the group has as many members as it may have".into(),
             QueryTimeout => "the request took too long; try again or narrow it".into(),
             TooManySockets => "too many open connections for this user".into(),
-            RateLimited { retry_after } => format!(
+            RateLimited { .. } => format!(
                 "too many requests; try again in {} ms",
-                retry_after.as_millis().max(1)
+                self.retry_after_ms().unwrap_or(1)
             ),
             Busy { .. } => "the server is busy; try again shortly".into(),
             PayloadTooLarge => "request body is too large".into(),
@@ -225,6 +225,13 @@ impl ApiError {
             }
             _ => None,
         }
+    }
+
+    /// [`Self::retry_after`] in whole milliseconds, rounded up: waiting
+    /// that long is always enough, and never 0.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.retry_after()
+            .map(|d| (d.as_nanos().div_ceil(1_000_000) as u64).max(1))
     }
 
     /// The error as the JSON body sent to clients (also used in WebSocket `error` frames).
@@ -439,5 +446,17 @@ mod tests {
 
         assert_eq!(chain(&error), "internal error: disk on fire");
         assert_eq!(error.body().error, "internal server error", "never shown");
+    }
+
+    #[test]
+    fn a_wait_under_a_millisecond_is_one_millisecond_in_the_frame_and_the_text() {
+        for (wait, ms) in [(1_u64, 1), (999_999, 1), (1_000_000, 1), (1_000_001, 2)] {
+            let error = ApiError::RateLimited {
+                retry_after: std::time::Duration::from_nanos(wait),
+            };
+
+            assert_eq!(error.retry_after_ms(), Some(ms), "{wait} ns");
+            assert!(error.message().contains(&format!("in {ms} ms")), "{wait} ns");
+        }
     }
 }

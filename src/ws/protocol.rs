@@ -123,7 +123,7 @@ impl ServerFrame {
             code: body.code,
             error: body.error,
             reference,
-            retry_after_ms: e.retry_after().map(|d| d.as_millis() as u64),
+            retry_after_ms: e.retry_after_ms(),
         }
     }
 
