@@ -9,8 +9,10 @@
 # the development cluster (scripts/pg.sh), drives it with
 # `cargo bench --bench load -- send --server ... --clients 64` (whose pgbench
 # phase then runs against the same database), and prints the instructions
-# per message of HTTP request handling and of authentication. Messages are
-# counted as the chatapp phase's messages/s times its 10 s.
+# per message of HTTP request handling (a connection's whole serving:
+# parsing, routing, authentication, the send, the response, request ids,
+# logging and metrics) and of authentication. Messages are counted as the
+# calls of `Sent::from_row` (one per message a REST send returns).
 set -euo pipefail
 
 . "$(dirname "$0")/callgrind-server.sh"
@@ -18,7 +20,7 @@ DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" "$bench" send --server "http://1
   --clients 64 --chats 4 --duration 10 --repeats 1 >"$out/bench.log" 2>&1
 callgrind_stop
 
-messages="$(awk '/C=64 +chatapp +messages\/s/ {print int($(NF-1) * 10)}' "$out/bench.log")"
+messages="$(python3 "$(dirname "$0")/callgrind-calls.py" "$out/callgrind.out" 'send::Sent::from_row$')"
 echo "binary: $bin"
 echo "messages sent by chatapp's clients: $messages (callgrind output: $out)"
-callgrind_per "$messages" message 'Oneshot<S,Req> as core::future|auth::authenticate::|auth::decode_token|TokenKey::open'
+callgrind_per "$messages" message 'server::Connection::serve::\{\{closure\}\} |auth::Auth::authenticate::\{\{closure\}\} |TokenKey::open'

@@ -400,7 +400,12 @@ impl warp::reject::Reject for InvalidId {}
 /// Maps every rejection — ours and warp's — to the JSON envelope.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject::{MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType};
+    // A rejection combines those of every route tried: what a route said
+    // about this request (ours, then warp's) wins over a route that merely
+    // did not match it (its method, then its path).
     let error = if let Some(e) = rejection.find::<ApiError>() {
+        e.clone()
+    } else if let Some(InvalidId(e)) = rejection.find() {
         e.clone()
     } else if rejection.is_not_found() {
         ApiError::RouteNotFound
@@ -421,14 +426,12 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         .is_some()
     {
         ApiError::CorsForbidden
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::LengthRequired
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         // Every documented path's methods were checked against the document
         // before routing (`contract::methods_guard`): this path is not one.
         ApiError::RouteNotFound
-    } else if let Some(InvalidId(e)) = rejection.find() {
-        e.clone()
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::LengthRequired
     } else {
         ApiError::internal(format!("unhandled rejection: {rejection:?}"))
     };
@@ -456,7 +459,10 @@ mod tests {
             };
 
             assert_eq!(error.retry_after_ms(), Some(ms), "{wait} ns");
-            assert!(error.message().contains(&format!("in {ms} ms")), "{wait} ns");
+            assert!(
+                error.message().contains(&format!("in {ms} ms")),
+                "{wait} ns"
+            );
         }
     }
 }

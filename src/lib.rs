@@ -293,11 +293,13 @@ impl App {
     ) -> impl Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible> + Clone + use<>
     {
         let ctx = &self.ctx;
+        // The busiest routes first: a request is tried against each route
+        // in turn until one takes it.
         let api = warp::path!("api" / "v1" / ..).and(
-            users::routes(ctx, &self.hasher)
+            messages::routes(ctx, &self.sends)
                 .or(chats::routes(ctx))
                 .unify()
-                .or(messages::routes(ctx, &self.sends))
+                .or(users::routes(ctx, &self.hasher))
                 .unify()
                 .boxed(),
         );
@@ -324,7 +326,8 @@ impl App {
             });
         let routes = contract::methods_guard()
             .and(
-                health::route(&ctx.pool, timeout)
+                api.or(health::route(&ctx.pool, timeout))
+                    .unify()
                     .or(ops::livez())
                     .unify()
                     .or(ops::readyz(&readiness))
@@ -341,9 +344,7 @@ impl App {
                     .unify()
                     .or(contract::docs::asset())
                     .unify()
-                    .or(contract::options())
-                    .unify()
-                    .or(api),
+                    .or(contract::options()),
             )
             .unify()
             .boxed();

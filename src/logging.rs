@@ -72,6 +72,11 @@ impl<'kvs> VisitSource<'kvs> for Fields<'_> {
 }
 
 /// The one line a request is logged with; JSON lines also get its parts as fields.
+/// Whether [`log_request`] writes anything at the configured level.
+pub fn logs_requests() -> bool {
+    log::log_enabled!(target: "chatapp::request", log::Level::Info)
+}
+
 pub fn log_request(method: &str, path: &str, status: u16, millis: f64) {
     log::info!(
         target: "chatapp::request",

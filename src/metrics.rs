@@ -19,12 +19,28 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// A request method as a label: the standard ones by name, any other as
+/// `other` (a client choosing methods must not grow the label set).
+pub fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    pub method: &'static str,
     /// The documented path (`/api/v1/chats/{id}`), or `other`.
     pub route: &'static str,
     pub status: u16,
@@ -32,7 +48,7 @@ pub struct HttpLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: &'static str,
 }
 
@@ -203,19 +219,22 @@ impl Metrics {
         text
     }
 
-    pub fn http_request(&self, method: &str, route: &'static str, status: u16, took: Duration) {
+    pub fn http_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.http_requests
             .get_or_create(&HttpLabels {
-                method: method.to_string(),
+                method,
                 route,
                 status,
             })
             .inc();
         self.http_duration
-            .get_or_create(&RouteLabels {
-                method: method.to_string(),
-                route,
-            })
+            .get_or_create(&RouteLabels { method, route })
             .observe(took.as_secs_f64());
     }
 

@@ -11,7 +11,7 @@
 //! written while it is served; each is logged and counted once here.
 
 use crate::config::HttpConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::{contract, logging};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -154,9 +154,12 @@ impl Observer {
         S: tower_service::Service<Request, Response = Response, Error = Infallible>,
     {
         let id = self.ids.for_request(&request);
-        let method = request.method().clone();
-        // The path alone: a query string may carry a token.
-        let path = request.uri().path().to_string();
+        let method = metrics::method_label(request.method());
+        let matched = contract::route_of(request.uri().path());
+        request.extensions_mut().insert(contract::Matched(matched));
+        // The path alone (a query string may carry a token), kept only when
+        // it will be logged.
+        let path = logging::logs_requests().then(|| request.uri().path().to_string());
         // HEAD is GET without the body: hyper leaves the body out of the
         // answer to a HEAD, so the routes need only know GET.
         if request.method() == warp::http::Method::HEAD {
@@ -170,10 +173,11 @@ impl Observer {
             };
             let took = started.elapsed();
             let status = response.status().as_u16();
-            logging::log_request(method.as_str(), &path, status, took.as_secs_f64() * 1e3);
-            let route = contract::route_of(&path).map_or("other", |r| r.template.as_str());
-            self.metrics
-                .http_request(method.as_str(), route, status, took);
+            if let Some(path) = &path {
+                logging::log_request(method, path, status, took.as_secs_f64() * 1e3);
+            }
+            let route = matched.map_or("other", |r| r.template.as_str());
+            self.metrics.http_request(method, route, status, took);
             if let Ok(value) = warp::http::HeaderValue::from_str(&id) {
                 response.headers_mut().insert("x-request-id", value);
             }
@@ -218,9 +222,23 @@ impl RequestIds {
             Some(id) => Arc::from(id),
             None => {
                 let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Arc::from(format!("{}-{n:x}", self.prefix))
+                let mut id = String::with_capacity(self.prefix.len() + 17);
+                id.push_str(&self.prefix);
+                id.push('-');
+                push_hex(&mut id, n);
+                Arc::from(id)
             }
         }
+    }
+}
+
+/// `n` in lowercase hex without leading zeros (what `{:x}` writes, without
+/// the formatting machinery: this runs once per request).
+fn push_hex(out: &mut String, n: u64) {
+    let digits = (64 - (n | 1).leading_zeros()).div_ceil(4);
+    for i in (0..digits).rev() {
+        let nibble = (n >> (i * 4)) & 0xf;
+        out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
     }
 }
 
@@ -399,6 +417,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_count_in_hex_as_format_would() {
+        for n in [0_u64, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX] {
+            let mut written = String::new();
+            push_hex(&mut written, n);
+            assert_eq!(written, format!("{n:x}"));
+        }
+    }
 
     fn state_after(chunks: &[&[u8]]) -> &'static str {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -122,14 +122,51 @@ pub static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
         .collect()
 });
 
+/// [`ROUTES`] by their number of segments: a path is compared with the few
+/// of its length only (every request is routed twice: for the method check
+/// and for the metrics).
+static ROUTES_BY_LENGTH: LazyLock<Vec<Vec<&'static Route>>> = LazyLock::new(|| {
+    let mut by_length: Vec<Vec<&'static Route>> = Vec::new();
+    for route in ROUTES.iter() {
+        let n = route.segments.len();
+        if by_length.len() <= n {
+            by_length.resize_with(n + 1, Vec::new);
+        }
+        by_length[n].push(route);
+    }
+    by_length
+});
+
+/// The longest path, in segments, any route has.
+const MAX_SEGMENTS: usize = 8;
+
 /// The documented path `path` falls under, the most literal one if several do.
 pub fn route_of(path: &str) -> Option<&'static Route> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    ROUTES
+    let mut parts = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for part in path.trim_start_matches('/').split('/') {
+        *parts.get_mut(n)? = part;
+        n += 1;
+    }
+    let parts = &parts[..n];
+    ROUTES_BY_LENGTH
+        .get(n)?
         .iter()
-        .filter_map(|route| route.score(&parts).map(|score| (score, route)))
+        .filter_map(|route| route.score(parts).map(|score| (score, *route)))
         .max_by_key(|(score, _)| *score)
         .map(|(_, route)| route)
+}
+
+/// The route a request was matched to before routing (`server` puts it in
+/// the request's extensions), so the routes need not match it again.
+#[derive(Clone, Copy)]
+pub struct Matched(pub Option<&'static Route>);
+
+fn matched(path: &FullPath, known: Option<Matched>) -> Option<&'static Route> {
+    match known {
+        Some(Matched(route)) => route,
+        None => route_of(path.as_str()),
+    }
 }
 
 /// Refuses a documented path with an undocumented method (405 and `Allow`)
@@ -139,20 +176,25 @@ pub fn route_of(path: &str) -> Option<&'static Route> {
 pub fn methods_guard() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::path::full()
         .and(warp::method())
-        .and_then(|path: FullPath, method: Method| async move {
-            let path = path.as_str();
-            if path.len() > 1 && path.ends_with('/') {
-                return Err(warp::reject::custom(ApiError::RouteNotFound));
-            }
-            match route_of(path) {
-                Some(route) if method != Method::OPTIONS && !route.methods.contains(&method) => {
-                    Err(warp::reject::custom(ApiError::MethodNotAllowed {
-                        allow: route.allow(),
-                    }))
+        .and(warp::ext::optional::<Matched>())
+        .and_then(
+            |path: FullPath, method: Method, known: Option<Matched>| async move {
+                let text = path.as_str();
+                if text.len() > 1 && text.ends_with('/') {
+                    return Err(warp::reject::custom(ApiError::RouteNotFound));
                 }
-                _ => Ok(()),
-            }
-        })
+                match matched(&path, known) {
+                    Some(route)
+                        if method != Method::OPTIONS && !route.methods.contains(&method) =>
+                    {
+                        Err(warp::reject::custom(ApiError::MethodNotAllowed {
+                            allow: route.allow(),
+                        }))
+                    }
+                    _ => Ok(()),
+                }
+            },
+        )
         .untuple_one()
 }
 
@@ -341,5 +383,10 @@ mod tests {
         );
         assert_eq!(route("/api/v1/chats/"), None, "an empty id is no id");
         assert_eq!(route("/nowhere"), None);
+        assert_eq!(route("/a/b/c/d/e/f/g/h/i/j"), None);
+        for documented in ROUTES.iter() {
+            let path = documented.template.replace(['{', '}'], "");
+            assert_eq!(route(&path), Some(documented.template.as_str()), "{path}");
+        }
     }
 }

@@ -258,3 +258,26 @@ async fn a_documented_path_with_another_method_is_405_with_allow() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 }
+
+#[tokio::test]
+async fn a_made_up_method_is_counted_as_other_not_by_its_name() {
+    let app = spawn_app().await;
+
+    let method = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let response = app
+        .http
+        .request(method, app.url("/api/v1/chats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+
+    let metrics = scrape(&app).await;
+    let series = |m: &str| {
+        format!(
+            "chatapp_http_requests_total{{method=\"{m}\",route=\"/api/v1/chats\",status=\"405\"}}"
+        )
+    };
+    assert_eq!(value(&metrics, &series("other")), 1.0, "{metrics:?}");
+    assert_eq!(value(&metrics, &series("BREW")), 0.0);
+}
