@@ -5,6 +5,7 @@
 #   $db_url  $key  $port  the server's database, token key and port
 #   $server  its pid (for callgrind_control and kill -INT)
 #   $out     a directory holding callgrind.out, server.log (and bench.log)
+# CALLGRIND_LIMITS=on runs it with the rate limits on (see below).
 # Drops the database on exit; `callgrind_stop` stops the server and
 # `callgrind_per N UNIT REGEX` prints the inclusive instructions per UNIT
 # (N of them) of the functions matching REGEX.
@@ -21,8 +22,19 @@ port=$((18000 + RANDOM % 2000))
 out="$(mktemp -d)"
 
 DATABASE_URL="$db_url" "$bin" migrate >/dev/null 2>&1
-# The load generator's few users do what thousands of people would: no rate limits.
-printf 'http:\n  max_connections: 1000000\nlimits:\n  sockets_per_user: 100000\n  rate:\n    enabled: false\n' >"$out/config.yaml"
+# The load generator's few users do what thousands of people would: no rate
+# limits, or with CALLGRIND_LIMITS=on every limit on at the most the
+# configuration accepts (checked on every request, never reached), so the
+# two runs differ by the limiter's bookkeeping alone.
+printf 'http:\n  max_connections: 1000000\nlimits:\n  sockets_per_user: 100000\n  rate:\n' >"$out/config.yaml"
+if [ "${CALLGRIND_LIMITS:-off}" = on ]; then
+  echo '    enabled: true' >>"$out/config.yaml"
+  for limit in register_per_ip login_per_ip messages chats_created member_adds typing reads frames; do
+    echo "    $limit: { per_minute: 10000000, burst: 1000000 }" >>"$out/config.yaml"
+  done
+else
+  echo '    enabled: false' >>"$out/config.yaml"
+fi
 DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" PORT="$port" CHATAPP_HOST=127.0.0.1 \
   CHATAPP_LOG_LEVEL=warn CHATAPP_BCRYPT_COST=4 \
   valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve --config "$out/config.yaml" \
