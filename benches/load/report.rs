@@ -100,12 +100,20 @@ impl Report {
 
     /// The median over repeats of a recorded figure.
     pub fn median(&self, scenario: &str, case: &str, system: &str, metric: &str) -> Option<f64> {
-        self.figures
-            .iter()
-            .find(|f| {
-                f.scenario == scenario && f.case == case && f.system == system && f.metric == metric
-            })
+        self.figure(scenario, case, system, metric)
             .map(Figure::median)
+    }
+
+    fn figure(&self, scenario: &str, case: &str, system: &str, metric: &str) -> Option<&Figure> {
+        self.figures.iter().find(|f| {
+            f.scenario == scenario && f.case == case && f.system == system && f.metric == metric
+        })
+    }
+
+    /// The latest repeat's value of a recorded figure.
+    pub fn last(&self, scenario: &str, case: &str, system: &str, metric: &str) -> Option<f64> {
+        self.figure(scenario, case, system, metric)
+            .and_then(|f| f.values.last().copied())
     }
 
     /// Judges `measured op limit` (on medians over repeats).

@@ -1,7 +1,11 @@
 //! `send`: C concurrent clients POST /api/v1/messages into a few chats, side
 //! by side with pgbench running the transaction the handler commits (the
 //! same statements, generated from the server's own SQL) at the same
-//! concurrency against the same database.
+//! concurrency against the same database, and beside the ceiling that
+//! batches as chatapp does: pgbench on one connection (chatapp commits sends
+//! on one) running the group-commit statement with as many messages per
+//! transaction as chatapp was seen to commit per batch at that concurrency
+//! (its `chatapp_send_batch_size` histogram over the run).
 //!
 //! `--limits both` (the default) also runs each size with the rate limits on
 //! (`C=N limits on`), every limit far above what the load offers, so that
@@ -24,6 +28,10 @@ use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "send";
 const CONTENT: &str = "a benchmark message of ordinary length, about sixty bytes";
+/// The ceiling that commits as chatapp does: see the module doc.
+const BATCHED: &str = "pgbench batched";
+/// chatapp's own bound on a commit's sends (messages::send::MAX_BATCH).
+const MAX_BATCH: usize = 128;
 
 /// Whether the server checks its rate limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,10 +152,25 @@ pub async fn run(env: &Env, report: &mut Report) {
                     unreachable!("a server was just started")
                 };
                 let case = mode.case(c);
+                let batches_before = batch_sizes(&server.url).await;
                 let cpu = CpuUse::start(server.pid(), false);
                 let (sent, elapsed, latencies, errors) =
                     chatapp_load(&server.url, &users[..c as usize], &chats, duration).await;
                 cpu.record(report, &case, "chatapp", sent as f64);
+                if mode == Limits::Off {
+                    let (sum, count) = batch_sizes(&server.url).await;
+                    let (sum, count) = (sum - batches_before.0, count - batches_before.1);
+                    if count > 0.0 {
+                        report.add(
+                            SCENARIO,
+                            &case,
+                            "chatapp",
+                            "messages per commit",
+                            "msgs",
+                            sum / count,
+                        );
+                    }
+                }
                 report.check(
                     SCENARIO,
                     errors == 0,
@@ -160,6 +183,23 @@ pub async fn run(env: &Env, report: &mut Report) {
             let (tps, latencies) = pgbench(&db_url, &script, Protocol::Prepared, c as usize, secs);
             cpu.record(report, &case, "pgbench", latencies.len() as f64);
             record(report, &case, "pgbench", tps, latencies);
+            // The batch size chatapp committed at in this repeat's run.
+            let batch = report
+                .last(SCENARIO, &case, "chatapp", "messages per commit")
+                .map_or(1, |b| (b.round() as usize).clamp(1, MAX_BATCH));
+            let batched = write_pgbench_batch_script(env, &chats, &users[..c as usize], batch);
+            let cpu = CpuUse::start(None, true);
+            let (tps, latencies) = pgbench(&db_url, &batched, Protocol::Prepared, 1, secs);
+            cpu.record(report, &case, BATCHED, (latencies.len() * batch) as f64);
+            record(report, &case, BATCHED, tps * batch as f64, latencies);
+            report.add(
+                SCENARIO,
+                &case,
+                BATCHED,
+                "messages per commit",
+                "msgs",
+                batch as f64,
+            );
         }
         // Both sides' rows really landed: the log has one event per message.
         let row = db
@@ -184,6 +224,16 @@ pub async fn run(env: &Env, report: &mut Report) {
             report.target(
                 SCENARIO,
                 &format!("{case} chatapp / pgbench messages/s"),
+                ours / ceiling,
+                ">=",
+                0.8,
+            );
+        }
+        let batched = report.median(SCENARIO, &case, BATCHED, "messages/s");
+        if let (Some(ours), Some(ceiling)) = (ours, batched) {
+            report.target(
+                SCENARIO,
+                &format!("{case} chatapp / {BATCHED} messages/s"),
                 ours / ceiling,
                 ">=",
                 0.8,
@@ -375,5 +425,56 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .log_dir
         .join(format!("send-{}.pgbench.sql", std::process::id()));
     std::fs::write(&path, script).expect("write pgbench script");
+    path
+}
+
+/// The server's `chatapp_send_batch_size` histogram so far: (sum, count).
+async fn batch_sizes(url: &str) -> (f64, f64) {
+    let text = match reqwest::get(format!("{url}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("chatapp_send_batch_size_sum "),
+        value("chatapp_send_batch_size_count "),
+    )
+}
+
+/// The group-commit statement as a pgbench script: `batch` sends per
+/// transaction, from `users` (each a member of every chat) spread over
+/// `chats`, as the server's committing task sends them.
+fn write_pgbench_batch_script(env: &Env, chats: &[i64], users: &[User], batch: usize) -> PathBuf {
+    let (first_chat, first_user) = (chats[0], users[0].id);
+    let (n_chats, n_users) = (chats.len(), users.len());
+    let series = format!("generate_series(0, {}) i", batch - 1);
+    let send = chatapp::messages::SEND_BATCH_SQL
+        .replace(
+            "$1",
+            &format!(
+                "(select array_agg({first_chat} + (i + :client_id) % {n_chats}) from {series})"
+            ),
+        )
+        .replace(
+            "$2",
+            &format!(
+                "(select array_agg({first_user} + (i + :client_id) % {n_users}) from {series})"
+            ),
+        )
+        .replace(
+            "$3",
+            &format!("array_fill('{CONTENT}'::text, array[{batch}])"),
+        )
+        .replace("$4", &format!("array_fill(null::text, array[{batch}])"));
+    let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
+    let path = env.log_dir.join(format!(
+        "send-batch{batch}-{}.pgbench.sql",
+        std::process::id()
+    ));
+    std::fs::write(&path, format!("{one_line};\n")).expect("write pgbench script");
     path
 }
