@@ -89,6 +89,17 @@ impl Chat {
         value
     }
 
+    /// The payload of the `chat_created` sent to users added to a new chat
+    /// or to a group: no read marker yet and nothing counted as unread (the
+    /// contract's rule for them), never the fields of whoever added them.
+    pub fn joined_view(&self) -> Chat {
+        Chat {
+            last_read_message_id: None,
+            unread_count: 0,
+            ..self.clone()
+        }
+    }
+
     fn from_row(row: &Row) -> Chat {
         Chat {
             id: row.get("id"),
