@@ -1,5 +1,6 @@
 //! Read markers: how far each member has read, moved forward only.
 
+use super::unread_count_sql;
 use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::ApiError;
@@ -7,6 +8,7 @@ use crate::events::{self, Live};
 use crate::http::{Context, authed_for, id_param, json_body, respond, with};
 use crate::limits::Action;
 use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 use tokio_postgres::GenericClient;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -99,12 +101,10 @@ pub async fn advance_read_marker(
         )
         .await?;
     }
+    static UNREAD_SQL: LazyLock<String> =
+        LazyLock::new(|| format!("select {}", unread_count_sql("$1", "$2", "$3::bigint")));
     let unread: i64 = client
-        .query_one(
-            "select count(*) from messages
-             where chat_id = $1 and id > coalesce($3::bigint, 0) and sender_id is distinct from $2",
-            &[&chat_id, &user_id, &marker],
-        )
+        .query_one(UNREAD_SQL.as_str(), &[&chat_id, &user_id, &marker])
         .await?
         .get(0);
     Ok(ReadMarker {
