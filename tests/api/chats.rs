@@ -1355,6 +1355,47 @@ async fn read_markers_drive_unread_counts_and_move_forward_only() {
 }
 
 #[tokio::test]
+async fn concurrent_read_markers_each_answer_the_marker_as_it_is_after_them() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    for round in 0..40 {
+        // Arrange: a fresh membership and two messages, m1 < m2.
+        let chat = app.create_group(&alice, "g", &[&bob]).await;
+        let m1 = app.send_message(&alice, chat, "1").await["id"].clone();
+        let m2 = app.send_message(&alice, chat, "2").await["id"].clone();
+        let path = format!("/api/v1/chats/{chat}/read");
+
+        // Act
+        let ((s1, first), (s2, second)) = tokio::join!(
+            app.post(&path, &bob.token, json!({ "message_id": m1 })),
+            app.post(&path, &bob.token, json!({ "message_id": m2 })),
+        );
+
+        // Assert: never older than what the request itself set, and the
+        // count is that of the marker answered.
+        assert_eq!((s1.as_u16(), s2.as_u16()), (200, 200), "{first} {second}");
+        let unread_after = |marker: &Value| if *marker == m2 { 0 } else { 1 };
+        assert!(
+            first["last_read_message_id"] == m1 || first["last_read_message_id"] == m2,
+            "round {round}: {first}"
+        );
+        assert_eq!(
+            second["last_read_message_id"], m2,
+            "round {round}: {second}"
+        );
+        for answer in [&first, &second] {
+            assert_eq!(
+                answer["unread_count"],
+                unread_after(&answer["last_read_message_id"]),
+                "round {round}: {answer}"
+            );
+        }
+        assert_eq!(detail(&app, &bob, chat).await["last_read_message_id"], m2);
+    }
+}
+
+#[tokio::test]
 async fn marking_read_is_404_for_another_chats_message_and_for_non_members() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
