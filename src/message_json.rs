@@ -32,6 +32,10 @@ pub fn message_json_sql(m: &str, u: &str) -> String {
     )
 }
 
+/// The fields of a message event's payload (see [`event_payload_sql`]) that
+/// name its sender: all null once the sender's account is gone.
+pub const SENDER_FIELDS: [&str; 3] = ["sender_id", "username", "display_name"];
+
 /// SQL (jsonb) for the event payload of the message whose REST body is
 /// `body` (a jsonb from [`message_json_sql`]): the same fields, with the id,
 /// the sender's name and the send time under the names the seed's clients

@@ -152,13 +152,35 @@ async fn create_chat(
         .await?
         .ok_or_else(|| ApiError::internal("the chat just created is not visible to its creator"))?;
     if !added.is_empty() {
-        let mut pending =
-            vec![NewEvent::new(chat_id, EventKind::ChatCreated, &chat).to_users(added.clone())];
-        if status == StatusCode::OK {
+        let pending = if status == StatusCode::CREATED {
+            vec![
+                NewEvent::new(chat_id, EventKind::ChatCreated, chat.joined_view())
+                    .to_users(added.clone()),
+            ]
+        } else {
+            let mut pending = reopened_events(&tx, chat_id, &added).await?;
             pending.extend(members::member_added_events(&tx, chat_id, &added).await?);
-        }
+            pending
+        };
         events::emit(&tx, &pending).await?;
     }
     tx.commit().await?;
     Ok(warp::reply::with_status(warp::reply::json(&chat), status).into_response())
+}
+
+/// The `chat_created` of each user brought back into an existing DM: the chat
+/// as they see it, unread messages included, not as the caller does.
+async fn reopened_events(
+    client: &impl GenericClient,
+    chat_id: i64,
+    added: &[i64],
+) -> Result<Vec<NewEvent>, ApiError> {
+    let mut pending = Vec::with_capacity(added.len());
+    for &user_id in added {
+        let view = fetch_chat_detail(client, chat_id, user_id)
+            .await?
+            .ok_or_else(|| ApiError::internal("a member just added cannot see the chat"))?;
+        pending.push(NewEvent::new(chat_id, EventKind::ChatCreated, view).to_users(vec![user_id]));
+    }
+    Ok(pending)
 }

@@ -232,11 +232,8 @@ async fn add_members(
             .filter_map(|m| m["username"].as_str().map(str::to_string))
             .collect();
         let note = format!("{} added {}", user.username, named(names));
-        let mut new_member_view = chat.clone();
-        new_member_view.last_read_message_id = None;
-        new_member_view.unread_count = 0;
         let mut pending = vec![
-            NewEvent::new(chat_id, EventKind::ChatCreated, &new_member_view)
+            NewEvent::new(chat_id, EventKind::ChatCreated, chat.joined_view())
                 .to_users(added.clone()),
         ];
         pending.extend(added_events);

@@ -62,17 +62,28 @@ pub struct Member {
     pub joined_at: OffsetDateTime,
 }
 
+/// SQL (bigint): the unread count of member `user` of chat `chat` whose
+/// read marker is `marker` (SQL expressions): the messages after it that
+/// others sent, counted up to [`UNREAD_COUNT_MAX`]. Chats and read-marker
+/// answers alike count with it.
+pub fn unread_count_sql(chat: &str, user: &str, marker: &str) -> String {
+    format!(
+        "(select count(*) from (select 1 from messages x
+           where x.chat_id = {chat} and x.id > coalesce({marker}, 0)
+             and x.sender_id is distinct from {user}
+           limit {UNREAD_COUNT_MAX}) unread)"
+    )
+}
+
 /// Chat columns as seen by a member, for `Chat::from_row`; `c` is chats, `m`
 /// the membership.
 static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
          m.last_read_message_id,
-         (select count(*) from (select 1 from messages x
-           where x.chat_id = c.id and x.id > coalesce(m.last_read_message_id, 0)
-             and x.sender_id is distinct from m.user_id
-           limit {UNREAD_COUNT_MAX}) unread) as unread_count,
-         (select count(*) from chat_members mc where mc.chat_id = c.id) as member_count"
+         {} as unread_count,
+         (select count(*) from chat_members mc where mc.chat_id = c.id) as member_count",
+        unread_count_sql("c.id", "m.user_id", "m.last_read_message_id")
     )
 });
 
@@ -87,6 +98,17 @@ impl Chat {
             fields.remove("unread_count");
         }
         value
+    }
+
+    /// The payload of the `chat_created` sent to users added to a new chat
+    /// or to a group: no read marker yet and nothing counted as unread (the
+    /// contract's rule for them), never the fields of whoever added them.
+    pub fn joined_view(&self) -> Chat {
+        Chat {
+            last_read_message_id: None,
+            unread_count: 0,
+            ..self.clone()
+        }
     }
 
     fn from_row(row: &Row) -> Chat {

@@ -1,5 +1,6 @@
 //! Read markers: how far each member has read, moved forward only.
 
+use super::unread_count_sql;
 use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::ApiError;
@@ -7,6 +8,7 @@ use crate::events::{self, Live};
 use crate::http::{Context, authed_for, id_param, json_body, respond, with};
 use crate::limits::Action;
 use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
 use tokio_postgres::GenericClient;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -57,37 +59,50 @@ pub struct ReadMarker {
 }
 
 /// Moves the member's marker to `message_id` unless it is already past it, and
-/// tells the chat when it moved. The message must belong to the chat.
+/// tells the chat when it moved. The message must belong to the chat. The
+/// answer is the marker as this call leaves it, never older: a concurrent
+/// call may have moved it further.
 pub async fn advance_read_marker(
     client: &impl GenericClient,
     chat_id: i64,
     user_id: i64,
     message_id: i64,
 ) -> Result<ReadMarker, ApiError> {
-    let row = client
-        .query_opt(
+    // `member` locks the membership before reading it, so it reads the marker
+    // a concurrent call committed, not the statement's older snapshot; the
+    // update joins it so that it runs after the lock, whatever order
+    // PostgreSQL runs the CTEs in.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "with member as (
                  select last_read_message_id from chat_members where chat_id = $1 and user_id = $2
+                 for no key update
              ), target as (
                  select id from messages where id = $3 and chat_id = $1
              ), moved as (
-                 update chat_members set last_read_message_id = $3
-                 where chat_id = $1 and user_id = $2 and exists (select 1 from target)
-                   and coalesce(last_read_message_id, 0) < $3
-                 returning last_read_message_id
+                 update chat_members m set last_read_message_id = $3
+                 from member
+                 where m.chat_id = $1 and m.user_id = $2 and exists (select 1 from target)
+                   and coalesce(member.last_read_message_id, 0) < $3
+                 returning m.last_read_message_id
+             ), answer as (
+                 select coalesce((select last_read_message_id from moved), member.last_read_message_id) as marker,
+                        exists (select 1 from moved) as moved
+                 from member
              )
-             select exists(select 1 from target) as found,
-                    coalesce((select last_read_message_id from moved), member.last_read_message_id) as marker,
-                    exists(select 1 from moved) as moved
-             from member",
-            &[&chat_id, &user_id, &message_id],
+             select exists (select 1 from target) as found, answer.marker, answer.moved,
+                    {} as unread_count
+             from answer",
+            unread_count_sql("$1", "$2", "answer.marker")
         )
+    });
+    let row = client
+        .query_opt(SQL.as_str(), &[&chat_id, &user_id, &message_id])
         .await?
         .ok_or(ApiError::ChatNotFound)?;
     if !row.get::<_, bool>("found") {
         return Err(ApiError::MessageNotFound);
     }
-    let marker: Option<i64> = row.get("marker");
     if row.get::<_, bool>("moved") {
         events::notify_live(
             client,
@@ -99,17 +114,9 @@ pub async fn advance_read_marker(
         )
         .await?;
     }
-    let unread: i64 = client
-        .query_one(
-            "select count(*) from messages
-             where chat_id = $1 and id > coalesce($3::bigint, 0) and sender_id is distinct from $2",
-            &[&chat_id, &user_id, &marker],
-        )
-        .await?
-        .get(0);
     Ok(ReadMarker {
         chat_id,
-        last_read_message_id: marker,
-        unread_count: unread,
+        last_read_message_id: row.get("marker"),
+        unread_count: row.get("unread_count"),
     })
 }

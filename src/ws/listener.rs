@@ -129,7 +129,9 @@ async fn serve(
         }
         let _ = ready.send(());
     } else {
-        // Reconnected: whatever was announced while we were away is in the log.
+        // Reconnected: whatever was announced while we were away is in the
+        // log; what the cache holds may have gone stale meanwhile.
+        hub.registry.recent().clear();
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
         recheck_sessions(hub, client).await.map_err(db)?;
     }
@@ -375,6 +377,7 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
         }
         Live::UserDeleted { user_id } => {
             registry.kill_user(user_id, ACCOUNT_DELETED, |_| true);
+            registry.recent().forget_sender(user_id);
         }
         Live::Blocked {
             blocker_id,

@@ -6,6 +6,7 @@
 
 use super::event::{Event, Frame};
 use crate::events::EventKind;
+use crate::message_json::SENDER_FIELDS;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
@@ -71,12 +72,48 @@ impl ReplayCache {
                 }
                 None => Frame::from_static(""),
             };
-            *bytes = *bytes + frame.len() - slot.frame.len();
-            *slot = Arc::new(Event {
-                frame,
-                ..(**slot).clone()
-            });
+            reframe(slot, frame, bytes);
         }
+    }
+
+    /// Keeps no name of a deleted account: the held frames of its messages
+    /// are rewritten without a sender, as the log builds them now (the
+    /// messages stay, their sender null). Deletions are rare, so the held
+    /// frames are searched here rather than indexed by sender on every push;
+    /// only those containing the id's digits are parsed.
+    pub fn forget_sender(&self, user_id: i64) {
+        if self.limit == 0 {
+            return;
+        }
+        let digits = user_id.to_string();
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        let Held { events, bytes } = &mut *held;
+        for slot in events.iter_mut() {
+            let candidate = matches!(slot.kind, EventKind::Message | EventKind::MessageUpdated)
+                && slot.frame.as_str().contains(&digits);
+            if !candidate {
+                continue;
+            }
+            let Ok(mut frame) = serde_json::from_str::<Value>(slot.frame.as_str()) else {
+                continue;
+            };
+            if frame["payload"]["sender_id"] != user_id {
+                continue;
+            }
+            for field in SENDER_FIELDS {
+                frame["payload"][field] = Value::Null;
+            }
+            reframe(slot, Frame::from(frame.to_string()), bytes);
+        }
+    }
+
+    /// Drops every held event. A node's listener that was away may have
+    /// missed live signals that made some of them stale (an account's
+    /// deletion is announced, never logged); replays read the log, which
+    /// builds frames as they are now, until the cache fills again.
+    pub fn clear(&self) {
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        *held = Held::default();
     }
 
     /// Whether event `after + 1` is held, so a replay from `after` starts in memory.
@@ -135,6 +172,15 @@ impl ReplayCache {
         }
         Some((frames, scanned))
     }
+}
+
+/// Replaces the frame of held event `slot`, keeping `bytes` (the held total) true.
+fn reframe(slot: &mut Arc<Event>, frame: Frame, bytes: &mut usize) {
+    *bytes = *bytes + frame.len() - slot.frame.len();
+    *slot = Arc::new(Event {
+        frame,
+        ..(**slot).clone()
+    });
 }
 
 impl Held {
@@ -240,6 +286,40 @@ mod tests {
     fn held_frames(cache: &ReplayCache) -> Vec<String> {
         let (frames, _) = cache.page(0, i64::MAX, 100, |_| true).unwrap();
         frames.into_iter().map(|(_, f)| f.to_string()).collect()
+    }
+
+    #[test]
+    fn a_deleted_account_is_no_longer_named_by_its_held_messages() {
+        let sent_by = |id: i64, sender: i64, name: &str| {
+            Arc::new(Event {
+                frame: Frame::from(
+                    serde_json::json!({"type": "message", "payload": {"event_id": id,
+                        "message_id": id, "content": "hi", "sender_id": sender,
+                        "username": name, "display_name": name}})
+                    .to_string(),
+                ),
+                ..(*message_event(id, EventKind::Message, id, "hi")).clone()
+            })
+        };
+        let cache = ReplayCache::new(1 << 20);
+        cache.push(sent_by(1, 5, "bob"));
+        // Its digits contain bob's: only the parsed sender_id counts.
+        cache.push(sent_by(2, 55, "carol"));
+        cache.push(event(3, 1));
+
+        cache.forget_sender(5);
+
+        let frames: Vec<Value> = held_frames(&cache)
+            .iter()
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect();
+        for field in SENDER_FIELDS {
+            assert!(frames[0]["payload"][field].is_null(), "{}", frames[0]);
+        }
+        assert_eq!(frames[0]["payload"]["content"], "hi");
+        assert_eq!(frames[1]["payload"]["sender_id"], 55);
+        assert_eq!(frames[1]["payload"]["username"], "carol");
+        assert_eq!(frames[2], serde_json::json!({"event_id": 3}));
     }
 
     #[test]

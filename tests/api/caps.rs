@@ -153,6 +153,52 @@ async fn unread_counts_stop_at_a_thousand() {
 }
 
 #[tokio::test]
+async fn a_read_marker_answers_the_unread_count_capped_as_chats_show_it() {
+    // Arrange: 1,200 messages from bob that alice has not read.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let db = pg::connect(&app.database_url).await;
+    let ids: Vec<i64> = db
+        .query(
+            "insert into messages (chat_id, sender_id, content)
+             select $1, $2, 'm' || g from generate_series(1, 1202) g returning id",
+            &[&chat, &bob.id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (mut ws, _) = connected(&app, &alice, None).await;
+
+    // Act: over REST, then with a `read` frame, each leaves 1,200+ unread.
+    let (status, rest) = app
+        .post(
+            &format!("/api/v1/chats/{chat}/read"),
+            &alice.token,
+            json!({ "message_id": ids[0] }),
+        )
+        .await;
+    ws.send_json(
+        json!({"type": "read", "ref": "r", "payload": {"chat_id": chat, "message_id": ids[1]}}),
+    )
+    .await;
+    let ack = ws.next_of_type("ack").await;
+
+    // Assert: both answer what the chat itself says, 1,000.
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(rest["unread_count"], 1000, "{rest}");
+    assert_eq!(ack["payload"]["last_read_message_id"], ids[1], "{ack}");
+    assert_eq!(ack["payload"]["unread_count"], 1000, "{ack}");
+    let (_, detail) = app
+        .get(&format!("/api/v1/chats/{chat}"), &alice.token)
+        .await;
+    assert_eq!(detail["unread_count"], 1000, "{detail}");
+}
+
+#[tokio::test]
 async fn a_chat_lists_its_first_hundred_members_and_pages_the_rest() {
     // Arrange: a group of 1 + 250.
     let app = spawn_app().await;

@@ -430,6 +430,45 @@ async fn recreating_a_dm_the_other_user_left_brings_them_back() {
     detail(&app, &bob, dm).await;
 }
 
+#[tokio::test]
+async fn a_member_brought_back_into_a_dm_is_told_their_own_read_marker_not_the_callers() {
+    // Arrange: alice has read two of bob's three messages and answered; bob leaves.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let dm = app.create_dm(&alice, &bob).await;
+    let mut sent = Vec::new();
+    for i in 1..=3 {
+        sent.push(app.send_message(&bob, dm, &format!("m{i}")).await["id"].clone());
+    }
+    mark_read(&app, &alice, dm, sent[1].as_i64().unwrap()).await;
+    app.send_message(&alice, dm, "hi").await;
+    let (status, _) = remove_member(&app, &bob, dm, bob.id).await;
+    assert_eq!(status, 204);
+    let (mut ws, _) = crate::helpers::realtime::connected(&app, &bob, None).await;
+
+    // Act: alice re-opens the DM, which brings bob back.
+    let (status, body) = app
+        .post(
+            "/api/v1/chats",
+            &alice.token,
+            json!({ "is_group": false, "member_ids": [bob.id] }),
+        )
+        .await;
+
+    // Assert: alice's answer is hers; bob's frame is the chat as he sees it
+    // (no marker, alice's message unread).
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["last_read_message_id"], sent[1], "{body}");
+    assert_eq!(body["unread_count"], 1, "{body}");
+    let mut created = ws.next_of_type("chat_created").await["payload"].clone();
+    created.as_object_mut().unwrap().remove("event_id");
+    let bobs = detail(&app, &bob, dm).await;
+    assert!(bobs["last_read_message_id"].is_null(), "{bobs}");
+    assert_eq!(bobs["unread_count"], 1, "{bobs}");
+    assert_eq!(created, bobs);
+}
+
 // ---------- GET /chats ----------
 
 #[tokio::test]
@@ -1313,6 +1352,47 @@ async fn read_markers_drive_unread_counts_and_move_forward_only() {
     assert_eq!(list(&app, &bob, "").await[0]["unread_count"], 0);
     // Markers are per member.
     assert!(detail(&app, &alice, chat).await["last_read_message_id"].is_null());
+}
+
+#[tokio::test]
+async fn concurrent_read_markers_each_answer_the_marker_as_it_is_after_them() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    for round in 0..40 {
+        // Arrange: a fresh membership and two messages, m1 < m2.
+        let chat = app.create_group(&alice, "g", &[&bob]).await;
+        let m1 = app.send_message(&alice, chat, "1").await["id"].clone();
+        let m2 = app.send_message(&alice, chat, "2").await["id"].clone();
+        let path = format!("/api/v1/chats/{chat}/read");
+
+        // Act
+        let ((s1, first), (s2, second)) = tokio::join!(
+            app.post(&path, &bob.token, json!({ "message_id": m1 })),
+            app.post(&path, &bob.token, json!({ "message_id": m2 })),
+        );
+
+        // Assert: never older than what the request itself set, and the
+        // count is that of the marker answered.
+        assert_eq!((s1.as_u16(), s2.as_u16()), (200, 200), "{first} {second}");
+        let unread_after = |marker: &Value| if *marker == m2 { 0 } else { 1 };
+        assert!(
+            first["last_read_message_id"] == m1 || first["last_read_message_id"] == m2,
+            "round {round}: {first}"
+        );
+        assert_eq!(
+            second["last_read_message_id"], m2,
+            "round {round}: {second}"
+        );
+        for answer in [&first, &second] {
+            assert_eq!(
+                answer["unread_count"],
+                unread_after(&answer["last_read_message_id"]),
+                "round {round}: {answer}"
+            );
+        }
+        assert_eq!(detail(&app, &bob, chat).await["last_read_message_id"], m2);
+    }
 }
 
 #[tokio::test]

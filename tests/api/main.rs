@@ -19,6 +19,7 @@ mod ops;
 mod outage;
 mod rate_limits;
 mod redaction;
+mod replay_agreement;
 mod replay_cost;
 mod revocation;
 mod seed_client;

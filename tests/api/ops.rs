@@ -162,14 +162,7 @@ async fn metrics_count_requests_sockets_messages_replays_and_limits() {
 #[tokio::test]
 async fn a_killed_listener_connection_counts_as_a_reconnect() {
     let app = spawn_app().await;
-    let db = pg::connect(&app.database_url).await;
-    db.execute(
-        "select pg_terminate_backend(pid) from pg_stat_activity
-         where application_name = 'chatapp-listener' and datname = current_database()",
-        &[],
-    )
-    .await
-    .unwrap();
+    pg::kill_listeners(&app.database_url).await;
 
     wait_above(&app, "chatapp_listener_reconnects_total", 0.0).await;
 }

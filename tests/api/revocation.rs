@@ -9,16 +9,7 @@ use serde_json::json;
 
 /// Terminates the node's LISTEN connection (it reconnects on its own).
 async fn kill_listener(app: &TestApp) {
-    let db = pg::connect(&app.database_url).await;
-    let killed: i64 = db
-        .query_one(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity
-             where application_name = 'chatapp-listener' and datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = pg::kill_listeners(&app.database_url).await;
     assert_eq!(killed, 1, "exactly one listener connection per node");
 }
 

@@ -580,18 +580,9 @@ async fn a_listener_that_loses_its_database_connection_catches_up_from_the_log()
     let bob = app.register("bob").await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
     let (mut ws, _) = connected(&app, &bob, None).await;
-    let db = crate::helpers::pg::connect(&app.database_url).await;
 
     // Act: kill the node's LISTEN connection, then write while it is away.
-    let killed: i64 = db
-        .query_one(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity
-             where application_name = 'chatapp-listener' and datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = crate::helpers::pg::kill_listeners(&app.database_url).await;
     assert_eq!(killed, 1, "exactly one listener connection per node");
     let mut sent = Vec::new();
     for i in 0..5 {

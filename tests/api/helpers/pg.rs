@@ -62,6 +62,21 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Terminates the LISTEN connection of every node on the database at `url`
+/// (each reconnects on its own); returns how many were terminated.
+pub async fn kill_listeners(url: &str) -> i64 {
+    connect(url)
+        .await
+        .query_one(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity
+             where application_name = 'chatapp-listener' and datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Heap rows PostgreSQL has read from `table` (sequential + index fetches).
 pub async fn rows_read(db: &tokio_postgres::Client, table: &str) -> i64 {
     db.query_one(
