@@ -656,12 +656,14 @@ async fn since_older_than_the_retention_is_not_recovered() {
 async fn a_client_that_stops_reading_is_closed_with_4008_while_others_get_everything() {
     // Arrange: small queues (room for a burst of 4 concurrent senders on a
     // busy machine, so only a client that really stops reading overflows);
-    // a slow client with a tiny receive buffer.
+    // a slow client with a tiny receive buffer. The close frame waits behind
+    // what the slow client has not read until the test reads it, after the
+    // sends: the flush timeout must outlast them on a loaded machine.
     let app = Arc::new(
         spawn_app_with(|c| {
             c.ws.queue_frames = 64;
             c.ws.queue_bytes = 128 * 1024;
-            c.ws.close_flush_timeout_ms = 10_000;
+            c.ws.close_flush_timeout_ms = 30_000;
         })
         .await,
     );
