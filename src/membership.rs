@@ -43,6 +43,25 @@ pub async fn ensure_not_blocked_by(
     }
 }
 
+/// Those of `ids` that name an account, each locked `for key share` until
+/// the transaction ends, so that a deletion of the account waits for it:
+/// rows the transaction goes on to insert referencing these users (a block,
+/// memberships) cannot lose their user halfway (a foreign-key violation),
+/// and the deletion then removes them with the rest of the account. Users
+/// are locked before chats, in id order, as account deletion locks them.
+pub async fn lock_users(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<i64>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "select id from users where id = any($1) order by id for key share",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,174 @@
+//! Requests racing a deletion (an account's, a chat's) end as they would
+//! have a moment earlier or later: success, or the clear 4xx of the thing
+//! being gone, never a 500 (a foreign key violated, a deadlock), and the
+//! database stays consistent. Each race runs for many rounds, one side
+//! started a little later each round, so that the other's statements fall
+//! before, inside and after the deletion's transaction.
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 40;
+
+type Answer = (StatusCode, Value);
+
+/// A pause growing with the round by 300 µs, starting over every sixteen
+/// rounds. Spun (yielding), as the timer counts whole milliseconds.
+async fn stagger(round: usize) {
+    let until = Instant::now() + Duration::from_micros(300 * (round % 16) as u64);
+    while Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Fails unless every answer's status is one of `allowed`, listing the others.
+#[track_caller]
+fn assert_statuses(what: &str, answers: &[Answer], allowed: &[u16]) {
+    let wrong: Vec<String> = answers
+        .iter()
+        .filter(|(status, _)| !allowed.contains(&status.as_u16()))
+        .map(|(status, body)| format!("{status} {body}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} of {} answers outside {allowed:?}: {wrong:#?}",
+        wrong.len(),
+        answers.len()
+    );
+}
+
+/// The answers of every round: the deletion's and the racing requests'.
+#[derive(Default)]
+struct Rounds {
+    deletions: Vec<Answer>,
+    answers: Vec<Answer>,
+}
+
+impl Rounds {
+    /// Runs `deletion` and `request`, this one started `stagger(round)` later.
+    async fn race(
+        &mut self,
+        round: usize,
+        deletion: impl Future<Output = Answer>,
+        request: impl Future<Output = Answer>,
+    ) {
+        let (deleted, answer) = tokio::join!(deletion, async {
+            stagger(round).await;
+            request.await
+        });
+        self.deletions.push(deleted);
+        self.answers.push(answer);
+    }
+}
+
+/// A user in `chats` groups of someone else's: deleting the account then
+/// leaves each, which keeps its transaction open for a while.
+async fn member_of_groups(app: &TestApp, prefix: &str, chats: usize) -> TestUser {
+    let user = app.register(prefix).await;
+    let owner = app.register("owner").await;
+    for i in 0..chats {
+        app.create_group(&owner, &format!("g{i}"), &[&user]).await;
+    }
+    user
+}
+
+/// `select count(*) ...` against the test database.
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    let db = pg::connect(&app.database_url).await;
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Every chat has an admin, and the event log has no holes (a statement
+/// failing halfway through a send or a change would leave one).
+async fn assert_consistent(app: &TestApp) {
+    let db = pg::connect(&app.database_url).await;
+    let broken: Vec<(i64, i64)> = db
+        .query(
+            "select c.id, count(m.user_id) from chats c left join chat_members m on m.chat_id = c.id
+             group by c.id having count(m.user_id) filter (where m.is_admin) = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "chats without an admin (chat, members): {broken:?}"
+    );
+    let row = db
+        .query_one(
+            "select last_id, (select count(*) from events), (select coalesce(max(id), 0) from events)
+             from event_seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (last_id, events, max_id): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (events, max_id),
+        (last_id, last_id),
+        "(events, max id) vs last_id"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_a_user_who_is_deleting_their_account_answers_204_or_404() {
+    // Arrange
+    let app = spawn_app().await;
+    let mut rounds = Rounds::default();
+
+    for round in 0..ROUNDS {
+        let blocker = app.register("blocker").await;
+        let leaving = member_of_groups(&app, "leaving", 3).await;
+        let path = format!("/api/v1/users/{}/block", leaving.id);
+
+        // Act
+        let blocked = app.put(&path, &blocker.token, json!({}));
+        rounds
+            .race(round, app.delete_account(&leaving), blocked)
+            .await;
+    }
+
+    // Assert: blocked before the deletion (which then removed the block),
+    // or told the user is gone.
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("block", &rounds.answers, &[204, 404]);
+    for (status, body) in &rounds.answers {
+        if *status == 404 {
+            assert_error(*status, body, 404, "not_found");
+        }
+    }
+    assert_eq!(count(&app, "select count(*) from blocks").await, 0);
+    assert_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_someone_while_deleting_ones_account_answers_204_or_401() {
+    // Arrange
+    let app = spawn_app().await;
+    let mut rounds = Rounds::default();
+
+    for round in 0..ROUNDS {
+        let leaving = member_of_groups(&app, "leaving", 3).await;
+        let other = app.register("other").await;
+        let path = format!("/api/v1/users/{}/block", other.id);
+
+        // Act
+        let blocking = app.put(&path, &leaving.token, json!({}));
+        rounds
+            .race(round, app.delete_account(&leaving), blocking)
+            .await;
+    }
+
+    // Assert: the token of an account that is gone is refused, as it is
+    // on any later request.
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("block", &rounds.answers, &[204, 401]);
+    assert_eq!(count(&app, "select count(*) from blocks").await, 0);
+    assert_consistent(&app).await;
+}
