@@ -5,7 +5,8 @@
 //! Every query that acts for a user states the rule with one of these
 //! fragments, in the statement that reads or changes the data (never as a
 //! separate check that a concurrent change could outdate). And nobody is
-//! made a member by someone they blocked ([`ensure_not_blocked_by`]).
+//! made a member by someone they blocked ([`ensure_not_blocked_by`]), nor
+//! while their account is being deleted ([`lock_users`]).
 
 use crate::error::ApiError;
 use tokio_postgres::GenericClient;

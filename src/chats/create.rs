@@ -2,17 +2,16 @@
 //! message between two users (returned, not duplicated, when it exists).
 
 use super::{check_name, fetch_chat_detail, members};
-use crate::auth::AuthUser;
+use crate::auth::{self, AuthUser};
 use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
 use crate::http::{Context, authed_for, json_body, respond, validated, with};
 use crate::limits::Action;
-use crate::membership::ensure_not_blocked_by;
+use crate::membership::{ensure_not_blocked_by, lock_users};
 use serde::Deserialize;
 use std::sync::Arc;
-use tokio_postgres::GenericClient;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -57,22 +56,17 @@ pub fn check_member_ids(
     out
 }
 
-/// Fails with a 400 listing the ids that name no user.
-pub async fn ensure_users_exist(client: &impl GenericClient, ids: &[i64]) -> Result<(), ApiError> {
-    let rows = client
-        .query(
-            "select t.id from unnest($1::bigint[]) as t(id)
-             where not exists (select 1 from users u where u.id = t.id) order by t.id",
-            &[&ids],
-        )
-        .await?;
-    if rows.is_empty() {
+/// Fails with a 400 listing those of `ids` (sorted) not among `found`
+/// (sorted, see [`lock_users`]): ids that name no user.
+pub fn ensure_users_exist(ids: &[i64], found: &[i64]) -> Result<(), ApiError> {
+    let unknown: Vec<String> = ids
+        .iter()
+        .filter(|id| found.binary_search(id).is_err())
+        .map(i64::to_string)
+        .collect();
+    if unknown.is_empty() {
         return Ok(());
     }
-    let unknown: Vec<String> = rows
-        .iter()
-        .map(|r| r.get::<_, i64>(0).to_string())
-        .collect();
     Err(ApiError::validation(
         "member_ids",
         format!("unknown user ids: {}", unknown.join(", ")),
@@ -109,7 +103,13 @@ async fn create_chat(
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    ensure_users_exist(&tx, &others).await?;
+    let mut everyone = others.clone();
+    everyone.push(user.id);
+    let found = lock_users(&tx, &everyone).await?;
+    if found.binary_search(&user.id).is_err() {
+        return Err(auth::revoked());
+    }
+    ensure_users_exist(&others, &found)?;
     ensure_not_blocked_by(&tx, user.id, &others).await?;
     let dm_key = (!req.is_group).then(|| {
         let (a, b) = (user.id.min(others[0]), user.id.max(others[0]));

@@ -6,6 +6,7 @@
 //! before, inside and after the deletion's transaction.
 
 use crate::helpers::*;
+use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::future::Future;
@@ -64,6 +65,12 @@ impl Rounds {
     }
 }
 
+/// The fixtures of every round, `arrange(round)` each, made concurrently:
+/// only the races need to run one at a time.
+async fn arrange<T, F: Future<Output = T>>(arrange: impl FnMut(usize) -> F) -> Vec<T> {
+    join_all((0..ROUNDS).map(arrange)).await
+}
+
 /// A user in `chats` groups of someone else's: deleting the account then
 /// leaves each, which keeps its transaction open for a while.
 async fn member_of_groups(app: &TestApp, prefix: &str, chats: usize) -> TestUser {
@@ -116,21 +123,43 @@ async fn assert_consistent(app: &TestApp) {
     );
 }
 
+/// Asserts each answer is `ok` or the 400 a user id naming nobody gets,
+/// naming the user who deleted their account that round.
+#[track_caller]
+fn assert_ok_or_unknown(what: &str, rounds: &Rounds, named: &[i64], ok: u16) {
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses(what, &rounds.answers, &[ok, 400]);
+    for ((status, body), id) in rounds.answers.iter().zip(named) {
+        if *status == 400 {
+            assert_eq!(body["code"], "validation_failed", "{body}");
+            let message = format!("unknown user ids: {id}");
+            assert_eq!(
+                body["fields"],
+                json!([{"field": "member_ids", "message": message}]),
+                "{body}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_a_user_who_is_deleting_their_account_answers_204_or_404() {
     // Arrange
-    let app = spawn_app().await;
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let blocker = app.register("blocker").await;
+        let leaving = member_of_groups(app, "leaving", 3).await;
+        (blocker, leaving)
+    })
+    .await;
     let mut rounds = Rounds::default();
 
-    for round in 0..ROUNDS {
-        let blocker = app.register("blocker").await;
-        let leaving = member_of_groups(&app, "leaving", 3).await;
+    // Act
+    for (round, (blocker, leaving)) in fixtures.iter().enumerate() {
         let path = format!("/api/v1/users/{}/block", leaving.id);
-
-        // Act
         let blocked = app.put(&path, &blocker.token, json!({}));
         rounds
-            .race(round, app.delete_account(&leaving), blocked)
+            .race(round, app.delete_account(leaving), blocked)
             .await;
     }
 
@@ -143,25 +172,28 @@ async fn blocking_a_user_who_is_deleting_their_account_answers_204_or_404() {
             assert_error(*status, body, 404, "not_found");
         }
     }
-    assert_eq!(count(&app, "select count(*) from blocks").await, 0);
-    assert_consistent(&app).await;
+    assert_eq!(count(app, "select count(*) from blocks").await, 0);
+    assert_consistent(app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_someone_while_deleting_ones_account_answers_204_or_401() {
     // Arrange
-    let app = spawn_app().await;
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let leaving = member_of_groups(app, "leaving", 3).await;
+        let other = app.register("other").await;
+        (leaving, other)
+    })
+    .await;
     let mut rounds = Rounds::default();
 
-    for round in 0..ROUNDS {
-        let leaving = member_of_groups(&app, "leaving", 3).await;
-        let other = app.register("other").await;
+    // Act
+    for (round, (leaving, other)) in fixtures.iter().enumerate() {
         let path = format!("/api/v1/users/{}/block", other.id);
-
-        // Act
         let blocking = app.put(&path, &leaving.token, json!({}));
         rounds
-            .race(round, app.delete_account(&leaving), blocking)
+            .race(round, app.delete_account(leaving), blocking)
             .await;
     }
 
@@ -169,6 +201,121 @@ async fn blocking_someone_while_deleting_ones_account_answers_204_or_401() {
     // on any later request.
     assert_statuses("delete account", &rounds.deletions, &[204]);
     assert_statuses("block", &rounds.answers, &[204, 401]);
-    assert_eq!(count(&app, "select count(*) from blocks").await, 0);
-    assert_consistent(&app).await;
+    assert_eq!(count(app, "select count(*) from blocks").await, 0);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_naming_a_user_who_is_deleting_their_account_is_created_or_refused_naming_them() {
+    // Arrange
+    let app = &spawn_app().await;
+    let friend = &app.register("friend").await;
+    let fixtures = arrange(|_| async move {
+        let creator = app.register("creator").await;
+        let leaving = member_of_groups(app, "leaving", 3).await;
+        (creator, leaving)
+    })
+    .await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, (creator, leaving)) in fixtures.iter().enumerate() {
+        let body = json!({"name": "g", "is_group": true, "member_ids": [friend.id, leaving.id]});
+        let created = app.post("/api/v1/chats", &creator.token, body);
+        rounds
+            .race(round, app.delete_account(leaving), created)
+            .await;
+    }
+
+    // Assert
+    let named: Vec<i64> = fixtures.iter().map(|(_, leaving)| leaving.id).collect();
+    assert_ok_or_unknown("create group", &rounds, &named, 201);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_with_a_user_who_is_deleting_their_account_is_created_or_refused_naming_them() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let creator = app.register("creator").await;
+        let leaving = member_of_groups(app, "leaving", 3).await;
+        (creator, leaving)
+    })
+    .await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, (creator, leaving)) in fixtures.iter().enumerate() {
+        let body = json!({"is_group": false, "member_ids": [leaving.id]});
+        let created = app.post("/api/v1/chats", &creator.token, body);
+        rounds
+            .race(round, app.delete_account(leaving), created)
+            .await;
+    }
+
+    // Assert
+    let named: Vec<i64> = fixtures.iter().map(|(_, leaving)| leaving.id).collect();
+    assert_ok_or_unknown("create dm", &rounds, &named, 201);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_group_while_deleting_ones_account_answers_201_or_401() {
+    // Arrange
+    let app = &spawn_app().await;
+    let friend = &app.register("friend").await;
+    let fixtures = arrange(|_| member_of_groups(app, "leaving", 3)).await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, leaving) in fixtures.iter().enumerate() {
+        let body = json!({"name": "g", "is_group": true, "member_ids": [friend.id]});
+        let created = app.post("/api/v1/chats", &leaving.token, body);
+        rounds
+            .race(round, app.delete_account(leaving), created)
+            .await;
+    }
+
+    // Assert: created (then left by the deletion, friend its admin), or
+    // the token of an account that is gone is refused.
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("create group", &rounds.answers, &[201, 401]);
+    let created = rounds.answers.iter().filter(|(s, _)| *s == 201).count() as i64;
+    let sql = format!(
+        "select count(*) from chat_members where user_id = {}",
+        friend.id
+    );
+    assert_eq!(count(app, &sql).await, created);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_user_who_is_deleting_their_account_adds_them_or_is_refused_naming_them() {
+    // Arrange: each group was created by the user about to leave, who left
+    // it: deleting the account then also clears the group's creator.
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let admin = app.register("admin").await;
+        let leaving = member_of_groups(app, "leaving", 3).await;
+        let chat = app.create_group(&leaving, "theirs", &[&admin]).await;
+        let member = format!("/api/v1/chats/{chat}/members/{}", leaving.id);
+        let (status, body) = app.delete(&member, &leaving.token).await;
+        assert_eq!(status, 204, "{body}");
+        (admin, leaving, chat)
+    })
+    .await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, (admin, leaving, chat)) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/chats/{chat}/members");
+        let added = app.post(&path, &admin.token, json!({"member_ids": [leaving.id]}));
+        rounds.race(round, app.delete_account(leaving), added).await;
+    }
+
+    // Assert
+    let named: Vec<i64> = fixtures.iter().map(|(_, leaving, _)| leaving.id).collect();
+    assert_ok_or_unknown("add members", &rounds, &named, 200);
+    assert_consistent(app).await;
 }
