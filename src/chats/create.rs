@@ -12,6 +12,7 @@ use crate::limits::Action;
 use crate::membership::{ensure_not_blocked_by, lock_users};
 use serde::Deserialize;
 use std::sync::Arc;
+use tokio_postgres::GenericClient;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -73,6 +74,36 @@ pub fn ensure_users_exist(ids: &[i64], found: &[i64]) -> Result<(), ApiError> {
     ))
 }
 
+/// Inserts a chat; returns its id and whether it is new. A direct message
+/// that exists already is returned instead, its row locked as membership
+/// changes lock it (`do update ... where false` locks the row the insert
+/// conflicts with and changes nothing): a deletion of it under way finishes
+/// first, and the DM is then created anew; none can start before whoever
+/// had left it is added back.
+async fn insert_chat(
+    client: &impl GenericClient,
+    name: Option<&str>,
+    is_group: bool,
+    creator_id: i64,
+    dm_key: Option<&str>,
+) -> Result<(i64, bool), ApiError> {
+    let created = client
+        .query_opt(
+            "insert into chats (name, is_group, creator_id, dm_key) values ($1, $2, $3, $4)
+             on conflict (dm_key) do update set dm_key = excluded.dm_key where false
+             returning id",
+            &[&name, &is_group, &creator_id, &dm_key],
+        )
+        .await?;
+    if let Some(row) = created {
+        return Ok((row.get(0), true));
+    }
+    let row = client
+        .query_one("select id from chats where dm_key = $1", &[&dm_key])
+        .await?;
+    Ok((row.get(0), false))
+}
+
 #[derive(Deserialize)]
 struct CreateChatRequest {
     name: Option<String>,
@@ -115,23 +146,18 @@ async fn create_chat(
         let (a, b) = (user.id.min(others[0]), user.id.max(others[0]));
         format!("{a}:{b}")
     });
-    let created = tx
-        .query_opt(
-            "insert into chats (name, is_group, creator_id, dm_key) values ($1, $2, $3, $4)
-             on conflict (dm_key) do nothing
-             returning id",
-            &[&name, &req.is_group, &user.id, &dm_key],
-        )
-        .await?;
-    let (chat_id, status) = match created {
-        Some(row) => (row.get::<_, i64>(0), StatusCode::CREATED),
-        None => {
-            // The DM exists already (perhaps created concurrently): return it.
-            let row = tx
-                .query_one("select id from chats where dm_key = $1", &[&dm_key])
-                .await?;
-            (row.get::<_, i64>(0), StatusCode::OK)
-        }
+    let (chat_id, created) = insert_chat(
+        &tx,
+        name.as_deref(),
+        req.is_group,
+        user.id,
+        dm_key.as_deref(),
+    )
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     // For an existing DM this re-adds whichever of the two had left it.
     let mut all = vec![user.id];

@@ -319,3 +319,40 @@ async fn adding_a_user_who_is_deleting_their_account_adds_them_or_is_refused_nam
     assert_ok_or_unknown("add members", &rounds, &named, 200);
     assert_consistent(app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_a_dm_while_it_is_being_deleted_returns_it_or_a_new_one() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let alice = app.register("alice").await;
+        let bob = app.register("bob").await;
+        let dm = app.create_dm(&alice, &bob).await;
+        (alice, bob, dm)
+    })
+    .await;
+    let mut rounds = Rounds::default();
+
+    // Act: alice, its creator, deletes it while bob opens it again.
+    for (round, (alice, bob, dm)) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/chats/{dm}");
+        let deleted = app.delete(&path, &alice.token);
+        let body = json!({"is_group": false, "member_ids": [alice.id]});
+        let opened = app.post("/api/v1/chats", &bob.token, body);
+        rounds.race(round, deleted, opened).await;
+    }
+
+    // Assert: the DM as it was (then deleted), or a new one with both in it.
+    assert_statuses("delete chat", &rounds.deletions, &[204]);
+    assert_statuses("open dm", &rounds.answers, &[200, 201]);
+    for ((status, body), (alice, bob, _)) in rounds.answers.iter().zip(&fixtures) {
+        let key = format!("{}:{}", alice.id.min(bob.id), alice.id.max(bob.id));
+        let sql = format!("select count(*) from chats where dm_key = '{key}'");
+        let expected = if *status == 201 { 1 } else { 0 };
+        assert_eq!(count(app, &sql).await, expected, "{status} {body}");
+        if *status == 201 {
+            assert_eq!(body["member_count"], 2, "{body}");
+        }
+    }
+    assert_consistent(app).await;
+}
