@@ -5,7 +5,8 @@
 //! Every query that acts for a user states the rule with one of these
 //! fragments, in the statement that reads or changes the data (never as a
 //! separate check that a concurrent change could outdate). And nobody is
-//! made a member by someone they blocked ([`ensure_not_blocked_by`]).
+//! made a member by someone they blocked ([`ensure_not_blocked_by`]), nor
+//! while their account is being deleted ([`lock_users`]).
 
 use crate::error::ApiError;
 use tokio_postgres::GenericClient;
@@ -41,6 +42,25 @@ pub async fn ensure_not_blocked_by(
         Some(_) => Err(ApiError::Blocked),
         None => Ok(()),
     }
+}
+
+/// Those of `ids` that name an account, each locked `for key share` until
+/// the transaction ends, so that a deletion of the account waits for it:
+/// rows the transaction goes on to insert referencing these users (a block,
+/// memberships) cannot lose their user halfway (a foreign-key violation),
+/// and the deletion then removes them with the rest of the account. Users
+/// are locked before chats, in id order, as account deletion locks them.
+pub async fn lock_users(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<i64>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "select id from users where id = any($1) order by id for key share",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 #[cfg(test)]

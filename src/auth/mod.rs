@@ -96,7 +96,14 @@ impl Auth {
                 token_version: opened.token_version,
                 expires_at: opened.expires_at,
             }),
-            _ => Err(ApiError::Unauthorized("token has been revoked")),
+            _ => Err(revoked()),
         }
     }
+}
+
+/// The answer to a token of an account that is gone (or predates a password
+/// change), also given when the caller's account is deleted while their
+/// request runs: as the request would have been answered a moment later.
+pub fn revoked() -> ApiError {
+    ApiError::Unauthorized("token has been revoked")
 }

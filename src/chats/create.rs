@@ -2,14 +2,14 @@
 //! message between two users (returned, not duplicated, when it exists).
 
 use super::{check_name, fetch_chat_detail, members};
-use crate::auth::AuthUser;
+use crate::auth::{self, AuthUser};
 use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, EventKind, NewEvent};
 use crate::http::{Context, authed_for, json_body, respond, validated, with};
 use crate::limits::Action;
-use crate::membership::ensure_not_blocked_by;
+use crate::membership::{ensure_not_blocked_by, lock_users};
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio_postgres::GenericClient;
@@ -57,26 +57,51 @@ pub fn check_member_ids(
     out
 }
 
-/// Fails with a 400 listing the ids that name no user.
-pub async fn ensure_users_exist(client: &impl GenericClient, ids: &[i64]) -> Result<(), ApiError> {
-    let rows = client
-        .query(
-            "select t.id from unnest($1::bigint[]) as t(id)
-             where not exists (select 1 from users u where u.id = t.id) order by t.id",
-            &[&ids],
-        )
-        .await?;
-    if rows.is_empty() {
+/// Fails with a 400 listing those of `ids` (sorted) not among `found`
+/// (sorted, see [`lock_users`]): ids that name no user.
+pub fn ensure_users_exist(ids: &[i64], found: &[i64]) -> Result<(), ApiError> {
+    let unknown: Vec<String> = ids
+        .iter()
+        .filter(|id| found.binary_search(id).is_err())
+        .map(i64::to_string)
+        .collect();
+    if unknown.is_empty() {
         return Ok(());
     }
-    let unknown: Vec<String> = rows
-        .iter()
-        .map(|r| r.get::<_, i64>(0).to_string())
-        .collect();
     Err(ApiError::validation(
         "member_ids",
         format!("unknown user ids: {}", unknown.join(", ")),
     ))
+}
+
+/// Inserts a chat; returns its id and whether it is new. A direct message
+/// that exists already is returned instead, its row locked as membership
+/// changes lock it (`do update ... where false` locks the row the insert
+/// conflicts with and changes nothing): a deletion of it under way finishes
+/// first, and the DM is then created anew; none can start before whoever
+/// had left it is added back.
+async fn insert_chat(
+    client: &impl GenericClient,
+    name: Option<&str>,
+    is_group: bool,
+    creator_id: i64,
+    dm_key: Option<&str>,
+) -> Result<(i64, bool), ApiError> {
+    let created = client
+        .query_opt(
+            "insert into chats (name, is_group, creator_id, dm_key) values ($1, $2, $3, $4)
+             on conflict (dm_key) do update set dm_key = excluded.dm_key where false
+             returning id",
+            &[&name, &is_group, &creator_id, &dm_key],
+        )
+        .await?;
+    if let Some(row) = created {
+        return Ok((row.get(0), true));
+    }
+    let row = client
+        .query_one("select id from chats where dm_key = $1", &[&dm_key])
+        .await?;
+    Ok((row.get(0), false))
 }
 
 #[derive(Deserialize)]
@@ -109,29 +134,30 @@ async fn create_chat(
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    ensure_users_exist(&tx, &others).await?;
+    let mut everyone = others.clone();
+    everyone.push(user.id);
+    let found = lock_users(&tx, &everyone).await?;
+    if found.binary_search(&user.id).is_err() {
+        return Err(auth::revoked());
+    }
+    ensure_users_exist(&others, &found)?;
     ensure_not_blocked_by(&tx, user.id, &others).await?;
     let dm_key = (!req.is_group).then(|| {
         let (a, b) = (user.id.min(others[0]), user.id.max(others[0]));
         format!("{a}:{b}")
     });
-    let created = tx
-        .query_opt(
-            "insert into chats (name, is_group, creator_id, dm_key) values ($1, $2, $3, $4)
-             on conflict (dm_key) do nothing
-             returning id",
-            &[&name, &req.is_group, &user.id, &dm_key],
-        )
-        .await?;
-    let (chat_id, status) = match created {
-        Some(row) => (row.get::<_, i64>(0), StatusCode::CREATED),
-        None => {
-            // The DM exists already (perhaps created concurrently): return it.
-            let row = tx
-                .query_one("select id from chats where dm_key = $1", &[&dm_key])
-                .await?;
-            (row.get::<_, i64>(0), StatusCode::OK)
-        }
+    let (chat_id, created) = insert_chat(
+        &tx,
+        name.as_deref(),
+        req.is_group,
+        user.id,
+        dm_key.as_deref(),
+    )
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     // For an existing DM this re-adds whichever of the two had left it.
     let mut all = vec![user.id];

@@ -15,7 +15,7 @@ use crate::http::{
     Context, Query, authed, authed_for, id_param, json_body, query, respond, validated, with,
 };
 use crate::limits::Action;
-use crate::membership::{ensure_not_blocked_by, is_member};
+use crate::membership::{ensure_not_blocked_by, is_member, lock_users};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -185,8 +185,15 @@ async fn add_members(
     pool: Pool,
     limits: Arc<LimitsConfig>,
 ) -> Result<impl Reply, ApiError> {
+    let mut errors = Vec::new();
+    let ids = check_member_ids(&req.member_ids, user.id, &limits, &mut errors);
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // The users are locked before the chat, as account deletion locks them:
+    // taken after it, a deletion of the group's creator (which clears the
+    // group's creator_id) and this add could wait for each other. Unknown
+    // ids are still reported after the caller's role.
+    let found = lock_users(&tx, &ids).await?;
     let role = lock_role(&tx, chat_id, user.id).await?;
     if !role.is_admin {
         return Err(ApiError::NotChatAdmin);
@@ -194,8 +201,6 @@ async fn add_members(
     if !role.is_group {
         return Err(ApiError::NotAGroup);
     }
-    let mut errors = Vec::new();
-    let ids = check_member_ids(&req.member_ids, user.id, &limits, &mut errors);
     if ids.is_empty() && errors.is_empty() {
         errors.push(crate::error::FieldError::new(
             "member_ids",
@@ -205,7 +210,7 @@ async fn add_members(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    ensure_users_exist(&tx, &ids).await?;
+    ensure_users_exist(&ids, &found)?;
     ensure_not_blocked_by(&tx, user.id, &ids).await?;
     let added: Vec<i64> = tx
         .query(

@@ -5,11 +5,12 @@
 //! still see each other's messages there (see the README).
 
 use super::{USER_COLUMNS, User};
-use crate::auth::AuthUser;
+use crate::auth::{self, AuthUser};
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events::{Live, notify_live};
 use crate::http::{Context, Query, authed, id_param, query, respond, validated, with};
+use crate::membership::lock_users;
 use std::sync::LazyLock;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -76,10 +77,11 @@ async fn set_block(
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let exists = tx
-        .query_opt("select 1 from users where id = $1", &[&id])
-        .await?;
-    if exists.is_none() {
+    let found = lock_users(&tx, &[user.id, id]).await?;
+    if !found.contains(&user.id) {
+        return Err(auth::revoked());
+    }
+    if !found.contains(&id) {
         return Err(ApiError::UserNotFound);
     }
     let sql = if blocked {

@@ -17,6 +17,7 @@ mod hostile_input;
 mod messages;
 mod ops;
 mod outage;
+mod races;
 mod rate_limits;
 mod redaction;
 mod replay_agreement;
