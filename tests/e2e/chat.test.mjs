@@ -287,6 +287,41 @@ describe('web client', { concurrency: false }, () => {
     await context.close();
   });
 
+  test('a socket that stops answering is pinged, given up and replaced', T, async () => {
+    const frank = await registerUser(server.base, 'frank', 'Frank');
+    const opened = [];
+    const pings = [];
+    let silenced = null;
+    const context = await browser.newContext();
+    context.setDefaultTimeout(15000);
+    await context.routeWebSocket(/\/ws\?/, (ws) => {
+      opened.push(ws);
+      const upstream = ws.connectToServer();
+      ws.onMessage((m) => {
+        if (JSON.parse(m).type === 'ping') pings.push(ws);
+        upstream.send(m);
+      });
+      // A silenced socket is half-open: what the server says never arrives.
+      upstream.onMessage((m) => silenced !== ws && ws.send(m));
+    });
+    const page = await context.newPage();
+    await page.clock.install();
+    await page.goto(server.base);
+    await signIn(page, frank.username);
+    await connected(page);
+    silenced = opened.at(-1);
+    await page.clock.fastForward(16000);
+    await eventually(() => pings.some((ws) => ws === silenced), { timeout: 5000 });
+    assert.equal(opened.length, 1, 'still trusting the socket while its ping may be answered');
+    await page.clock.fastForward(10000);
+    await eventually(async () => {
+      await page.clock.fastForward(500);
+      return opened.length === 2;
+    });
+    await connected(page);
+    await context.close();
+  });
+
   test('a direct message', T, async () => {
     const a = alice.page;
     await a.getByRole('button', { name: 'New chat' }).click();

@@ -127,7 +127,7 @@ export class View {
     const e = this.els;
     let text;
     if (st.state === 'ready') text = 'Connected';
-    else if (st.state === 'offline') text = 'Offline, waiting for the network';
+    else if (st.state === 'offline') text = 'Offline';
     else if (st.state === 'waiting') text = `Reconnecting in ${Math.ceil(st.retryIn / 1000)} s`;
     else text = 'Connecting…';
     if (st.state !== 'ready' && st.unacked) text += ` · ${st.unacked} unsent`;
