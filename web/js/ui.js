@@ -95,7 +95,7 @@ export class View {
 
   invalidate(what) {
     if (what === 'all' || what === 'presence') ['list', 'chat', 'head', 'details'].forEach((d) => this.dirty.add(d));
-    else if (what === 'chats') ['list', 'head', 'details'].forEach((d) => this.dirty.add(d));
+    else if (what === 'chats') ['list', 'head', 'chat', 'details'].forEach((d) => this.dirty.add(d));
     else if (what === 'tick') this.dirty.add('typing');
     else if (what === 'details') this.dirty.add('details');
     else if (what === `chat:${this.openId}`) this.dirty.add('chat');
@@ -498,8 +498,12 @@ export class View {
     const show = !!chat && this.detailsOpen;
     e.details.hidden = !show;
     e.detailsBtn.setAttribute('aria-expanded', String(show));
-    if (!show) return;
+    if (!show) return (this.detailsSig = null);
     const s = this.s;
+    // Rebuilt only when what it shows changed, so focus stays where it is.
+    const sig = JSON.stringify([chat.id, chat.name, chat.creatorId, (chat.members || []).map((m) => [m.user_id, m.is_admin, m.display_name, s.presence.get(m.user_id)?.online])]);
+    if (sig === this.detailsSig) return;
+    this.detailsSig = sig;
     const mine = s.myMembership(chat);
     const admin = !!mine?.is_admin;
     const members = chat.members || [];
