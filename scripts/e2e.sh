@@ -52,7 +52,7 @@ cleanup() {
     sleep 1
     kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
   fi
-  if [ -n "$pg_started" ]; then scripts/pg.sh stop "$work/pg" >/dev/null 2>&1 || true; fi
+  if [ -n "$pg_started" ]; then "$repo/scripts/pg.sh" stop "$work/pg" >/dev/null 2>&1 || true; fi
   rm -rf "$work"
   exit "$status"
 }
