@@ -376,6 +376,7 @@ describe('web client', { concurrency: false }, () => {
     await details.getByRole('textbox', { name: 'Add people' }).fill(carol.username);
     await details.getByRole('button', { name: 'Add', exact: true }).click();
     await details.getByText('Carol Members').waitFor();
+    await a.screenshot({ path: screenshotPath('chat-details') });
     await details.getByRole('button', { name: 'Promote Bob Builder to admin' }).click();
     // Bob is an admin now: he gets the admin controls.
     await openChat(b, room);
