@@ -1,14 +1,20 @@
 //! The browser client: static files under `web/`, embedded in the binary and
-//! served at `GET /` (the page) and `GET /web/...` (its styles and modules),
-//! with a strong ETag, `If-None-Match` → 304, and a strict
-//! Content-Security-Policy (same origin only, no inline script or style).
+//! served at `GET /` (the page), `GET /web/<asset>` (its stylesheet and icon)
+//! and `GET /web/js/<module>` (its JavaScript modules), with a strong ETag,
+//! `If-None-Match` → 304, and a strict Content-Security-Policy (same origin
+//! only, no inline script or style). Every file name is listed in
+//! openapi.yaml: HEAD, 405 and OPTIONS come from there, like the API's.
+//!
+//! A new module of the client is a file under `web/js/`, a line in
+//! [`ASSETS`] and a name in the `/web/js/{module}` enum of openapi.yaml (a
+//! test compares the two).
 
 use std::sync::LazyLock;
+use warp::http::StatusCode;
 use warp::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, HeaderValue, REFERRER_POLICY,
     X_CONTENT_TYPE_OPTIONS,
 };
-use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -20,7 +26,7 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 
 /// One embedded file.
 pub struct Asset {
-    /// Its path under `web/`.
+    /// Its path under `web/`, which is also its URL under `/web/`.
     pub path: &'static str,
     pub content_type: &'static str,
     pub body: &'static [u8],
@@ -32,6 +38,11 @@ const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const SVG: &str = "image/svg+xml; charset=utf-8";
+
+/// The page, served at `/` only.
+const INDEX: &str = "index.html";
+/// Where the modules live, under `web/` and under `/web/`.
+const MODULES: &str = "js/";
 
 macro_rules! asset {
     ($path:literal, $type:expr) => {
@@ -73,36 +84,53 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-fn find(path: &str) -> Option<&'static Asset> {
-    ASSETS.iter().find(|a| a.path == path)
+fn find(path: &str) -> Result<&'static Asset, Rejection> {
+    ASSETS
+        .iter()
+        .find(|a| a.path == path)
+        .ok_or_else(warp::reject::not_found)
 }
 
-/// `GET /` and `GET /web/<file>` (HEAD too).
+/// The page and its files.
 pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    let index = warp::path::end().map(|| "index.html".to_string());
-    let file = warp::path("web")
-        .and(warp::path::tail())
-        .map(|tail: warp::path::Tail| tail.as_str().to_string());
-    index
-        .or(file)
-        .unify()
-        .and_then(|path: String| async move { find(&path).ok_or_else(warp::reject::not_found) })
-        .and(warp::method())
-        .and_then(|asset, method: Method| async move {
-            if method == Method::GET || method == Method::HEAD {
-                Ok(asset)
-            } else {
-                Err(warp::reject::custom(
-                    crate::error::ApiError::MethodNotAllowed {
-                        allow: "GET, HEAD".into(),
-                    },
-                ))
+    index().or(asset()).unify().or(module()).unify()
+}
+
+/// GET /
+fn index() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end()
+        .and(warp::get())
+        .and(if_none_match())
+        .and_then(|tags: Option<String>| async move {
+            find(INDEX).map(|asset| serve(asset, tags.as_deref()))
+        })
+}
+
+/// GET /web/:asset
+fn asset() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("web" / String)
+        .and(warp::get())
+        .and(if_none_match())
+        .and_then(|name: String, tags: Option<String>| async move {
+            if name == INDEX {
+                return Err(warp::reject::not_found());
             }
+            find(&name).map(|asset| serve(asset, tags.as_deref()))
         })
-        .and(warp::header::optional::<String>("if-none-match"))
-        .map(|asset: &'static Asset, if_none_match: Option<String>| {
-            serve(asset, if_none_match.as_deref())
+}
+
+/// GET /web/js/:module
+fn module() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("web" / "js" / String)
+        .and(warp::get())
+        .and(if_none_match())
+        .and_then(|name: String, tags: Option<String>| async move {
+            find(&format!("{MODULES}{name}")).map(|asset| serve(asset, tags.as_deref()))
         })
+}
+
+fn if_none_match() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("if-none-match")
 }
 
 fn serve(asset: &'static Asset, if_none_match: Option<&str>) -> Response {
