@@ -64,6 +64,18 @@ DATABASE_URL="$(scripts/pg.sh start "$work/pg" "$pg_port")"
 
 mkdir -p target/e2e-screenshots
 : >target/e2e-server.log
+# The defaults but two: no drain delay (one test restarts the server, and no
+# load balancer waits for /readyz to say 503), and messages refill at 1/s
+# instead of 10/s (same burst), so that the test of a send over the limit
+# cannot see the limit refill before its send arrives.
+cat >"$work/config.yaml" <<'YAML'
+http:
+  drain_delay_secs: 0
+limits:
+  rate:
+    messages: {per_minute: 60, burst: 60}
+YAML
+export CONFIG_PATH="$work/config.yaml"
 export DATABASE_URL CHATAPP_BIN
 export PORT="$(free_port)"
 export CHATAPP_HOST=127.0.0.1

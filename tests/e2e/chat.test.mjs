@@ -322,6 +322,65 @@ describe('web client', { concurrency: false }, () => {
     await context.close();
   });
 
+  test('a send over the rate limit waits the time the server names, then goes through once', T, async () => {
+    const gina = await registerUser(server.base, 'gina', 'Gina');
+    const name = uniqueName('limited');
+    const chat = await rest(server.base, 'POST', '/chats', gina.token, { name, is_group: true, member_ids: [] });
+    const sent = [];
+    const refused = [];
+    const context = await browser.newContext();
+    context.setDefaultTimeout(15000);
+    // Before the page's first send reaches the server, Gina's burst of
+    // messages is spent over REST, so the server refuses that send.
+    let spent = false;
+    await context.routeWebSocket(/\/ws\?/, (ws) => {
+      const upstream = ws.connectToServer();
+      ws.onMessage(async (m) => {
+        const f = JSON.parse(m);
+        if (f.type === 'message' && !spent) {
+          spent = true;
+          for (let i = 0; ; i++) {
+            const res = await fetch(`${server.base}/api/v1/messages`, {
+              method: 'POST',
+              headers: { Authorization: `Bearer ${gina.token}`, 'Content-Type': 'application/json' },
+              body: JSON.stringify({ chat_id: chat.id, content: `filler ${i}` }),
+            });
+            await res.arrayBuffer();
+            if (res.status === 429) break;
+            assert.equal(res.status, 201);
+          }
+        }
+        if (f.type === 'message') sent.push(f);
+        upstream.send(m);
+      });
+      upstream.onMessage((m) => {
+        const f = JSON.parse(m);
+        if (f.type === 'error' && f.payload?.code === 'rate_limited') refused.push(f);
+        ws.send(m);
+      });
+    });
+    const page = await context.newPage();
+    page.errors = [];
+    page.on('pageerror', (e) => page.errors.push(e));
+    await page.goto(server.base);
+    await signIn(page, gina.username);
+    await connected(page);
+    await openChat(page, name);
+    await send(page, 'worth the wait');
+    await seenOnce(page, ['worth the wait']);
+    await eventually(async () => !/Sending/.test(await log(page).textContent()));
+    assert.ok(refused.length >= 1, 'the server refused the first send');
+    assert.ok(refused[0].payload.retry_after_ms >= 1, JSON.stringify(refused[0]));
+    assert.equal(refused[0].payload.ref, sent[0].ref);
+    assert.ok(sent.length >= 2, 'sent again');
+    assert.ok(sent.every((f) => f.payload.client_id === sent[0].payload.client_id), 'with the same client_id');
+    const stored = await rest(server.base, 'GET', `/messages/chat/${chat.id}?limit=5`, gina.token);
+    assert.equal(stored.filter((m) => m.content === 'worth the wait').length, 1);
+    assert.equal(await page.getByText('Not sent').count(), 0);
+    assert.deepEqual(page.errors, []);
+    await context.close();
+  });
+
   test('a direct message', T, async () => {
     const a = alice.page;
     await a.getByRole('button', { name: 'New chat' }).click();
@@ -341,11 +400,16 @@ describe('web client', { concurrency: false }, () => {
   });
 
   test('200 messages of history page in as you scroll up', T, async () => {
-    const carol = await registerUser(server.base, 'carol', 'Carol');
+    // Four senders, 50 messages each: within the server's burst of messages
+    // per user, so the scene is set without waiting out its rate limit.
+    const senders = [];
+    for (const n of ['carol', 'dan', 'eve', 'fay']) senders.push(await registerUser(server.base, n, `History ${n}`));
     const name = uniqueName('history');
-    const chat = await rest(server.base, 'POST', '/chats', carol.token, { name, is_group: true, member_ids: [alice.id ?? (await aliceId())] });
+    const memberIds = [alice.id ?? (await aliceId()), ...senders.slice(1).map((u) => u.id)];
+    const chat = await rest(server.base, 'POST', '/chats', senders[0].token, { name, is_group: true, member_ids: memberIds });
     for (let i = 1; i <= 200; i++) {
-      await rest(server.base, 'POST', '/messages', carol.token, { chat_id: chat.id, content: `history ${String(i).padStart(3, '0')}` });
+      const sender = senders[i % senders.length];
+      await rest(server.base, 'POST', '/messages', sender.token, { chat_id: chat.id, content: `history ${String(i).padStart(3, '0')}` });
     }
     const a = alice.page;
     await chatEntry(a, `${name}, 200 unread`, true).waitFor();

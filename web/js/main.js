@@ -12,7 +12,8 @@ const USER = 'chatapp.user';
 const EXPIRES = 'chatapp.expires';
 const FLASH = 'chatapp.flash';
 // Codes a send may succeed with later: it stays queued and is tried again.
-const TRANSIENT = new Set(['database_unavailable', 'internal_error']);
+// (`rate_limited` never gets here: the socket waits and re-sends by itself.)
+const TRANSIENT = new Set(['database_unavailable', 'query_timeout', 'internal_error']);
 
 const session = {
   get token() {

@@ -6,7 +6,8 @@
 // - Requests that expect a reply carry a `ref`; up to WINDOW are in flight at once
 //   (the server reads on while it commits, and replies in order).
 // - Durable requests (message sends, whose client_id makes a retry harmless) stay
-//   queued across reconnects and are re-sent until acknowledged.
+//   queued across reconnects and are re-sent until acknowledged; one refused as
+//   `rate_limited` waits the `retry_after_ms` the server gave, then goes again.
 // - A socket that stops answering, the browser going offline, a server restart or
 //   any close leads to a reconnect with exponential backoff and jitter.
 
@@ -17,6 +18,7 @@ const CONNECT_TIMEOUT_MS = 15000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 15000;
 const TICK_MS = 1000;
+const RATE_LIMIT_WAIT_MS = 1000; // when a rate_limited error names no wait
 
 export class Connection {
   /**
@@ -31,6 +33,7 @@ export class Connection {
     this.lastEventId = null;
     this.queue = [];
     this.inflight = new Map();
+    this.waiting = new Set(); // rate-limited durable requests, until their time comes
     this.attempt = 0;
     this.seq = 0;
     this.timer = null;
@@ -61,8 +64,10 @@ export class Connection {
     this.gen++;
     if (ws) ws.close(1000, 'signed out');
     const err = new Error('stopped');
-    for (const e of [...this.inflight.values(), ...this.queue]) e.reject(err);
+    for (const e of this.waiting) clearTimeout(e.timer);
+    for (const e of [...this.inflight.values(), ...this.waiting, ...this.queue]) e.reject(err);
     this.inflight.clear();
+    this.waiting.clear();
     this.queue = [];
   }
 
@@ -245,7 +250,8 @@ export class Connection {
       const e = ref != null && this.inflight.get(ref);
       if (e) {
         this.inflight.delete(ref);
-        if (f.type === 'error') e.reject(Object.assign(new Error(p.error || 'error'), { code: p.code }));
+        if (f.type === 'error' && e.durable && p.code === 'rate_limited') this.later(e, p.retry_after_ms);
+        else if (f.type === 'error') e.reject(Object.assign(new Error(p.error || 'error'), { code: p.code }));
         else e.resolve(f);
         this.pump();
         return;
@@ -257,6 +263,16 @@ export class Connection {
       this.lastEventId = p.event_id;
     }
     this.o.onFrame(f);
+  }
+
+  /** Queues a rate-limited durable request again once the server's wait is over. */
+  later(e, waitMs) {
+    this.waiting.add(e);
+    e.timer = setTimeout(() => {
+      if (!this.waiting.delete(e)) return;
+      this.queue.push(e);
+      this.pump();
+    }, Math.max(Number(waitMs) || RATE_LIMIT_WAIT_MS, 1));
   }
 
   readied(p) {
@@ -279,7 +295,7 @@ export class Connection {
     this.o.onStatus({
       state: this.state,
       retryIn: this.state === 'waiting' ? Math.max(0, this.nextAt - Date.now()) : 0,
-      unacked: this.queue.length + this.inflight.size,
+      unacked: this.queue.length + this.inflight.size + this.waiting.size,
     });
   }
 }
