@@ -75,6 +75,39 @@ describe('web client', { concurrency: false }, () => {
     await context.close();
   });
 
+  test('the API reference at /api/docs renders every operation under its CSP', T, async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    context.setDefaultTimeout(15000);
+    const page = await context.newPage();
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+    page.on('requestfailed', (r) => problems.push(`failed: ${r.url()}`));
+    page.on('response', (r) => r.status() >= 400 && problems.push(`${r.status()}: ${r.url()}`));
+    // Runs before the page's own scripts (and is not subject to its CSP).
+    await page.addInitScript(() => {
+      window.cspViolations = [];
+      document.addEventListener('securitypolicyviolation', (e) =>
+        window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`),
+      );
+    });
+    const res = await page.goto(`${server.base}/api/docs`);
+    assert.match(res.headers()['content-security-policy'], /script-src 'self'/);
+    await page.locator('.opblock').first().waitFor();
+    await eventually(async () => (await page.locator('.opblock').count()) > 30);
+    const ops = await page.locator('.opblock-summary-path').allTextContents();
+    for (const path of ['/api/v1/messages', '/api/v1/chats/{id}/members/{memberId}', '/web/js/{module}']) {
+      assert.ok(
+        ops.some((o) => o.replace(/\u200b/g, '') === path),
+        `${path} among ${ops.length} operations`,
+      );
+    }
+    await page.screenshot({ path: screenshotPath('api-docs') });
+    assert.deepEqual(await page.evaluate(() => window.cspViolations), []);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
   test('a bad password shows an error message', T, async () => {
     const user = await registerUser(server.base, 'pw');
     const { context, page } = await openApp(browser, server.base);
