@@ -3,8 +3,9 @@
 # Chromium driven by playwright-core, run by `node --test` (tests/e2e/).
 #
 # Installs Chromium with apt-get when /usr/bin/chromium is missing (never a
-# browser download of Playwright's own), runs `npm ci` in tests/e2e, builds the
-# release binary (or takes CHATAPP_BIN), starts a throwaway PostgreSQL cluster
+# browser download of Playwright's own), runs `npm ci` in tests/e2e when the
+# installed playwright-core is not the locked one, builds the binary `cargo
+# test` uses (or takes CHATAPP_BIN), starts a throwaway PostgreSQL cluster
 # on a free port, and hands the tests the server's binary and environment:
 # they start and stop `chatapp serve` themselves (one test restarts it).
 # Everything is stopped at exit. Screenshots go to target/e2e-screenshots/,
@@ -28,11 +29,27 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2
 fi
 
-(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error >&2)
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "e2e.sh: playwright-core needs Node.js 20 or later, this is $(node --version)" >&2
+  exit 1
+fi
+# The playwright-core version a lockfile names (npm writes the installed
+# tree's to node_modules/.package-lock.json); "none" without one.
+locked_version() {
+  node -e 'try {
+      const lock = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+      console.log(lock.packages["node_modules/playwright-core"].version);
+    } catch { console.log("none"); }' "$1"
+}
+if [ "$(locked_version tests/e2e/node_modules/.package-lock.json)" != "$(locked_version tests/e2e/package-lock.json)" ]; then
+  (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
 
+# The debug build: `cargo test` and scripts/fuzz.sh use it too, so in
+# scripts/test.sh it is already built.
 if [ -z "${CHATAPP_BIN:-}" ]; then
-  cargo build --release --locked >&2
-  CHATAPP_BIN="$repo/target/release/chatapp"
+  cargo build --locked --quiet --bin chatapp >&2
+  CHATAPP_BIN="$repo/target/debug/chatapp"
 fi
 
 free_port() {
