@@ -9,6 +9,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY sql ./sql
+COPY web ./web
 COPY benches ./benches
 COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

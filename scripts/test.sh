@@ -2,8 +2,9 @@
 # Runs the whole test suite against real PostgreSQL. Installs the server
 # binaries if missing; each test binary then starts its own throwaway cluster
 # (or uses DATABASE_URL when set) and gives every test a fresh database.
-# Then checks the contract and fuzzes a live server against it
-# (scripts/fuzz.sh).
+# Then runs the web client's end-to-end tests in Chromium (scripts/e2e.sh,
+# which installs Chromium and the tests' npm packages when missing), checks
+# the contract and fuzzes a live server against it (scripts/fuzz.sh).
 #
 #   scripts/test.sh              everything
 #   scripts/test.sh ARGS...      only `cargo test ARGS...` (e.g. a name filter)
@@ -22,4 +23,5 @@ if [ "$#" -gt 0 ]; then
   exec cargo test --locked "$@"
 fi
 cargo test --locked --all-targets
+scripts/e2e.sh
 scripts/fuzz.sh

@@ -3,10 +3,10 @@
 //! and no two modules import each other, directly or through others.
 //!
 //! ```text
-//! ops                                 probes and metrics
-//! ws                                  real-time delivery
-//! health  users  chats  messages      resources
-//! http  server  contract              shared filters, the HTTP server, the API documents
+//! ops                                  probes and metrics
+//! ws                                   real-time delivery
+//! health  users  chats  messages  web  resources, and the web client's files
+//! http  server  contract               shared filters, the HTTP server, the API documents
 //! validate  password  auth  membership  limits
 //! db  events  message_json  metrics
 //! config  error  support  logging  migrate
@@ -20,7 +20,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["db", "events", "message_json", "metrics"],
     &["validate", "password", "auth", "membership", "limits"],
     &["http", "server", "contract"],
-    &["health", "users", "chats", "messages"],
+    &["health", "users", "chats", "messages", "web"],
     &["ws"],
     &["ops"],
 ];

@@ -25,6 +25,7 @@ pub mod server;
 pub mod support;
 pub mod users;
 pub mod validate;
+pub mod web;
 pub mod ws;
 
 use auth::Auth;
@@ -343,6 +344,8 @@ impl App {
                     .or(contract::docs::page())
                     .unify()
                     .or(contract::docs::asset())
+                    .unify()
+                    .or(web::routes())
                     .unify()
                     .or(contract::options()),
             )

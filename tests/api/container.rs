@@ -1,7 +1,8 @@
 //! The container files, checked as far as they can be without a container
 //! engine: the compose file parses and wires the services as documented,
-//! every path the Dockerfile copies exists, its images are pinned, and the
-//! healthcheck it runs works against a real server.
+//! every path the Dockerfile copies exists, it copies every directory the
+//! binary embeds files from, its images are pinned, and the healthcheck it
+//! runs works against a real server.
 
 use crate::helpers::*;
 use serde_yaml::Value;
@@ -76,6 +77,39 @@ fn the_dockerfile_copies_what_exists_from_pinned_images_and_runs_as_a_user() {
         text.contains("--mount=type=cache"),
         "dependencies are not cached"
     );
+}
+
+/// The top-level directories whose files `src/` embeds by a path from the
+/// crate's root (`include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/", ..))`).
+fn embedded_directories(dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+    let marker = r#"env!("CARGO_MANIFEST_DIR"), "/"#;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            embedded_directories(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices(marker) {
+                let rest = &text[at + marker.len()..];
+                out.extend(rest.split(['/', '"']).next().map(str::to_string));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_dockerfile_copies_every_directory_the_binary_embeds() {
+    let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let mut embedded = std::collections::BTreeSet::from(["src".to_string(), "sql".to_string()]);
+    embedded_directories(&repo("src"), &mut embedded);
+    assert!(embedded.contains("web"), "{embedded:?}");
+    for dir in embedded {
+        assert!(
+            text.lines()
+                .any(|l| l.trim() == format!("COPY {dir} ./{dir}")),
+            "the build stage does not copy {dir}/"
+        );
+    }
 }
 
 #[tokio::test]

@@ -266,8 +266,10 @@ async fn forbidden_and_conflict_use_the_envelope() {
 async fn unknown_routes_are_404_in_the_envelope() {
     let app = spawn_app().await;
     let user = app.register("nf").await;
+    // `/` is the web client's page (tests/api/web.rs).
     for path in [
-        "/",
+        "/index.html",
+        "/web",
         "/nope",
         "/api",
         "/api/v1",

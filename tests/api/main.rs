@@ -28,6 +28,7 @@ mod send_batches;
 mod slow_clients;
 mod smoke;
 mod users;
+mod web;
 mod ws_connect_race;
 mod ws_delivery;
 mod ws_guarantees;

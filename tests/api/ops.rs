@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// `GET /metrics` parsed: `name{labels}` (labels as written) to value.
-async fn scrape(app: &TestApp) -> HashMap<String, f64> {
+pub(crate) async fn scrape(app: &TestApp) -> HashMap<String, f64> {
     let response = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
@@ -37,7 +37,7 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
     metrics.get(series).copied().unwrap_or(0.0)
 }
 

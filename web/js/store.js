@@ -1,0 +1,367 @@
+// Client state: chats, their timelines, presence, typing, the outbox.
+// Every source (REST pages, replayed and live frames, acks) goes through here,
+// and everything is keyed (message id, client_id, chat id) so that seeing the
+// same thing twice changes nothing.
+
+const TYPING_MS = 4000;
+
+export function normalizeMessage(m) {
+  const id = m.message_id ?? m.id;
+  return {
+    id,
+    chatId: m.chat_id,
+    senderId: m.sender_id,
+    username: m.sender?.username ?? m.username ?? null,
+    displayName: m.sender?.display_name ?? m.display_name ?? null,
+    content: m.content,
+    edited: !!m.is_edited,
+    clientId: m.client_id ?? null,
+    createdAt: new Date(m.created_at ?? m.timestamp ?? Date.now()),
+  };
+}
+
+function newTimeline() {
+  return {
+    msgs: new Map(), // id → message
+    pending: new Map(), // client_id → {clientId, chatId, content, createdAt, failed, error}
+    notes: [], // system notes heard live: {key, text, afterId, createdAt}
+    deleted: new Set(),
+    readBy: new Map(), // user id → last message id they read (from live `read` frames)
+    typing: new Map(), // user id → {name, until}
+    loaded: false,
+    hasMore: true,
+    loading: false,
+    version: 0,
+  };
+}
+
+export class Store {
+  constructor(me) {
+    this.me = me;
+    this.chats = new Map();
+    this.timelines = new Map();
+    this.presence = new Map(); // user id → {online, lastSeen}
+    this.users = new Map(); // user id → {username, displayName}
+    this.openId = null;
+    this.isReading = () => false; // set by the view: is this chat open, visible, scrolled to the end?
+    this.subs = new Set();
+    this.outboxKey = `chatapp.outbox.${me.id}`;
+  }
+
+  on(fn) {
+    this.subs.add(fn);
+  }
+
+  changed(what) {
+    for (const fn of this.subs) fn(what);
+  }
+
+  // ---- chats ----
+
+  sortedChats() {
+    return [...this.chats.values()].sort((a, b) => b.activity - a.activity || b.id - a.id);
+  }
+
+  title(chat) {
+    if (!chat) return '';
+    if (chat.isGroup) return chat.name || 'Unnamed group';
+    const other = this.partner(chat);
+    return other ? other.display_name || other.username : chat.name || 'Direct message';
+  }
+
+  partner(chat) {
+    return chat.isGroup ? null : (chat.members || []).find((m) => m.user_id !== this.me.id) || null;
+  }
+
+  myMembership(chat) {
+    return (chat?.members || []).find((m) => m.user_id === this.me.id);
+  }
+
+  /** A chat from REST or an event; `fresh` marks the server's own view of my unread count. */
+  upsertChat(c, { activity, fresh = true } = {}) {
+    const old = this.chats.get(c.id);
+    const chat = {
+      ...(old || { unread: 0, lastReadId: null, maxMsgId: 0, preview: null, activity: Date.now() }),
+      id: c.id,
+      name: c.name,
+      isGroup: c.is_group,
+      creatorId: c.creator_id,
+      members: c.members || old?.members || null,
+    };
+    if (fresh) {
+      chat.unread = c.unread_count ?? chat.unread;
+      chat.lastReadId = c.last_read_message_id ?? chat.lastReadId;
+    }
+    if (activity != null) chat.activity = activity;
+    for (const m of chat.members || []) this.users.set(m.user_id, { username: m.username, displayName: m.display_name });
+    this.chats.set(c.id, chat);
+    this.changed('chats');
+    return chat;
+  }
+
+  /** The whole list, freshly read: chats not in it are gone. */
+  replaceChats(list) {
+    const now = Date.now();
+    const keep = new Set(list.map((c) => c.id));
+    for (const id of this.chats.keys()) if (!keep.has(id)) this.removeChat(id);
+    list.forEach((c, i) => this.upsertChat(c, { activity: now - i }));
+  }
+
+  removeChat(id) {
+    this.chats.delete(id);
+    this.timelines.delete(id);
+    this.changed('chats');
+  }
+
+  setPreview(chatId, m) {
+    const chat = this.chats.get(chatId);
+    if (!chat || !m) return;
+    if (m.id >= (chat.maxMsgId || 0)) {
+      chat.maxMsgId = m.id;
+      chat.preview = m;
+    }
+    this.changed('chats');
+  }
+
+  membersChanged(chatId, fn) {
+    const chat = this.chats.get(chatId);
+    if (!chat?.members) return;
+    chat.members = fn(chat.members);
+    for (const m of chat.members) this.users.set(m.user_id, { username: m.username, displayName: m.display_name });
+    this.changed('chats');
+    this.touch(chatId);
+  }
+
+  // ---- timelines ----
+
+  timeline(chatId) {
+    let t = this.timelines.get(chatId);
+    if (!t) this.timelines.set(chatId, (t = newTimeline()));
+    return t;
+  }
+
+  touch(chatId) {
+    const t = this.timelines.get(chatId);
+    if (t) t.version++;
+    this.changed(`chat:${chatId}`);
+  }
+
+  /** The newest page, freshly read: replaces what was held (pending sends stay). */
+  resetTimeline(chatId, page, limit) {
+    const t = this.timeline(chatId);
+    t.msgs.clear();
+    t.loaded = true;
+    t.hasMore = page.length >= limit;
+    this.addPage(chatId, page);
+  }
+
+  addPage(chatId, page) {
+    const t = this.timeline(chatId);
+    for (const raw of page) {
+      const m = normalizeMessage(raw);
+      if (!t.deleted.has(m.id)) t.msgs.set(m.id, m);
+      this.noteUser(m);
+    }
+    if (page.length) this.setPreview(chatId, normalizeMessage(page[0]));
+    this.touch(chatId);
+  }
+
+  sortedMessages(chatId) {
+    const t = this.timelines.get(chatId);
+    return t ? [...t.msgs.values()].sort((a, b) => a.id - b.id) : [];
+  }
+
+  noteUser(m) {
+    if (m.senderId != null && m.username) this.users.set(m.senderId, { username: m.username, displayName: m.displayName });
+  }
+
+  displayName(userId) {
+    if (userId === this.me.id) return this.me.display_name || this.me.username;
+    const u = this.users.get(userId);
+    return u ? u.displayName || u.username : 'someone';
+  }
+
+  // ---- frames ----
+
+  onMessage(p) {
+    const m = normalizeMessage(p);
+    const chat = this.chats.get(m.chatId);
+    const t = this.timelines.get(m.chatId);
+    this.noteUser(m);
+    if (t?.deleted.has(m.id)) return;
+    const isNew = chat ? m.id > (chat.maxMsgId || 0) : true;
+    if (t) {
+      t.msgs.set(m.id, m);
+      if (m.clientId) t.pending.delete(m.clientId);
+      t.typing.delete(m.senderId);
+    }
+    if (m.clientId && m.senderId === this.me.id) this.forgetOutbox(m.clientId);
+    if (chat && isNew) {
+      chat.activity = Date.now();
+      if (m.senderId !== this.me.id && !this.isReading(m.chatId)) chat.unread++;
+    }
+    this.setPreview(m.chatId, m);
+    this.touch(m.chatId);
+  }
+
+  onMessageUpdated(p) {
+    const m = normalizeMessage(p);
+    const t = this.timelines.get(m.chatId);
+    if (t?.msgs.has(m.id)) t.msgs.set(m.id, m);
+    const chat = this.chats.get(m.chatId);
+    if (chat?.preview?.id === m.id) chat.preview = m;
+    this.changed('chats');
+    this.touch(m.chatId);
+  }
+
+  onMessageDeleted({ chat_id, message_id }) {
+    const t = this.timeline(chat_id);
+    t.deleted.add(message_id);
+    t.msgs.delete(message_id);
+    const chat = this.chats.get(chat_id);
+    if (chat?.preview?.id === message_id) {
+      const rest = this.sortedMessages(chat_id);
+      chat.preview = rest[rest.length - 1] || null;
+    }
+    this.changed('chats');
+    this.touch(chat_id);
+  }
+
+  onSystem({ chat_id, message, event_id }) {
+    const t = this.timelines.get(chat_id);
+    if (!t) return;
+    const msgs = this.sortedMessages(chat_id);
+    t.notes.push({ key: `e${event_id}`, text: message, afterId: msgs.length ? msgs[msgs.length - 1].id : 0, createdAt: new Date() });
+    this.touch(chat_id);
+  }
+
+  onTyping({ chat_id, user_id, username }) {
+    if (user_id === this.me.id) return;
+    const t = this.timeline(chat_id);
+    const u = this.users.get(user_id);
+    t.typing.set(user_id, { name: u?.displayName || u?.username || username, until: Date.now() + TYPING_MS });
+    this.changed(`typing:${chat_id}`);
+    setTimeout(() => this.changed(`typing:${chat_id}`), TYPING_MS + 50);
+  }
+
+  typingNames(chatId) {
+    const t = this.timelines.get(chatId);
+    if (!t) return [];
+    const now = Date.now();
+    for (const [id, v] of t.typing) if (v.until < now) t.typing.delete(id);
+    return [...t.typing.values()].map((v) => v.name);
+  }
+
+  onRead({ chat_id, user_id, message_id }) {
+    const chat = this.chats.get(chat_id);
+    if (user_id === this.me.id) {
+      // My marker moved in another tab.
+      if (chat && message_id > (chat.lastReadId || 0)) {
+        chat.lastReadId = message_id;
+        if (message_id >= (chat.maxMsgId || 0)) chat.unread = 0;
+        this.changed('chats');
+      }
+      return;
+    }
+    const t = this.timeline(chat_id);
+    if (message_id > (t.readBy.get(user_id) || 0)) t.readBy.set(user_id, message_id);
+    this.touch(chat_id);
+  }
+
+  /** The server's answer to my read marker. */
+  onReadAck({ chat_id, last_read_message_id, unread_count }) {
+    const chat = this.chats.get(chat_id);
+    if (!chat) return;
+    chat.lastReadId = last_read_message_id;
+    chat.unread = unread_count;
+    this.changed('chats');
+  }
+
+  onPresence({ user_id, online, last_seen }) {
+    this.presence.set(user_id, { online: !!online, lastSeen: last_seen ? new Date(last_seen) : null });
+    this.changed('presence');
+  }
+
+  // ---- the outbox ----
+
+  addPending(chatId, content, clientId = crypto.randomUUID(), createdAt = new Date()) {
+    const p = { clientId, chatId, content, createdAt, failed: false, error: null };
+    this.timeline(chatId).pending.set(clientId, p);
+    this.saveOutbox();
+    this.touch(chatId);
+    return p;
+  }
+
+  pendingList() {
+    const out = [];
+    for (const t of this.timelines.values()) for (const p of t.pending.values()) if (!p.failed) out.push(p);
+    return out.sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  /** The send was committed: show it as sent even before its `message` frame arrives. */
+  ackPending(p, ack) {
+    const t = this.timeline(p.chatId);
+    t.pending.delete(p.clientId);
+    if (!t.msgs.has(ack.message_id) && !t.deleted.has(ack.message_id)) {
+      const m = {
+        id: ack.message_id,
+        chatId: p.chatId,
+        senderId: this.me.id,
+        username: this.me.username,
+        displayName: this.me.display_name,
+        content: p.content.trim(),
+        edited: false,
+        clientId: p.clientId,
+        createdAt: p.createdAt,
+      };
+      t.msgs.set(m.id, m);
+      const chat = this.chats.get(p.chatId);
+      if (chat && m.id > (chat.maxMsgId || 0)) chat.activity = Date.now();
+      this.setPreview(p.chatId, m);
+    }
+    this.forgetOutbox(p.clientId);
+    this.touch(p.chatId);
+  }
+
+  failPending(p, error) {
+    p.failed = true;
+    p.error = error?.message || 'Not sent';
+    this.saveOutbox();
+    this.touch(p.chatId);
+  }
+
+  discardPending(p) {
+    this.timeline(p.chatId).pending.delete(p.clientId);
+    this.forgetOutbox(p.clientId);
+    this.touch(p.chatId);
+  }
+
+  forgetOutbox(clientId) {
+    this.saveOutbox(clientId);
+  }
+
+  /** Unsent messages survive a reload of the tab (sessionStorage, like the token). */
+  saveOutbox(without) {
+    const list = [];
+    for (const t of this.timelines.values()) {
+      for (const p of t.pending.values()) {
+        if (p.clientId !== without) list.push({ clientId: p.clientId, chatId: p.chatId, content: p.content, createdAt: p.createdAt });
+      }
+    }
+    try {
+      if (list.length) sessionStorage.setItem(this.outboxKey, JSON.stringify(list));
+      else sessionStorage.removeItem(this.outboxKey);
+    } catch {
+      /* storage full or disabled: the outbox lives in memory only */
+    }
+  }
+
+  loadOutbox() {
+    try {
+      const list = JSON.parse(sessionStorage.getItem(this.outboxKey) || '[]');
+      return list.map((p) => this.addPending(p.chatId, p.content, p.clientId, new Date(p.createdAt)));
+    } catch {
+      return [];
+    }
+  }
+}

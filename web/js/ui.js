@@ -1,0 +1,639 @@
+// The views: chat list, open chat (log, composer, details), new-chat dialog,
+// connection status. They read the store and call `actions`; nothing here
+// talks to the server directly.
+
+import { h, $, fill, icon, initials, hue, fmtTime, fmtDay, fmtFull, fmtAgo } from './dom.js';
+
+const NEAR_TOP_PX = 300;
+const NEAR_BOTTOM_PX = 60;
+const GROUP_GAP_MS = 5 * 60000;
+
+export class View {
+  constructor(store, actions) {
+    this.s = store;
+    this.a = actions;
+    this.openId = null;
+    this.dirty = new Set();
+    this.scheduled = false;
+    this.editing = null; // message id being edited
+    this.confirming = null; // message id asking "delete?"
+    this.detailsOpen = false;
+    this.readSent = new Map(); // chat id → highest id a read marker was sent for
+    this.divider = null; // id after which the "New messages" line goes
+    this.stick = true; // keep the log scrolled to the end
+    this.lastTyping = 0;
+    this.els = {
+      list: $('#chat-list'),
+      listEmpty: $('#chat-list-empty'),
+      app: $('#app'),
+      paneEmpty: $('#pane-empty'),
+      chat: $('#chat'),
+      name: $('#chat-name'),
+      sub: $('#chat-sub'),
+      avatar: $('#chat-avatar'),
+      log: $('#log'),
+      items: $('#items'),
+      older: $('#older'),
+      typing: $('#typing'),
+      input: $('#message-input'),
+      details: $('#details'),
+      detailsBtn: $('#details-btn'),
+      conn: $('#conn'),
+      connRow: $('#conn-row'),
+      reconnect: $('#reconnect-btn'),
+    };
+    store.isReading = (id) => id === this.openId && document.visibilityState === 'visible' && this.atBottom();
+    store.on((what) => this.invalidate(what));
+    this.wire();
+    this.invalidate('all');
+    setInterval(() => this.invalidate('tick'), 1000);
+  }
+
+  wire() {
+    const e = this.els;
+    $('#me-name').textContent = this.s.me.display_name || this.s.me.username;
+    $('#me-user').textContent = `@${this.s.me.username}`;
+    const av = $('#me-avatar');
+    av.textContent = initials(this.s.me.display_name || this.s.me.username);
+    av.classList.add(hue(this.s.me.id));
+    $('#composer').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      this.send();
+    });
+    e.input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        this.send();
+      }
+    });
+    e.input.addEventListener('input', () => {
+      // The server forwards one typing signal per person and chat every 2 s: wait that long between them.
+      if (this.openId != null && e.input.value.trim() && Date.now() - this.lastTyping > 2100) {
+        this.lastTyping = Date.now();
+        this.a.typing(this.openId);
+      }
+    });
+    e.log.addEventListener('scroll', () => this.onScroll(), { passive: true });
+    $('#back-btn').addEventListener('click', () => this.a.navigate(null));
+    e.detailsBtn.addEventListener('click', () => {
+      this.detailsOpen = !this.detailsOpen;
+      this.invalidate('details');
+    });
+    e.reconnect.addEventListener('click', () => this.a.reconnect());
+    document.addEventListener('visibilitychange', () => this.markRead());
+    window.addEventListener('focus', () => this.markRead());
+    e.details.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') {
+        this.detailsOpen = false;
+        this.invalidate('details');
+        e.detailsBtn.focus();
+      }
+    });
+  }
+
+  // ---- scheduling ----
+
+  invalidate(what) {
+    if (what === 'all' || what === 'presence') ['list', 'chat', 'head', 'details'].forEach((d) => this.dirty.add(d));
+    else if (what === 'chats') ['list', 'head', 'chat', 'details'].forEach((d) => this.dirty.add(d));
+    else if (what === 'tick') this.dirty.add('typing');
+    else if (what === 'details') this.dirty.add('details');
+    else if (what === `chat:${this.openId}`) this.dirty.add('chat');
+    else if (what === `typing:${this.openId}`) this.dirty.add('typing');
+    else return;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    const run = () => {
+      this.scheduled = false;
+      this.render();
+    };
+    if (document.visibilityState === 'visible') requestAnimationFrame(run);
+    else setTimeout(run, 100);
+  }
+
+  render() {
+    const d = this.dirty;
+    this.dirty = new Set();
+    if (d.has('list')) this.renderList();
+    if (d.has('head')) this.renderHead();
+    if (d.has('chat')) this.renderChat();
+    if (d.has('chat') || d.has('typing')) this.renderTyping();
+    if (d.has('details')) this.renderDetails();
+  }
+
+  // ---- connection status ----
+
+  status(st) {
+    const e = this.els;
+    let text;
+    if (st.state === 'ready') text = 'Connected';
+    else if (st.state === 'offline') text = 'Offline';
+    else if (st.state === 'waiting') text = `Reconnecting in ${Math.ceil(st.retryIn / 1000)} s`;
+    else text = 'Connecting…';
+    if (st.state !== 'ready' && st.unacked) text += ` · ${st.unacked} unsent`;
+    if (e.conn.textContent !== text) e.conn.textContent = text;
+    e.connRow.classList.toggle('ok', st.state === 'ready');
+    e.connRow.classList.toggle('bad', st.state === 'offline' || st.state === 'waiting');
+    e.reconnect.hidden = st.state !== 'waiting';
+  }
+
+  // ---- chat list ----
+
+  chatLabel(chat) {
+    const name = this.s.title(chat);
+    return chat.unread > 0 ? `${name}, ${chat.unread} unread` : name;
+  }
+
+  renderList() {
+    const chats = this.s.sortedChats();
+    const list = this.els.list;
+    this.els.listEmpty.hidden = chats.length > 0;
+    const old = new Map([...list.children].map((li) => [li.dataset.id, li]));
+    chats.forEach((chat, i) => {
+      const sig = this.listSig(chat);
+      let li = old.get(String(chat.id));
+      old.delete(String(chat.id));
+      if (!li || li.dataset.sig !== sig) {
+        const fresh = this.listItem(chat);
+        fresh.dataset.sig = sig;
+        if (li) li.replaceWith(fresh);
+        li = fresh;
+      }
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+    });
+    for (const li of old.values()) li.remove();
+  }
+
+  listSig(chat) {
+    const p = this.s.partner(chat);
+    const pres = p && this.s.presence.get(p.user_id);
+    const pv = chat.preview;
+    return [this.chatLabel(chat), chat.id === this.openId, pres?.online, pv?.id, pv?.content, pv && fmtTime(pv.createdAt)].join('|');
+  }
+
+  listItem(chat) {
+    const name = this.s.title(chat);
+    const partner = this.s.partner(chat);
+    const online = partner && this.s.presence.get(partner.user_id)?.online;
+    const pv = chat.preview;
+    let preview = chat.isGroup ? 'Group chat' : 'Direct message';
+    if (pv) {
+      const who = pv.senderId === this.s.me.id ? 'You' : chat.isGroup ? pv.displayName || pv.username || 'Deleted user' : null;
+      preview = who ? `${who}: ${pv.content}` : pv.content;
+    }
+    const avatar = h('span', { class: `avatar ${hue(chat.isGroup ? chat.id : partner?.user_id ?? chat.id)}` }, initials(name));
+    if (partner) avatar.append(h('span', { class: online ? 'dot on' : 'dot' }));
+    const a = h(
+      'a',
+      {
+        class: chat.unread > 0 ? 'chat-item unread' : 'chat-item',
+        href: `#/chat/${chat.id}`,
+        'aria-label': this.chatLabel(chat),
+        'aria-description': partner ? (online ? 'online' : 'offline') : null,
+        'aria-current': chat.id === this.openId ? 'page' : null,
+      },
+      avatar,
+      h(
+        'span',
+        { class: 'ci-text' },
+        h('span', { class: 'ci-top' }, h('span', { class: 'ci-name' }, name), pv ? h('time', { class: 'ci-time' }, fmtTime(pv.createdAt)) : null),
+        h('span', { class: 'ci-bottom' }, h('span', { class: 'ci-preview' }, preview), chat.unread > 0 ? h('span', { class: 'badge' }, chat.unread > 99 ? '99+' : chat.unread) : null),
+      ),
+    );
+    return h('li', { 'data-id': chat.id }, a);
+  }
+
+  // ---- the open chat ----
+
+  open(chatId) {
+    const chat = chatId != null ? this.s.chats.get(chatId) : null;
+    const id = chat ? chat.id : null;
+    const changed = id !== this.openId;
+    this.openId = id;
+    this.els.app.classList.toggle('show-chat', id != null);
+    this.els.paneEmpty.hidden = id != null;
+    this.els.chat.hidden = id == null;
+    if (changed) {
+      this.editing = this.confirming = null;
+      this.stick = true;
+      this.divider = chat && chat.unread > 0 ? chat.lastReadId || 0 : null;
+      this.els.items.replaceChildren();
+      this.els.input.value = '';
+      if (id != null && !matchMedia('(max-width: 720px)').matches) this.els.input.focus();
+    }
+    this.invalidate('all');
+    return chat;
+  }
+
+  renderHead() {
+    const chat = this.s.chats.get(this.openId);
+    if (!chat) return;
+    const e = this.els;
+    const name = this.s.title(chat);
+    e.name.textContent = name;
+    const partner = this.s.partner(chat);
+    fill(e.avatar, initials(name));
+    e.avatar.className = `avatar ${hue(chat.isGroup ? chat.id : partner?.user_id ?? chat.id)}`;
+    let sub;
+    if (chat.isGroup) {
+      const n = chat.members?.length;
+      sub = n ? `${n} ${n === 1 ? 'member' : 'members'}` : 'Group chat';
+    } else if (partner) {
+      const pres = this.s.presence.get(partner.user_id);
+      e.avatar.append(h('span', { class: pres?.online ? 'dot on' : 'dot' }));
+      sub = pres?.online ? 'online' : pres?.lastSeen ? `last seen ${fmtAgo(pres.lastSeen)}` : `@${partner.username}`;
+    } else sub = 'Direct message';
+    e.sub.textContent = sub;
+    document.title = `${chat.unread ? `(${chat.unread}) ` : ''}${name} · chatapp`;
+  }
+
+  atBottom() {
+    const l = this.els.log;
+    return l.scrollHeight - l.scrollTop - l.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  onScroll() {
+    this.stick = this.atBottom();
+    const t = this.s.timelines.get(this.openId);
+    if (this.els.log.scrollTop < NEAR_TOP_PX && t?.loaded && t.hasMore && !t.loading) this.a.loadOlder(this.openId);
+    this.markRead();
+  }
+
+  /** Items of the log in order: days, notes, messages, pending sends. */
+  entries(chatId) {
+    const s = this.s;
+    const t = s.timeline(chatId);
+    const chat = s.chats.get(chatId);
+    const me = s.me.id;
+    const msgs = s.sortedMessages(chatId);
+    const myAdmin = !!s.myMembership(chat)?.is_admin;
+    const seen = new Map(); // message id → names
+    for (const [uid, mid] of t.readBy) {
+      // Under the newest message they have read that is not their own.
+      const at = uid === me ? null : msgs.findLast((m) => m.id <= mid && m.senderId !== uid);
+      if (!at) continue;
+      if (!seen.has(at.id)) seen.set(at.id, []);
+      seen.get(at.id).push(s.displayName(uid));
+    }
+    const out = [];
+    let prev = null;
+    let day = null;
+    let dividerDone = false;
+    const notes = [...t.notes];
+    const push = (m, kind) => {
+      const d = fmtDay(m.createdAt);
+      if (d !== day) {
+        day = d;
+        out.push({ key: `d${d}`, sig: d, el: () => h('p', { class: 'day' }, d) });
+        prev = null;
+      }
+      if (kind === 'msg' && !dividerDone && this.divider != null && m.id > this.divider && m.senderId !== me) {
+        dividerDone = true;
+        out.push({ key: 'divider', sig: 'divider', el: () => h('p', { class: 'divider', role: 'separator' }, 'New messages') });
+      }
+      const first = !prev || prev.senderId !== m.senderId || m.createdAt - prev.createdAt > GROUP_GAP_MS;
+      prev = m;
+      return first;
+    };
+    for (const m of msgs) {
+      while (notes.length && notes[0].afterId < m.id) {
+        const n = notes.shift();
+        out.push({ key: n.key, sig: n.text, el: () => h('p', { class: 'note' }, n.text) });
+        prev = null;
+      }
+      const first = push(m, 'msg');
+      const mine = m.senderId === me && me != null;
+      const names = seen.get(m.id);
+      const sig = [m.content, m.edited, first, this.editing === m.id, this.confirming === m.id, names?.join(','), myAdmin].join('|');
+      out.push({ key: `m${m.id}`, sig, el: () => this.messageEl(m, { first, mine, names, canDelete: mine || myAdmin, chat }) });
+    }
+    for (const n of notes) out.push({ key: n.key, sig: n.text, el: () => h('p', { class: 'note' }, n.text) });
+    const pending = [...t.pending.values()].sort((a, b) => a.createdAt - b.createdAt);
+    for (const p of pending) {
+      const m = { senderId: me, createdAt: p.createdAt, content: p.content };
+      const first = push(m, 'pending');
+      out.push({ key: `p${p.clientId}`, sig: [p.failed, p.error, first].join('|'), el: () => this.pendingEl(p, first) });
+    }
+    return out;
+  }
+
+  renderChat() {
+    const id = this.openId;
+    if (id == null) return;
+    const e = this.els;
+    const t = this.s.timeline(id);
+    const log = e.log;
+    // Keep what the reader looks at in place when older pages come in above.
+    const stick = this.stick;
+    let anchor = null;
+    if (!stick) {
+      for (const el of e.items.children) {
+        if (el.offsetTop + el.offsetHeight > log.scrollTop) {
+          anchor = { el, top: el.offsetTop - log.scrollTop };
+          break;
+        }
+      }
+    }
+    const want = this.entries(id);
+    const old = new Map([...e.items.children].map((el) => [el.dataset.key, el]));
+    want.forEach((w, i) => {
+      let el = old.get(w.key);
+      old.delete(w.key);
+      if (!el || el.dataset.sig !== w.sig) {
+        const fresh = w.el();
+        fresh.dataset.key = w.key;
+        fresh.dataset.sig = w.sig;
+        if (el) {
+          if (anchor?.el === el) anchor.el = fresh;
+          el.replaceWith(fresh);
+        }
+        el = fresh;
+      }
+      if (e.items.children[i] !== el) e.items.insertBefore(el, e.items.children[i] || null);
+    });
+    for (const el of old.values()) el.remove();
+    e.older.hidden = !(t.loading || (!t.hasMore && t.loaded && t.msgs.size));
+    e.older.textContent = t.loading ? 'Loading older messages…' : 'This is the beginning of the chat.';
+    if (stick) log.scrollTop = log.scrollHeight;
+    else if (anchor?.el.isConnected) log.scrollTop = anchor.el.offsetTop - anchor.top;
+    if (this.editing != null) {
+      const box = e.items.querySelector('.edit-box textarea');
+      if (box && document.activeElement !== box) {
+        box.focus();
+        box.setSelectionRange(box.value.length, box.value.length);
+      }
+    }
+    // A first page that does not fill the view: fetch the next one now.
+    if (t.loaded && t.hasMore && !t.loading && log.scrollHeight <= log.clientHeight + NEAR_TOP_PX) this.a.loadOlder(id);
+    this.markRead();
+  }
+
+  messageEl(m, { first, mine, names, canDelete }) {
+    const name = mine ? this.s.me.display_name || this.s.me.username : m.displayName || m.username || 'Deleted user';
+    const time = h('time', { datetime: m.createdAt.toISOString(), title: fmtFull(m.createdAt) }, fmtTime(m.createdAt));
+    let body;
+    if (this.editing === m.id) {
+      const ta = h('textarea', { 'aria-label': 'Edit text', maxlength: '4000' });
+      ta.value = m.content;
+      const save = () => {
+        const v = ta.value.trim();
+        this.editing = null;
+        this.invalidate(`chat:${m.chatId}`);
+        if (v && v !== m.content) this.a.edit(m, v);
+      };
+      const cancel = () => {
+        this.editing = null;
+        this.invalidate(`chat:${m.chatId}`);
+        this.els.input.focus();
+      };
+      ta.addEventListener('keydown', (ev) => {
+        if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+          ev.preventDefault();
+          save();
+        } else if (ev.key === 'Escape') cancel();
+      });
+      body = h(
+        'div',
+        { class: 'edit-box' },
+        ta,
+        h('div', { class: 'actions' }, h('button', { type: 'button', class: 'small', onclick: cancel }, 'Cancel'), h('button', { type: 'button', class: 'primary small', onclick: save }, 'Save')),
+      );
+    } else {
+      body = h('div', { class: 'bubble' }, m.content);
+    }
+    const tools = h('div', { class: 'tools' });
+    if (this.confirming === m.id) {
+      tools.append(
+        h('button', { type: 'button', class: 'confirm danger', onclick: () => ((this.confirming = null), this.a.del(m)) }, h('span', { 'aria-hidden': 'true' }, 'Delete'), h('span', { class: 'sr-only' }, 'Confirm delete')),
+        h('button', { type: 'button', class: 'confirm', onclick: () => ((this.confirming = null), this.invalidate(`chat:${m.chatId}`)) }, 'Cancel'),
+      );
+    } else if (this.editing !== m.id) {
+      if (mine) tools.append(h('button', { type: 'button', 'aria-label': 'Edit', title: 'Edit', onclick: () => ((this.editing = m.id), (this.confirming = null), this.invalidate(`chat:${m.chatId}`)) }, icon('edit')));
+      if (canDelete) tools.append(h('button', { type: 'button', 'aria-label': 'Delete', title: 'Delete', onclick: () => ((this.confirming = m.id), this.invalidate(`chat:${m.chatId}`)) }, icon('trash')));
+    }
+    return h(
+      'article',
+      { class: `msg${first ? ' first' : ''}${mine ? ' mine' : ''}`, 'data-id': m.id },
+      h('span', { class: `avatar sm ${hue(m.senderId)}`, 'aria-hidden': 'true' }, initials(name)),
+      h('div', { class: 'msg-body' },
+        h('div', { class: 'msg-head' }, h('span', { class: 'who' }, name), time),
+        h('div', { class: 'bubble-row' }, body, m.edited && this.editing !== m.id ? h('span', { class: 'meta' }, '(edited)') : null, tools),
+        names?.length ? h('p', { class: 'seen' }, `Seen by ${names.join(', ')}`) : null,
+      ),
+    );
+  }
+
+  pendingEl(p, first) {
+    const name = this.s.me.display_name || this.s.me.username;
+    const meta = p.failed
+      ? h('span', { class: 'meta err', title: p.error || '' }, icon('alert'), `Not sent${p.error ? `: ${p.error}` : ''}`)
+      : h('span', { class: 'meta' }, icon('clock'), 'Sending…');
+    const tools = h('div', { class: 'tools' });
+    if (p.failed) {
+      tools.append(
+        h('button', { type: 'button', class: 'confirm', onclick: () => this.a.retry(p) }, 'Retry'),
+        h('button', { type: 'button', class: 'confirm', onclick: () => this.a.discard(p) }, 'Discard'),
+      );
+    }
+    return h(
+      'article',
+      { class: `msg mine ${p.failed ? 'failed' : 'pending'}${first ? ' first' : ''}`, 'aria-busy': p.failed ? null : 'true' },
+      h('div', { class: 'msg-body' },
+        h('div', { class: 'msg-head' }, h('span', { class: 'who' }, name), h('time', { datetime: p.createdAt.toISOString() }, fmtTime(p.createdAt))),
+        h('div', { class: 'bubble-row' }, h('div', { class: 'bubble' }, p.content), meta, tools),
+      ),
+    );
+  }
+
+  renderTyping() {
+    const names = this.openId == null ? [] : this.s.typingNames(this.openId);
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = 'Several people are typing…';
+    if (this.els.typing.textContent !== text) this.els.typing.textContent = text;
+  }
+
+  send() {
+    const text = this.els.input.value.trim();
+    if (!text || this.openId == null) return;
+    this.els.input.value = '';
+    this.stick = true;
+    this.a.send(this.openId, text);
+  }
+
+  /** Moves my read marker to the newest message on screen, while the page is visible. */
+  markRead() {
+    const id = this.openId;
+    if (id == null || document.visibilityState !== 'visible') return;
+    const chat = this.s.chats.get(id);
+    if (!chat) return;
+    const log = this.els.log;
+    const bottom = log.scrollTop + log.clientHeight;
+    const arts = e_items(this.els.items);
+    let newest = null;
+    for (let i = arts.length - 1; i >= 0; i--) {
+      const el = arts[i];
+      if (el.offsetTop < bottom && el.offsetTop + el.offsetHeight > log.scrollTop) {
+        newest = Number(el.dataset.id);
+        break;
+      }
+    }
+    if (!newest) return;
+    const sent = this.readSent.get(id) || 0;
+    if (newest > (chat.lastReadId || 0) && newest > sent) {
+      this.readSent.set(id, newest);
+      this.a.markRead(id, newest);
+    } else if (chat.unread > 0 && newest >= (chat.maxMsgId || 0) && newest > sent) {
+      this.readSent.set(id, newest);
+      this.a.markRead(id, newest);
+    }
+  }
+
+  // ---- details: people and admin actions ----
+
+  renderDetails() {
+    const e = this.els;
+    const chat = this.s.chats.get(this.openId);
+    const show = !!chat && this.detailsOpen;
+    e.details.hidden = !show;
+    e.detailsBtn.setAttribute('aria-expanded', String(show));
+    if (!show) return (this.detailsSig = null);
+    const s = this.s;
+    // Rebuilt only when what it shows changed, so focus stays where it is.
+    const sig = JSON.stringify([chat.id, chat.name, chat.creatorId, (chat.members || []).map((m) => [m.user_id, m.is_admin, m.display_name, s.presence.get(m.user_id)?.online])]);
+    if (sig === this.detailsSig) return;
+    this.detailsSig = sig;
+    const mine = s.myMembership(chat);
+    const admin = !!mine?.is_admin;
+    const members = chat.members || [];
+    const parts = [];
+    const focused = document.activeElement?.dataset?.keep;
+    const keepValue = focused ? document.activeElement.value : null;
+    if (chat.isGroup) {
+      parts.push(h('h3', {}, 'Group'));
+      if (admin) {
+        const input = h('input', { 'aria-label': 'Group name', value: chat.name || '', maxlength: '100', 'data-keep': 'rename' });
+        parts.push(
+          h('form', { class: 'row', onsubmit: (ev) => (ev.preventDefault(), this.a.rename(chat.id, input.value)) }, input, h('button', { type: 'submit', class: 'small' }, 'Rename')),
+        );
+      } else parts.push(h('p', {}, chat.name || 'Unnamed group'));
+    }
+    parts.push(h('h3', {}, `People (${members.length})`));
+    const ul = h('ul', { class: 'people', 'aria-label': 'People' });
+    for (const m of members) {
+      const name = m.display_name || m.username;
+      const pres = s.presence.get(m.user_id);
+      const you = m.user_id === s.me.id;
+      const actions = h('div', { class: 'p-actions' });
+      if (admin && chat.isGroup && !you) {
+        actions.append(
+          m.is_admin
+            ? h('button', { type: 'button', 'aria-label': `Demote ${name}`, onclick: () => this.a.setAdmin(chat.id, m.user_id, false) }, 'Demote')
+            : h('button', { type: 'button', 'aria-label': `Promote ${name} to admin`, onclick: () => this.a.setAdmin(chat.id, m.user_id, true) }, 'Promote'),
+          h('button', { type: 'button', class: 'danger', 'aria-label': `Remove ${name} from the chat`, onclick: () => this.a.removeMember(chat.id, m.user_id) }, 'Remove'),
+        );
+      }
+      const status = you || pres?.online ? 'online' : pres?.lastSeen ? `last seen ${fmtAgo(pres.lastSeen)}` : '';
+      ul.append(
+        h(
+          'li',
+          { class: 'person' },
+          h('span', { class: `avatar sm ${hue(m.user_id)}`, 'aria-hidden': 'true' }, initials(name), h('span', { class: you || pres?.online ? 'dot on' : 'dot' })),
+          h(
+            'span',
+            { class: 'p-text' },
+            h('span', { class: 'p-name' }, name, you ? ' (you)' : '', m.is_admin ? h('span', { class: 'tag' }, 'admin') : null),
+            h('span', { class: 'p-sub' }, `@${m.username}${status ? ` · ${status}` : ''}`),
+          ),
+          actions,
+        ),
+      );
+    }
+    parts.push(ul);
+    if (admin && chat.isGroup) {
+      const input = h('input', { 'aria-label': 'Add people', placeholder: 'usernames, comma-separated', autocapitalize: 'none', spellcheck: 'false', 'data-keep': 'add' });
+      parts.push(
+        h('h3', {}, 'Add people'),
+        h(
+          'form',
+          {
+            class: 'row',
+            onsubmit: async (ev) => {
+              ev.preventDefault();
+              if (await this.a.addMembers(chat.id, input.value)) input.value = '';
+            },
+          },
+          input,
+          h('button', { type: 'submit', class: 'small' }, 'Add'),
+        ),
+      );
+    }
+    const zone = h('div', { class: 'danger-zone' });
+    zone.append(h('button', { type: 'button', class: 'danger', onclick: () => this.a.leave(chat.id) }, chat.isGroup ? 'Leave chat' : 'Leave conversation'));
+    if (chat.creatorId === s.me.id || (admin && chat.creatorId == null)) {
+      zone.append(h('button', { type: 'button', class: 'danger', onclick: () => this.a.deleteChat(chat.id) }, 'Delete chat'));
+    }
+    parts.push(zone);
+    fill(e.details, ...parts);
+    if (focused) {
+      const el = e.details.querySelector(`[data-keep="${focused}"]`);
+      if (el) {
+        el.value = keepValue;
+        el.focus();
+      }
+    }
+  }
+
+  toast(text) {
+    document.querySelector('.toast')?.remove();
+    const t = h('div', { class: 'toast', role: 'alert' }, text);
+    document.body.append(t);
+    setTimeout(() => t.remove(), 4000);
+  }
+}
+
+function e_items(items) {
+  return items.querySelectorAll('article[data-id]');
+}
+
+// ---- the new-chat dialog ----
+
+export function wireNewChat(onCreate) {
+  const dlg = $('#new-chat');
+  const form = $('#new-chat-form');
+  const dm = $('#nc-dm');
+  const nameRow = $('#nc-name-row');
+  const name = $('#nc-name');
+  const members = $('#nc-members');
+  const err = $('#nc-error');
+  const create = $('#nc-create');
+  const sync = () => {
+    nameRow.hidden = dm.checked;
+    $('#nc-members-hint').textContent = dm.checked ? 'The username of the person to write to.' : 'Usernames, separated by commas.';
+  };
+  $('#new-chat-btn').addEventListener('click', () => {
+    form.reset();
+    err.hidden = true;
+    sync();
+    dlg.showModal();
+    name.focus();
+  });
+  dm.addEventListener('change', sync);
+  $('#nc-cancel').addEventListener('click', () => dlg.close());
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    err.hidden = true;
+    create.disabled = true;
+    try {
+      const usernames = members.value.split(/[,\s]+/).map((u) => u.trim().replace(/^@/, '')).filter(Boolean);
+      await onCreate({ dm: dm.checked, name: name.value.trim(), usernames });
+      dlg.close();
+    } catch (e) {
+      err.textContent = e.message;
+      err.hidden = false;
+    } finally {
+      create.disabled = false;
+    }
+  });
+}
