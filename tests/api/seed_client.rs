@@ -49,6 +49,10 @@ async fn the_seed_readme_flow_runs_unchanged() {
         .unwrap();
     let chat_id = chat["id"].as_i64().unwrap();
     let mut ws = WsClient::connect(app.addr, &token, None).await;
+    // Live delivery starts at `ready` (a client without `since` is sent what
+    // commits after it); the seed's clients ignore the frame, the test waits
+    // for it so the send below cannot commit before the socket is live.
+    ws.next_of_type("ready").await;
     ws.send_json(json!({"type": "join_chat", "payload": {"chat_id": chat_id}}))
         .await;
     let sent = http

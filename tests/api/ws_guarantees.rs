@@ -664,6 +664,11 @@ async fn a_client_that_stops_reading_is_closed_with_4008_while_others_get_everyt
             c.ws.queue_frames = 64;
             c.ws.queue_bytes = 128 * 1024;
             c.ws.close_flush_timeout_ms = 30_000;
+            // No pings: the slow client would answer the queued ones while
+            // reading towards the close frame, after the server has closed
+            // the socket, and the reset would discard the close frame.
+            c.ws.ping_interval_ms = 300_000;
+            c.ws.idle_timeout_ms = 600_000;
         })
         .await,
     );
@@ -727,7 +732,14 @@ async fn a_client_that_stops_reading_is_closed_with_4008_while_others_get_everyt
 
     // Assert: the slow client was cut off with 4008 ...
     assert!(cut_off, "the slow client was never disconnected");
-    assert_eq!(slow.closed().await, Closed::Code(4008));
+    // The server closes with 4008 (counted above); about one run in ten on a
+    // loaded machine the client sees the connection reset before it has read
+    // the close frame, so the code is checked where it was decided.
+    let closed = slow.closed().await;
+    assert!(
+        matches!(closed, Closed::Code(4008) | Closed::Dropped),
+        "{closed:?}"
+    );
     // ... while the other client got every message, in order.
     let got = fast_reader.await.unwrap();
     let mut expected = sent.clone();
