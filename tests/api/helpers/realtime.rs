@@ -3,6 +3,7 @@
 
 use super::{TestApp, TestUser, WsClient};
 use serde_json::Value;
+use std::time::Duration;
 
 /// An open connection for `user` and its `ready` payload.
 pub async fn connected(app: &TestApp, user: &TestUser, since: Option<i64>) -> (WsClient, Value) {
@@ -10,6 +11,32 @@ pub async fn connected(app: &TestApp, user: &TestUser, since: Option<i64>) -> (W
     let ready = ws.next_json().await;
     assert_eq!(ready["type"], "ready", "first frame must be ready: {ready}");
     (ws, ready["payload"].clone())
+}
+
+/// Waits until `user` holds `sessions` presence sessions across all nodes:
+/// they are recorded asynchronously, in batches.
+pub async fn await_sessions(database_url: &str, user: &TestUser, sessions: i64) {
+    let db = super::pg::connect(database_url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: i64 = db
+            .query_one(
+                "select count(*) from presence_sessions where user_id = $1",
+                &[&user.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if held == sessions {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} holds {held} sessions, not {sessions}",
+            user.username
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `(event_id, message_id)` of every committed message in `chat`, in commit order.
