@@ -82,7 +82,7 @@ static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
          m.last_read_message_id,
          {} as unread_count,
-         (select count(*) from chat_members mc where mc.chat_id = c.id) as member_count",
+         c.member_count",
         unread_count_sql("c.id", "m.user_id", "m.last_read_message_id")
     )
 });
