@@ -7,13 +7,18 @@
 //! node that died without saying goodbye has its users shown offline within
 //! that time.
 //!
-//! Who hears of a change is [`fan_out`]'s business.
+//! Who hears of a change ([`fan_out`]) and what a connection is told when
+//! it opens ([`snapshot`]) follow `crate::presence`: per-user presence is
+//! shared in chats of at most `ws.presence_max_members` members; members of
+//! larger chats ask for it (`GET /api/v1/chats/:id/presence`).
 
 mod fan_out;
 mod nodes;
+mod snapshot;
 
 pub use fan_out::fan_out;
 pub use nodes::{beat, leave, maintain, prune_events};
+pub use snapshot::{SNAPSHOT_USERS, snapshot_frame};
 
 use super::Hub;
 use super::registry::PresenceChange;
