@@ -17,8 +17,8 @@ Creates its own virtualenv on first run (in $CONTRACT_VENV, default
   code and the statuses match the codes; every operation with a body answers
   413 / 415 and `invalid_text`, every authenticated one 401, the rate-limited
   and password-hashing ones 429 / 503 `busy`;
-- the schemas copied from openapi.yaml into asyncapi.yaml did not drift, nor
-  `Chat` from `ChatDetail`;
+- the schemas copied from openapi.yaml into asyncapi.yaml did not drift
+  (`Member` less `online`), nor `Chat` from `ChatDetail`;
 - sample bodies and frames (the README's examples and hand-written ones)
   validate, and broken ones do not.
 
@@ -243,9 +243,17 @@ def strip_descriptions(node):
 
 def check_copies():
     o, a = openapi["components"]["schemas"], asyncapi["components"]["schemas"]
-    for name in ("Member", "ReadMarker"):
-        if strip_descriptions(o[name]) != strip_descriptions(a[name]):
-            fail(f"asyncapi {name} drifted from openapi {name}")
+    if strip_descriptions(o["ReadMarker"]) != strip_descriptions(a["ReadMarker"]):
+        fail("asyncapi ReadMarker drifted from openapi ReadMarker")
+    # Events carry members without `online`, which is each viewer's own.
+    rest_member = strip_descriptions(o["Member"])
+    event_member = {
+        **rest_member,
+        "required": [k for k in rest_member["required"] if k != "online"],
+        "properties": {k: v for k, v in rest_member["properties"].items() if k != "online"},
+    }
+    if event_member != strip_descriptions(a["Member"]):
+        fail("asyncapi Member drifted from openapi Member (they differ only in `online`)")
     detail = strip_descriptions(o["ChatDetail"])
     # Chat is ChatDetail with `members` optional.
     chat = strip_descriptions(o["Chat"])
@@ -392,8 +400,12 @@ CHAT = {
     "id": 7, "name": "team", "is_group": True, "creator_id": 3, "created_at": TS,
     "updated_at": TS, "last_read_message_id": None, "unread_count": 0, "member_count": 1,
 }
+# Events list members without `online`; REST bodies with it (as the caller sees them).
 CHAT_DETAIL = {**CHAT, "members": [MEMBER]}
 MANY_MEMBERS = [{**MEMBER, "user_id": i, "username": f"user{i}", "is_admin": i == 1} for i in range(1, 102)]
+REST_MEMBER = {**MEMBER, "online": True}
+REST_DETAIL = {**CHAT, "members": [REST_MEMBER]}
+REST_MANY = [{**m, "online": m["user_id"] % 2 == 0} for m in MANY_MEMBERS]
 # What `Chat::shared_view` leaves for chat_updated.
 CHAT_SHARED = without(without(CHAT_DETAIL, "last_read_message_id"), "unread_count")
 MESSAGE = {
@@ -431,11 +443,11 @@ REST_SAMPLES = [
     ("AuthResponse", {"token": "v4.local.xyz", "expires_at": TS, "user": USER}, True),
     ("AuthResponse", {"token": "v3.local.xyz", "expires_at": TS, "user": USER}, False),
     ("Chat", CHAT, True),
-    ("Chat", CHAT_DETAIL, True),
+    ("Chat", REST_DETAIL, True),
     ("Chat", {**CHAT, "name": None, "is_group": False, "creator_id": None, "last_read_message_id": 41,
               "unread_count": 2, "member_count": 2}, True),
-    ("Chat", {**CHAT, "unread_count": 1000, "member_count": 1200, "members": MANY_MEMBERS[:100]}, True),
-    ("Chat", {**CHAT, "members": MANY_MEMBERS}, False),
+    ("Chat", {**CHAT, "unread_count": 1000, "member_count": 1200, "members": REST_MANY[:100]}, True),
+    ("Chat", {**CHAT, "members": REST_MANY}, False),
     ("Chat", {**CHAT, "unread_count": 1001}, False),
     ("Chat", without(CHAT, "member_count"), False),
     ("Chat", {**CHAT, "member_count": 0}, False),
@@ -443,9 +455,18 @@ REST_SAMPLES = [
     ("Chat", {**CHAT, "name": "  padded  "}, False),
     ("Chat", {**CHAT, "dm_key": "3:4"}, False),
     ("Chat", {**CHAT, "created_at": "yesterday"}, False),
-    ("ChatDetail", CHAT_DETAIL, True),
+    ("ChatDetail", REST_DETAIL, True),
     ("ChatDetail", CHAT, False),
-    ("ChatDetail", {**CHAT_DETAIL, "members": []}, False),
+    ("ChatDetail", {**REST_DETAIL, "members": []}, False),
+    # A member's presence is always told in a REST body.
+    ("ChatDetail", CHAT_DETAIL, False),
+    ("Member", {**REST_MEMBER, "online": False}, True),
+    ("Member", MEMBER, False),
+    ("ChatPresence", {"member_count": 1200, "online_count": 2, "online": [3, 9]}, True),
+    ("ChatPresence", {"member_count": 5000, "online_count": 1001, "online": list(range(1, 1001))}, True),
+    ("ChatPresence", {"member_count": 5000, "online_count": 1001, "online": list(range(1, 1002))}, False),
+    ("ChatPresence", {"member_count": 2, "online_count": 0, "online": [], "chat_id": 7}, False),
+    ("ChatPresence", {"member_count": 2, "online": []}, False),
     ("Message", MESSAGE, True),
     ("Message", {**MESSAGE, "sender_id": None, "sender": None, "client_id": None}, True),
     ("Message", {**MESSAGE, "is_edited": True, "updated_at": "2026-11-25T10:05:00Z"}, True),
@@ -549,6 +570,10 @@ SERVER_FRAMES = [
     (frame("read", {"chat_id": 7, "user_id": 4, "message_id": 42}), True),
     (frame("presence", {"user_id": 4, "online": True, "last_seen": TS}), True),
     (frame("presence", {"user_id": 4, "online": False, "last_seen": None}), True),
+    (frame("presence_snapshot", {"users": [], "truncated": False}), True),
+    (frame("presence_snapshot", {"users": [{"user_id": 4, "online": True, "last_seen": TS},
+                                           {"user_id": 5, "online": False, "last_seen": None}],
+                                 "truncated": True}), True),
     (frame("ack", {"message_id": 42, "event_id": None, "chat_id": 7, "client_id": "c-1", "duplicate": True}), True),
     (frame("ack", {"chat_id": 7, "subscribed": False}, ref={"any": ["json"]}), True),
     (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, ref=None), True),
@@ -591,6 +616,13 @@ SERVER_FRAMES = [
     (frame("error", {"code": "not_found", "error": "x", "ref": None}, ref="r1"), False),
     (frame("pong", {"x": 1}), False),
     (frame("presence", {"user_id": 4, "online": True}), False),
+    (frame("presence_snapshot", {"users": []}), False),
+    (frame("presence_snapshot", {"users": [{"user_id": 4, "online": True}], "truncated": False}), False),
+    (frame("presence_snapshot", {"users": [{"user_id": i, "online": False, "last_seen": None}
+                                           for i in range(1, 1002)], "truncated": True}), False),
+    # Presence is each viewer's own: an event's members never carry it.
+    (frame("chat_created", {**REST_DETAIL, "event_id": 1033}), False),
+    (frame("member_added", {"event_id": 1036, "chat_id": 7, "members": [REST_MEMBER]}), False),
     (frame("chat_created", CHAT_DETAIL), False),
     (frame("chat_created", {**CHAT, "event_id": 1}), False),
     (frame("member_removed", {"event_id": 1, "chat_id": 7, "user_id": 4}), False),

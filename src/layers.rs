@@ -7,7 +7,7 @@
 //! ws                                   real-time delivery
 //! health  users  chats  messages  web  resources, and the web client's files
 //! http  server  contract               shared filters, the HTTP server, the API documents
-//! validate  password  auth  membership  limits
+//! validate  password  auth  membership  presence  limits
 //! db  events  message_json  metrics
 //! config  error  support  logging  migrate
 //! ```
@@ -18,7 +18,14 @@
 pub const LAYERS: &[&[&str]] = &[
     &["config", "error", "support", "logging", "migrate"],
     &["db", "events", "message_json", "metrics"],
-    &["validate", "password", "auth", "membership", "limits"],
+    &[
+        "validate",
+        "password",
+        "auth",
+        "membership",
+        "presence",
+        "limits",
+    ],
     &["http", "server", "contract"],
     &["health", "users", "chats", "messages", "web"],
     &["ws"],

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod ops;
 pub mod password;
+pub mod presence;
 pub mod server;
 pub mod support;
 pub mod users;

@@ -18,11 +18,12 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 pub const USAGE: &str =
     "usage: cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
        [--server URL (with DATABASE_URL of its database and CHATAPP_TOKEN_KEY)] [scenario options]
-scenarios: send fanout idle history login recovery replay-cost all
+scenarios: send fanout arrival idle history login recovery replay-cost all
 options (comma lists run each size):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
             --limits both (rate limits off and on, alternated; or off, on)
   fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10
+  arrival   --users 10000 --presence-max-members 1000
   idle      --connections 10000,50000 --per-node 18000 --ping-rate 5000
   history   --messages 10000,1000000 --requests 2000 --concurrency 8
   login     --logins 50 --cost 12 (default: the server's configured cost)
@@ -674,4 +675,31 @@ impl Percentiles {
     pub fn max(&self) -> f64 {
         self.0.last().copied().unwrap_or(f64::NAN)
     }
+}
+
+/// Waits until no frame arrives (`frames_seen` stops moving) and the server
+/// process uses almost no CPU (at most 2 clock ticks) in two consecutive
+/// 200 ms; returns how long that took.
+pub async fn settle(frames_seen: &AtomicU64, pid: Option<u32>, max: Duration) -> f64 {
+    let started = Instant::now();
+    let step = Duration::from_millis(200);
+    let mut quiet = 0;
+    let mut frames = frames_seen.load(Ordering::Relaxed);
+    let mut cpu = pid.and_then(proc_cpu_secs);
+    while quiet < 2 && started.elapsed() < max {
+        tokio::time::sleep(step).await;
+        let f = frames_seen.load(Ordering::Relaxed);
+        let c = pid.and_then(proc_cpu_secs);
+        let busy = match (cpu, c) {
+            (Some(a), Some(b)) => b - a > 0.025,
+            _ => false,
+        };
+        quiet = if f == frames && !busy { quiet + 1 } else { 0 };
+        frames = f;
+        cpu = c;
+    }
+    if started.elapsed() >= max {
+        eprintln!("load: the server did not go quiet within {max:?}");
+    }
+    started.elapsed().saturating_sub(step * 2).as_secs_f64()
 }

@@ -26,7 +26,7 @@
 
 use crate::broadcast;
 use crate::common::{
-    Env, Percentiles, ServerOpts, User, connect_db, proc_cpu_secs, seed_chat, seed_users,
+    Env, Percentiles, ServerOpts, User, connect_db, proc_cpu_secs, seed_chat, seed_users, settle,
     source_ip, ws_login,
 };
 use crate::report::Report;
@@ -376,7 +376,7 @@ async fn run_case(
     let connect_s = started.elapsed().as_secs_f64();
     // chatapp tells every member of a chat when another comes online: let
     // that storm pass (and anything else the server does) before measuring.
-    let settle_s = settle(&shared, pid, Duration::from_secs(60 + m as u64 / 20)).await;
+    let settle_s = settle(&shared.frames, pid, Duration::from_secs(60 + m as u64 / 20)).await;
     // What each member heard before anyone spoke (`ready` is not counted).
     let connect_frames = shared.frames.load(Relaxed) as f64 / m as f64;
     // A marker for profilers (scripts/callgrind-fanout.sh zeroes its counters here).
@@ -504,7 +504,7 @@ async fn run_case(
     // tells the remaining members each one went offline) before going on.
     shared.stop_readers();
     drop(sinks);
-    let _ = settle(&shared, pid, Duration::from_secs(60 + m as u64 / 20)).await;
+    let _ = settle(&shared.frames, pid, Duration::from_secs(60 + m as u64 / 20)).await;
 
     let (messages, rate_dps, capacity_dps, capacity_mps, server_us, client_us) = result?;
     let mut latencies = Vec::new();
@@ -729,30 +729,4 @@ async fn wait_deliveries(shared: &Shared, total: u64, timeout: Duration) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// Waits until no frame arrives and the server process uses almost no CPU
-/// (at most 2 clock ticks) in two consecutive 200 ms; returns how long that took.
-async fn settle(shared: &Shared, pid: Option<u32>, max: Duration) -> f64 {
-    let started = Instant::now();
-    let step = Duration::from_millis(200);
-    let mut quiet = 0;
-    let mut frames = shared.frames.load(Relaxed);
-    let mut cpu = pid.and_then(proc_cpu_secs);
-    while quiet < 2 && started.elapsed() < max {
-        tokio::time::sleep(step).await;
-        let f = shared.frames.load(Relaxed);
-        let c = pid.and_then(proc_cpu_secs);
-        let busy = match (cpu, c) {
-            (Some(a), Some(b)) => b - a > 0.025,
-            _ => false,
-        };
-        quiet = if f == frames && !busy { quiet + 1 } else { 0 };
-        frames = f;
-        cpu = c;
-    }
-    if started.elapsed() >= max {
-        eprintln!("fanout: the server did not go quiet within {max:?}");
-    }
-    started.elapsed().saturating_sub(step * 2).as_secs_f64()
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
-//!     scenarios: send fanout idle history login recovery replay-cost all
+//!     scenarios: send fanout arrival idle history login recovery replay-cost all
 //! ```
 //!
 //! It starts what it needs: a private PostgreSQL (or the one `DATABASE_URL`
@@ -12,6 +12,7 @@
 //! then runs every scenario in its smoke size so the suite never rots.
 //! Results: a table on stdout and JSON under `target/bench/`.
 
+mod arrival;
 mod broadcast;
 mod common;
 mod fanout;
@@ -29,9 +30,10 @@ mod send;
 use common::{Env, Opts};
 use report::Report;
 
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "send",
     "fanout",
+    "arrival",
     "idle",
     "history",
     "login",
@@ -74,6 +76,7 @@ async fn run(opts: Opts) -> Report {
         match scenario.as_str() {
             "send" => send::run(&env, &mut report).await,
             "fanout" => fanout::run(&env, &mut report).await,
+            "arrival" => arrival::run(&env, &mut report).await,
             "idle" => idle::run(&env, &mut report).await,
             "history" => history::run(&env, &mut report).await,
             "login" => login::run(&env, &mut report).await,

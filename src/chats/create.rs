@@ -206,7 +206,10 @@ async fn reopened_events(
         let view = fetch_chat_detail(client, chat_id, user_id)
             .await?
             .ok_or_else(|| ApiError::internal("a member just added cannot see the chat"))?;
-        pending.push(NewEvent::new(chat_id, EventKind::ChatCreated, view).to_users(vec![user_id]));
+        pending.push(
+            NewEvent::new(chat_id, EventKind::ChatCreated, view.without_presence())
+                .to_users(vec![user_id]),
+        );
     }
     Ok(pending)
 }

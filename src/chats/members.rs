@@ -59,11 +59,13 @@ async fn list_members(
 ) -> Result<impl Reply, ApiError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
+            "select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at,
+                    {} as online
              from chat_members m join users u on u.id = m.user_id
              where m.chat_id = $1 and {}
              order by m.joined_at, m.user_id
              limit $3 offset $4",
+            crate::presence::online("m.user_id", "$2"),
             is_member("$1", "$2")
         )
     });

@@ -1,8 +1,10 @@
 //! Chats: groups and direct messages, listing by activity, rename and delete.
-//! Membership changes live in [`members`], read markers in [`read`].
+//! Membership changes live in [`members`], read markers in [`read`], who is
+//! online in [`presence`].
 
 mod create;
 pub mod members;
+mod presence;
 pub mod read;
 
 pub use create::{check_member_ids, ensure_users_exist};
@@ -60,6 +62,11 @@ pub struct Member {
     pub is_admin: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub joined_at: OffsetDateTime,
+    /// Whether the member is online as the caller sees them
+    /// (`crate::presence::online`): in REST bodies, never in events, which
+    /// every member shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
 }
 
 /// SQL (bigint): the unread count of member `user` of chat `chat` whose
@@ -82,7 +89,7 @@ static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
          m.last_read_message_id,
          {} as unread_count,
-         (select count(*) from chat_members mc where mc.chat_id = c.id) as member_count",
+         c.member_count",
         unread_count_sql("c.id", "m.user_id", "m.last_read_message_id")
     )
 });
@@ -92,7 +99,7 @@ impl Chat {
     /// that are one member's own (their read marker and unread count), which
     /// every member has different and none may see of another.
     pub fn shared_view(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
+        let mut value = serde_json::to_value(self.without_presence()).unwrap_or_default();
         if let Some(fields) = value.as_object_mut() {
             fields.remove("last_read_message_id");
             fields.remove("unread_count");
@@ -107,8 +114,18 @@ impl Chat {
         Chat {
             last_read_message_id: None,
             unread_count: 0,
-            ..self.clone()
+            ..self.without_presence()
         }
+    }
+
+    /// The chat without its members' `online`, which is each viewer's own
+    /// (blocks hide it): what an event, shared by every member, carries.
+    pub fn without_presence(&self) -> Chat {
+        let mut chat = self.clone();
+        for member in chat.members.iter_mut().flatten() {
+            member.online = None;
+        }
+        chat
     }
 
     fn from_row(row: &Row) -> Chat {
@@ -127,7 +144,8 @@ impl Chat {
     }
 }
 
-/// The chat as member `user_id` sees it, with members; `None` if they are not a member.
+/// The chat as member `user_id` sees it, with members (and their presence as
+/// `user_id` sees it); `None` if they are not a member.
 pub async fn fetch_chat_detail(
     client: &impl GenericClient,
     chat_id: i64,
@@ -146,7 +164,7 @@ pub async fn fetch_chat_detail(
     let Some(row) = row else { return Ok(None) };
     let mut chat = Chat::from_row(&row);
     chat.members = Some(
-        fetch_members(client, &[chat_id])
+        fetch_members(client, &[chat_id], user_id)
             .await?
             .remove(&chat_id)
             .unwrap_or_default(),
@@ -154,24 +172,29 @@ pub async fn fetch_chat_detail(
     Ok(Some(chat))
 }
 
-/// The first [`MEMBERS_LISTED`] members of several chats, by join time, in
-/// one query (no N+1 on chat lists).
+/// The first [`MEMBERS_LISTED`] members of several chats, by join time, with
+/// their presence as `viewer` sees it, in one query (no N+1 on chat lists).
 pub async fn fetch_members(
     client: &impl GenericClient,
     chat_ids: &[i64],
+    viewer: i64,
 ) -> Result<HashMap<i64, Vec<Member>>, ApiError> {
-    let rows = client
-        .query(
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "select c.id as chat_id, x.*
              from unnest($1::bigint[]) c(id), lateral (
-                 select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at
+                 select m.user_id, u.username, u.display_name, m.is_admin, m.joined_at,
+                        {} as online
                  from chat_members m join users u on u.id = m.user_id
                  where m.chat_id = c.id
                  order by m.joined_at, m.user_id
                  limit $2) x
              order by c.id, x.joined_at, x.user_id",
-            &[&chat_ids, &MEMBERS_LISTED],
+            crate::presence::online("m.user_id", "$3")
         )
+    });
+    let rows = client
+        .query(SQL.as_str(), &[&chat_ids, &MEMBERS_LISTED, &viewer])
         .await?;
     let mut out: HashMap<i64, Vec<Member>> = HashMap::new();
     for r in rows {
@@ -183,6 +206,7 @@ pub async fn fetch_members(
 }
 
 impl Member {
+    /// A member read with `online` (for a viewer) or without (for an event).
     pub(crate) fn from_row(r: &Row) -> Member {
         Member {
             user_id: r.get("user_id"),
@@ -190,6 +214,7 @@ impl Member {
             display_name: r.get("display_name"),
             is_admin: r.get("is_admin"),
             joined_at: r.get("joined_at"),
+            online: r.try_get("online").ok(),
         }
     }
 }
@@ -275,6 +300,8 @@ pub fn routes(
         .or(members::routes(ctx))
         .unify()
         .or(read::routes(ctx))
+        .unify()
+        .or(presence::route(ctx))
         .unify()
 }
 
@@ -363,7 +390,7 @@ async fn list_chats(user: AuthUser, q: Query, pool: Pool) -> Result<impl Reply, 
     let mut chats: Vec<Chat> = rows.iter().map(Chat::from_row).collect();
     if with_members {
         let ids: Vec<i64> = chats.iter().map(|c| c.id).collect();
-        let mut members = fetch_members(&*client, &ids).await?;
+        let mut members = fetch_members(&*client, &ids, user.id).await?;
         for chat in &mut chats {
             chat.members = Some(members.remove(&chat.id).unwrap_or_default());
         }

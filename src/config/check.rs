@@ -237,6 +237,12 @@ impl Config {
             ));
         }
         check_range(
+            "ws.presence_max_members",
+            ws.presence_max_members as u64,
+            0,
+            10_000_000,
+        )?;
+        check_range(
             "ws.close_flush_timeout_ms",
             ws.close_flush_timeout_ms,
             0,

@@ -210,6 +210,10 @@ pub struct WsConfig {
     pub prune_interval_secs: u64,
     pub presence_heartbeat_secs: u64,
     pub presence_timeout_secs: u64,
+    /// Chats of at most this many members share per-user presence (live
+    /// `presence` frames, the `presence_snapshot`); members of larger ones
+    /// ask for it with `GET /api/v1/chats/:id/presence`.
+    pub presence_max_members: usize,
     pub close_flush_timeout_ms: u64,
 }
 
@@ -293,6 +297,7 @@ impl Default for WsConfig {
             prune_interval_secs: 300,
             presence_heartbeat_secs: 10,
             presence_timeout_secs: 45,
+            presence_max_members: 1_000,
             close_flush_timeout_ms: 5_000,
         }
     }

@@ -1,7 +1,7 @@
 //! WebSocket frames: `{"type": ..., "payload": {...}, "ref"?: ...}` both ways.
 //! Durable events arrive pre-serialised from the event log; the frames built
-//! here are the per-connection ones (ready, ack, pong, error) and the
-//! ephemeral signals (typing, read, presence).
+//! here are the per-connection ones (ready, presence_snapshot, ack, pong,
+//! error) and the ephemeral signals (typing, read, presence).
 
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,13 @@ pub enum ServerFrame {
         chat_ids: Vec<i64>,
         recovered: bool,
     },
+    /// Right after `ready`: the presence of the users sharing presence
+    /// with this one (see `ws::presence::snapshot`).
+    PresenceSnapshot {
+        users: Vec<PresenceState>,
+        /// Whether some were left out (see `SNAPSHOT_USERS`).
+        truncated: bool,
+    },
     Ack(Value),
     Pong {},
     Error {
@@ -114,6 +121,14 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+}
+
+/// One user's presence, as a `presence` frame carries it.
+#[derive(Debug, Serialize)]
+pub struct PresenceState {
+    pub user_id: i64,
+    pub online: bool,
+    pub last_seen: Option<String>,
 }
 
 impl ServerFrame {

@@ -17,6 +17,7 @@ mod hostile_input;
 mod messages;
 mod ops;
 mod outage;
+mod presence;
 mod races;
 mod rate_limits;
 mod redaction;

@@ -221,26 +221,7 @@ async fn a_user_is_online_while_connected_to_any_node() {
     assert_eq!(online["payload"]["online"], true);
     let (bob_a, _) = connected(&a, &bob, None).await;
     // Sessions are recorded asynchronously: wait until both nodes hold one.
-    let db = crate::helpers::pg::connect(&a.database_url).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let sessions: i64 = db
-            .query_one(
-                "select count(*) from presence_sessions where user_id = $1",
-                &[&bob.id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if sessions == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sessions: {sessions}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_sessions(&a.database_url, &bob, 2).await;
 
     // Act: bob leaves node B but is still on node A.
     drop(bob_b);
@@ -423,7 +404,6 @@ async fn a_user_switching_nodes_is_never_left_shown_offline() {
     let alice = a.register("alice").await;
     let bob = a.register("bob").await;
     a.create_group(&alice, "g", &[&bob]).await;
-    let db = crate::helpers::pg::connect(&a.database_url).await;
     let (mut watcher, _) = connected(&a, &alice, None).await;
     let nodes = [&a, &b];
     let (mut current, _) = connected(&b, &bob, None).await;
@@ -439,25 +419,7 @@ async fn a_user_switching_nodes_is_never_left_shown_offline() {
         on = other;
 
         // Wait until the database settles on one session, then for quiet.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let sessions: i64 = db
-                .query_one(
-                    "select count(*) from presence_sessions where user_id = $1",
-                    &[&bob.id],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if sessions == 1 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "sessions: {sessions}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        await_sessions(&a.database_url, &bob, 1).await;
         while let Some(f) = watcher.next_json_within(Duration::from_millis(250)).await {
             if f["type"] == "presence" && f["payload"]["user_id"] == bob.id {
                 shown_online = f["payload"]["online"].as_bool().unwrap();

@@ -1,6 +1,7 @@
 //! The WebSocket protocol (issue 3): connecting, the ready frame, and every
 //! client frame type with its reply, validation and limits.
 
+use crate::helpers::realtime::connected;
 use crate::helpers::ws::Closed;
 use crate::helpers::*;
 use futures_util::SinkExt;
@@ -823,8 +824,7 @@ async fn invalid_frames_get_an_error_frame_and_the_connection_stays_open() {
     // Arrange
     let app = spawn_app().await;
     let alice = app.register("alice").await;
-    let mut ws = app.connect_ws(&alice, None).await;
-    ws.next_of_type("ready").await;
+    let (mut ws, _) = connected(&app, &alice, None).await;
     let cases = [
         ("not json", "not json", "invalid_json"),
         ("truncated json", r#"{"type": "ping""#, "invalid_json"),

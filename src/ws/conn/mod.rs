@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use reader::Reader;
 use replay::Replay;
 use std::sync::Arc;
-use writer::{Writer, close_socket};
+use writer::{Opening, Writer, close_socket};
 
 /// What a connection's tasks use.
 #[derive(Clone)]
@@ -95,7 +95,12 @@ pub async fn run(
             };
             let reader_kill = registration.kill.clone();
             let writer = Writer::new(sink, registration);
-            let writer = tokio::spawn(writer.run(services.clone(), ready.to_text(None), replay));
+            let opening = Opening {
+                user_id: user.id,
+                ready: ready.to_text(None),
+                replay,
+            };
+            let writer = tokio::spawn(writer.run(services.clone(), opening));
             let reader = Reader {
                 services: &services,
                 user: &user,

@@ -1,11 +1,13 @@
-//! A connection's writer task: sends `ready`, replays what the client missed,
-//! then drains the connection's queue (pings included) onto the socket until
-//! the connection is killed or its reader is gone.
+//! A connection's writer task: sends `ready` and the `presence_snapshot`,
+//! replays what the client missed, then drains the connection's queue
+//! (pings included) onto the socket until the connection is killed or its
+//! reader is gone.
 
 use super::Services;
 use super::replay::Replay;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
+use crate::ws::presence;
 use crate::ws::registry::{ConnId, Registration};
 use crate::ws::upgrade::WebSocket;
 use futures_util::future::BoxFuture;
@@ -23,6 +25,14 @@ pub(super) type Sink = SplitSink<WebSocket, Message>;
 
 /// Queued frames written per flush: one syscall carries a burst.
 const WRITE_BATCH: usize = 64;
+
+/// What a connection is sent before its queue: `ready` (serialised), the
+/// presence snapshot of `user_id`, and the replay if one is due.
+pub(super) struct Opening {
+    pub user_id: i64,
+    pub ready: String,
+    pub replay: Option<Replay>,
+}
 
 /// A writer's view of its connection's kill signal.
 pub(super) struct Kill {
@@ -86,12 +96,12 @@ impl Writer {
         }
     }
 
-    /// Sends `ready`, replays, drains the queue; then closes the socket the
-    /// way the connection ended.
-    pub(super) async fn run(mut self, services: Services, ready: String, replay: Option<Replay>) {
+    /// Sends `ready` and the presence snapshot, replays, drains the queue;
+    /// then closes the socket the way the connection ended.
+    pub(super) async fn run(mut self, services: Services, opening: Opening) {
         let flush_ms = services.hub.config.close_flush_timeout_ms;
         let metrics = services.hub.metrics.clone();
-        match self.drive(&services, ready, replay).await {
+        match self.drive(&services, opening).await {
             // The reader unregistered: the client went away.
             Ok(true) => {
                 let _ =
@@ -118,14 +128,31 @@ impl Writer {
 
     /// The writer's work; `Ok(true)` when the reader unregistered,
     /// `Ok(false)` when killed.
-    async fn drive(
-        &mut self,
-        services: &Services,
-        ready: String,
-        replay: Option<Replay>,
-    ) -> Result<bool, WsError> {
+    async fn drive(&mut self, services: &Services, opening: Opening) -> Result<bool, WsError> {
+        let Opening {
+            user_id,
+            ready,
+            replay,
+        } = opening;
         if !self.send(Message::text(ready)).await? {
             return Ok(false);
+        }
+        // After `ready`, so that is not delayed by the read; before anything
+        // queued, so the live presence frames queued meanwhile follow it.
+        let hub = &services.hub;
+        let snapshot =
+            presence::snapshot_frame(&services.pool, user_id, hub.config.presence_max_members);
+        match snapshot.await {
+            Ok(frame) => {
+                if !self.send(Message::text(frame)).await? {
+                    return Ok(false);
+                }
+            }
+            Err(e) => {
+                log::warn!("presence snapshot failed: {}", crate::error::chain(&e));
+                hub.registry.kill(self.conn_id, UNAVAILABLE);
+                return Ok(false);
+            }
         }
         if let Some(replay) = replay
             && !replay.run(self, services).await?

@@ -3,13 +3,57 @@
 
 use super::{TestApp, TestUser, WsClient};
 use serde_json::Value;
+use std::time::Duration;
 
-/// An open connection for `user` and its `ready` payload.
+/// An open connection for `user` and its `ready` payload (its
+/// `presence_snapshot` read and checked to come second).
 pub async fn connected(app: &TestApp, user: &TestUser, since: Option<i64>) -> (WsClient, Value) {
-    let mut ws = app.connect_ws(user, since).await;
+    let (ws, ready, _) = opened(app.addr, user, since).await;
+    (ws, ready)
+}
+
+/// An open connection for `user` to the node at `addr`, with the payloads
+/// of its first two frames: `ready`, then `presence_snapshot`.
+pub async fn opened(
+    addr: std::net::SocketAddr,
+    user: &TestUser,
+    since: Option<i64>,
+) -> (WsClient, Value, Value) {
+    let mut ws = WsClient::connect(addr, &user.token, since).await;
     let ready = ws.next_json().await;
     assert_eq!(ready["type"], "ready", "first frame must be ready: {ready}");
-    (ws, ready["payload"].clone())
+    let snapshot = ws.next_json().await;
+    assert_eq!(
+        snapshot["type"], "presence_snapshot",
+        "second frame must be presence_snapshot: {snapshot}"
+    );
+    (ws, ready["payload"].clone(), snapshot["payload"].clone())
+}
+
+/// Waits until `user` holds `sessions` presence sessions across all nodes:
+/// they are recorded asynchronously, in batches.
+pub async fn await_sessions(database_url: &str, user: &TestUser, sessions: i64) {
+    let db = super::pg::connect(database_url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: i64 = db
+            .query_one(
+                "select count(*) from presence_sessions where user_id = $1",
+                &[&user.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if held == sessions {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} holds {held} sessions, not {sessions}",
+            user.username
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `(event_id, message_id)` of every committed message in `chat`, in commit order.

@@ -1,0 +1,167 @@
+//! Presence across nodes, and event-log retention.
+//!
+//! Each node records which users it holds connections for in
+//! `presence_sessions` and heartbeats its `presence_nodes` row ([`nodes`]).
+//! A user is online while any live node holds a session for them. Nodes
+//! reap peers whose heartbeat is older than `presence_timeout_secs`, so a
+//! node that died without saying goodbye has its users shown offline within
+//! that time.
+//!
+//! Who hears of a change ([`fan_out`]) and what a connection is told when
+//! it opens ([`snapshot`]) follow `crate::presence`: per-user presence is
+//! shared in chats of at most `ws.presence_max_members` members; members of
+//! larger chats ask for it (`GET /api/v1/chats/:id/presence`).
+
+mod fan_out;
+mod nodes;
+mod snapshot;
+
+pub use fan_out::fan_out;
+pub use nodes::{beat, leave, maintain, prune_events};
+pub use snapshot::{SNAPSHOT_USERS, snapshot_frame};
+
+use super::Hub;
+use super::registry::PresenceChange;
+use crate::error::ApiError;
+use crate::events::{Live, notify_live_all};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
+
+fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
+    t.map(crate::support::rfc3339)
+}
+
+/// Presence changes applied in one transaction at most. A reconnect storm
+/// (a node restarting under thousands of users) is applied in a few batches
+/// instead of a transaction per user, which could not keep up: users would
+/// stay unrecorded long after they connected.
+const PRESENCE_BATCH: usize = 1000;
+
+/// Applies this node's presence changes to the database, in order: each
+/// batch takes what has queued up and applies every user's latest change.
+pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceChange>) {
+    let mut shutdown = hub.shutdown_signal();
+    let mut batch = Vec::with_capacity(PRESENCE_BATCH);
+    loop {
+        let received = tokio::select! {
+            n = changes.recv_many(&mut batch, PRESENCE_BATCH) => n,
+            _ = super::stopping(&mut shutdown) => 0,
+        };
+        if received == 0 {
+            return;
+        }
+        let (online, offline) = latest_states(batch.drain(..));
+        if let Err(e) = apply(&hub, &online, &offline).await {
+            log::warn!(
+                "presence update for {} users failed: {e:?}",
+                online.len() + offline.len()
+            );
+        }
+    }
+}
+
+/// Each user's last change wins: an online-offline-online flap within a batch
+/// is the user online. Returns (online, offline) user ids.
+fn latest_states(changes: impl Iterator<Item = PresenceChange>) -> (Vec<i64>, Vec<i64>) {
+    let mut latest = std::collections::HashMap::new();
+    for change in changes {
+        latest.insert(change.user_id, change.online);
+    }
+    let (online, offline): (Vec<_>, Vec<_>) = latest.into_iter().partition(|&(_, on)| on);
+    (
+        online.into_iter().map(|(u, _)| u).collect(),
+        offline.into_iter().map(|(u, _)| u).collect(),
+    )
+}
+
+/// Records sessions for `online` and drops them for `offline`, and announces
+/// each user whose presence across all nodes changed, in one transaction.
+///
+/// The users' presence changes are serialised across nodes for the rest of
+/// the transaction, so each one's check for sessions elsewhere sees the
+/// others': otherwise a connection opening on one node while the last one
+/// closes on another can leave the user shown offline while connected.
+/// Advisory locks (two-key space: 'pres', user id), not row locks: `leave`
+/// and `reap` lock session rows before user rows, and taking user rows first
+/// would deadlock. Taken in key order, so two nodes' batches cannot deadlock.
+async fn apply(hub: &Hub, online: &[i64], offline: &[i64]) -> Result<(), ApiError> {
+    let mut client = hub.pool.get().await?;
+    let tx = client.transaction().await?;
+    let users: Vec<i64> = online.iter().chain(offline).copied().collect();
+    tx.query_typed(
+        "select pg_advisory_xact_lock(1886545267, k)
+         from (select distinct (u % 2147483647)::int as k from unnest($1::bigint[]) u order by k) keys",
+        &[(&users, Type::INT8_ARRAY)],
+    )
+    .await?;
+    let mut announce = Vec::new();
+    if !online.is_empty() {
+        let rows = tx
+            .query_typed(
+                "with ins as (
+                     insert into presence_sessions (node_id, user_id)
+                     select $1, u from unnest($2::bigint[]) u where exists (select 1 from users where id = u)
+                     on conflict do nothing
+                 )
+                 select u.id, u.last_seen from users u
+                 where u.id = any($2)
+                   and not exists (select 1 from presence_sessions s where s.user_id = u.id and s.node_id <> $1)",
+                &[(&hub.node_id, Type::TEXT), (&online, Type::INT8_ARRAY)],
+            )
+            .await?;
+        announce.extend(rows.iter().map(|r| Live::Presence {
+            user_id: r.get(0),
+            online: true,
+            last_seen: rfc3339(r.get(1)),
+        }));
+    }
+    if !offline.is_empty() {
+        let rows = tx
+            .query_typed(
+                "with del as (
+                     delete from presence_sessions where node_id = $1 and user_id = any($2)
+                 )
+                 update users set last_seen = now()
+                 where id = any($2)
+                   and not exists (select 1 from presence_sessions s where s.user_id = users.id and s.node_id <> $1)
+                 returning id, last_seen",
+                &[(&hub.node_id, Type::TEXT), (&offline, Type::INT8_ARRAY)],
+            )
+            .await?;
+        announce.extend(rows.iter().map(|r| Live::Presence {
+            user_id: r.get(0),
+            online: false,
+            last_seen: rfc3339(r.get(1)),
+        }));
+    }
+    notify_live_all(&tx, &announce).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_applies_each_users_last_change() {
+        let change = |user_id, online| PresenceChange { user_id, online };
+        let (mut online, mut offline) = latest_states(
+            [
+                change(1, true),
+                change(2, true),
+                change(1, false),
+                change(3, false),
+                change(2, false),
+                change(2, true),
+            ]
+            .into_iter(),
+        );
+        online.sort();
+        offline.sort();
+        assert_eq!(online, vec![2]);
+        assert_eq!(offline, vec![1, 3]);
+    }
+}

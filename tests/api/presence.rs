@@ -1,0 +1,403 @@
+//! Presence at scale (issue 23): a connection opens with the presence of
+//! the people it shares chats with (`presence_snapshot`); `GET
+//! /chats/:id/presence` and members' `online` answer on demand, whichever
+//! node a user is connected to; chats above `ws.presence_max_members` get
+//! no per-user presence frames.
+
+use crate::helpers::process::{TempDir, signal, start_server};
+use crate::helpers::realtime::{await_sessions, connected, opened};
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Long enough for a frame that was going to arrive to have arrived.
+const QUIET: Duration = Duration::from_millis(600);
+
+async fn register_all<const N: usize>(app: &TestApp, names: [&str; N]) -> [TestUser; N] {
+    let mut users = Vec::new();
+    for name in names {
+        users.push(app.register(name).await);
+    }
+    users.try_into().unwrap()
+}
+
+/// The next `presence` frame about `user` (others' are skipped).
+async fn presence_of(ws: &mut WsClient, user: &TestUser) -> Value {
+    loop {
+        let frame = ws.next_of_type("presence").await;
+        if frame["payload"]["user_id"] == user.id {
+            return frame["payload"].clone();
+        }
+    }
+}
+
+/// `GET /api/v1/chats/:id/presence` as `viewer`, which must succeed.
+async fn chat_presence(app: &TestApp, viewer: &TestUser, chat: i64) -> Value {
+    let (status, body) = app
+        .get(&format!("/api/v1/chats/{chat}/presence"), &viewer.token)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// `{user_id: online}` of a list of members.
+fn online_of(members: &Value) -> Vec<(i64, bool)> {
+    let mut out: Vec<(i64, bool)> = members
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {members}"))
+        .iter()
+        .map(|m| {
+            (
+                m["user_id"].as_i64().unwrap(),
+                m["online"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn sorted(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_connection_opens_with_the_presence_of_everyone_it_shares_a_chat_with() {
+    // Arrange: alice shares chats with bob (online), dave (was online) and
+    // carol (never connected); erin is online but shares no chat with her.
+    let app = spawn_app().await;
+    let [alice, bob, carol, dave, erin] =
+        register_all(&app, ["alice", "bob", "carol", "dave", "erin"]).await;
+    app.create_group(&alice, "g", &[&bob, &carol]).await;
+    app.create_dm(&dave, &alice).await;
+    app.create_group(&erin, "elsewhere", &[]).await;
+    let (_bob, _) = connected(&app, &bob, None).await;
+    let (_erin, _) = connected(&app, &erin, None).await;
+    let (dave_ws, _) = connected(&app, &dave, None).await;
+    await_sessions(&app.database_url, &dave, 1).await;
+    drop(dave_ws);
+    await_sessions(&app.database_url, &dave, 0).await;
+    await_sessions(&app.database_url, &bob, 1).await;
+    let (_, dave_now) = app
+        .get(&format!("/api/v1/users/{}", dave.id), &alice.token)
+        .await;
+    assert!(dave_now["last_seen"].is_string(), "{dave_now}");
+
+    // Act
+    let (_ws, _, snapshot) = opened(app.addr, &alice, None).await;
+
+    // Assert: each once, online first, then the most recently seen; not
+    // alice herself, not erin.
+    assert_eq!(
+        snapshot,
+        json!({"users": [
+            {"user_id": bob.id, "online": true, "last_seen": null},
+            {"user_id": dave.id, "online": false, "last_seen": dave_now["last_seen"]},
+            {"user_id": carol.id, "online": false, "last_seen": null},
+        ], "truncated": false})
+    );
+}
+
+#[tokio::test]
+async fn a_user_connected_to_another_node_is_online_in_snapshots_presence_and_member_lists() {
+    // Arrange: bob is connected to node B only; alice asks node A.
+    let a = spawn_app().await;
+    let b = spawn_node(&a.database_url, |_| {}).await;
+    let [alice, bob, carol] = register_all(&a, ["alice", "bob", "carol"]).await;
+    let chat = a.create_group(&alice, "g", &[&bob, &carol]).await;
+    let (_bob, _) = connected(&b, &bob, None).await;
+    await_sessions(&a.database_url, &bob, 1).await;
+
+    // Act
+    let (_alice, _, snapshot) = opened(a.addr, &alice, None).await;
+    await_sessions(&a.database_url, &alice, 1).await;
+    let presence = chat_presence(&a, &alice, chat).await;
+    let (_, detail) = a.get(&format!("/api/v1/chats/{chat}"), &alice.token).await;
+    let (_, page) = a
+        .get(&format!("/api/v1/chats/{chat}/members"), &alice.token)
+        .await;
+    let (_, list) = a.get("/api/v1/chats", &alice.token).await;
+
+    // Assert
+    assert_eq!(
+        snapshot["users"],
+        json!([
+            {"user_id": bob.id, "online": true, "last_seen": null},
+            {"user_id": carol.id, "online": false, "last_seen": null},
+        ])
+    );
+    assert_eq!(
+        presence,
+        json!({"member_count": 3, "online_count": 2, "online": sorted(vec![alice.id, bob.id])})
+    );
+    let expected = sorted(vec![alice.id, bob.id, carol.id])
+        .into_iter()
+        .map(|id| (id, id != carol.id))
+        .collect::<Vec<_>>();
+    assert_eq!(online_of(&detail["members"]), expected, "{detail}");
+    assert_eq!(online_of(&page), expected, "{page}");
+    assert_eq!(online_of(&list[0]["members"]), expected, "{list}");
+}
+
+#[tokio::test]
+async fn chat_presence_is_for_members_only_and_hides_users_blocked_either_way() {
+    // Arrange: everyone in the chat is connected; mallory is not a member.
+    let app = spawn_app().await;
+    let [alice, bob, carol, mallory] =
+        register_all(&app, ["alice", "bob", "carol", "mallory"]).await;
+    let chat = app.create_group(&alice, "g", &[&bob, &carol]).await;
+    let mut sockets = Vec::new();
+    for user in [&alice, &bob, &carol] {
+        sockets.push(connected(&app, user, None).await.0);
+        await_sessions(&app.database_url, user, 1).await;
+    }
+
+    // Act & Assert: non-members, and chats that do not exist, are 404.
+    for path in [
+        format!("/api/v1/chats/{chat}/presence"),
+        "/api/v1/chats/999999/presence".to_string(),
+    ] {
+        let (status, body) = app.get(&path, &mallory.token).await;
+        assert_error(status, &body, 404, "not_found");
+    }
+    assert_eq!(
+        chat_presence(&app, &alice, chat).await,
+        json!({"member_count": 3, "online_count": 3, "online": sorted(vec![alice.id, bob.id, carol.id])})
+    );
+
+    // Act: alice blocks bob.
+    let (status, body) = app
+        .put(
+            &format!("/api/v1/users/{}/block", bob.id),
+            &alice.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+
+    // Assert: each appears offline to the other, and only to the other.
+    let seen_by = |viewer| chat_presence(&app, viewer, chat);
+    assert_eq!(
+        seen_by(&alice).await["online"],
+        json!(sorted(vec![alice.id, carol.id]))
+    );
+    assert_eq!(
+        seen_by(&bob).await["online"],
+        json!(sorted(vec![bob.id, carol.id]))
+    );
+    assert_eq!(
+        seen_by(&carol).await["online"],
+        json!(sorted(vec![alice.id, bob.id, carol.id]))
+    );
+    let (_, detail) = app
+        .get(&format!("/api/v1/chats/{chat}"), &alice.token)
+        .await;
+    let bob_seen = online_of(&detail["members"])
+        .into_iter()
+        .find(|(id, _)| *id == bob.id);
+    assert_eq!(bob_seen, Some((bob.id, false)), "{detail}");
+    let (_, _, snapshot) = opened(app.addr, &alice, None).await;
+    assert_eq!(
+        snapshot["users"],
+        json!([
+            {"user_id": carol.id, "online": true, "last_seen": null},
+            {"user_id": bob.id, "online": false, "last_seen": null},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn events_carry_no_presence_while_the_rest_body_does() {
+    // Arrange: bob is connected and will be told of the new chat.
+    let app = spawn_app().await;
+    let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
+    let (mut bob_ws, _) = connected(&app, &bob, None).await;
+    await_sessions(&app.database_url, &bob, 1).await;
+
+    // Act
+    let (status, body) = app
+        .post(
+            "/api/v1/chats",
+            &alice.token,
+            json!({"name": "g", "is_group": true, "member_ids": [bob.id]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let created = bob_ws.next_of_type("chat_created").await;
+
+    // Assert: the creator's reply says who is online as she sees it; the
+    // event, which every member shares, says nothing of it.
+    let expected = sorted(vec![alice.id, bob.id])
+        .into_iter()
+        .map(|id| (id, id == bob.id))
+        .collect::<Vec<_>>();
+    assert_eq!(online_of(&body["members"]), expected, "{body}");
+    for member in created["payload"]["members"].as_array().unwrap() {
+        assert!(member.get("online").is_none(), "{created}");
+    }
+}
+
+#[tokio::test]
+async fn a_chat_above_the_presence_size_gets_no_per_arrival_presence_while_a_small_chat_does() {
+    // Arrange: with a size of 3, alice's group of 4 is large, her DM with erin small.
+    let app = spawn_app_with(|c| c.ws.presence_max_members = 3).await;
+    let [alice, bob, carol, dave, erin] =
+        register_all(&app, ["alice", "bob", "carol", "dave", "erin"]).await;
+    let big = app
+        .create_group(&alice, "big", &[&bob, &carol, &dave])
+        .await;
+    app.create_dm(&alice, &erin).await;
+    let (mut watcher, _, snapshot) = opened(app.addr, &alice, None).await;
+    await_sessions(&app.database_url, &alice, 1).await;
+    assert_eq!(
+        snapshot["users"],
+        json!([{"user_id": erin.id, "online": false, "last_seen": null}]),
+        "the snapshot leaves out those met only in the large chat"
+    );
+
+    // Act: bob (in the large chat only) arrives, then erin (in the small one).
+    let (_bob, _) = connected(&app, &bob, None).await;
+    await_sessions(&app.database_url, &bob, 1).await;
+    let (_erin, _) = connected(&app, &erin, None).await;
+
+    // Assert: alice hears of erin, never of bob (his would have come first).
+    let heard = watcher.next_of_type("presence").await;
+    assert_eq!(heard["payload"]["user_id"], erin.id, "{heard}");
+    assert_eq!(heard["payload"]["online"], true, "{heard}");
+    watcher.expect_no("presence", QUIET).await;
+    // The large chat's presence is there on demand.
+    assert_eq!(
+        chat_presence(&app, &alice, big).await,
+        json!({"member_count": 4, "online_count": 2, "online": sorted(vec![alice.id, bob.id])})
+    );
+    let (_, _, snapshot) = opened(app.addr, &alice, None).await;
+    assert_eq!(
+        snapshot["users"],
+        json!([{"user_id": erin.id, "online": true, "last_seen": null}])
+    );
+}
+
+#[tokio::test]
+async fn member_count_follows_adds_removals_leaves_and_account_deletions() {
+    // Arrange
+    let app = spawn_app().await;
+    let [alice, bob, carol, dave] = register_all(&app, ["alice", "bob", "carol", "dave"]).await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let count = || member_count(&app, &alice, chat);
+    assert_eq!(count().await, 2);
+
+    // Act & Assert
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/chats/{chat}/members"),
+            &alice.token,
+            json!({"member_ids": [carol.id, dave.id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count().await, 4);
+    let (status, _) = app
+        .delete(
+            &format!("/api/v1/chats/{chat}/members/{}", carol.id),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app
+        .delete(
+            &format!("/api/v1/chats/{chat}/members/{}", bob.id),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(count().await, 2);
+    let (status, body) = app.delete_account(&dave).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(count().await, 1);
+}
+
+/// The chat's `member_count`, which its detail and its presence agree on.
+async fn member_count(app: &TestApp, viewer: &TestUser, chat: i64) -> i64 {
+    let presence = chat_presence(app, viewer, chat).await;
+    let (_, detail) = app
+        .get(&format!("/api/v1/chats/{chat}"), &viewer.token)
+        .await;
+    assert_eq!(presence["member_count"], detail["member_count"], "{detail}");
+    detail["member_count"].as_i64().unwrap()
+}
+
+/// Node B as a process of its own (so it can die without a goodbye), on
+/// `app`'s database, heartbeating every second and reaping after two.
+fn process_node(app: &TestApp, dir: &TempDir) -> crate::helpers::process::Server {
+    let config = dir.write(
+        "config.yaml",
+        "ws:\n  presence_heartbeat_secs: 1\n  presence_timeout_secs: 2\n",
+    );
+    start_server(
+        dir,
+        &[
+            ("DATABASE_URL", app.database_url.as_str()),
+            ("PORT", "0"),
+            ("CHATAPP_HOST", "127.0.0.1"),
+            ("CHATAPP_TOKEN_KEY", TEST_TOKEN_KEY),
+            ("CHATAPP_BCRYPT_COST", "4"),
+            ("CONFIG_PATH", config.to_str().unwrap()),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn users_of_a_node_that_dies_go_offline_everywhere_and_come_back_when_they_reconnect() {
+    // Arrange: node A in this process, node B a process; bob is on node B,
+    // alice watches from node A.
+    let a = spawn_app_with(|c| {
+        c.ws.presence_heartbeat_secs = 1;
+        c.ws.presence_timeout_secs = 2;
+    })
+    .await;
+    let dir = TempDir::new();
+    let node_b = process_node(&a, &dir);
+    let [alice, bob] = register_all(&a, ["alice", "bob"]).await;
+    let chat = a.create_group(&alice, "g", &[&bob]).await;
+    let (mut watcher, _) = connected(&a, &alice, None).await;
+    let (_bob_on_b, _, _) = opened(node_b.addr.parse().unwrap(), &bob, None).await;
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], true);
+    await_sessions(&a.database_url, &alice, 1).await;
+    assert_eq!(chat_presence(&a, &alice, chat).await["online_count"], 2);
+
+    // Act: node B dies without saying goodbye.
+    signal(&node_b.child, "-KILL");
+
+    // Assert: node A reaps it after the presence timeout; bob is offline
+    // in every view node A gives.
+    let offline = presence_of(&mut watcher, &bob).await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(offline["last_seen"].is_string(), "{offline}");
+    assert_eq!(
+        chat_presence(&a, &alice, chat).await,
+        json!({"member_count": 2, "online_count": 1, "online": [alice.id]})
+    );
+    let (_, detail) = a.get(&format!("/api/v1/chats/{chat}"), &alice.token).await;
+    let expected = sorted(vec![alice.id, bob.id])
+        .into_iter()
+        .map(|id| (id, id == alice.id))
+        .collect::<Vec<_>>();
+    assert_eq!(online_of(&detail["members"]), expected, "{detail}");
+    let (_, _, snapshot) = opened(a.addr, &alice, None).await;
+    assert_eq!(
+        snapshot["users"],
+        json!([{"user_id": bob.id, "online": false, "last_seen": offline["last_seen"]}])
+    );
+
+    // Act: bob reconnects, to node A.
+    let (_bob_on_a, _) = connected(&a, &bob, None).await;
+
+    // Assert
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], true);
+    await_sessions(&a.database_url, &bob, 1).await;
+    assert_eq!(
+        chat_presence(&a, &alice, chat).await["online"],
+        json!(sorted(vec![alice.id, bob.id]))
+    );
+}
