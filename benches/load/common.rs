@@ -481,6 +481,41 @@ pub struct User {
     pub token: String,
 }
 
+/// The search words of a message seeded straight into the database, as
+/// SQL over its `content`: PostgreSQL's own parser, which for the seeds'
+/// text (lowercase ASCII words, digits, commas) gives what the server writes
+/// (`chatapp::messages::words::tsvector_text`; [`seeded_words_match`] checks
+/// it). Seeded rows must carry words: a server fills any row without them
+/// when it starts, which would run beside the measurement.
+pub const SEEDED_WORDS_SQL: &str = "to_tsvector('simple', t.content)";
+
+/// Whether the first 200 messages of `chat` carry the words the server
+/// would have written for them.
+pub async fn seeded_words_match(db: &tokio_postgres::Client, chat: i64) -> bool {
+    let rows = db
+        .query(
+            "select id, content from messages where chat_id = $1 order by id limit 200",
+            &[&chat],
+        )
+        .await
+        .expect("read seeded messages");
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let words: Vec<String> = rows
+        .iter()
+        .map(|r| chatapp::messages::words::tsvector_text(r.get(1)))
+        .collect();
+    let differ: i64 = db
+        .query_one(
+            "select count(*) from messages m join unnest($1::int8[], $2::text[]) as x (id, words)
+             on x.id = m.id where m.search is distinct from x.words::tsvector",
+            &[&ids, &words],
+        )
+        .await
+        .expect("compare seeded words")
+        .get(0);
+    !rows.is_empty() && differ == 0
+}
+
 /// A group chat owned by `members[0]` with all of `members`, inserted directly.
 pub async fn seed_chat(db: &tokio_postgres::Client, name: &str, members: &[i64]) -> i64 {
     let row = db
