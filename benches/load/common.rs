@@ -18,7 +18,7 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 pub const USAGE: &str =
     "usage: cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
        [--server URL (with DATABASE_URL of its database and CHATAPP_TOKEN_KEY)] [scenario options]
-scenarios: send fanout idle history login recovery replay-cost all
+scenarios: send fanout idle history login recovery replay-cost search all
 options (comma lists run each size):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
             --limits both (rate limits off and on, alternated; or off, on)
@@ -27,7 +27,8 @@ options (comma lists run each size):
   history   --messages 10000,1000000 --requests 2000 --concurrency 8
   login     --logins 50 --cost 12 (default: the server's configured cost)
   recovery  --clients 1000 --missed 10000 --chats 10
-  replay-cost --events 10000,1000000 --messages 100 --replays 20";
+  replay-cost --events 10000,1000000 --messages 100 --replays 20
+  search    --messages 10000,1000000 --requests 2000 --concurrency 8 --duration 5";
 
 /// Parsed command line. Anything `--name value` not known here is a scenario
 /// option, read with [`Opts::list`] / [`Opts::num`].
