@@ -307,10 +307,10 @@ def check_copies():
 # ------------------------------------------------------- openapi responses
 # What the code does (src/http.rs `authed_for`, src/limits.rs, src/password.rs),
 # by operationId: the operations with a rate limit, and those running bcrypt.
-RATE_LIMITED = {"register", "login", "createChat", "addMembers", "markRead", "sendMessage"}
+RATE_LIMITED = {"register", "login", "createChat", "addMembers", "markRead", "sendMessage", "searchMessages"}
 BCRYPT = {"register", "login", "updateUser", "deleteUser"}
 # Operations reading a query string (`http::query_map`): NUL and bad escapes are 400.
-READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "connectWebSocket"}
+READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "searchMessages", "connectWebSocket"}
 STATUS_OF_CODE = {
     "validation_failed": 400, "invalid_body": 400, "invalid_id": 400, "invalid_text": 400,
     "invalid_query": 400, "invalid_header": 400, "missing_header": 400, "length_required": 400,

@@ -132,6 +132,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         metrics.clone(),
     ));
     tokio::spawn(tidy_rate_limits(rates.clone()));
+    tokio::spawn(messages::search::maintain(pool.clone()));
     let setup = messages::SendSetup {
         pipeline,
         pool: pool.clone(),

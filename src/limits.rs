@@ -36,6 +36,7 @@ pub enum Action {
     AddMembers,
     Typing,
     MarkRead,
+    Search,
     /// Any other WebSocket frame (join, leave, ping).
     Frame,
 }
@@ -51,6 +52,7 @@ impl Action {
             Action::AddMembers => "add_members",
             Action::Typing => "typing",
             Action::MarkRead => "mark_read",
+            Action::Search => "search",
             Action::Frame => "frame",
         }
     }
@@ -110,6 +112,7 @@ pub struct RateLimits {
     add_members: Keyed<i64>,
     typing: Keyed<i64>,
     mark_read: Keyed<i64>,
+    search: Keyed<i64>,
     frame: Keyed<i64>,
     failed_logins: Mutex<HashMap<String, Failures>>,
     free_failures: u32,
@@ -128,6 +131,7 @@ impl RateLimits {
             add_members: Keyed::new(&config.member_adds),
             typing: Keyed::new(&config.typing),
             mark_read: Keyed::new(&config.reads),
+            search: Keyed::new(&config.searches),
             frame: Keyed::new(&config.frames),
             failed_logins: Mutex::new(HashMap::new()),
             free_failures: config.failed_logins_before_backoff,
@@ -162,6 +166,7 @@ impl RateLimits {
             Action::AddMembers => &self.add_members,
             Action::Typing => &self.typing,
             Action::MarkRead => &self.mark_read,
+            Action::Search => &self.search,
             Action::Frame => &self.frame,
             Action::Register | Action::Login => return Ok(()),
         };
@@ -243,6 +248,7 @@ impl RateLimits {
         self.add_members.tidy();
         self.typing.tidy();
         self.mark_read.tidy();
+        self.search.tidy();
         self.frame.tidy();
         let max = self.max_backoff;
         self.failures().retain(|_, f| f.last.elapsed() < max);

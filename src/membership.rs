@@ -25,6 +25,28 @@ pub fn join_member(alias: &str, chat: &str, user: &str) -> String {
     format!("join chat_members {alias} on {alias}.chat_id = {chat} and {alias}.user_id = {user}")
 }
 
+/// Fails with 404 `not_found` unless user `user_id` is a member of chat
+/// `chat_id`: for a read whose query (which states the rule itself) found
+/// nothing, to tell an empty page from a chat the caller is not in.
+pub async fn ensure_member(
+    client: &impl GenericClient,
+    chat_id: i64,
+    user_id: i64,
+) -> Result<(), ApiError> {
+    let member: bool = client
+        .query_one(
+            &format!("select {}", is_member("$1", "$2")),
+            &[&chat_id, &user_id],
+        )
+        .await?
+        .get(0);
+    if member {
+        Ok(())
+    } else {
+        Err(ApiError::ChatNotFound)
+    }
+}
+
 /// Fails with 403 `blocked` when any of `others` has blocked `user_id`:
 /// nobody is put into a chat by someone they blocked.
 pub async fn ensure_not_blocked_by(

@@ -15,6 +15,12 @@ pub fn rfc3339_sql(col: &str) -> String {
     )
 }
 
+/// The columns [`message_json_sql`] reads: what a statement that writes
+/// messages returns of them to build their bodies (not `search`, which no
+/// body carries).
+pub const MESSAGE_COLUMNS: &str =
+    "id, chat_id, sender_id, content, is_edited, client_id, created_at, updated_at";
+
 /// SQL (jsonb) for message row `m`, sent by user row `u` (left-joined: null
 /// once the account is gone), as REST returns it: `{id, chat_id, sender_id,
 /// content, is_edited, client_id, created_at, updated_at, sender}`.

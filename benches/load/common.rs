@@ -18,7 +18,7 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 pub const USAGE: &str =
     "usage: cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
        [--server URL (with DATABASE_URL of its database and CHATAPP_TOKEN_KEY)] [scenario options]
-scenarios: send fanout arrival idle history login recovery replay-cost all
+scenarios: send fanout arrival idle history login recovery replay-cost search all
 options (comma lists run each size):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
             --limits both (rate limits off and on, alternated; or off, on)
@@ -28,7 +28,8 @@ options (comma lists run each size):
   history   --messages 10000,1000000 --requests 2000 --concurrency 8
   login     --logins 50 --cost 12 (default: the server's configured cost)
   recovery  --clients 1000 --missed 10000 --chats 10
-  replay-cost --events 10000,1000000 --messages 100 --replays 20";
+  replay-cost --events 10000,1000000 --messages 100 --replays 20
+  search    --messages 10000,1000000 --requests 2000 --concurrency 8 --duration 5";
 
 /// Parsed command line. Anything `--name value` not known here is a scenario
 /// option, read with [`Opts::list`] / [`Opts::num`].
@@ -480,6 +481,41 @@ pub struct User {
     pub id: i64,
     pub username: String,
     pub token: String,
+}
+
+/// The search words of a message seeded straight into the database, as
+/// SQL over its `content`: PostgreSQL's own parser, which for the seeds'
+/// text (lowercase ASCII words, digits, commas) gives what the server writes
+/// (`chatapp::messages::words::tsvector_text`; [`seeded_words_match`] checks
+/// it). Seeded rows must carry words: a server fills any row without them
+/// when it starts, which would run beside the measurement.
+pub const SEEDED_WORDS_SQL: &str = "to_tsvector('simple', t.content)";
+
+/// Whether the first 200 messages of `chat` carry the words the server
+/// would have written for them.
+pub async fn seeded_words_match(db: &tokio_postgres::Client, chat: i64) -> bool {
+    let rows = db
+        .query(
+            "select id, content from messages where chat_id = $1 order by id limit 200",
+            &[&chat],
+        )
+        .await
+        .expect("read seeded messages");
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let words: Vec<String> = rows
+        .iter()
+        .map(|r| chatapp::messages::words::tsvector_text(r.get(1)))
+        .collect();
+    let differ: i64 = db
+        .query_one(
+            "select count(*) from messages m join unnest($1::int8[], $2::text[]) as x (id, words)
+             on x.id = m.id where m.search is distinct from x.words::tsvector",
+            &[&ids, &words],
+        )
+        .await
+        .expect("compare seeded words")
+        .get(0);
+    !rows.is_empty() && differ == 0
 }
 
 /// A group chat owned by `members[0]` with all of `members`, inserted directly.

@@ -8,7 +8,8 @@
 //! walks the 1,000,000-message chat from its newest row.
 
 use crate::common::{
-    Env, Percentiles, Protocol, ServerOpts, connect_db, join, pgbench, seed_users,
+    Env, Percentiles, Protocol, SEEDED_WORDS_SQL, ServerOpts, connect_db, join, pgbench,
+    seed_users, seeded_words_match,
 };
 use crate::report::Report;
 use std::sync::Arc;
@@ -41,17 +42,20 @@ pub async fn run(env: &Env, report: &mut Report) {
         let started = Instant::now();
         let row = db
             .query_one(
-                "with c as (
+                &format!("with c as (
                      insert into chats (name, is_group, creator_id) values ('history ' || $2::bigint, true, $1) returning id
                  ), m as (
                      insert into chat_members (chat_id, user_id, is_admin) select id, $1, true from c
                  ), msgs as (
-                     insert into messages (chat_id, sender_id, content)
-                     select c.id, $1, 'history message number ' || g || ', of an ordinary length'
-                     from c, generate_series(1, $2::bigint) g
+                     insert into messages (chat_id, sender_id, content, search)
+                     select c.id, $1, t.content, {words}
+                     from c, generate_series(1, $2::bigint) g,
+                          lateral (select 'history message number ' || g || ', of an ordinary length' as content) t
                      returning id
                  )
                  select (select id from c), min(id), max(id) from msgs",
+                    words = SEEDED_WORDS_SQL
+                ),
                 &[&reader.id, &(n as i64)],
             )
             .await
@@ -60,6 +64,11 @@ pub async fn run(env: &Env, report: &mut Report) {
         eprintln!(
             "   seeded {n} messages in {:.1}s",
             started.elapsed().as_secs_f64()
+        );
+        report.check(
+            SCENARIO,
+            seeded_words_match(&db, chat).await,
+            format!("{n} msgs: seeded messages carry the words the server writes"),
         );
         chats.push((n, chat, lo, hi));
     }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
-//!     scenarios: send fanout arrival idle history login recovery replay-cost all
+//!     scenarios: send fanout arrival idle history login recovery replay-cost search all
 //! ```
 //!
 //! It starts what it needs: a private PostgreSQL (or the one `DATABASE_URL`
@@ -25,12 +25,13 @@ mod pg;
 mod recovery;
 mod replay_cost;
 mod report;
+mod search;
 mod send;
 
 use common::{Env, Opts};
 use report::Report;
 
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "send",
     "fanout",
     "arrival",
@@ -39,6 +40,7 @@ pub const SCENARIOS: [&str; 8] = [
     "login",
     "recovery",
     "replay-cost",
+    "search",
 ];
 
 fn main() {
@@ -82,6 +84,7 @@ async fn run(opts: Opts) -> Report {
             "login" => login::run(&env, &mut report).await,
             "recovery" => recovery::run(&env, &mut report).await,
             "replay-cost" => replay_cost::run(&env, &mut report).await,
+            "search" => search::run(&env, &mut report).await,
             other => unreachable!("unknown scenario {other}"),
         }
         eprintln!("== {scenario} took {:.1}s", started.elapsed().as_secs_f64());

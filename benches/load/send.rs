@@ -414,7 +414,8 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .replace("$1", ":chat")
         .replace("$2", ":sender")
         .replace("$3", &format!("'{CONTENT}'"))
-        .replace("$4", "null::text");
+        .replace("$4", "null::text")
+        .replace("$5", &content_words());
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     // One statement, committed on its own: exactly what the handler sends.
     let script = format!(
@@ -426,6 +427,12 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .join(format!("send-{}.pgbench.sql", std::process::id()));
     std::fs::write(&path, script).expect("write pgbench script");
     path
+}
+
+/// The search words the server sends with [`CONTENT`], as an SQL literal.
+fn content_words() -> String {
+    let words = chatapp::messages::words::tsvector_text(CONTENT);
+    format!("'{}'", words.replace('\'', "''"))
 }
 
 /// The server's `chatapp_send_batch_size` histogram so far: (sum, count).
@@ -469,7 +476,11 @@ fn write_pgbench_batch_script(env: &Env, chats: &[i64], users: &[User], batch: u
             "$3",
             &format!("array_fill('{CONTENT}'::text, array[{batch}])"),
         )
-        .replace("$4", &format!("array_fill(null::text, array[{batch}])"));
+        .replace("$4", &format!("array_fill(null::text, array[{batch}])"))
+        .replace(
+            "$5",
+            &format!("array_fill({}::text, array[{batch}])", content_words()),
+        );
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     let path = env.log_dir.join(format!(
         "send-batch{batch}-{}.pgbench.sql",

@@ -15,7 +15,7 @@ use crate::http::{
     Context, Query, authed, authed_for, id_param, json_body, query, respond, validated, with,
 };
 use crate::limits::Action;
-use crate::membership::{ensure_not_blocked_by, is_member, lock_users};
+use crate::membership::{ensure_member, ensure_not_blocked_by, is_member, lock_users};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::LazyLock;
@@ -80,16 +80,7 @@ async fn list_members(
         )
         .await?;
     if rows.is_empty() {
-        let member: bool = client
-            .query_one(
-                &format!("select {}", is_member("$1", "$2")),
-                &[&chat_id, &user.id],
-            )
-            .await?
-            .get(0);
-        if !member {
-            return Err(ApiError::ChatNotFound);
-        }
+        ensure_member(&*client, chat_id, user.id).await?;
     }
     let members: Vec<Member> = rows.iter().map(Member::from_row).collect();
     Ok(warp::reply::json(&members))

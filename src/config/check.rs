@@ -130,6 +130,12 @@ impl Config {
             1,
             100_000,
         )?;
+        check_range(
+            "limits.search_timeout_ms",
+            limits.search_timeout_ms,
+            1,
+            3_600_000,
+        )?;
         let r = &limits.rate;
         for (key, rate) in [
             ("register_per_ip", r.register_per_ip),
@@ -139,6 +145,7 @@ impl Config {
             ("member_adds", r.member_adds),
             ("typing", r.typing),
             ("reads", r.reads),
+            ("searches", r.searches),
             ("frames", r.frames),
         ] {
             let key = format!("limits.rate.{key}");

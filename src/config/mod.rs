@@ -141,6 +141,9 @@ pub struct LimitsConfig {
     /// Take the client's address from the last `X-Forwarded-For` entry
     /// (set it only behind a proxy that appends one).
     pub trust_forwarded_for: bool,
+    /// The longest a message search's statement may run (503
+    /// `query_timeout` past it).
+    pub search_timeout_ms: u64,
     pub rate: RateConfig,
 }
 
@@ -171,6 +174,7 @@ pub struct RateConfig {
     pub member_adds: Rate,
     pub typing: Rate,
     pub reads: Rate,
+    pub searches: Rate,
     /// Other WebSocket frames (join_chat, leave_chat, ping).
     pub frames: Rate,
 }
@@ -188,6 +192,7 @@ impl Default for RateConfig {
             member_adds: rate(60, 20),
             typing: rate(120, 10),
             reads: rate(600, 60),
+            searches: rate(120, 20),
             frames: rate(1200, 60),
         }
     }
@@ -276,6 +281,7 @@ impl Default for LimitsConfig {
             sockets_per_user: 32,
             bcrypt_queue: 64,
             trust_forwarded_for: false,
+            search_timeout_ms: 1_000,
             rate: RateConfig::default(),
         }
     }

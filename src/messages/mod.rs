@@ -1,8 +1,10 @@
-//! Messages: send (idempotent by client_id), fetch, page through, edit, delete.
-//! Bodies are built in SQL by [`message_json`](crate::message_json), the one
-//! definition of a message.
+//! Messages: send (idempotent by client_id), fetch, page through, search,
+//! edit, delete. Bodies are built in SQL by
+//! [`message_json`](crate::message_json), the one definition of a message.
 
+pub mod search;
 mod send;
+pub mod words;
 
 pub use crate::message_json::rfc3339_sql;
 pub use send::{
@@ -17,8 +19,8 @@ use crate::events::{self, EventKind, NewEvent};
 use crate::http::{
     Context, JsonText, Query, authed, id_param, json_body, query, respond, validated, with,
 };
-use crate::membership::{is_member, join_member};
-use crate::message_json::message_json_sql;
+use crate::membership::{ensure_member, is_member, join_member};
+use crate::message_json::{MESSAGE_COLUMNS, message_json_sql};
 use serde::Deserialize;
 use std::sync::{Arc, LazyLock};
 use tokio_postgres::GenericClient;
@@ -32,6 +34,8 @@ pub fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
     send(ctx, sends)
         .or(history(ctx))
+        .unify()
+        .or(search::route(ctx))
         .unify()
         .or(get(ctx))
         .unify()
@@ -183,19 +187,9 @@ async fn fetch_history(
         .await?;
     if rows.is_empty() {
         // An empty page of a chat the caller is not in is a 404, like any other read.
-        let member: bool = client
-            .query_one(
-                &format!("select {}", is_member("$1", "$2")),
-                &[&chat_id, &user.id],
-            )
-            .await?
-            .get(0);
-        if !member {
-            return Err(ApiError::ChatNotFound);
-        }
+        ensure_member(&*client, chat_id, user.id).await?;
     }
-    let bodies: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
-    Ok(JsonText(format!("[{}]", bodies.join(","))))
+    Ok(json_array(&rows))
 }
 
 /// A page of chat `$1` for member `$2`: before id `$3` or after id `$4`
@@ -228,6 +222,12 @@ pub fn history_sql(oldest_first: bool) -> &'static str {
         })
     });
     &SQL[oldest_first as usize]
+}
+
+/// Rows whose first column is a message body, as one JSON array.
+fn json_array(rows: &[tokio_postgres::Row]) -> JsonText {
+    let bodies: Vec<&str> = rows.iter().map(|r| r.get(0)).collect();
+    JsonText(format!("[{}]", bodies.join(",")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,7 +277,10 @@ async fn edit_message(
 ) -> Result<impl Reply, ApiError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "with m as (update messages set content = $2, is_edited = true where id = $1 returning *)
+            "with m as (
+                 update messages set content = $2, search = $3::text::tsvector, is_edited = true
+                 where id = $1 returning {MESSAGE_COLUMNS}
+             )
              select {}::text from m left join users u on u.id = m.sender_id",
             message_json_sql("m", "u"),
         )
@@ -293,7 +296,10 @@ async fn edit_message(
     if !access.is_sender {
         return Err(ApiError::NotMessageSender);
     }
-    let row = tx.query_one(SQL.as_str(), &[&id, &content]).await?;
+    let search = words::tsvector_text(&content);
+    let row = tx
+        .query_one(SQL.as_str(), &[&id, &content, &search])
+        .await?;
     events::emit(
         &tx,
         &[NewEvent::new(

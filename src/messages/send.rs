@@ -10,7 +10,9 @@ use crate::error::{ApiError, FieldError};
 use crate::events;
 use crate::limits::{Action, RateLimits};
 use crate::membership::is_member;
-use crate::message_json::{event_payload_sql, logged_payload_sql, message_json_sql};
+use crate::message_json::{
+    MESSAGE_COLUMNS, event_payload_sql, logged_payload_sql, message_json_sql,
+};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -127,6 +129,8 @@ struct Insert {
     sender_id: i64,
     content: String,
     client_id: Option<String>,
+    /// The content's words for search, as a `tsvector` literal.
+    search: String,
 }
 
 /// A send waiting for its commit: the row the statement returned for it, or
@@ -208,11 +212,14 @@ impl SendQueue {
             return Err(ApiError::Validation(errors));
         }
         let (reply, answer) = oneshot::channel();
+        // Here, on the request's task, not on the committing one.
+        let search = super::words::tsvector_text(&content);
         let insert = Insert {
             chat_id: req.chat_id,
             sender_id,
             content,
             client_id: req.client_id.clone(),
+            search,
         };
         // First in, first out, and so is waiting for room in the queue.
         self.jobs
@@ -234,13 +241,14 @@ impl SendQueue {
         vec![
             (
                 SEND_SQL.as_str(),
-                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT],
+                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
             ),
             (
                 SEND_BATCH_SQL.as_str(),
                 &[
                     Type::INT8_ARRAY,
                     Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
                     Type::TEXT_ARRAY,
                     Type::TEXT_ARRAY,
                 ],
@@ -252,8 +260,8 @@ impl SendQueue {
 const SEND_STATEMENT: usize = 0;
 const SEND_BATCH_STATEMENT: usize = 1;
 
-/// Sends message `$3` with client id `$4` from `$2` into chat `$1`, in one
-/// statement (one round trip, committed on its own): inserts it if `$2` is a
+/// Sends message `$3` with client id `$4` and search vector `$5` (a
+/// `tsvector` literal) from `$2` into chat `$1`, in one statement (one round trip, committed on its own): inserts it if `$2` is a
 /// member and the client id is new, touches the chat, appends the `message`
 /// event and NOTIFYs it; returns the message (its REST body, id, chat and
 /// client id) and `event_id`, or no row when nothing was inserted. The
@@ -263,10 +271,10 @@ const SEND_BATCH_STATEMENT: usize = 1;
 pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with m as (
-             insert into messages (chat_id, sender_id, content, client_id)
-             select $1, $2, $3, $4 where {member}
+             insert into messages (chat_id, sender_id, content, client_id, search)
+             select $1, $2, $3, $4, $5::tsvector where {member}
              on conflict (sender_id, client_id) where client_id is not null do nothing
-             returning *
+             returning {MESSAGE_COLUMNS}
          ), b as (
              select m.id, m.chat_id, m.client_id, {body} as body
              from m left join users u on u.id = m.sender_id
@@ -299,25 +307,25 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// [`SEND_SQL`] for many sends at once, committed together: element `n`
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
-/// contents, `$4` client ids is one send. Message ids are drawn in array
+/// contents, `$4` client ids, `$5` search vectors is one send. Message ids are drawn in array
 /// order before the insert, so each returned row carries its `n`; messages
 /// and events are numbered in that order. Sends not inserted (not a member,
 /// client id reused, even within the batch) return no row.
 pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with req as (
-             select r.n, r.chat_id, r.sender_id, r.content, r.client_id,
+             select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.search,
                     nextval(pg_get_serial_sequence('messages', 'id')) as id
-             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[])
-                  with ordinality as r (chat_id, sender_id, content, client_id, n)
+             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[])
+                  with ordinality as r (chat_id, sender_id, content, client_id, search, n)
              where {member}
              order by r.n
          ), m as (
-             insert into messages (id, chat_id, sender_id, content, client_id)
+             insert into messages (id, chat_id, sender_id, content, client_id, search)
              overriding system value
-             select id, chat_id, sender_id, content, client_id from req order by id
+             select id, chat_id, sender_id, content, client_id, search::tsvector from req order by id
              on conflict (sender_id, client_id) where client_id is not null do nothing
-             returning *
+             returning {MESSAGE_COLUMNS}
          ), b as (
              select m.id, m.chat_id, m.client_id, {body} as body
              from m left join users u on u.id = m.sender_id
@@ -417,6 +425,7 @@ async fn insert_one(pipeline: &Pipeline, insert: &Insert) -> Result<Option<Row>,
                 &insert.sender_id,
                 &insert.content,
                 &insert.client_id,
+                &insert.search,
             ],
         )
         .await?;
@@ -432,12 +441,13 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
         .iter()
         .map(|j| j.insert.client_id.as_deref())
         .collect();
+    let searches: Vec<&str> = batch.iter().map(|j| j.insert.search.as_str()).collect();
     let pipelined = pipeline.get().await?;
     let rows = pipelined
         .client
         .query(
             &pipelined.statements[SEND_BATCH_STATEMENT],
-            &[&chat_ids, &sender_ids, &contents, &client_ids],
+            &[&chat_ids, &sender_ids, &contents, &client_ids, &searches],
         )
         .await?;
     let mut by_job: Vec<Option<Row>> = batch.iter().map(|_| None).collect();

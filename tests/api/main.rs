@@ -24,6 +24,7 @@ mod redaction;
 mod replay_agreement;
 mod replay_cost;
 mod revocation;
+mod search;
 mod seed_client;
 mod send_batches;
 mod slow_clients;
