@@ -64,7 +64,11 @@ pub static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
         asset!("js/api.js", JS),
         asset!("js/socket.js", JS),
         asset!("js/store.js", JS),
+        asset!("js/signin.js", JS),
         asset!("js/ui.js", JS),
+        asset!("js/messages.js", JS),
+        asset!("js/details.js", JS),
+        asset!("js/newchat.js", JS),
         asset!("js/dom.js", JS),
     ]
     .into_iter()

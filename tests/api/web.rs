@@ -130,6 +130,14 @@ async fn every_embedded_file_is_documented_and_every_documented_file_is_served()
         })
         .collect();
     assert_eq!(documented, embedded);
+    let page = get(&app, "/", None).await.text().await.unwrap();
+    for module in documented.iter().filter(|p| p.starts_with("/web/js/")) {
+        assert!(
+            page.contains(&format!(r#"src="{module}""#))
+                || page.contains(&format!(r#"<link rel="modulepreload" href="{module}">"#)),
+            "the page neither loads nor preloads {module}"
+        );
+    }
     for path in &documented {
         let res = get(&app, path, None).await;
         assert_eq!(res.status(), 200, "{path}");

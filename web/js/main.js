@@ -1,44 +1,26 @@
-// Start-up, sign-in, and the glue between the REST client, the socket, the store and the views.
+// Start-up, and the glue between the REST client (api.js), the socket
+// (socket.js), the state (store.js) and the views (ui.js and the modules it
+// uses); the sign-in form is in signin.js.
+//
+// A new feature of the API finds its place the same way each time: a REST call
+// in api.js and an action below that calls it; a new server frame, a case in
+// onFrame and a store method that keeps its state (the store tells the views
+// what changed); what it shows, in the view that shows it: messages.js for
+// anything on a message, details.js for the chat's panel, ui.js for the list
+// and the header.
 
 import { createApi } from './api.js';
 import { Connection } from './socket.js';
 import { Store, normalizeMessage } from './store.js';
-import { View, wireNewChat } from './ui.js';
+import { View } from './ui.js';
+import { wireNewChat } from './newchat.js';
 import { $ } from './dom.js';
+import { session, showSignin, flashOnSignin } from './signin.js';
 
 const PAGE = 50;
-const TOKEN = 'chatapp.token';
-const USER = 'chatapp.user';
-const EXPIRES = 'chatapp.expires';
-const FLASH = 'chatapp.flash';
 // Codes a send may succeed with later: it stays queued and is tried again.
 // (`rate_limited` never gets here: the socket waits and re-sends by itself.)
 const TRANSIENT = new Set(['database_unavailable', 'query_timeout', 'internal_error']);
-
-const session = {
-  get token() {
-    return sessionStorage.getItem(TOKEN);
-  },
-  get user() {
-    try {
-      return JSON.parse(sessionStorage.getItem(USER));
-    } catch {
-      return null;
-    }
-  },
-  valid() {
-    const exp = Date.parse(sessionStorage.getItem(EXPIRES) || '');
-    return !!this.token && !!this.user && !(exp < Date.now());
-  },
-  save(auth) {
-    sessionStorage.setItem(TOKEN, auth.token);
-    sessionStorage.setItem(USER, JSON.stringify(auth.user));
-    sessionStorage.setItem(EXPIRES, auth.expires_at || '');
-  },
-  clear() {
-    for (const k of [TOKEN, USER, EXPIRES]) sessionStorage.removeItem(k);
-  },
-};
 
 let app = null; // {store, view, conn} while signed in
 
@@ -53,62 +35,8 @@ function signOut(message, { keepOutbox = false } = {}) {
   app?.conn.stop();
   if (!keepOutbox && app) sessionStorage.removeItem(app.store.outboxKey);
   session.clear();
-  if (message) sessionStorage.setItem(FLASH, message);
+  if (message) flashOnSignin(message);
   location.replace(location.pathname);
-}
-
-// ---- sign-in ----
-
-function showSignin() {
-  $('#signin').hidden = false;
-  const form = $('#signin-form');
-  const user = $('#si-user');
-  const pass = $('#si-pass');
-  const name = $('#si-name');
-  const err = $('#signin-error');
-  const buttons = [$('#signin-btn'), $('#register-btn')];
-  const flash = sessionStorage.getItem(FLASH);
-  sessionStorage.removeItem(FLASH);
-  const fieldErr = { username: $('#si-user-err'), password: $('#si-pass-err') };
-  const show = (message, fields = []) => {
-    err.textContent = message;
-    err.hidden = !message;
-    for (const [f, el] of Object.entries(fieldErr)) {
-      const hit = fields.find((x) => x.field === f);
-      el.hidden = !hit;
-      el.textContent = hit ? `${f[0].toUpperCase()}${f.slice(1)} ${hit.message}.` : '';
-      (f === 'username' ? user : pass).setAttribute('aria-invalid', String(!!hit));
-    }
-  };
-  if (flash) show(flash);
-  const go = async (register) => {
-    if (!user.value.trim() || !pass.value) {
-      show('Enter a username and a password.');
-      (user.value.trim() ? pass : user).focus();
-      return;
-    }
-    buttons.forEach((b) => (b.disabled = true));
-    try {
-      const auth = register ? await api.register(user.value.trim(), pass.value, name.value.trim()) : await api.login(user.value.trim(), pass.value);
-      session.save(auth);
-      $('#signin').hidden = true;
-      pass.value = '';
-      start();
-    } catch (e) {
-      if (e.code === 'invalid_credentials') show('Wrong username or password.');
-      else if (e.code === 'username_taken') show('That username is taken. Pick another one, or sign in.');
-      else if (e.code === 'validation_failed') show('Please check the highlighted fields.', e.fields);
-      else show(e.status ? e.message : 'The server cannot be reached. Try again in a moment.');
-    } finally {
-      buttons.forEach((b) => (b.disabled = false));
-    }
-  };
-  form.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    go(false);
-  });
-  $('#register-btn').addEventListener('click', () => go(true));
-  user.focus();
 }
 
 // ---- the app ----
@@ -457,5 +385,5 @@ function refreshChatSoon(chatId) {
 if (session.valid()) start();
 else {
   session.clear();
-  showSignin();
+  showSignin(api, start);
 }

@@ -1,12 +1,14 @@
-// The views: chat list, open chat (log, composer, details), new-chat dialog,
-// connection status. They read the store and call `actions`; nothing here
-// talks to the server directly.
+// The views: chat list, open chat (header, log, composer), connection status;
+// the log's items are built in messages.js, the details panel in details.js,
+// the new-chat dialog in newchat.js. They read the store and call `actions`;
+// nothing here talks to the server directly.
 
-import { h, $, fill, icon, initials, hue, fmtTime, fmtDay, fmtFull, fmtAgo } from './dom.js';
+import { h, $, fill, initials, hue, fmtTime, fmtAgo } from './dom.js';
+import { logEntries } from './messages.js';
+import { detailsPanel } from './details.js';
 
 const NEAR_TOP_PX = 300;
 const NEAR_BOTTOM_PX = 60;
-const GROUP_GAP_MS = 5 * 60000;
 
 export class View {
   constructor(store, actions) {
@@ -259,64 +261,6 @@ export class View {
     this.markRead();
   }
 
-  /** Items of the log in order: days, notes, messages, pending sends. */
-  entries(chatId) {
-    const s = this.s;
-    const t = s.timeline(chatId);
-    const chat = s.chats.get(chatId);
-    const me = s.me.id;
-    const msgs = s.sortedMessages(chatId);
-    const myAdmin = !!s.myMembership(chat)?.is_admin;
-    const seen = new Map(); // message id → names
-    for (const [uid, mid] of t.readBy) {
-      // Under the newest message they have read that is not their own.
-      const at = uid === me ? null : msgs.findLast((m) => m.id <= mid && m.senderId !== uid);
-      if (!at) continue;
-      if (!seen.has(at.id)) seen.set(at.id, []);
-      seen.get(at.id).push(s.displayName(uid));
-    }
-    const out = [];
-    let prev = null;
-    let day = null;
-    let dividerDone = false;
-    const notes = [...t.notes];
-    const push = (m, kind) => {
-      const d = fmtDay(m.createdAt);
-      if (d !== day) {
-        day = d;
-        out.push({ key: `d${d}`, sig: d, el: () => h('p', { class: 'day' }, d) });
-        prev = null;
-      }
-      if (kind === 'msg' && !dividerDone && this.divider != null && m.id > this.divider && m.senderId !== me) {
-        dividerDone = true;
-        out.push({ key: 'divider', sig: 'divider', el: () => h('p', { class: 'divider', role: 'separator' }, 'New messages') });
-      }
-      const first = !prev || prev.senderId !== m.senderId || m.createdAt - prev.createdAt > GROUP_GAP_MS;
-      prev = m;
-      return first;
-    };
-    for (const m of msgs) {
-      while (notes.length && notes[0].afterId < m.id) {
-        const n = notes.shift();
-        out.push({ key: n.key, sig: n.text, el: () => h('p', { class: 'note' }, n.text) });
-        prev = null;
-      }
-      const first = push(m, 'msg');
-      const mine = m.senderId === me && me != null;
-      const names = seen.get(m.id);
-      const sig = [m.content, m.edited, first, this.editing === m.id, this.confirming === m.id, names?.join(','), myAdmin].join('|');
-      out.push({ key: `m${m.id}`, sig, el: () => this.messageEl(m, { first, mine, names, canDelete: mine || myAdmin, chat }) });
-    }
-    for (const n of notes) out.push({ key: n.key, sig: n.text, el: () => h('p', { class: 'note' }, n.text) });
-    const pending = [...t.pending.values()].sort((a, b) => a.createdAt - b.createdAt);
-    for (const p of pending) {
-      const m = { senderId: me, createdAt: p.createdAt, content: p.content };
-      const first = push(m, 'pending');
-      out.push({ key: `p${p.clientId}`, sig: [p.failed, p.error, first].join('|'), el: () => this.pendingEl(p, first) });
-    }
-    return out;
-  }
-
   renderChat() {
     const id = this.openId;
     if (id == null) return;
@@ -334,7 +278,7 @@ export class View {
         }
       }
     }
-    const want = this.entries(id);
+    const want = logEntries(this, id);
     const old = new Map([...e.items.children].map((el) => [el.dataset.key, el]));
     want.forEach((w, i) => {
       let el = old.get(w.key);
@@ -366,83 +310,6 @@ export class View {
     // A first page that does not fill the view: fetch the next one now.
     if (t.loaded && t.hasMore && !t.loading && log.scrollHeight <= log.clientHeight + NEAR_TOP_PX) this.a.loadOlder(id);
     this.markRead();
-  }
-
-  messageEl(m, { first, mine, names, canDelete }) {
-    const name = mine ? this.s.me.display_name || this.s.me.username : m.displayName || m.username || 'Deleted user';
-    const time = h('time', { datetime: m.createdAt.toISOString(), title: fmtFull(m.createdAt) }, fmtTime(m.createdAt));
-    let body;
-    if (this.editing === m.id) {
-      const ta = h('textarea', { 'aria-label': 'Edit text', maxlength: '4000' });
-      ta.value = m.content;
-      const save = () => {
-        const v = ta.value.trim();
-        this.editing = null;
-        this.invalidate(`chat:${m.chatId}`);
-        if (v && v !== m.content) this.a.edit(m, v);
-      };
-      const cancel = () => {
-        this.editing = null;
-        this.invalidate(`chat:${m.chatId}`);
-        this.els.input.focus();
-      };
-      ta.addEventListener('keydown', (ev) => {
-        if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
-          ev.preventDefault();
-          save();
-        } else if (ev.key === 'Escape') cancel();
-      });
-      body = h(
-        'div',
-        { class: 'edit-box' },
-        ta,
-        h('div', { class: 'actions' }, h('button', { type: 'button', class: 'small', onclick: cancel }, 'Cancel'), h('button', { type: 'button', class: 'primary small', onclick: save }, 'Save')),
-      );
-    } else {
-      body = h('div', { class: 'bubble' }, m.content);
-    }
-    const tools = h('div', { class: 'tools' });
-    if (this.confirming === m.id) {
-      tools.append(
-        h('button', { type: 'button', class: 'confirm danger', onclick: () => ((this.confirming = null), this.a.del(m)) }, h('span', { 'aria-hidden': 'true' }, 'Delete'), h('span', { class: 'sr-only' }, 'Confirm delete')),
-        h('button', { type: 'button', class: 'confirm', onclick: () => ((this.confirming = null), this.invalidate(`chat:${m.chatId}`)) }, 'Cancel'),
-      );
-    } else if (this.editing !== m.id) {
-      if (mine) tools.append(h('button', { type: 'button', 'aria-label': 'Edit', title: 'Edit', onclick: () => ((this.editing = m.id), (this.confirming = null), this.invalidate(`chat:${m.chatId}`)) }, icon('edit')));
-      if (canDelete) tools.append(h('button', { type: 'button', 'aria-label': 'Delete', title: 'Delete', onclick: () => ((this.confirming = m.id), this.invalidate(`chat:${m.chatId}`)) }, icon('trash')));
-    }
-    return h(
-      'article',
-      { class: `msg${first ? ' first' : ''}${mine ? ' mine' : ''}`, 'data-id': m.id },
-      h('span', { class: `avatar sm ${hue(m.senderId)}`, 'aria-hidden': 'true' }, initials(name)),
-      h('div', { class: 'msg-body' },
-        h('div', { class: 'msg-head' }, h('span', { class: 'who' }, name), time),
-        h('div', { class: 'bubble-row' }, body, m.edited && this.editing !== m.id ? h('span', { class: 'meta' }, '(edited)') : null, tools),
-        names?.length ? h('p', { class: 'seen' }, `Seen by ${names.join(', ')}`) : null,
-      ),
-    );
-  }
-
-  pendingEl(p, first) {
-    const name = this.s.me.display_name || this.s.me.username;
-    const meta = p.failed
-      ? h('span', { class: 'meta err', title: p.error || '' }, icon('alert'), `Not sent${p.error ? `: ${p.error}` : ''}`)
-      : h('span', { class: 'meta' }, icon('clock'), 'Sending…');
-    const tools = h('div', { class: 'tools' });
-    if (p.failed) {
-      tools.append(
-        h('button', { type: 'button', class: 'confirm', onclick: () => this.a.retry(p) }, 'Retry'),
-        h('button', { type: 'button', class: 'confirm', onclick: () => this.a.discard(p) }, 'Discard'),
-      );
-    }
-    return h(
-      'article',
-      { class: `msg mine ${p.failed ? 'failed' : 'pending'}${first ? ' first' : ''}`, 'aria-busy': p.failed ? null : 'true' },
-      h('div', { class: 'msg-body' },
-        h('div', { class: 'msg-head' }, h('span', { class: 'who' }, name), h('time', { datetime: p.createdAt.toISOString() }, fmtTime(p.createdAt))),
-        h('div', { class: 'bubble-row' }, h('div', { class: 'bubble' }, p.content), meta, tools),
-      ),
-    );
   }
 
   renderTyping() {
@@ -490,99 +357,8 @@ export class View {
     }
   }
 
-  // ---- details: people and admin actions ----
-
   renderDetails() {
-    const e = this.els;
-    const chat = this.s.chats.get(this.openId);
-    const show = !!chat && this.detailsOpen;
-    e.details.hidden = !show;
-    e.detailsBtn.setAttribute('aria-expanded', String(show));
-    if (!show) return (this.detailsSig = null);
-    const s = this.s;
-    // Rebuilt only when what it shows changed, so focus stays where it is.
-    const sig = JSON.stringify([chat.id, chat.name, chat.creatorId, (chat.members || []).map((m) => [m.user_id, m.is_admin, m.display_name, s.presence.get(m.user_id)?.online])]);
-    if (sig === this.detailsSig) return;
-    this.detailsSig = sig;
-    const mine = s.myMembership(chat);
-    const admin = !!mine?.is_admin;
-    const members = chat.members || [];
-    const parts = [];
-    const focused = document.activeElement?.dataset?.keep;
-    const keepValue = focused ? document.activeElement.value : null;
-    if (chat.isGroup) {
-      parts.push(h('h3', {}, 'Group'));
-      if (admin) {
-        const input = h('input', { 'aria-label': 'Group name', value: chat.name || '', maxlength: '100', 'data-keep': 'rename' });
-        parts.push(
-          h('form', { class: 'row', onsubmit: (ev) => (ev.preventDefault(), this.a.rename(chat.id, input.value)) }, input, h('button', { type: 'submit', class: 'small' }, 'Rename')),
-        );
-      } else parts.push(h('p', {}, chat.name || 'Unnamed group'));
-    }
-    parts.push(h('h3', {}, `People (${members.length})`));
-    const ul = h('ul', { class: 'people', 'aria-label': 'People' });
-    for (const m of members) {
-      const name = m.display_name || m.username;
-      const pres = s.presence.get(m.user_id);
-      const you = m.user_id === s.me.id;
-      const actions = h('div', { class: 'p-actions' });
-      if (admin && chat.isGroup && !you) {
-        actions.append(
-          m.is_admin
-            ? h('button', { type: 'button', 'aria-label': `Demote ${name}`, onclick: () => this.a.setAdmin(chat.id, m.user_id, false) }, 'Demote')
-            : h('button', { type: 'button', 'aria-label': `Promote ${name} to admin`, onclick: () => this.a.setAdmin(chat.id, m.user_id, true) }, 'Promote'),
-          h('button', { type: 'button', class: 'danger', 'aria-label': `Remove ${name} from the chat`, onclick: () => this.a.removeMember(chat.id, m.user_id) }, 'Remove'),
-        );
-      }
-      const status = you || pres?.online ? 'online' : pres?.lastSeen ? `last seen ${fmtAgo(pres.lastSeen)}` : '';
-      ul.append(
-        h(
-          'li',
-          { class: 'person' },
-          h('span', { class: `avatar sm ${hue(m.user_id)}`, 'aria-hidden': 'true' }, initials(name), h('span', { class: you || pres?.online ? 'dot on' : 'dot' })),
-          h(
-            'span',
-            { class: 'p-text' },
-            h('span', { class: 'p-name' }, name, you ? ' (you)' : '', m.is_admin ? h('span', { class: 'tag' }, 'admin') : null),
-            h('span', { class: 'p-sub' }, `@${m.username}${status ? ` · ${status}` : ''}`),
-          ),
-          actions,
-        ),
-      );
-    }
-    parts.push(ul);
-    if (admin && chat.isGroup) {
-      const input = h('input', { 'aria-label': 'Add people', placeholder: 'usernames, comma-separated', autocapitalize: 'none', spellcheck: 'false', 'data-keep': 'add' });
-      parts.push(
-        h('h3', {}, 'Add people'),
-        h(
-          'form',
-          {
-            class: 'row',
-            onsubmit: async (ev) => {
-              ev.preventDefault();
-              if (await this.a.addMembers(chat.id, input.value)) input.value = '';
-            },
-          },
-          input,
-          h('button', { type: 'submit', class: 'small' }, 'Add'),
-        ),
-      );
-    }
-    const zone = h('div', { class: 'danger-zone' });
-    zone.append(h('button', { type: 'button', class: 'danger', onclick: () => this.a.leave(chat.id) }, chat.isGroup ? 'Leave chat' : 'Leave conversation'));
-    if (chat.creatorId === s.me.id || (admin && chat.creatorId == null)) {
-      zone.append(h('button', { type: 'button', class: 'danger', onclick: () => this.a.deleteChat(chat.id) }, 'Delete chat'));
-    }
-    parts.push(zone);
-    fill(e.details, ...parts);
-    if (focused) {
-      const el = e.details.querySelector(`[data-keep="${focused}"]`);
-      if (el) {
-        el.value = keepValue;
-        el.focus();
-      }
-    }
+    detailsPanel(this);
   }
 
   toast(text) {
@@ -595,45 +371,4 @@ export class View {
 
 function e_items(items) {
   return items.querySelectorAll('article[data-id]');
-}
-
-// ---- the new-chat dialog ----
-
-export function wireNewChat(onCreate) {
-  const dlg = $('#new-chat');
-  const form = $('#new-chat-form');
-  const dm = $('#nc-dm');
-  const nameRow = $('#nc-name-row');
-  const name = $('#nc-name');
-  const members = $('#nc-members');
-  const err = $('#nc-error');
-  const create = $('#nc-create');
-  const sync = () => {
-    nameRow.hidden = dm.checked;
-    $('#nc-members-hint').textContent = dm.checked ? 'The username of the person to write to.' : 'Usernames, separated by commas.';
-  };
-  $('#new-chat-btn').addEventListener('click', () => {
-    form.reset();
-    err.hidden = true;
-    sync();
-    dlg.showModal();
-    name.focus();
-  });
-  dm.addEventListener('change', sync);
-  $('#nc-cancel').addEventListener('click', () => dlg.close());
-  form.addEventListener('submit', async (ev) => {
-    ev.preventDefault();
-    err.hidden = true;
-    create.disabled = true;
-    try {
-      const usernames = members.value.split(/[,\s]+/).map((u) => u.trim().replace(/^@/, '')).filter(Boolean);
-      await onCreate({ dm: dm.checked, name: name.value.trim(), usernames });
-      dlg.close();
-    } catch (e) {
-      err.textContent = e.message;
-      err.hidden = false;
-    } finally {
-      create.disabled = false;
-    }
-  });
 }
