@@ -3,6 +3,7 @@
 //! template, a real server on port 0, and a real WebSocket client.
 
 pub mod pg;
+pub mod process;
 pub mod realtime;
 pub mod ws;
 
