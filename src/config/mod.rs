@@ -211,6 +211,9 @@ pub struct WsConfig {
     pub presence_heartbeat_secs: u64,
     pub presence_timeout_secs: u64,
     pub close_flush_timeout_ms: u64,
+    /// A node shutting down tells each client it closes to wait a random
+    /// time up to this long before reconnecting.
+    pub reconnect_spread_ms: u64,
 }
 
 impl Default for Config {
@@ -294,6 +297,7 @@ impl Default for WsConfig {
             presence_heartbeat_secs: 10,
             presence_timeout_secs: 45,
             close_flush_timeout_ms: 5_000,
+            reconnect_spread_ms: 5_000,
         }
     }
 }

@@ -192,6 +192,11 @@ fn invalid_config_values_are_one_line_errors_naming_the_key() {
         ("limits:\n  body_bytes: -5\n", &[], &["body_bytes"]),
         ("cors:\n  origins: [ftp://x]\n", &[], &["cors.origins"]),
         ("port: [1, 2]\n", &[], &["port"]),
+        (
+            "ws:\n  reconnect_spread_ms: 700000\n",
+            &[],
+            &["ws.reconnect_spread_ms", "0 to 600000"],
+        ),
     ];
     for (yaml, env, needles) in cases {
         let config = dir.write("config.yaml", yaml);
