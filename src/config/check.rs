@@ -255,6 +255,7 @@ impl Config {
             0,
             600_000,
         )?;
+        check_range("ws.reconnect_spread_ms", ws.reconnect_spread_ms, 0, 600_000)?;
         Ok(())
     }
 

@@ -220,6 +220,9 @@ pub struct WsConfig {
     /// ask for it with `GET /api/v1/chats/:id/presence`.
     pub presence_max_members: usize,
     pub close_flush_timeout_ms: u64,
+    /// A node shutting down tells each client it closes to wait a random
+    /// time up to this long before reconnecting.
+    pub reconnect_spread_ms: u64,
 }
 
 impl Default for Config {
@@ -305,6 +308,7 @@ impl Default for WsConfig {
             presence_timeout_secs: 45,
             presence_max_members: 1_000,
             close_flush_timeout_ms: 5_000,
+            reconnect_spread_ms: 5_000,
         }
     }
 }

@@ -192,6 +192,11 @@ fn invalid_config_values_are_one_line_errors_naming_the_key() {
         ("limits:\n  body_bytes: -5\n", &[], &["body_bytes"]),
         ("cors:\n  origins: [ftp://x]\n", &[], &["cors.origins"]),
         ("port: [1, 2]\n", &[], &["port"]),
+        (
+            "ws:\n  reconnect_spread_ms: 700000\n",
+            &[],
+            &["ws.reconnect_spread_ms", "0 to 600000"],
+        ),
     ];
     for (yaml, env, needles) in cases {
         let config = dir.write("config.yaml", yaml);
@@ -633,18 +638,6 @@ async fn a_token_works_at_once_on_a_node_whose_clock_is_30_seconds_behind() {
     let status = response.status();
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "{body}");
-}
-
-/// Waits until the child exits; its status.
-async fn exited(server: &mut Server, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod cli;
 mod container;
 mod contract;
 mod errors;
+mod failover;
 mod hostile_input;
 mod messages;
 mod ops;

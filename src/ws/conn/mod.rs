@@ -42,7 +42,6 @@ pub async fn run(
     _live: super::LiveConnection,
 ) {
     let hub = services.hub.clone();
-    let flush_ms = hub.config.close_flush_timeout_ms;
     hub.metrics.ws_opened.inc();
     hub.metrics.ws_open.inc();
     let registration = hub.registry.register(user.id, user.token_version);
@@ -113,13 +112,13 @@ pub async fn run(
         Ok(_) => {
             // Killed (e.g. the account was deleted) before it was ready.
             let reason = (*registration.kill.borrow()).unwrap_or(TOKEN_EXPIRED);
-            close_socket(sink, reason, flush_ms).await;
+            close_socket(sink, reason, &hub.config).await;
             hub.metrics.ws_closed(reason.code.to_string());
         }
         Err(e) => {
             log::warn!("cannot open WebSocket session: {}", crate::error::chain(&e));
             hub.registry.unregister(id);
-            close_socket(sink, UNAVAILABLE, flush_ms).await;
+            close_socket(sink, UNAVAILABLE, &hub.config).await;
             hub.metrics.ws_closed(UNAVAILABLE.code.to_string());
         }
     }

@@ -5,6 +5,7 @@
 
 use super::Services;
 use super::replay::Replay;
+use crate::config::WsConfig;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
 use crate::ws::presence;
@@ -113,7 +114,7 @@ impl Writer {
                 if reason.drain {
                     self.drain(flush_ms).await;
                 }
-                close_socket(self.sink, reason, flush_ms).await;
+                close_socket(self.sink, reason, &services.hub.config).await;
                 metrics.ws_closed(reason.code.to_string());
             }
             // The socket is broken: nothing more can be sent; make sure the
@@ -306,15 +307,16 @@ fn message_of(frame: Frame) -> Message {
 }
 
 /// Sends the close frame for `reason` and closes, within the flush timeout.
-pub(super) async fn close_socket(mut sink: Sink, reason: CloseReason, flush_ms: u64) {
+pub(super) async fn close_socket(mut sink: Sink, reason: CloseReason, config: &WsConfig) {
+    let text = reason.text(config.reconnect_spread_ms);
     let close = async {
         let _ = sink
             .send(Message::Close(Some(CloseFrame {
                 code: CloseCode::from(reason.code),
-                reason: Utf8Bytes::from_static(reason.reason),
+                reason: Utf8Bytes::from(text),
             })))
             .await;
         let _ = sink.close().await;
     };
-    let _ = tokio::time::timeout(Duration::from_millis(flush_ms), close).await;
+    let _ = tokio::time::timeout(Duration::from_millis(config.close_flush_timeout_ms), close).await;
 }

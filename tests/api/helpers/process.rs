@@ -127,3 +127,15 @@ pub fn signal(child: &Child, sig: &str) {
         .success();
     assert!(ok, "kill {sig} failed");
 }
+
+/// Waits until the child exits; its status.
+pub async fn exited(server: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

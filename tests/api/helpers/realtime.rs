@@ -71,6 +71,33 @@ pub async fn committed_messages(app: &TestApp, chat: i64) -> Vec<(i64, i64)> {
     .collect()
 }
 
+/// Every message id of `chat` through `GET /messages/chat/:id`, paging with
+/// `before_id`, oldest first.
+pub async fn rest_history(app: &TestApp, user: &TestUser, chat: i64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/v1/messages/chat/{chat}?limit=100&before_id={b}"),
+            None => format!("/api/v1/messages/chat/{chat}?limit=100"),
+        };
+        let (status, page) = app.get(&path, &user.token).await;
+        assert_eq!(status, 200, "{page}");
+        let page: Vec<i64> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        if page.is_empty() {
+            ids.sort_unstable();
+            return ids;
+        }
+        before = page.iter().min().copied();
+        ids.extend(page);
+    }
+}
+
 /// Reads until `n` message frames have arrived; returns `(event_id, message_id)` of each.
 pub async fn read_messages(ws: &mut WsClient, n: usize) -> Vec<(i64, i64)> {
     let mut seen = Vec::new();

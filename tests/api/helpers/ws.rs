@@ -48,6 +48,14 @@ pub enum Closed {
     Dropped,
 }
 
+/// What [`WsClient::next_or_close`] read.
+pub enum Next {
+    Frame(Value),
+    /// The close code and reason; `None` when the TCP connection ended
+    /// without a close frame.
+    Closed(Option<(u16, String)>),
+}
+
 impl WsClient {
     pub async fn connect(addr: std::net::SocketAddr, token: &str, since: Option<i64>) -> WsClient {
         let mut url = format!("ws://{addr}/ws?token={token}");
@@ -120,17 +128,36 @@ impl WsClient {
 
     /// Reads until the server closes; returns the close code.
     pub async fn closed(&mut self) -> Closed {
+        match self.close_frame().await {
+            Some((code, _)) => Closed::Code(code),
+            None => Closed::Dropped,
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason, or
+    /// `None` when the TCP connection ended without a close frame.
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        loop {
+            if let Next::Closed(close) = self.next_or_close().await {
+                return close;
+            }
+        }
+    }
+
+    /// The next JSON frame, or how the connection ended; panics if neither
+    /// comes within [`WAIT`].
+    pub async fn next_or_close(&mut self) -> Next {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Err(_) => panic!("connection not closed within the wait"),
-                Ok(None) | Ok(Some(Err(_))) => return Closed::Dropped,
+                Err(_) => panic!("no frame and no close within the wait"),
+                Ok(None) | Ok(Some(Err(_))) => return Next::Closed(None),
+                Ok(Some(Ok(Message::Text(t)))) => return Next::Frame(server_frame(&t)),
                 Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Closed::Code(
-                        frame
-                            .map(|f| u16::from(f.code))
-                            .unwrap_or(u16::from(CloseCode::Status)),
-                    );
+                    return Next::Closed(Some(match frame {
+                        Some(f) => (u16::from(f.code), f.reason.to_string()),
+                        None => (u16::from(CloseCode::Status), String::new()),
+                    }));
                 }
                 Ok(Some(Ok(_))) => continue,
             }
