@@ -18,7 +18,7 @@ use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 pub const USAGE: &str =
     "usage: cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
        [--server URL (with DATABASE_URL of its database and CHATAPP_TOKEN_KEY)] [scenario options]
-scenarios: send fanout arrival idle history login recovery replay-cost search all
+scenarios: send fanout arrival idle history login recovery replay-cost search failover all
 options (comma lists run each size):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
             --limits both (rate limits off and on, alternated; or off, on)
@@ -29,7 +29,10 @@ options (comma lists run each size):
   login     --logins 50 --cost 12 (default: the server's configured cost)
   recovery  --clients 1000 --missed 10000 --chats 10
   replay-cost --events 10000,1000000 --messages 100 --replays 20
-  search    --messages 10000,1000000 --requests 2000 --concurrency 8 --duration 5";
+  search    --messages 10000,1000000 --requests 2000 --concurrency 8 --duration 5
+  failover  --modes kill,term --clients 30000 --chat-sizes 10,100,1000 --rate 20 --warm-ms 5000
+            --tail-ms 2000 --per-worker 15000 --leavers 20 --spread-ms 5000
+            [--presence-heartbeat-secs 10 --presence-timeout-secs 45 (default: the server's)]";
 
 /// Parsed command line. Anything `--name value` not known here is a scenario
 /// option, read with [`Opts::list`] / [`Opts::num`].
@@ -92,7 +95,10 @@ impl Opts {
                     }
                 }
                 "all" => opts.scenarios.extend(crate::SCENARIOS.map(String::from)),
-                _ if crate::SCENARIOS.contains(&arg.as_str()) || arg == crate::idle::WORKER => {
+                _ if crate::SCENARIOS.contains(&arg.as_str())
+                    || arg == crate::idle::WORKER
+                    || arg == crate::failover_worker::WORKER =>
+                {
                     opts.scenarios.push(arg)
                 }
                 _ if !bench_mode => {
@@ -350,6 +356,14 @@ impl Server {
     pub fn cpu_secs(&self) -> Option<f64> {
         proc_cpu_secs(self.pid()?)
     }
+
+    /// Sends `signal` (`libc::SIGKILL`, `libc::SIGTERM`) to the server process.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid; it reads no memory.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
 }
 
 impl Drop for Server {
@@ -358,6 +372,30 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Waits (at most `limit`) until the server processes `pids` together have
+/// used at most `busy` of one core in two consecutive 200 ms; a second when
+/// there is no process to watch (`--server`).
+pub async fn settle_cpu(pids: &[u32], busy: f64, limit: Duration) {
+    if pids.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return;
+    }
+    const SLICE: Duration = Duration::from_millis(200);
+    let cpu_now = || -> Option<f64> { pids.iter().map(|&p| proc_cpu_secs(p)).sum() };
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut cpu = cpu_now();
+    while quiet < 2 && started.elapsed() < limit {
+        tokio::time::sleep(SLICE).await;
+        let c = cpu_now();
+        quiet = match (cpu, c) {
+            (Some(a), Some(b)) if b - a <= busy * SLICE.as_secs_f64() => quiet + 1,
+            _ => 0,
+        };
+        cpu = c;
     }
 }
 
@@ -710,6 +748,11 @@ impl Percentiles {
 
     pub fn max(&self) -> f64 {
         self.0.last().copied().unwrap_or(f64::NAN)
+    }
+
+    /// How many samples there are.
+    pub fn count(&self) -> usize {
+        self.0.len()
     }
 }
 

@@ -17,13 +17,13 @@ use crate::common::{
     source_ip, ws_login,
 };
 use crate::report::Report;
+use crate::worker::{Worker, emit, floats};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -191,13 +191,16 @@ async fn one_size(
     for w in 0..k {
         let first = n * w / k;
         let count = n * (w + 1) / k - first;
-        workers.push(Worker::spawn(&[
-            ("node", nodes[w % nodes.len()].addr().to_string()),
-            ("tokens", tokens.display().to_string()),
-            ("first", first.to_string()),
-            ("count", count.to_string()),
-            ("concurrency", p.concurrency.to_string()),
-        ])?);
+        workers.push(Worker::spawn(
+            WORKER,
+            &[
+                ("node", nodes[w % nodes.len()].addr().to_string()),
+                ("tokens", tokens.display().to_string()),
+                ("first", first.to_string()),
+                ("count", count.to_string()),
+                ("concurrency", p.concurrency.to_string()),
+            ],
+        )?);
     }
     for w in &mut workers {
         w.expect("loaded", Duration::from_secs(60)).await?;
@@ -555,106 +558,11 @@ async fn presence_backlog(db: &tokio_postgres::Client, connected: u64) -> u64 {
         .unwrap_or(connected)
 }
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
-}
-
 fn merge_counts(into: &mut BTreeMap<String, u64>, from: &Value) {
     if let Some(m) = from.as_object() {
         for (k, v) in m {
             *into.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
         }
-    }
-}
-
-/// A client process (this binary as `idle-worker`), killed on drop.
-struct Worker {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Worker {
-    fn spawn(args: &[(&str, String)]) -> Result<Worker, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg(WORKER);
-        for (name, value) in args {
-            cmd.arg(format!("--{name}")).arg(value);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawn idle worker: {e}"))?;
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        // Plain thread: this crate's tokio has no process/io-util features.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Worker {
-            child,
-            stdin,
-            lines,
-        })
-    }
-
-    fn send(&mut self, command: &str) -> Result<(), String> {
-        writeln!(self.stdin, "{command}")
-            .and_then(|_| self.stdin.flush())
-            .map_err(|e| format!("worker {}: {e}", self.child.id()))
-    }
-
-    /// The next report named `event` (bounded by `timeout`).
-    async fn expect(&mut self, event: &str, timeout: Duration) -> Result<Value, String> {
-        let id = self.child.id();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .map_err(|_| format!("worker {id}: no `{event}` within {timeout:?}"))?
-                .ok_or_else(|| format!("worker {id} exited before `{event}`"))?;
-            let v: Value = serde_json::from_str(&line)
-                .map_err(|e| format!("worker {id}: bad report {line:?}: {e}"))?;
-            if v["event"] == event {
-                return Ok(v);
-            }
-            if v["event"] == "error" {
-                return Err(format!("worker {id}: {}", v["error"]));
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for the worker to exit, then kills it.
-    async fn wait(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -686,22 +594,7 @@ enum SocketEvent {
 }
 
 pub fn worker_main(opts: &Opts) {
-    crate::common::raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(worker(opts)) {
-        emit(json!({"event": "error", "error": e}));
-    }
-    // Do not wait for socket tasks: the process exit closes every socket.
-    std::process::exit(0);
-}
-
-fn emit(v: Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+    crate::worker::main(worker(opts))
 }
 
 fn self_rss_kib() -> u64 {

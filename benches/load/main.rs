@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
-//!     scenarios: send fanout arrival idle history login recovery replay-cost search all
+//!     scenarios: send fanout arrival idle history login recovery replay-cost search failover all
 //! ```
 //!
 //! It starts what it needs: a private PostgreSQL (or the one `DATABASE_URL`
@@ -15,6 +15,8 @@
 mod arrival;
 mod broadcast;
 mod common;
+mod failover;
+mod failover_worker;
 mod fanout;
 mod history;
 mod idle;
@@ -27,11 +29,12 @@ mod replay_cost;
 mod report;
 mod search;
 mod send;
+mod worker;
 
 use common::{Env, Opts};
 use report::Report;
 
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "send",
     "fanout",
     "arrival",
@@ -41,13 +44,18 @@ pub const SCENARIOS: [&str; 9] = [
     "recovery",
     "replay-cost",
     "search",
+    "failover",
 ];
 
 fn main() {
     let opts = Opts::parse();
-    // Client processes of the `idle` scenario (one process cannot hold enough sockets).
+    // Client processes of `idle` and `failover` (one process cannot hold enough sockets).
     if opts.scenarios.first().map(String::as_str) == Some(idle::WORKER) {
         idle::worker_main(&opts);
+        return;
+    }
+    if opts.scenarios.first().map(String::as_str) == Some(failover_worker::WORKER) {
+        failover_worker::worker_main(&opts);
         return;
     }
     common::raise_fd_limit();
@@ -85,6 +93,7 @@ async fn run(opts: Opts) -> Report {
             "recovery" => recovery::run(&env, &mut report).await,
             "replay-cost" => replay_cost::run(&env, &mut report).await,
             "search" => search::run(&env, &mut report).await,
+            "failover" => failover::run(&env, &mut report).await,
             other => unreachable!("unknown scenario {other}"),
         }
         eprintln!("== {scenario} took {:.1}s", started.elapsed().as_secs_f64());

@@ -19,8 +19,8 @@
 //! resuming from the last event seen. How many had to is reported.
 
 use crate::common::{
-    BENCH_CONFIG, Env, Percentiles, ServerOpts, User, Ws, connect_db, proc_cpu_secs, seed_chat,
-    seed_users, source_ip, ws_login,
+    BENCH_CONFIG, Env, Percentiles, ServerOpts, User, Ws, connect_db, seed_chat, seed_users,
+    settle_cpu, source_ip, ws_login,
 };
 use crate::report::Report;
 use futures_util::{SinkExt, StreamExt};
@@ -33,6 +33,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SCENARIO: &str = "recovery";
 const CONNECT_CONCURRENCY: usize = 64;
+/// A server is settled when it uses at most this much of a core (2 clock
+/// ticks per 200 ms).
+const QUIET: f64 = 0.125;
 /// After its last expected message a client listens this long for repeats.
 const GRACE: Duration = Duration::from_millis(500);
 
@@ -223,15 +226,15 @@ async fn once(s: &Setup<'_>) -> Result<Outcome, String> {
         sockets.push(ws);
         since.push(last);
     }
-    settle(s.pid).await;
+    settle_cpu(s.pid.as_slice(), QUIET, Duration::from_secs(60)).await;
     // All go away together.
     drop(sockets);
-    settle(s.pid).await;
+    settle_cpu(s.pid.as_slice(), QUIET, Duration::from_secs(60)).await;
 
     let sent = send_phase(s).await?;
     let send_rate = s.missed as f64 / sent.1;
     let sent_ids = sent.0;
-    settle(s.pid).await;
+    settle_cpu(s.pid.as_slice(), QUIET, Duration::from_secs(60)).await;
 
     // All come back together.
     let expected_frames: u64 = (0..n).map(|i| sent_ids[i % n_chats].len() as u64).sum();
@@ -294,7 +297,7 @@ async fn once(s: &Setup<'_>) -> Result<Outcome, String> {
         out.catch_up_s = out.catch_up_s.max(c.done_s);
     }
     drop(caught);
-    settle(s.pid).await;
+    settle_cpu(s.pid.as_slice(), QUIET, Duration::from_secs(60)).await;
     Ok(out)
 }
 
@@ -524,25 +527,4 @@ fn num_field(text: &str, key: &str) -> Option<i64> {
 fn after_key<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let rest = &text[text.find(key)? + key.len()..];
     Some(rest.trim_start().strip_prefix(':')?.trim_start())
-}
-
-/// Waits (at most a minute) until the server process has used almost no CPU
-/// (at most 2 clock ticks) in two consecutive 200 ms.
-async fn settle(pid: Option<u32>) {
-    let Some(pid) = pid else {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
-    };
-    let started = Instant::now();
-    let mut quiet = 0;
-    let mut cpu = proc_cpu_secs(pid);
-    while quiet < 2 && started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let c = proc_cpu_secs(pid);
-        quiet = match (cpu, c) {
-            (Some(a), Some(b)) if b - a <= 0.025 => quiet + 1,
-            _ => 0,
-        };
-        cpu = c;
-    }
 }

@@ -1,0 +1,455 @@
+//! The client side of `failover`: a worker process holding its share of the
+//! clients. Each connects to its home node, records every message frame
+//! (event id, arrival, send-to-receive), and when its connection ends
+//! reconnects to another node with `since` the way README tells clients to:
+//! after a 1001 it waits `retry_after_ms`; after a connection lost without a
+//! close frame, or a failed attempt k, a random time in 0..min(30 s,
+//! 500 ms × 2^k).
+//!
+//! Parent -> worker (stdin): `connect`, `status`, `finish`,
+//! `latency <storm from> <storm to> <before from> <before to>` (wall ms), `exit`.
+//! Worker -> parent (stdout): `{"event":"loaded"|"connected"|"status"|"finished"|"latency", ...}`.
+
+use crate::common::{Opts, Rng, User, Ws, connect_db, source_ip, ws_login};
+use crate::worker::emit;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WORKER: &str = "failover-worker";
+/// Marks a benchmark message's content: `fo~<sent, wall-clock ns>~...`.
+pub const MARK: &str = "fo~";
+const CONNECT_CONCURRENCY: usize = 64;
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Wall-clock time: every process on the machine reads the same clock, so
+/// a send instant written by the parent is read here.
+pub fn wall_nanos() -> u128 {
+    crate::common::now_nanos()
+}
+
+pub fn wall_ms() -> f64 {
+    wall_nanos() as f64 / 1e6
+}
+
+/// One client's record, shared by its task and the worker.
+#[derive(Default)]
+struct Record {
+    /// (event id, arrival wall ms) of every message frame, in arrival order.
+    received: Vec<(i64, f64)>,
+    /// (arrival wall ms, send-to-receive ms) of live messages while the
+    /// client has never lost its connection.
+    latency: Vec<(f64, f32)>,
+    dropped: bool,
+    /// `ready.last_event_id` and arrival of the latest resume.
+    resumed: Option<(i64, f64)>,
+    pub unrecovered: u64,
+    pub failed_attempts: u64,
+    retry_after_ms: Option<u64>,
+}
+
+struct Client {
+    user: User,
+    chat: i64,
+    home: usize,
+    index: usize,
+    record: Mutex<Record>,
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped: AtomicUsize,
+    reconnected: AtomicUsize,
+}
+
+pub fn worker_main(opts: &Opts) {
+    crate::worker::main(worker(opts))
+}
+
+async fn worker(opts: &Opts) -> Result<(), String> {
+    let arg = |name: &str| {
+        opts.get(name)
+            .map(String::from)
+            .ok_or_else(|| format!("{WORKER} needs --{name}"))
+    };
+    let number = |name: &str| -> Result<usize, String> {
+        arg(name)?.parse().map_err(|e| format!("--{name}: {e}"))
+    };
+    let (first, count) = (number("first")?, number("count")?);
+    let nodes: Vec<SocketAddr> = arg("nodes")?
+        .split(',')
+        .map(|a| a.parse().map_err(|e| format!("--nodes {a}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let db_url = arg("db")?;
+    let text = std::fs::read_to_string(arg("clients")?).map_err(|e| format!("clients: {e}"))?;
+    let clients: Vec<Arc<Client>> = text
+        .lines()
+        .enumerate()
+        .skip(first)
+        .take(count)
+        .map(|(index, line)| {
+            let f: Vec<&str> = line.split(' ').collect();
+            Arc::new(Client {
+                user: User {
+                    id: f[0].parse().unwrap_or(0),
+                    username: String::new(),
+                    token: f[3].to_string(),
+                },
+                chat: f[1].parse().unwrap_or(0),
+                home: f[2].parse().unwrap_or(0),
+                index,
+                record: Mutex::new(Record::default()),
+            })
+        })
+        .collect();
+    if clients.len() != count {
+        return Err(format!("only {} clients from {first}", clients.len()));
+    }
+    let (tx, mut commands) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send("exit".into());
+    });
+    emit(json!({"event": "loaded"}));
+    let counters = Arc::new(Counters::default());
+    let nodes = Arc::new(nodes);
+    while let Some(line) = commands.recv().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("connect") => connect_all(&clients, &nodes, &counters).await,
+            Some("status") => emit(json!({
+                "event": "status",
+                "dropped": counters.dropped.load(SeqCst),
+                "reconnected": counters.reconnected.load(SeqCst),
+            })),
+            Some("finish") => finish(&clients, &db_url).await?,
+            Some("latency") => {
+                let w: Vec<f64> = words[1..].iter().filter_map(|w| w.parse().ok()).collect();
+                if w.len() != 4 {
+                    return Err(format!("bad latency command {line:?}"));
+                }
+                latency(&clients, (w[0], w[1]), (w[2], w[3]));
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Connects every client to its home node, at most [`CONNECT_CONCURRENCY`]
+/// handshakes at once; each then lives on in its own task.
+async fn connect_all(
+    clients: &[Arc<Client>],
+    nodes: &Arc<Vec<SocketAddr>>,
+    counters: &Arc<Counters>,
+) {
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for c in clients {
+        let (c, nodes, counters, gate, tx) = (
+            c.clone(),
+            nodes.clone(),
+            counters.clone(),
+            gate.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            let login = {
+                let _permit = gate.acquire().await;
+                tokio::time::timeout(
+                    Duration::from_secs(60),
+                    ws_login(nodes[c.home], source_ip(c.index), &c.user, None),
+                )
+                .await
+                .unwrap_or_else(|_| Err("no ready within 60 s".into()))
+            };
+            match login {
+                Ok((ws, ready)) => {
+                    let _ = tx.send(Ok(()));
+                    let since = ready["last_event_id"].as_i64().unwrap_or(0);
+                    live(c, ws, since, nodes, counters).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    }
+    drop(tx);
+    let (mut ok, mut errors) = (0, Vec::new());
+    while let Some(r) = rx.recv().await {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => errors.push(e),
+        }
+        if ok + errors.len() == clients.len() {
+            break;
+        }
+    }
+    errors.truncate(5);
+    emit(json!({"event": "connected", "ok": ok, "failed": clients.len() - ok, "errors": errors}));
+}
+
+/// How a connection ended.
+enum Ended {
+    /// Closed by the server; its `retry_after_ms`, if it gave one.
+    Closed(Option<u64>),
+    /// Lost without a close frame.
+    Lost,
+}
+
+/// Reads the connection; when it ends, reconnects elsewhere and goes on.
+async fn live(
+    c: Arc<Client>,
+    mut ws: Ws,
+    mut since: i64,
+    nodes: Arc<Vec<SocketAddr>>,
+    counters: Arc<Counters>,
+) {
+    let mut node = c.home;
+    let mut rng = Rng::new(c.index as u64 + 1);
+    loop {
+        let ended = read(&c, &mut ws, &mut since).await;
+        let told = match ended {
+            Ended::Closed(ms) => ms,
+            Ended::Lost => None,
+        };
+        {
+            let mut r = c.record.lock().unwrap();
+            if !r.dropped {
+                r.dropped = true;
+                r.retry_after_ms = told;
+                counters.dropped.fetch_add(1, SeqCst);
+            } else {
+                counters.reconnected.fetch_sub(1, SeqCst);
+            }
+        }
+        let mut wait = told.map(Duration::from_millis);
+        let mut attempt = 0;
+        ws = loop {
+            let pause = wait.take().unwrap_or_else(|| backoff(attempt, &mut rng));
+            tokio::time::sleep(pause).await;
+            // Any other node; a real client's load balancer would pick one.
+            let others: Vec<usize> = (0..nodes.len()).filter(|&n| n != node).collect();
+            node = others[(c.index + attempt as usize) % others.len()];
+            let login = tokio::time::timeout(
+                Duration::from_secs(30),
+                ws_login(nodes[node], source_ip(c.index), &c.user, Some(since)),
+            );
+            match login.await {
+                Ok(Ok((ws, ready))) => {
+                    let mut r = c.record.lock().unwrap();
+                    let last = ready["last_event_id"].as_i64().unwrap_or(0);
+                    r.resumed = Some((last, wall_ms()));
+                    r.unrecovered += (ready["recovered"] != true) as u64;
+                    counters.reconnected.fetch_add(1, SeqCst);
+                    break ws;
+                }
+                _ => {
+                    c.record.lock().unwrap().failed_attempts += 1;
+                    attempt += 1;
+                }
+            }
+        };
+    }
+}
+
+/// Full jitter: a random time in 0..min(cap, base × 2^attempt).
+fn backoff(attempt: u32, rng: &mut Rng) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    Duration::from_millis(rng.below(ceiling.as_millis() as u64 + 1))
+}
+
+/// Records message frames until the connection ends (answering pings:
+/// tungstenite queues the pong and sends it on the next read).
+async fn read(c: &Client, ws: &mut Ws, since: &mut i64) -> Ended {
+    loop {
+        let text = match ws.next().await {
+            None | Some(Err(_)) => return Ended::Lost,
+            Some(Ok(Message::Close(frame))) => {
+                let retry = frame.and_then(|f| {
+                    f.reason
+                        .as_str()
+                        .split_once("retry_after_ms=")
+                        .and_then(|(_, n)| n.parse().ok())
+                });
+                return Ended::Closed(retry);
+            }
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+        };
+        let now = wall_ms();
+        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+            continue;
+        };
+        let payload = &frame["payload"];
+        if let Some(event) = payload["event_id"].as_i64() {
+            *since = (*since).max(event);
+        }
+        if frame["type"] != "message" {
+            continue;
+        }
+        let event = payload["event_id"].as_i64().unwrap_or(0);
+        let sent = payload["content"]
+            .as_str()
+            .and_then(|t| t.strip_prefix(MARK))
+            .and_then(|t| t.split('~').next())
+            .and_then(|ns| ns.parse::<f64>().ok());
+        let mut r = c.record.lock().unwrap();
+        r.received.push((event, now));
+        if let (false, Some(ns)) = (r.dropped, sent) {
+            r.latency.push((now, (now - ns / 1e6) as f32));
+        }
+    }
+}
+
+/// Waits until every client has the last message of its chat (or a
+/// deadline), then compares what each received with the event log.
+async fn finish(clients: &[Arc<Client>], db_url: &str) -> Result<(), String> {
+    let db = connect_db(db_url).await;
+    let chats: Vec<i64> = clients
+        .iter()
+        .map(|c| c.chat)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let rows = db
+        .query(
+            "select chat_id, id from events where kind = 'message' and chat_id = any($1) order by id",
+            &[&chats],
+        )
+        .await
+        .map_err(|e| format!("events: {e}"))?;
+    let mut log: HashMap<i64, Vec<i64>> = HashMap::new();
+    for row in rows {
+        log.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    let empty = Vec::new();
+    let expected = |c: &Client| log.get(&c.chat).unwrap_or(&empty);
+    let has_last = |c: &Client| {
+        let last = expected(c).last().copied().unwrap_or(0);
+        c.record
+            .lock()
+            .unwrap()
+            .received
+            .last()
+            .is_some_and(|&(e, _)| e >= last)
+            || last == 0
+    };
+    let deadline = Instant::now() + Duration::from_secs(30 + clients.len() as u64 / 500);
+    while Instant::now() < deadline && !clients.iter().all(|c| has_last(c)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Outcome::default();
+    for c in clients {
+        out.add(&c.record.lock().unwrap(), expected(c));
+    }
+    emit(json!({"event": "finished", "outcome": out}));
+    Ok(())
+}
+
+/// What a worker's clients received, compared with the event log; the
+/// parent sums the workers'.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Clients with every message of their chat once, in event order.
+    pub complete: u64,
+    pub missing: u64,
+    pub repeated: u64,
+    pub stray: u64,
+    pub disorder: u64,
+    /// Clients that lost their connection.
+    pub dropped: u64,
+    /// Resumes whose `ready.recovered` was false.
+    pub unrecovered: u64,
+    /// Reconnect attempts that failed (refused, or no `ready`).
+    pub failed_attempts: u64,
+    /// Wall-clock ms at which each client that lost its connection had recovered.
+    pub recovered_ms: Vec<f64>,
+    /// What each client closed with 1001 was told to wait.
+    pub retry_after_ms: Vec<u64>,
+}
+
+impl Outcome {
+    pub fn merge(&mut self, other: Outcome) {
+        self.complete += other.complete;
+        self.missing += other.missing;
+        self.repeated += other.repeated;
+        self.stray += other.stray;
+        self.disorder += other.disorder;
+        self.dropped += other.dropped;
+        self.unrecovered += other.unrecovered;
+        self.failed_attempts += other.failed_attempts;
+        self.recovered_ms.extend(other.recovered_ms);
+        self.retry_after_ms.extend(other.retry_after_ms);
+    }
+
+    fn add(&mut self, r: &Record, expected: &[i64]) {
+        let got: Vec<i64> = r.received.iter().map(|&(e, _)| e).collect();
+        let unique: HashSet<i64> = got.iter().copied().collect();
+        let want: HashSet<i64> = expected.iter().copied().collect();
+        self.missing += want.difference(&unique).count() as u64;
+        self.stray += unique.difference(&want).count() as u64;
+        self.repeated += (got.len() - unique.len()) as u64;
+        self.disorder += got.windows(2).filter(|w| w[1] <= w[0]).count() as u64;
+        self.complete += (got == expected) as u64;
+        self.unrecovered += r.unrecovered;
+        self.failed_attempts += r.failed_attempts;
+        if !r.dropped {
+            return;
+        }
+        self.dropped += 1;
+        self.retry_after_ms.extend(r.retry_after_ms);
+        // Recovered once it has every message of its chat up to what its
+        // resume's `ready` reported: replay arrives in order, so when the
+        // last of those arrived (or at `ready`, if it had them already).
+        if let Some((upto, ready_at)) = r.resumed {
+            let last = expected.iter().rev().find(|&&e| e <= upto);
+            let arrived = last.and_then(|&e| r.received.iter().find(|&&(g, _)| g == e));
+            match (last, arrived) {
+                (Some(_), None) => {}
+                (_, arrived) => self
+                    .recovered_ms
+                    .push(arrived.map_or(ready_at, |&(_, at)| at.max(ready_at))),
+            }
+        }
+    }
+}
+
+/// Send-to-receive of the clients that never lost their connection: those
+/// that arrived within `storm`, and within `before` (wall ms).
+fn latency(clients: &[Arc<Client>], storm: (f64, f64), before: (f64, f64)) {
+    let (mut in_storm, mut in_before) = (Vec::new(), Vec::new());
+    for c in clients {
+        let r = c.record.lock().unwrap();
+        if r.dropped {
+            continue;
+        }
+        for &(at, ms) in &r.latency {
+            let ms = (ms * 100.0).round() / 100.0;
+            if at >= storm.0 && at <= storm.1 {
+                in_storm.push(ms);
+            } else if at >= before.0 && at < before.1 {
+                in_before.push(ms);
+            }
+        }
+    }
+    emit(json!({"event": "latency", "storm": in_storm, "steady": in_before}));
+}
