@@ -56,12 +56,22 @@ impl Rounds {
         deletion: impl Future<Output = Answer>,
         request: impl Future<Output = Answer>,
     ) {
-        let (deleted, answer) = tokio::join!(deletion, async {
+        self.race_all(round, deletion, [request]).await;
+    }
+
+    /// Runs `deletion` and `requests`, these together `stagger(round)` later.
+    async fn race_all<F: Future<Output = Answer>>(
+        &mut self,
+        round: usize,
+        deletion: impl Future<Output = Answer>,
+        requests: impl IntoIterator<Item = F>,
+    ) {
+        let (deleted, answers) = tokio::join!(deletion, async {
             stagger(round).await;
-            request.await
+            join_all(requests).await
         });
         self.deletions.push(deleted);
-        self.answers.push(answer);
+        self.answers.extend(answers);
     }
 }
 
@@ -354,5 +364,83 @@ async fn reopening_a_dm_while_it_is_being_deleted_returns_it_or_a_new_one() {
             assert_eq!(body["member_count"], 2, "{body}");
         }
     }
+    assert_consistent(app).await;
+}
+
+/// A group of `owner`'s with two other members, who send to it.
+async fn group_of_three(app: &TestApp) -> (TestUser, [TestUser; 2], i64) {
+    let owner = app.register("owner").await;
+    let senders = [app.register("sender").await, app.register("sender").await];
+    let chat = app
+        .create_group(&owner, "g", &[&senders[0], &senders[1]])
+        .await;
+    (owner, senders, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_to_a_chat_being_deleted_answers_201_or_404() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| group_of_three(app)).await;
+    let mut rounds = Rounds::default();
+
+    // Act: the owner deletes the group while both others send to it (one
+    // statement each, or one for both when they queue together).
+    for (round, (owner, senders, chat)) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/chats/{chat}");
+        let sends = senders.iter().map(|sender| {
+            let body = json!({"chat_id": chat, "content": "hello"});
+            app.post("/api/v1/messages", &sender.token, body)
+        });
+        rounds
+            .race_all(round, app.delete(&path, &owner.token), sends)
+            .await;
+    }
+
+    // Assert: sent before the deletion (which then removed the message), or
+    // told the chat is gone.
+    assert_statuses("delete chat", &rounds.deletions, &[204]);
+    assert_statuses("send", &rounds.answers, &[201, 404]);
+    for (status, body) in &rounds.answers {
+        if *status == 404 {
+            assert_error(*status, body, 404, "not_found");
+        }
+    }
+    assert_eq!(count(app, "select count(*) from chats").await, 0);
+    assert_eq!(count(app, "select count(*) from messages").await, 0);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_while_deleting_ones_account_answers_201_or_401_or_404() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let (owner, [leaving, _], chat) = group_of_three(app).await;
+        // More chats to leave keep the deletion's transaction open longer.
+        for i in 0..2 {
+            app.create_group(&owner, &format!("g{i}"), &[&leaving])
+                .await;
+        }
+        (leaving, chat)
+    })
+    .await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, (leaving, chat)) in fixtures.iter().enumerate() {
+        let body = json!({"chat_id": chat, "content": "goodbye"});
+        let sent = app.post("/api/v1/messages", &leaving.token, body);
+        rounds.race(round, app.delete_account(leaving), sent).await;
+    }
+
+    // Assert: sent before the deletion (the message stays, its sender
+    // gone), or refused as from an account that is gone (401 once the
+    // token is checked after it, 404 when the send itself came after).
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("send", &rounds.answers, &[201, 401, 404]);
+    let sent = rounds.answers.iter().filter(|(s, _)| *s == 201).count() as i64;
+    let sql = "select count(*) from messages where sender_id is null and content = 'goodbye'";
+    assert_eq!(count(app, sql).await, sent);
     assert_consistent(app).await;
 }
