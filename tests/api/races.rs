@@ -98,6 +98,13 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
 
+/// How many of `users` still have an account.
+async fn accounts_left(app: &TestApp, users: &[TestUser]) -> i64 {
+    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    let sql = format!("select count(*) from users where id = any(array{ids:?}::bigint[])");
+    count(app, &sql).await
+}
+
 /// Every chat has an admin, and the event log has no holes (a statement
 /// failing halfway through a send or a change would leave one).
 async fn assert_consistent(app: &TestApp) {
@@ -442,5 +449,61 @@ async fn sending_while_deleting_ones_account_answers_201_or_401_or_404() {
     let sent = rounds.answers.iter().filter(|(s, _)| *s == 201).count() as i64;
     let sql = "select count(*) from messages where sender_id is null and content = 'goodbye'";
     assert_eq!(count(app, sql).await, sent);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_ones_password_while_deleting_ones_account_answers_200_or_401() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| member_of_groups(app, "leaving", 3)).await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, leaving) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/users/{}", leaving.id);
+        let body = json!({"password": "a new battery staple", "current_password": PASSWORD});
+        let changed = app.put(&path, &leaving.token, body);
+        rounds
+            .race(round, app.delete_account(leaving), changed)
+            .await;
+    }
+
+    // Assert: the change came first, or the deletion did and the token of
+    // an account that is gone is refused. A change first revokes the token
+    // the deletion then presents, or the password it confirms with: the
+    // account stays exactly when the deletion was refused.
+    assert_statuses("delete account", &rounds.deletions, &[204, 401]);
+    assert_statuses("change password", &rounds.answers, &[200, 401]);
+    let kept = rounds.deletions.iter().filter(|(s, _)| *s == 401).count() as i64;
+    for ((deleted, _), (changed, body)) in rounds.deletions.iter().zip(&rounds.answers) {
+        if *deleted == 401 {
+            assert_eq!(*changed, 200, "{body}");
+        }
+    }
+    assert_eq!(accounts_left(app, &fixtures).await, kept);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_oneself_while_deleting_ones_account_answers_200_or_401() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| member_of_groups(app, "leaving", 3)).await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, leaving) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/users/{}", leaving.id);
+        let renamed = app.put(&path, &leaving.token, json!({"display_name": "Gone"}));
+        rounds
+            .race(round, app.delete_account(leaving), renamed)
+            .await;
+    }
+
+    // Assert
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("rename", &rounds.answers, &[200, 401]);
+    assert_eq!(accounts_left(app, &fixtures).await, 0);
     assert_consistent(app).await;
 }
