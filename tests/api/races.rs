@@ -140,6 +140,19 @@ async fn assert_consistent(app: &TestApp) {
     );
 }
 
+/// Asserts every deletion answered 204 and every request `ok` or 404
+/// `not_found`: what it names is gone.
+#[track_caller]
+fn assert_ok_or_gone(what: &str, rounds: &Rounds, ok: u16) {
+    assert_statuses("deletion", &rounds.deletions, &[204]);
+    assert_statuses(what, &rounds.answers, &[ok, 404]);
+    for (status, body) in &rounds.answers {
+        if *status == 404 {
+            assert_error(*status, body, 404, "not_found");
+        }
+    }
+}
+
 /// Asserts each answer is `ok` or the 400 a user id naming nobody gets,
 /// naming the user who deleted their account that round.
 #[track_caller]
@@ -182,13 +195,7 @@ async fn blocking_a_user_who_is_deleting_their_account_answers_204_or_404() {
 
     // Assert: blocked before the deletion (which then removed the block),
     // or told the user is gone.
-    assert_statuses("delete account", &rounds.deletions, &[204]);
-    assert_statuses("block", &rounds.answers, &[204, 404]);
-    for (status, body) in &rounds.answers {
-        if *status == 404 {
-            assert_error(*status, body, 404, "not_found");
-        }
-    }
+    assert_ok_or_gone("block", &rounds, 204);
     assert_eq!(count(app, "select count(*) from blocks").await, 0);
     assert_consistent(app).await;
 }
@@ -406,13 +413,7 @@ async fn sending_to_a_chat_being_deleted_answers_201_or_404() {
 
     // Assert: sent before the deletion (which then removed the message), or
     // told the chat is gone.
-    assert_statuses("delete chat", &rounds.deletions, &[204]);
-    assert_statuses("send", &rounds.answers, &[201, 404]);
-    for (status, body) in &rounds.answers {
-        if *status == 404 {
-            assert_error(*status, body, 404, "not_found");
-        }
-    }
+    assert_ok_or_gone("send", &rounds, 201);
     assert_eq!(count(app, "select count(*) from chats").await, 0);
     assert_eq!(count(app, "select count(*) from messages").await, 0);
     assert_consistent(app).await;
