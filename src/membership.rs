@@ -7,6 +7,11 @@
 //! separate check that a concurrent change could outdate). And nobody is
 //! made a member by someone they blocked ([`ensure_not_blocked_by`]), nor
 //! while their account is being deleted ([`lock_users`]).
+//!
+//! Lock order: a transaction locks users, then chats (in id order), then
+//! memberships, and the event log's `event_seq` last (`events::emit`), as
+//! account deletion does; one that waited for a lock out of this order
+//! could wait for a transaction waiting for it (a deadlock).
 
 use crate::error::ApiError;
 use tokio_postgres::GenericClient;
@@ -83,6 +88,33 @@ pub async fn lock_users(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// SQL: the CTEs `locked_users` and `locked_members`: of the pairs of
+/// arrays `chats` and `users` (SQL expressions), each a chat and a user
+/// acting in it, those where the user is a member (`chat_id, user_id`),
+/// the users locked `for key share` first, then each chat `for no key
+/// update` and each membership `for key share`, by chat and user. In the
+/// lock order, so that a statement acting as these members (a send) can
+/// then change the chat, reference the users and append to the event log:
+/// a membership change, a chat or account deletion under way finishes
+/// first, and a pair whose membership or chat it removed drops out, where
+/// a plain membership check would still see them (the statement's
+/// snapshot predates the wait).
+pub fn lock_members(chats: &str, users: &str) -> String {
+    format!(
+        "locked_users as (
+             select id from users where id = any({users}) order by id for key share
+         ), locked_members as (
+             select mm.chat_id, mm.user_id
+             from locked_users lu
+             join chat_members mm on mm.user_id = lu.id
+             join chats c on c.id = mm.chat_id
+             where (mm.chat_id, mm.user_id) in (select * from unnest({chats}, {users}))
+             order by mm.chat_id, mm.user_id
+             for no key update of c for key share of mm
+         )"
+    )
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod blocks;
 
 pub use accounts::AuthResponse;
 
-use crate::auth::AuthUser;
+use crate::auth::{self, AuthUser};
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError};
 use crate::events;
@@ -255,8 +255,9 @@ async fn update_user(
         (Some(password), Some(current)) => {
             let client = pool.get().await?;
             let hash: String = client
-                .query_one("select password_hash from users where id = $1", &[&id])
+                .query_opt("select password_hash from users where id = $1", &[&id])
                 .await?
+                .ok_or_else(auth::revoked)?
                 .get(0);
             drop(client);
             if !hasher.verify(current, hash).await? {
@@ -269,8 +270,10 @@ async fn update_user(
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // No row: the account was deleted since the token was checked (perhaps
+    // waited for here), and is answered as it would be a moment later.
     let row = tx
-        .query_one(
+        .query_opt(
             &format!(
                 "update users set
                     display_name = case when $2 then $3 else display_name end,
@@ -286,7 +289,8 @@ async fn update_user(
                 &new_hash,
             ],
         )
-        .await?;
+        .await?
+        .ok_or_else(auth::revoked)?;
     if new_hash.is_some() {
         // Open sockets holding the old tokens are closed, like the tokens themselves.
         events::notify_live(

@@ -56,12 +56,22 @@ impl Rounds {
         deletion: impl Future<Output = Answer>,
         request: impl Future<Output = Answer>,
     ) {
-        let (deleted, answer) = tokio::join!(deletion, async {
+        self.race_all(round, deletion, [request]).await;
+    }
+
+    /// Runs `deletion` and `requests`, these together `stagger(round)` later.
+    async fn race_all<F: Future<Output = Answer>>(
+        &mut self,
+        round: usize,
+        deletion: impl Future<Output = Answer>,
+        requests: impl IntoIterator<Item = F>,
+    ) {
+        let (deleted, answers) = tokio::join!(deletion, async {
             stagger(round).await;
-            request.await
+            join_all(requests).await
         });
         self.deletions.push(deleted);
-        self.answers.push(answer);
+        self.answers.extend(answers);
     }
 }
 
@@ -86,6 +96,13 @@ async fn member_of_groups(app: &TestApp, prefix: &str, chats: usize) -> TestUser
 async fn count(app: &TestApp, sql: &str) -> i64 {
     let db = pg::connect(&app.database_url).await;
     db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// How many of `users` still have an account.
+async fn accounts_left(app: &TestApp, users: &[TestUser]) -> i64 {
+    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    let sql = format!("select count(*) from users where id = any(array{ids:?}::bigint[])");
+    count(app, &sql).await
 }
 
 /// Every chat has an admin, and the event log has no holes (a statement
@@ -121,6 +138,19 @@ async fn assert_consistent(app: &TestApp) {
         (last_id, last_id),
         "(events, max id) vs last_id"
     );
+}
+
+/// Asserts every deletion answered 204 and every request `ok` or 404
+/// `not_found`: what it names is gone.
+#[track_caller]
+fn assert_ok_or_gone(what: &str, rounds: &Rounds, ok: u16) {
+    assert_statuses("deletion", &rounds.deletions, &[204]);
+    assert_statuses(what, &rounds.answers, &[ok, 404]);
+    for (status, body) in &rounds.answers {
+        if *status == 404 {
+            assert_error(*status, body, 404, "not_found");
+        }
+    }
 }
 
 /// Asserts each answer is `ok` or the 400 a user id naming nobody gets,
@@ -165,13 +195,7 @@ async fn blocking_a_user_who_is_deleting_their_account_answers_204_or_404() {
 
     // Assert: blocked before the deletion (which then removed the block),
     // or told the user is gone.
-    assert_statuses("delete account", &rounds.deletions, &[204]);
-    assert_statuses("block", &rounds.answers, &[204, 404]);
-    for (status, body) in &rounds.answers {
-        if *status == 404 {
-            assert_error(*status, body, 404, "not_found");
-        }
-    }
+    assert_ok_or_gone("block", &rounds, 204);
     assert_eq!(count(app, "select count(*) from blocks").await, 0);
     assert_consistent(app).await;
 }
@@ -354,5 +378,133 @@ async fn reopening_a_dm_while_it_is_being_deleted_returns_it_or_a_new_one() {
             assert_eq!(body["member_count"], 2, "{body}");
         }
     }
+    assert_consistent(app).await;
+}
+
+/// A group of `owner`'s with two other members, who send to it.
+async fn group_of_three(app: &TestApp) -> (TestUser, [TestUser; 2], i64) {
+    let owner = app.register("owner").await;
+    let senders = [app.register("sender").await, app.register("sender").await];
+    let chat = app
+        .create_group(&owner, "g", &[&senders[0], &senders[1]])
+        .await;
+    (owner, senders, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_to_a_chat_being_deleted_answers_201_or_404() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| group_of_three(app)).await;
+    let mut rounds = Rounds::default();
+
+    // Act: the owner deletes the group while both others send to it (one
+    // statement each, or one for both when they queue together).
+    for (round, (owner, senders, chat)) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/chats/{chat}");
+        let sends = senders.iter().map(|sender| {
+            let body = json!({"chat_id": chat, "content": "hello"});
+            app.post("/api/v1/messages", &sender.token, body)
+        });
+        rounds
+            .race_all(round, app.delete(&path, &owner.token), sends)
+            .await;
+    }
+
+    // Assert: sent before the deletion (which then removed the message), or
+    // told the chat is gone.
+    assert_ok_or_gone("send", &rounds, 201);
+    assert_eq!(count(app, "select count(*) from chats").await, 0);
+    assert_eq!(count(app, "select count(*) from messages").await, 0);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_while_deleting_ones_account_answers_201_or_401_or_404() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| async move {
+        let (owner, [leaving, _], chat) = group_of_three(app).await;
+        // More chats to leave keep the deletion's transaction open longer.
+        for i in 0..2 {
+            app.create_group(&owner, &format!("g{i}"), &[&leaving])
+                .await;
+        }
+        (leaving, chat)
+    })
+    .await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, (leaving, chat)) in fixtures.iter().enumerate() {
+        let body = json!({"chat_id": chat, "content": "goodbye"});
+        let sent = app.post("/api/v1/messages", &leaving.token, body);
+        rounds.race(round, app.delete_account(leaving), sent).await;
+    }
+
+    // Assert: sent before the deletion (the message stays, its sender
+    // gone), or refused as from an account that is gone (401 once the
+    // token is checked after it, 404 when the send itself came after).
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("send", &rounds.answers, &[201, 401, 404]);
+    let sent = rounds.answers.iter().filter(|(s, _)| *s == 201).count() as i64;
+    let sql = "select count(*) from messages where sender_id is null and content = 'goodbye'";
+    assert_eq!(count(app, sql).await, sent);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_ones_password_while_deleting_ones_account_answers_200_or_401() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| member_of_groups(app, "leaving", 3)).await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, leaving) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/users/{}", leaving.id);
+        let body = json!({"password": "a new battery staple", "current_password": PASSWORD});
+        let changed = app.put(&path, &leaving.token, body);
+        rounds
+            .race(round, app.delete_account(leaving), changed)
+            .await;
+    }
+
+    // Assert: the change came first, or the deletion did and the token of
+    // an account that is gone is refused. A change first revokes the token
+    // the deletion then presents, or the password it confirms with: the
+    // account stays exactly when the deletion was refused.
+    assert_statuses("delete account", &rounds.deletions, &[204, 401]);
+    assert_statuses("change password", &rounds.answers, &[200, 401]);
+    let kept = rounds.deletions.iter().filter(|(s, _)| *s == 401).count() as i64;
+    for ((deleted, _), (changed, body)) in rounds.deletions.iter().zip(&rounds.answers) {
+        if *deleted == 401 {
+            assert_eq!(*changed, 200, "{body}");
+        }
+    }
+    assert_eq!(accounts_left(app, &fixtures).await, kept);
+    assert_consistent(app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_oneself_while_deleting_ones_account_answers_200_or_401() {
+    // Arrange
+    let app = &spawn_app().await;
+    let fixtures = arrange(|_| member_of_groups(app, "leaving", 3)).await;
+    let mut rounds = Rounds::default();
+
+    // Act
+    for (round, leaving) in fixtures.iter().enumerate() {
+        let path = format!("/api/v1/users/{}", leaving.id);
+        let renamed = app.put(&path, &leaving.token, json!({"display_name": "Gone"}));
+        rounds
+            .race(round, app.delete_account(leaving), renamed)
+            .await;
+    }
+
+    // Assert
+    assert_statuses("delete account", &rounds.deletions, &[204]);
+    assert_statuses("rename", &rounds.answers, &[200, 401]);
+    assert_eq!(accounts_left(app, &fixtures).await, 0);
     assert_consistent(app).await;
 }
