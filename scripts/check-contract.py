@@ -243,7 +243,7 @@ def strip_descriptions(node):
 
 def check_copies():
     o, a = openapi["components"]["schemas"], asyncapi["components"]["schemas"]
-    for name in ("Member", "ReadMarker"):
+    for name in ("Member", "ReadMarker", "ReplyTo"):
         if strip_descriptions(o[name]) != strip_descriptions(a[name]):
             fail(f"asyncapi {name} drifted from openapi {name}")
     detail = strip_descriptions(o["ChatDetail"])
@@ -279,7 +279,7 @@ def check_copies():
     # message / message_updated: the REST body without `id` and `sender`, plus names.
     message = strip_descriptions(o["Message"])["properties"]
     event = strip_descriptions(a["MessageEventPayload"])["properties"]
-    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at"):
+    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at", "reply_to"):
         if message[key] != event.get(key):
             fail(f"asyncapi MessageEventPayload.{key} drifted from openapi Message.{key}")
     if event["message_id"] != message["id"]:
@@ -306,7 +306,7 @@ READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMess
 STATUS_OF_CODE = {
     "validation_failed": 400, "invalid_body": 400, "invalid_id": 400, "invalid_text": 400,
     "invalid_query": 400, "invalid_header": 400, "missing_header": 400, "length_required": 400,
-    "not_a_group": 400, "upgrade_required": 400, "unauthorized": 401, "invalid_credentials": 401,
+    "not_a_group": 400, "invalid_reply": 400, "upgrade_required": 400, "unauthorized": 401, "invalid_credentials": 401,
     "forbidden": 403, "not_chat_admin": 403, "not_chat_creator": 403, "not_message_sender": 403,
     "not_your_account": 403, "blocked": 403, "not_found": 404, "method_not_allowed": 405,
     "username_taken": 409, "last_admin": 409, "client_id_reused": 409, "chat_full": 409,
@@ -397,8 +397,10 @@ CHAT_SHARED = without(without(CHAT_DETAIL, "last_read_message_id"), "unread_coun
 MESSAGE = {
     "id": 42, "chat_id": 7, "sender_id": 3, "content": "hi", "is_edited": False,
     "client_id": "c-1", "created_at": TS, "updated_at": TS,
-    "sender": {"id": 3, "username": "alice", "display_name": None},
+    "sender": {"id": 3, "username": "alice", "display_name": None}, "reply_to": None,
 }
+REPLY_TO = {"id": 41, "sender_id": 4, "content": "the original", "deleted": False}
+DELETED_ORIGINAL = {"id": 41, "sender_id": None, "content": None, "deleted": True}
 # The README's example exchange, verbatim.
 README_CLIENT_MESSAGE = json.loads(
     '{"type":"message","payload":{"chat_id":7,"content":"hi","client_id":"c-1"},"ref":"r1"}'
@@ -410,7 +412,7 @@ README_MESSAGE = json.loads(
     '{"type":"message","payload":{"event_id":1031,"message_id":42,"chat_id":7,"content":"hi",'
     '"sender_id":3,"username":"alice","display_name":null,"timestamp":"2026-11-25T10:00:00.123456Z",'
     '"client_id":"c-1","created_at":"2026-11-25T10:00:00.123456Z",'
-    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false}}'
+    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false,"reply_to":null}}'
 )
 
 
@@ -452,6 +454,15 @@ REST_SAMPLES = [
     ("Message", {**MESSAGE, "sender": None}, False),
     ("Message", {**MESSAGE, "sender_id": None}, False),
     ("Message", {**MESSAGE, "content": " hi "}, False),
+    ("Message", {**MESSAGE, "reply_to": REPLY_TO}, True),
+    ("Message", {**MESSAGE, "reply_to": DELETED_ORIGINAL}, True),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": "x" * 200 + " "}}, False),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": "x" * 199 + " "}}, True),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "sender_id": None}}, True),
+    ("Message", {**MESSAGE, "reply_to": {**DELETED_ORIGINAL, "content": "kept"}}, False),
+    ("Message", {**MESSAGE, "reply_to": {**DELETED_ORIGINAL, "sender_id": 4}}, False),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": None}}, False),
+    ("Message", without(MESSAGE, "reply_to"), False),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, True),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, True),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200}, False),
@@ -522,6 +533,9 @@ REST_SAMPLES = [
     ("SendMessageRequest", {"chat_id": 7, "content": "x" * 4001}, False),
     ("SendMessageRequest", {"chat_id": 7, "content": " " + "x" * 4000 + " "}, True),
     ("SendMessageRequest", {"chat_id": 7, "content": "hi", "client_id": ""}, False),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "reply_to_id": 41}, True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "reply_to_id": None}, True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "reply_to_id": 0}, False),
     ("EditMessageRequest", {"content": "edited"}, True),
     ("ReadRequest", {}, False),
 ]
@@ -558,6 +572,11 @@ SERVER_FRAMES = [
                      "retry_after_ms": 42}), True),
     (frame("error", {"code": "invalid_text", "error": "text must not contain NUL characters", "ref": "nul"}), True),
     (frame("error", {"code": "query_timeout", "error": "the request took too long", "ref": None}), True),
+    (frame("message", {**README_MESSAGE["payload"], "reply_to": REPLY_TO}), True),
+    (frame("message_updated", {**README_MESSAGE["payload"], "reply_to": DELETED_ORIGINAL}), True),
+    (frame("message", without(README_MESSAGE["payload"], "reply_to")), False),
+    (frame("error", {"code": "invalid_reply", "error": "reply_to_id: must name a message of this chat",
+                     "ref": None}), True),
     # A replay after the sender deleted their account.
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None}), True),
     (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, ref=1), True),
@@ -605,6 +624,8 @@ CLIENT_FRAMES = [
     (frame("typing", {"chat_id": 7}), True),
     (frame("read", {"chat_id": 7, "message_id": 42}), True),
     (frame("message", {"chat_id": 7, "content": "hi", "client_id": None}), True),
+    (frame("message", {"chat_id": 7, "content": "hi", "reply_to_id": 41}), True),
+    (frame("message", {"chat_id": 7, "content": "hi", "reply_to_id": "41"}), False),
     ({"type": "ping", "payload": {}}, False),
     (frame("message", {"chat_id": 7, "content": ""}), False),
     (frame("message", {"chat_id": 0, "content": "hi"}), False),

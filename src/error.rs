@@ -44,6 +44,8 @@ pub enum ApiError {
     /// Text PostgreSQL cannot store (a NUL character).
     InvalidText,
     NotAGroup,
+    /// `reply_to_id` names no message of the chat the message is sent to.
+    InvalidReply,
     UpgradeRequired,
     LengthRequired,
     /// Missing, malformed, expired or revoked token.
@@ -110,8 +112,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             Validation(_) | InvalidBody(_) | InvalidQuery(_) | InvalidHeader(_)
-            | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | UpgradeRequired
-            | LengthRequired => StatusCode::BAD_REQUEST,
+            | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | InvalidReply
+            | UpgradeRequired | LengthRequired => StatusCode::BAD_REQUEST,
             Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
             NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | Blocked
             | CorsForbidden => StatusCode::FORBIDDEN,
@@ -139,6 +141,7 @@ impl ApiError {
             InvalidId(_) => "invalid_id",
             InvalidText => "invalid_text",
             NotAGroup => "not_a_group",
+            InvalidReply => "invalid_reply",
             UpgradeRequired => "upgrade_required",
             LengthRequired => "length_required",
             Unauthorized(_) => "unauthorized",
@@ -181,6 +184,7 @@ impl ApiError {
             InvalidId(raw) => format!("`{raw}` is not a valid id (a positive integer)"),
             InvalidText => "text must not contain NUL characters".into(),
             NotAGroup => "members can only be added to group chats".into(),
+            InvalidReply => "reply_to_id: must name a message of this chat".into(),
             UpgradeRequired => "this endpoint needs a WebSocket upgrade (version 13)".into(),
             LengthRequired => "a Content-Length header is required".into(),
             Unauthorized(why) => (*why).into(),

@@ -414,7 +414,8 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .replace("$1", ":chat")
         .replace("$2", ":sender")
         .replace("$3", &format!("'{CONTENT}'"))
-        .replace("$4", "null::text");
+        .replace("$4", "null::text")
+        .replace("$5", "null::bigint");
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     // One statement, committed on its own: exactly what the handler sends.
     let script = format!(

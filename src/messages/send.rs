@@ -10,7 +10,9 @@ use crate::error::{ApiError, FieldError};
 use crate::events;
 use crate::limits::{Action, RateLimits};
 use crate::membership::is_member;
-use crate::message_json::{event_payload_sql, logged_payload_sql, message_json_sql};
+use crate::message_json::{
+    event_payload_sql, logged_payload_sql, message_json_replying_sql, message_json_sql,
+};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -31,6 +33,9 @@ pub struct SendRequest {
     #[serde(default)]
     pub content: String,
     pub client_id: Option<String>,
+    /// The message this one answers: one of the same chat.
+    #[serde(default, deserialize_with = "crate::validate::optional_integer")]
+    pub reply_to_id: Option<i64>,
 }
 
 pub struct Sent {
@@ -63,6 +68,7 @@ pub struct PendingSend {
     chat_id: i64,
     sender_id: i64,
     client_id: Option<String>,
+    reply_to_id: Option<i64>,
     pool: Pool,
 }
 
@@ -78,13 +84,19 @@ impl PendingSend {
             Some(row) => Ok(Sent::from_row(&row, false)),
             None => {
                 let client = self.pool.get().await?;
-                existing_by_client_id(
+                let earlier = existing_by_client_id(
                     &*client,
                     self.chat_id,
                     self.sender_id,
                     self.client_id.as_deref(),
                 )
-                .await
+                .await;
+                match (earlier, self.reply_to_id) {
+                    (Err(ApiError::ChatNotFound), Some(_)) => {
+                        refused_reply(&*client, self.chat_id, self.sender_id).await
+                    }
+                    (earlier, _) => earlier,
+                }
             }
         }
     }
@@ -121,12 +133,35 @@ async fn existing_by_client_id(
     Ok(sent)
 }
 
+/// Nothing was inserted for a reply, and its client_id names no earlier
+/// message: a member was refused for the original (400), anyone else for
+/// the chat (404).
+async fn refused_reply(
+    client: &impl GenericClient,
+    chat_id: i64,
+    sender_id: i64,
+) -> Result<Sent, ApiError> {
+    let member: bool = client
+        .query_one(
+            &format!("select {}", is_member("$1", "$2")),
+            &[&chat_id, &sender_id],
+        )
+        .await?
+        .get(0);
+    Err(if member {
+        ApiError::InvalidReply
+    } else {
+        ApiError::ChatNotFound
+    })
+}
+
 /// A validated send, as the statements take it.
 struct Insert {
     chat_id: i64,
     sender_id: i64,
     content: String,
     client_id: Option<String>,
+    reply_to_id: Option<i64>,
 }
 
 /// A send waiting for its commit: the row the statement returned for it, or
@@ -213,6 +248,7 @@ impl SendQueue {
             sender_id,
             content,
             client_id: req.client_id.clone(),
+            reply_to_id: req.reply_to_id,
         };
         // First in, first out, and so is waiting for room in the queue.
         self.jobs
@@ -224,6 +260,7 @@ impl SendQueue {
             chat_id: req.chat_id,
             sender_id,
             client_id: req.client_id,
+            reply_to_id: req.reply_to_id,
             pool: self.pool.clone(),
         })
     }
@@ -234,7 +271,7 @@ impl SendQueue {
         vec![
             (
                 SEND_SQL.as_str(),
-                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT],
+                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8],
             ),
             (
                 SEND_BATCH_SQL.as_str(),
@@ -243,6 +280,7 @@ impl SendQueue {
                     Type::INT8_ARRAY,
                     Type::TEXT_ARRAY,
                     Type::TEXT_ARRAY,
+                    Type::INT8_ARRAY,
                 ],
             ),
         ]
@@ -252,23 +290,33 @@ impl SendQueue {
 const SEND_STATEMENT: usize = 0;
 const SEND_BATCH_STATEMENT: usize = 1;
 
-/// Sends message `$3` with client id `$4` from `$2` into chat `$1`, in one
-/// statement (one round trip, committed on its own): inserts it if `$2` is a
-/// member and the client id is new, touches the chat, appends the `message`
-/// event and NOTIFYs it; returns the message (its REST body, id, chat and
+/// Sends message `$3` with client id `$4` from `$2` into chat `$1`, in
+/// reply to `$5` (or null), in one statement (one round trip, committed on
+/// its own): inserts it if `$2` is a member, `$5` is null or a message of
+/// the chat, and the client id is new, touches the chat, appends the
+/// `message` event and NOTIFYs it; returns the message (its REST body, id, chat and
 /// client id) and `event_id`, or no row when nothing was inserted. The
 /// event_seq row lock (see `events`) is held only while PostgreSQL runs and
-/// commits this statement, never across a network round trip. Public so the
+/// commits this statement, never across a network round trip. The original
+/// of a reply is locked first (key share: only its deletion and edits wait,
+/// and this statement waits for theirs), so it cannot be deleted or edited
+/// between the check and the commit, and the preview is read from the
+/// locked row, the latest committed version. Public so the
 /// benchmark's pgbench ceiling runs the very statement the server runs.
 pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "with m as (
-             insert into messages (chat_id, sender_id, content, client_id)
-             select $1, $2, $3, $4 where {member}
+        "with original as (
+             select id, sender_id, content from messages
+             where id = $5 and chat_id = $1
+             for key share
+         ), m as (
+             insert into messages (chat_id, sender_id, content, client_id, reply_to_id)
+             select $1, $2, $3, $4, $5 where {member}
+               and ($5::bigint is null or exists (select 1 from original))
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning *
          ), b as (
-             select m.id, m.chat_id, m.client_id, {body} as body
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
              from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id = (select chat_id from m)
@@ -282,7 +330,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, {frame} as frame
+                    b.id as message_id, b.reply_to_id, {frame} as frame
              from ins, b
          ), sent as (
              {notify}
@@ -290,7 +338,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          select b.id, b.chat_id, b.client_id, b.body::text as body, (select id from sent) as event_id
          from b",
         member = is_member("$1", "$2"),
-        body = message_json_sql("m", "u"),
+        body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
@@ -299,27 +347,34 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// [`SEND_SQL`] for many sends at once, committed together: element `n`
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
-/// contents, `$4` client ids is one send. Message ids are drawn in array
+/// contents, `$4` client ids, `$5` originals replied to is one send. Message ids are drawn in array
 /// order before the insert, so each returned row carries its `n`; messages
 /// and events are numbered in that order. Sends not inserted (not a member,
-/// client id reused, even within the batch) return no row.
+/// no such original in the chat, client id reused, even within the batch)
+/// return no row.
 pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "with req as (
-             select r.n, r.chat_id, r.sender_id, r.content, r.client_id,
+        "with originals as (
+             select id, chat_id, sender_id, content from messages
+             where id = any($5::int8[])
+             for key share
+         ), req as (
+             select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.reply_to_id,
                     nextval(pg_get_serial_sequence('messages', 'id')) as id
-             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[])
-                  with ordinality as r (chat_id, sender_id, content, client_id, n)
+             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[])
+                  with ordinality as r (chat_id, sender_id, content, client_id, reply_to_id, n)
              where {member}
+               and (r.reply_to_id is null or exists (
+                   select 1 from originals o where o.id = r.reply_to_id and o.chat_id = r.chat_id))
              order by r.n
          ), m as (
-             insert into messages (id, chat_id, sender_id, content, client_id)
+             insert into messages (id, chat_id, sender_id, content, client_id, reply_to_id)
              overriding system value
-             select id, chat_id, sender_id, content, client_id from req order by id
+             select id, chat_id, sender_id, content, client_id, reply_to_id from req order by id
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning *
          ), b as (
-             select m.id, m.chat_id, m.client_id, {body} as body
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
              from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id in (select chat_id from m)
@@ -336,7 +391,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, (payload->>'message_id')::bigint as message_id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, {frame} as frame
+                    b.id as message_id, b.reply_to_id, {frame} as frame
              from ins join b on b.id = ins.message_id
          ), sent as (
              {notify}
@@ -345,7 +400,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
         member = is_member("r.chat_id", "r.sender_id"),
-        body = message_json_sql("m", "u"),
+        body = message_json_replying_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
@@ -354,7 +409,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// The `message` frame of event `event_id` for the message whose REST body
 /// is `body`: a send builds it from the row it inserts, which the log's
-/// readers (`message_json::frame_sql`) cannot see within the statement.
+/// readers (`message_json::message_frame_sql`) cannot see within the statement.
 fn frame_from_body_sql(event_id: &str, body: &str) -> String {
     format!(
         "json_build_object('type', 'message', 'payload',
@@ -417,6 +472,7 @@ async fn insert_one(pipeline: &Pipeline, insert: &Insert) -> Result<Option<Row>,
                 &insert.sender_id,
                 &insert.content,
                 &insert.client_id,
+                &insert.reply_to_id,
             ],
         )
         .await?;
@@ -432,12 +488,19 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
         .iter()
         .map(|j| j.insert.client_id.as_deref())
         .collect();
+    let reply_to_ids: Vec<Option<i64>> = batch.iter().map(|j| j.insert.reply_to_id).collect();
     let pipelined = pipeline.get().await?;
     let rows = pipelined
         .client
         .query(
             &pipelined.statements[SEND_BATCH_STATEMENT],
-            &[&chat_ids, &sender_ids, &contents, &client_ids],
+            &[
+                &chat_ids,
+                &sender_ids,
+                &contents,
+                &client_ids,
+                &reply_to_ids,
+            ],
         )
         .await?;
     let mut by_job: Vec<Option<Row>> = batch.iter().map(|_| None).collect();

@@ -21,6 +21,7 @@ mod rate_limits;
 mod redaction;
 mod replay_agreement;
 mod replay_cost;
+mod replies;
 mod revocation;
 mod seed_client;
 mod send_batches;
