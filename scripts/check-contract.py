@@ -310,6 +310,7 @@ STATUS_OF_CODE = {
     "forbidden": 403, "not_chat_admin": 403, "not_chat_creator": 403, "not_message_sender": 403,
     "not_your_account": 403, "blocked": 403, "not_found": 404, "method_not_allowed": 405,
     "username_taken": 409, "last_admin": 409, "client_id_reused": 409, "chat_full": 409,
+    "invalid_emoji": 400, "too_many_reactions": 409,
     "payload_too_large": 413, "unsupported_media_type": 415, "rate_limited": 429,
     "too_many_sockets": 429, "internal_error": 500, "database_unavailable": 503,
     "query_timeout": 503, "busy": 503, "too_many_connections": 503,
@@ -398,6 +399,7 @@ MESSAGE = {
     "id": 42, "chat_id": 7, "sender_id": 3, "content": "hi", "is_edited": False,
     "client_id": "c-1", "created_at": TS, "updated_at": TS,
     "sender": {"id": 3, "username": "alice", "display_name": None}, "reply_to": None,
+    "reactions": [],
 }
 REPLY_TO = {"id": 41, "sender_id": 4, "content": "the original", "deleted": False}
 DELETED_ORIGINAL = {"id": 41, "sender_id": None, "content": None, "deleted": True}
@@ -463,6 +465,12 @@ REST_SAMPLES = [
     ("Message", {**MESSAGE, "reply_to": {**DELETED_ORIGINAL, "sender_id": 4}}, False),
     ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": None}}, False),
     ("Message", without(MESSAGE, "reply_to"), False),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 2, "me": True},
+                                          {"emoji": ":party:", "count": 1, "me": False}]}, True),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 0, "me": False}]}, False),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 1}]}, False),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": f":e{i}:", "count": 1, "me": False} for i in range(21)]}, False),
+    ("Message", without(MESSAGE, "reactions"), False),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, True),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, True),
     ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200}, False),
@@ -577,6 +585,10 @@ SERVER_FRAMES = [
     (frame("message", without(README_MESSAGE["payload"], "reply_to")), False),
     (frame("error", {"code": "invalid_reply", "error": "reply_to_id: must name a message of this chat",
                      "ref": None}), True),
+    (frame("reaction_added", {"event_id": 1040, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": "👍🏽"}), True),
+    (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ":+1:"}), True),
+    (frame("reaction_added", {"event_id": 1040, "chat_id": 7, "message_id": 42, "emoji": "👍"}), False),
+    (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ""}), False),
     # A replay after the sender deleted their account.
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None}), True),
     (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, ref=1), True),

@@ -46,6 +46,8 @@ pub enum ApiError {
     NotAGroup,
     /// `reply_to_id` names no message of the chat the message is sent to.
     InvalidReply,
+    /// A reaction's path segment is neither one emoji nor a `:shortcode:`.
+    InvalidEmoji,
     UpgradeRequired,
     LengthRequired,
     /// Missing, malformed, expired or revoked token.
@@ -77,6 +79,10 @@ pub enum ApiError {
     ClientIdReused,
     /// A group at `limits.group_members`.
     ChatFull,
+    /// A new emoji on a message that carries `max` already.
+    TooManyReactions {
+        max: i64,
+    },
     /// A statement ran past `database.statement_timeout_ms`.
     QueryTimeout,
     /// The user already holds `limits.sockets_per_user` WebSockets on this node.
@@ -113,7 +119,7 @@ impl ApiError {
         match self {
             Validation(_) | InvalidBody(_) | InvalidQuery(_) | InvalidHeader(_)
             | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | InvalidReply
-            | UpgradeRequired | LengthRequired => StatusCode::BAD_REQUEST,
+            | InvalidEmoji | UpgradeRequired | LengthRequired => StatusCode::BAD_REQUEST,
             Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
             NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | Blocked
             | CorsForbidden => StatusCode::FORBIDDEN,
@@ -121,7 +127,9 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            UsernameTaken | LastAdmin | ClientIdReused | ChatFull => StatusCode::CONFLICT,
+            UsernameTaken | LastAdmin | ClientIdReused | ChatFull | TooManyReactions { .. } => {
+                StatusCode::CONFLICT
+            }
             TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -142,6 +150,7 @@ impl ApiError {
             InvalidText => "invalid_text",
             NotAGroup => "not_a_group",
             InvalidReply => "invalid_reply",
+            InvalidEmoji => "invalid_emoji",
             UpgradeRequired => "upgrade_required",
             LengthRequired => "length_required",
             Unauthorized(_) => "unauthorized",
@@ -160,6 +169,7 @@ impl ApiError {
             LastAdmin => "last_admin",
             ClientIdReused => "client_id_reused",
             ChatFull => "chat_full",
+            TooManyReactions { .. } => "too_many_reactions",
             QueryTimeout => "query_timeout",
             TooManySockets => "too_many_sockets",
             RateLimited { .. } => "rate_limited",
@@ -185,6 +195,9 @@ impl ApiError {
             InvalidText => "text must not contain NUL characters".into(),
             NotAGroup => "members can only be added to group chats".into(),
             InvalidReply => "reply_to_id: must name a message of this chat".into(),
+            InvalidEmoji => {
+                "emoji: must be one emoji, or a :shortcode: of 1 to 32 of a-z 0-9 _ + -".into()
+            }
             UpgradeRequired => "this endpoint needs a WebSocket upgrade (version 13)".into(),
             LengthRequired => "a Content-Length header is required".into(),
             Unauthorized(why) => (*why).into(),
@@ -207,6 +220,9 @@ impl ApiError {
                 "this client_id was already used for a message in another chat".into()
             }
             ChatFull => "the group has as many members as it may have".into(),
+            TooManyReactions { max } => {
+                format!("a message carries at most {max} different reactions")
+            }
             QueryTimeout => "the request took too long; try again or narrow it".into(),
             TooManySockets => "too many open connections for this user".into(),
             RateLimited { .. } => format!(

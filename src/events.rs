@@ -41,6 +41,8 @@ pub enum EventKind {
     MemberAdded,
     MemberRemoved,
     System,
+    ReactionAdded,
+    ReactionRemoved,
 }
 
 /// What an event does to the subscriptions of the users it addresses.
@@ -65,6 +67,8 @@ impl EventKind {
             EventKind::MemberAdded => "member_added",
             EventKind::MemberRemoved => "member_removed",
             EventKind::System => "system",
+            EventKind::ReactionAdded => "reaction_added",
+            EventKind::ReactionRemoved => "reaction_removed",
         }
     }
 
@@ -82,7 +86,9 @@ impl EventKind {
             | EventKind::MessageUpdated
             | EventKind::MessageDeleted
             | EventKind::ChatUpdated
-            | EventKind::System => Membership::Unchanged,
+            | EventKind::System
+            | EventKind::ReactionAdded
+            | EventKind::ReactionRemoved => Membership::Unchanged,
         }
     }
 
@@ -99,7 +105,9 @@ impl EventKind {
             | EventKind::ChatDeleted
             | EventKind::MemberAdded
             | EventKind::MemberRemoved
-            | EventKind::System => true,
+            | EventKind::System
+            | EventKind::ReactionAdded
+            | EventKind::ReactionRemoved => true,
         }
     }
 
@@ -115,7 +123,10 @@ impl EventKind {
     /// itself is not.
     pub fn follows_message(self) -> bool {
         match self {
-            EventKind::Message | EventKind::MessageUpdated => true,
+            EventKind::Message
+            | EventKind::MessageUpdated
+            | EventKind::ReactionAdded
+            | EventKind::ReactionRemoved => true,
             EventKind::MessageDeleted
             | EventKind::ChatCreated
             | EventKind::ChatUpdated
@@ -137,7 +148,7 @@ impl EventKind {
     }
 
     /// Every kind (a test reads each back from its name).
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Message,
         EventKind::MessageUpdated,
         EventKind::MessageDeleted,
@@ -147,6 +158,8 @@ impl EventKind {
         EventKind::MemberAdded,
         EventKind::MemberRemoved,
         EventKind::System,
+        EventKind::ReactionAdded,
+        EventKind::ReactionRemoved,
     ];
 
     /// The replay rule, the one statement of who gets an event again after

@@ -30,7 +30,8 @@ pub fn reply_preview(content: &str) -> &str {
 
 /// SQL (jsonb) for message row `m`, sent by user row `u` (left-joined: null
 /// once the account is gone), as REST returns it: `{id, chat_id, sender_id,
-/// content, is_edited, client_id, created_at, updated_at, sender, reply_to}`.
+/// content, is_edited, client_id, created_at, updated_at, sender, reply_to}`
+/// (the reader's own part, `reactions`, is [`message_rest_sql`]'s).
 pub fn message_json_sql(m: &str, u: &str) -> String {
     message_json_replying_sql(m, u, "messages")
 }
@@ -53,6 +54,35 @@ pub fn message_json_replying_sql(m: &str, u: &str, originals: &str) -> String {
         created = rfc3339_sql(&format!("{m}.created_at")),
         updated = rfc3339_sql(&format!("{m}.updated_at")),
         reply_to = reply_to_sql(m, originals),
+    )
+}
+
+/// SQL (jsonb) for message row `m`, sent by user row `u`, as REST returns
+/// it to user `viewer` (an SQL expression): [`message_json_sql`] with the
+/// message's `reactions` as that user sees them.
+pub fn message_rest_sql(m: &str, u: &str, viewer: &str) -> String {
+    format!(
+        "({} || jsonb_build_object('reactions', {}))",
+        message_json_sql(m, u),
+        reactions_sql(m, viewer)
+    )
+}
+
+/// A message just sent, as REST returns it: no reactions yet.
+pub fn sent_rest_sql(body: &str) -> String {
+    format!("({body} || '{{\"reactions\": []}}'::jsonb)")
+}
+
+/// SQL (jsonb) for the reactions to message row `m` as user `viewer` sees
+/// them: `[{emoji, count, me}]`, each emoji once, in order of first use.
+fn reactions_sql(m: &str, viewer: &str) -> String {
+    format!(
+        "coalesce((
+             select jsonb_agg(jsonb_build_object('emoji', r.emoji, 'count', r.n, 'me', r.me)
+                              order by r.first)
+             from (select emoji, count(*) as n, bool_or(user_id = {viewer}) as me, min(seq) as first
+                   from reactions where message_id = {m}.id group by emoji) r),
+         '[]'::jsonb)"
     )
 }
 

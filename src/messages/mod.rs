@@ -2,6 +2,7 @@
 //! Bodies are built in SQL by [`message_json`](crate::message_json), the one
 //! definition of a message.
 
+pub mod reactions;
 mod send;
 
 pub use crate::message_json::rfc3339_sql;
@@ -18,7 +19,7 @@ use crate::http::{
     Context, JsonText, Query, authed, id_param, json_body, query, respond, validated, with,
 };
 use crate::membership::{is_member, join_member};
-use crate::message_json::message_json_sql;
+use crate::message_json::message_rest_sql;
 use serde::Deserialize;
 use std::sync::{Arc, LazyLock};
 use tokio_postgres::GenericClient;
@@ -38,6 +39,8 @@ pub fn routes(
         .or(edit(ctx))
         .unify()
         .or(delete(ctx))
+        .unify()
+        .or(reactions::routes(ctx))
         .unify()
 }
 
@@ -138,7 +141,7 @@ async fn get_message(id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply, 
         format!(
             "select {}::text from messages m {} left join users u on u.id = m.sender_id
              where m.id = $1",
-            message_json_sql("m", "u"),
+            message_rest_sql("m", "u", "$2"),
             join_member("c", "m.chat_id", "$2"),
         )
     });
@@ -222,7 +225,7 @@ pub fn history_sql(oldest_first: bool) -> &'static str {
                  ) m
                  left join users u on u.id = m.sender_id
                  order by m.id desc",
-                body = message_json_sql("m", "u"),
+                body = message_rest_sql("m", "u", "$2"),
                 member = is_member("$1", "$2"),
             )
         })
@@ -279,7 +282,7 @@ async fn edit_message(
         format!(
             "with m as (update messages set content = $2, is_edited = true where id = $1 returning *)
              select {}::text from m left join users u on u.id = m.sender_id",
-            message_json_sql("m", "u"),
+            message_rest_sql("m", "u", "$3"),
         )
     });
     let mut errors = Vec::new();
@@ -293,7 +296,9 @@ async fn edit_message(
     if !access.is_sender {
         return Err(ApiError::NotMessageSender);
     }
-    let row = tx.query_one(SQL.as_str(), &[&id, &content]).await?;
+    let row = tx
+        .query_one(SQL.as_str(), &[&id, &content, &user.id])
+        .await?;
     events::emit(
         &tx,
         &[NewEvent::new(

@@ -11,7 +11,8 @@ use crate::events;
 use crate::limits::{Action, RateLimits};
 use crate::membership::is_member;
 use crate::message_json::{
-    event_payload_sql, logged_payload_sql, message_json_replying_sql, message_json_sql,
+    event_payload_sql, logged_payload_sql, message_json_replying_sql, message_rest_sql,
+    sent_rest_sql,
 };
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
@@ -115,7 +116,7 @@ async fn existing_by_client_id(
             "select m.id, m.chat_id, m.client_id, {}::text as body
              from messages m left join users u on u.id = m.sender_id
              where m.sender_id = $1 and m.client_id = $2 and {}",
-            message_json_sql("m", "u"),
+            message_rest_sql("m", "u", "$1"),
             is_member("$3", "$1"),
         )
     });
@@ -335,13 +336,15 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          ), sent as (
              {notify}
          )
-         select b.id, b.chat_id, b.client_id, b.body::text as body, (select id from sent) as event_id
+         select b.id, b.chat_id, b.client_id, {rest}::text as body,
+                (select id from sent) as event_id
          from b",
         member = is_member("$1", "$2"),
         body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
+        rest = sent_rest_sql("b.body"),
     )
 });
 
@@ -396,7 +399,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          ), sent as (
              {notify}
          )
-         select req.n, b.id, b.chat_id, b.client_id, b.body::text as body, ev.id as event_id
+         select req.n, b.id, b.chat_id, b.client_id, {rest}::text as body, ev.id as event_id
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
         member = is_member("r.chat_id", "r.sender_id"),
@@ -404,6 +407,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
+        rest = sent_rest_sql("b.body"),
     )
 });
 

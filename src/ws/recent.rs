@@ -42,7 +42,8 @@ impl ReplayCache {
 
     /// Keeps no old text of the message `latest` (an edit or a deletion) is
     /// about: its earlier held events are rewritten with the current text,
-    /// or, once it is deleted, held without a frame (replay skips them), and
+    /// or, once it is deleted, held without a frame (replay skips them; so
+    /// are the other events that follow it, its reactions), and
     /// held replies to it show its current preview (or that it is deleted),
     /// as the log would build them now.
     pub fn forget_old_versions(&self, latest: &Event) {

@@ -18,6 +18,7 @@ mod messages;
 mod ops;
 mod outage;
 mod rate_limits;
+mod reactions;
 mod redaction;
 mod replay_agreement;
 mod replay_cost;

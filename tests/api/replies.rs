@@ -241,7 +241,8 @@ fn reply_frames(frames: &[Value], reply_id: i64) -> Vec<&Value> {
 #[tokio::test]
 async fn a_replayed_reply_previews_the_originals_current_text_from_memory_and_from_the_log() {
     for replay_cache_bytes in [1 << 20, 0] {
-        // Arrange: Carol is connected while Bob replies, so the node holds the frame.
+        // Arrange: Bob is connected throughout, so the node holds the frames
+        // (and has dispatched the change before he reconnects).
         let app = spawn_app_with(|c| c.ws.replay_cache_bytes = replay_cache_bytes).await;
         let (alice, bob, chat, original) = a_group_with_a_message(&app, "draft one").await;
         let (mut on_bob, _) = connected(&app, &bob, None).await;
@@ -255,6 +256,7 @@ async fn a_replayed_reply_previews_the_originals_current_text_from_memory_and_fr
             json!({"content": "draft two"}),
         )
         .await;
+        on_bob.next_of_type("message_updated").await;
         let frames = replayed_frames(&app, &bob, 0).await;
 
         // Assert
@@ -281,6 +283,7 @@ async fn a_reply_to_a_deleted_original_replays_without_its_text_from_memory_and_
         // Act
         app.delete(&format!("/api/v1/messages/{original}"), &alice.token)
             .await;
+        on_bob.next_of_type("message_deleted").await;
         let frames = replayed_frames(&app, &bob, 0).await;
 
         // Assert
