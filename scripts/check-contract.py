@@ -275,11 +275,12 @@ def check_copies():
     # chat_created: what the added user sees as a new member (no read marker yet).
     event_copy("ChatCreatedPayload", dropped=(), replaced={"last_read_message_id": {"type": "null"}})
     # chat_updated: the chat without any member's own marker and count.
-    event_copy("ChatUpdatedPayload", dropped=("last_read_message_id", "unread_count"), replaced={})
+    event_copy("ChatUpdatedPayload", dropped=("last_read_message_id", "unread_count", "mention_count"), replaced={})
     # message / message_updated: the REST body without `id` and `sender`, plus names.
     message = strip_descriptions(o["Message"])["properties"]
     event = strip_descriptions(a["MessageEventPayload"])["properties"]
-    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at", "reply_to"):
+    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at", "reply_to",
+                "mentions"):
         if message[key] != event.get(key):
             fail(f"asyncapi MessageEventPayload.{key} drifted from openapi Message.{key}")
     if event["message_id"] != message["id"]:
@@ -302,7 +303,8 @@ def check_copies():
 RATE_LIMITED = {"register", "login", "createChat", "addMembers", "markRead", "sendMessage"}
 BCRYPT = {"register", "login", "updateUser", "deleteUser"}
 # Operations reading a query string (`http::query_map`): NUL and bad escapes are 400.
-READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "connectWebSocket"}
+READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "listMentions",
+               "connectWebSocket"}
 STATUS_OF_CODE = {
     "validation_failed": 400, "invalid_body": 400, "invalid_id": 400, "invalid_text": 400,
     "invalid_query": 400, "invalid_header": 400, "missing_header": 400, "length_required": 400,
@@ -389,17 +391,17 @@ USER = {"id": 3, "username": "alice", "display_name": None, "created_at": TS, "l
 MEMBER = {"user_id": 3, "username": "alice", "display_name": "Alice", "is_admin": True, "joined_at": TS}
 CHAT = {
     "id": 7, "name": "team", "is_group": True, "creator_id": 3, "created_at": TS,
-    "updated_at": TS, "last_read_message_id": None, "unread_count": 0, "member_count": 1,
+    "updated_at": TS, "last_read_message_id": None, "unread_count": 0, "mention_count": 0, "member_count": 1,
 }
 CHAT_DETAIL = {**CHAT, "members": [MEMBER]}
 MANY_MEMBERS = [{**MEMBER, "user_id": i, "username": f"user{i}", "is_admin": i == 1} for i in range(1, 102)]
 # What `Chat::shared_view` leaves for chat_updated.
-CHAT_SHARED = without(without(CHAT_DETAIL, "last_read_message_id"), "unread_count")
+CHAT_SHARED = without(without(without(CHAT_DETAIL, "last_read_message_id"), "unread_count"), "mention_count")
 MESSAGE = {
     "id": 42, "chat_id": 7, "sender_id": 3, "content": "hi", "is_edited": False,
     "client_id": "c-1", "created_at": TS, "updated_at": TS,
     "sender": {"id": 3, "username": "alice", "display_name": None}, "reply_to": None,
-    "reactions": [],
+    "mentions": [], "reactions": [],
 }
 REPLY_TO = {"id": 41, "sender_id": 4, "content": "the original", "deleted": False}
 DELETED_ORIGINAL = {"id": 41, "sender_id": None, "content": None, "deleted": True}
@@ -414,7 +416,7 @@ README_MESSAGE = json.loads(
     '{"type":"message","payload":{"event_id":1031,"message_id":42,"chat_id":7,"content":"hi",'
     '"sender_id":3,"username":"alice","display_name":null,"timestamp":"2026-11-25T10:00:00.123456Z",'
     '"client_id":"c-1","created_at":"2026-11-25T10:00:00.123456Z",'
-    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false,"reply_to":null}}'
+    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false,"reply_to":null,"mentions":[]}}'
 )
 
 
@@ -439,6 +441,9 @@ REST_SAMPLES = [
     ("Chat", {**CHAT, "unread_count": 1000, "member_count": 1200, "members": MANY_MEMBERS[:100]}, True),
     ("Chat", {**CHAT, "members": MANY_MEMBERS}, False),
     ("Chat", {**CHAT, "unread_count": 1001}, False),
+    ("Chat", {**CHAT, "unread_count": 1000, "mention_count": 1000}, True),
+    ("Chat", {**CHAT, "mention_count": 1001}, False),
+    ("Chat", without(CHAT, "mention_count"), False),
     ("Chat", without(CHAT, "member_count"), False),
     ("Chat", {**CHAT, "member_count": 0}, False),
     ("Chat", {**CHAT, "name": None}, False),
@@ -471,10 +476,16 @@ REST_SAMPLES = [
     ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 1}]}, False),
     ("Message", {**MESSAGE, "reactions": [{"emoji": f":e{i}:", "count": 1, "me": False} for i in range(21)]}, False),
     ("Message", without(MESSAGE, "reactions"), False),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, True),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, True),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200}, False),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": None, "unread_count": 0}, False),
+    ("Message", {**MESSAGE, "mentions": [4, 5]}, True),
+    ("Message", {**MESSAGE, "mentions": [4, 4]}, False),
+    ("Message", {**MESSAGE, "mentions": [0]}, False),
+    ("Message", without(MESSAGE, "mentions"), False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0, "mention_count": 0}, True),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000, "mention_count": 3}, True),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200, "mention_count": 0}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0, "mention_count": 1001}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": None, "unread_count": 0, "mention_count": 0}, False),
     ("Health", {"status": "ok", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, True),
     ("Health", {"status": "degraded", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "unavailable"}, True),
     ("Health", {"status": "fine", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, False),
@@ -557,7 +568,7 @@ SERVER_FRAMES = [
     (frame("message_deleted", {"event_id": 1032, "chat_id": 7, "message_id": 42}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033, "is_group": False, "name": None,
-                            "unread_count": 3, "member_count": 2}), True),
+                            "unread_count": 3, "mention_count": 1, "member_count": 2}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033, "member_count": 1200, "members": MANY_MEMBERS[:100]}), True),
     (frame("chat_updated", {**CHAT_SHARED, "name": "renamed", "event_id": 1034}), True),
     (frame("chat_deleted", {"event_id": 1035, "chat_id": 7}), True),
@@ -571,7 +582,7 @@ SERVER_FRAMES = [
     (frame("presence", {"user_id": 4, "online": False, "last_seen": None}), True),
     (frame("ack", {"message_id": 42, "event_id": None, "chat_id": 7, "client_id": "c-1", "duplicate": True}), True),
     (frame("ack", {"chat_id": 7, "subscribed": False}, ref={"any": ["json"]}), True),
-    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, ref=None), True),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0, "mention_count": 0}, ref=None), True),
     (frame("pong", {}), True),
     (frame("pong", {}, ref=5), True),
     (frame("error", {"code": "not_found", "error": "chat not found", "ref": "r2"}), True),
@@ -591,7 +602,7 @@ SERVER_FRAMES = [
     (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ""}), False),
     # A replay after the sender deleted their account.
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None}), True),
-    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, ref=1), True),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000, "mention_count": 2}, ref=1), True),
     # broken ones
     (frame("message", without(README_MESSAGE["payload"], "event_id")), False),
     (frame("message", {**README_MESSAGE["payload"], "sender": None}), False),
@@ -600,7 +611,7 @@ SERVER_FRAMES = [
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None, "display_name": "Bob"}), False),
     (frame("ack", {**README_ACK["payload"], "duplicate": True}), False),
     (frame("ack", {**README_ACK["payload"], "event_id": None}), False),
-    (frame("ack", {"chat_id": 7, "last_read_message_id": 4, "unread_count": 1200}, ref=1), False),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 4, "unread_count": 1200, "mention_count": 0}, ref=1), False),
     (frame("error", {"code": "rate_limited", "error": "x", "ref": 1}), False),
     (frame("error", {"code": "not_found", "error": "x", "ref": 1, "retry_after_ms": 5}), False),
     (frame("error", {"code": "too_many_sockets", "error": "x", "ref": None}), False),
@@ -611,6 +622,7 @@ SERVER_FRAMES = [
     # chat_updated carries no member's own marker or count.
     (frame("chat_updated", {**CHAT_DETAIL, "event_id": 1034}), False),
     (frame("chat_updated", {**CHAT_SHARED, "event_id": 1034, "unread_count": 0}), False),
+    (frame("chat_updated", {**CHAT_SHARED, "event_id": 1034, "mention_count": 0}), False),
     (frame("member_added", {"event_id": 1, "chat_id": 7, "members": MANY_MEMBERS}), False),
     (frame("member_added", {"event_id": 1, "chat_id": 7, "members": []}), False),
     (frame("ack", {**README_ACK["payload"], "extra": 1}), False),

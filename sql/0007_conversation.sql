@@ -19,3 +19,49 @@ create table reactions (
 );
 -- Behind `on delete cascade` of an account.
 create index reactions_user_id on reactions (user_id);
+
+-- Mentions: the members a message names with @username, resolved when it is
+-- sent or edited; the message's own, as its body shows them.
+alter table messages add column mentions bigint[] not null default '{}';
+
+-- Who was mentioned where by someone else, for a member's unread mentions
+-- (by chat, after the read marker) and their mentions feed (newest first).
+-- Kept from messages.mentions by the triggers below: a message without
+-- mentions costs a send nothing more than their WHEN test.
+create table mentions (
+    user_id    bigint not null references users (id) on delete cascade,
+    message_id bigint not null references messages (id) on delete cascade,
+    chat_id    bigint not null,
+    primary key (user_id, message_id)
+);
+create index mentions_user_chat on mentions (user_id, chat_id, message_id);
+-- Behind `on delete cascade` of a message.
+create index mentions_message_id on mentions (message_id);
+
+create function index_mentions() returns trigger language plpgsql as $$
+begin
+    if tg_op = 'UPDATE' then
+        delete from mentions where message_id = new.id;
+    end if;
+    insert into mentions (user_id, message_id, chat_id)
+    select mentioned, new.id, new.chat_id from unnest(new.mentions) mentioned
+    where mentioned is distinct from new.sender_id
+    on conflict do nothing;
+    return null;
+end $$;
+create trigger messages_index_mentions after insert on messages
+    for each row when (new.mentions <> '{}') execute function index_mentions();
+create trigger messages_reindex_mentions after update of mentions on messages
+    for each row when (old.mentions is distinct from new.mentions)
+    execute function index_mentions();
+
+-- A member who leaves a chat leaves its mentions of them behind: the feed
+-- and the counts read only current members' rows.
+create function forget_mentions() returns trigger language plpgsql as $$
+begin
+    delete from mentions where user_id = old.user_id and chat_id = old.chat_id;
+    return null;
+end $$;
+create trigger chat_members_forget_mentions after delete on chat_members
+    for each row execute function forget_mentions();
+

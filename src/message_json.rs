@@ -30,7 +30,8 @@ pub fn reply_preview(content: &str) -> &str {
 
 /// SQL (jsonb) for message row `m`, sent by user row `u` (left-joined: null
 /// once the account is gone), as REST returns it: `{id, chat_id, sender_id,
-/// content, is_edited, client_id, created_at, updated_at, sender, reply_to}`
+/// content, is_edited, client_id, created_at, updated_at, sender, reply_to,
+/// mentions}`
 /// (the reader's own part, `reactions`, is [`message_rest_sql`]'s).
 pub fn message_json_sql(m: &str, u: &str) -> String {
     message_json_replying_sql(m, u, "messages")
@@ -50,7 +51,7 @@ pub fn message_json_replying_sql(m: &str, u: &str, originals: &str) -> String {
              'sender', case when {u}.id is null then null
                             else jsonb_build_object('id', {u}.id, 'username', {u}.username,
                                                     'display_name', {u}.display_name) end,
-             'reply_to', {reply_to})",
+             'reply_to', {reply_to}, 'mentions', to_jsonb({m}.mentions))",
         created = rfc3339_sql(&format!("{m}.created_at")),
         updated = rfc3339_sql(&format!("{m}.updated_at")),
         reply_to = reply_to_sql(m, originals),

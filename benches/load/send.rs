@@ -415,7 +415,8 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .replace("$2", ":sender")
         .replace("$3", &format!("'{CONTENT}'"))
         .replace("$4", "null::text")
-        .replace("$5", "null::bigint");
+        .replace("$5", "null::bigint")
+        .replace("$6", "null::text");
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     // One statement, committed on its own: exactly what the handler sends.
     let script = format!(

@@ -2,6 +2,7 @@
 //! Bodies are built in SQL by [`message_json`](crate::message_json), the one
 //! definition of a message.
 
+pub mod mentions;
 pub mod reactions;
 mod send;
 
@@ -41,6 +42,8 @@ pub fn routes(
         .or(delete(ctx))
         .unify()
         .or(reactions::routes(ctx))
+        .unify()
+        .or(mentions::routes(ctx))
         .unify()
 }
 
@@ -280,8 +283,14 @@ async fn edit_message(
 ) -> Result<impl Reply, ApiError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "with m as (update messages set content = $2, is_edited = true where id = $1 returning *)
+            "with m as (
+                 update messages edited
+                 set content = $2, is_edited = true, mentions = {}
+                 where edited.id = $1
+                 returning *
+             )
              select {}::text from m left join users u on u.id = m.sender_id",
+            mentions::mentions_sql("$4::text", "edited.chat_id"),
             message_rest_sql("m", "u", "$3"),
         )
     });
@@ -297,7 +306,10 @@ async fn edit_message(
         return Err(ApiError::NotMessageSender);
     }
     let row = tx
-        .query_one(SQL.as_str(), &[&id, &content, &user.id])
+        .query_one(
+            SQL.as_str(),
+            &[&id, &content, &user.id, &mentions::mention_names(&content)],
+        )
         .await?;
     events::emit(
         &tx,

@@ -5,6 +5,7 @@
 //! PostgreSQL runs one statement per batch rather than one per message.
 
 use super::check_content;
+use super::mentions::{mention_names, mentions_sql};
 use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
 use crate::events;
@@ -163,6 +164,8 @@ struct Insert {
     content: String,
     client_id: Option<String>,
     reply_to_id: Option<i64>,
+    /// What the content may mention (see `mentions::mention_names`).
+    mention_names: Option<String>,
 }
 
 /// A send waiting for its commit: the row the statement returned for it, or
@@ -247,6 +250,7 @@ impl SendQueue {
         let insert = Insert {
             chat_id: req.chat_id,
             sender_id,
+            mention_names: mention_names(&content),
             content,
             client_id: req.client_id.clone(),
             reply_to_id: req.reply_to_id,
@@ -272,7 +276,14 @@ impl SendQueue {
         vec![
             (
                 SEND_SQL.as_str(),
-                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::INT8],
+                &[
+                    Type::INT8,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::TEXT,
+                ],
             ),
             (
                 SEND_BATCH_SQL.as_str(),
@@ -282,6 +293,7 @@ impl SendQueue {
                     Type::TEXT_ARRAY,
                     Type::TEXT_ARRAY,
                     Type::INT8_ARRAY,
+                    Type::TEXT_ARRAY,
                 ],
             ),
         ]
@@ -292,10 +304,11 @@ const SEND_STATEMENT: usize = 0;
 const SEND_BATCH_STATEMENT: usize = 1;
 
 /// Sends message `$3` with client id `$4` from `$2` into chat `$1`, in
-/// reply to `$5` (or null), in one statement (one round trip, committed on
-/// its own): inserts it if `$2` is a member, `$5` is null or a message of
-/// the chat, and the client id is new, touches the chat, appends the
-/// `message` event and NOTIFYs it; returns the message (its REST body, id, chat and
+/// reply to `$5` (or null), mentioning the members `$6` names (see
+/// `mentions`), in one statement (one round trip, committed on its own):
+/// inserts it if `$2` is a member, `$5` is null or a message of the chat,
+/// and the client id is new, touches the chat, appends the `message` event
+/// and NOTIFYs it; returns the message (its REST body, id, chat and
 /// client id) and `event_id`, or no row when nothing was inserted. The
 /// event_seq row lock (see `events`) is held only while PostgreSQL runs and
 /// commits this statement, never across a network round trip. The original
@@ -311,8 +324,8 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              where id = $5 and chat_id = $1
              for key share
          ), m as (
-             insert into messages (chat_id, sender_id, content, client_id, reply_to_id)
-             select $1, $2, $3, $4, $5 where {member}
+             insert into messages (chat_id, sender_id, content, client_id, reply_to_id, mentions)
+             select $1, $2, $3, $4, $5, {mentions} where {member}
                and ($5::bigint is null or exists (select 1 from original))
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning *
@@ -340,6 +353,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
                 (select id from sent) as event_id
          from b",
         member = is_member("$1", "$2"),
+        mentions = mentions_sql("$6::text", "$1"),
         body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
@@ -350,7 +364,8 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// [`SEND_SQL`] for many sends at once, committed together: element `n`
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
-/// contents, `$4` client ids, `$5` originals replied to is one send. Message ids are drawn in array
+/// contents, `$4` client ids, `$5` originals replied to, `$6` names
+/// mentioned is one send. Message ids are drawn in array
 /// order before the insert, so each returned row carries its `n`; messages
 /// and events are numbered in that order. Sends not inserted (not a member,
 /// no such original in the chat, client id reused, even within the batch)
@@ -362,18 +377,20 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              where id = any($5::int8[])
              for key share
          ), req as (
-             select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.reply_to_id,
+             select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.reply_to_id, r.names,
                     nextval(pg_get_serial_sequence('messages', 'id')) as id
-             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[])
-                  with ordinality as r (chat_id, sender_id, content, client_id, reply_to_id, n)
+             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[])
+                  with ordinality as r (chat_id, sender_id, content, client_id, reply_to_id, names, n)
              where {member}
                and (r.reply_to_id is null or exists (
                    select 1 from originals o where o.id = r.reply_to_id and o.chat_id = r.chat_id))
              order by r.n
          ), m as (
-             insert into messages (id, chat_id, sender_id, content, client_id, reply_to_id)
+             insert into messages (id, chat_id, sender_id, content, client_id, reply_to_id,
+                                   mentions)
              overriding system value
-             select id, chat_id, sender_id, content, client_id, reply_to_id from req order by id
+             select id, chat_id, sender_id, content, client_id, reply_to_id, {mentions}
+             from req order by id
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning *
          ), b as (
@@ -403,6 +420,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
         member = is_member("r.chat_id", "r.sender_id"),
+        mentions = mentions_sql("req.names", "req.chat_id"),
         body = message_json_replying_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
@@ -477,6 +495,7 @@ async fn insert_one(pipeline: &Pipeline, insert: &Insert) -> Result<Option<Row>,
                 &insert.content,
                 &insert.client_id,
                 &insert.reply_to_id,
+                &insert.mention_names,
             ],
         )
         .await?;
@@ -493,6 +512,10 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
         .map(|j| j.insert.client_id.as_deref())
         .collect();
     let reply_to_ids: Vec<Option<i64>> = batch.iter().map(|j| j.insert.reply_to_id).collect();
+    let names: Vec<Option<&str>> = batch
+        .iter()
+        .map(|j| j.insert.mention_names.as_deref())
+        .collect();
     let pipelined = pipeline.get().await?;
     let rows = pipelined
         .client
@@ -504,6 +527,7 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
                 &contents,
                 &client_ids,
                 &reply_to_ids,
+                &names,
             ],
         )
         .await?;

@@ -14,6 +14,7 @@ mod container;
 mod contract;
 mod errors;
 mod hostile_input;
+mod mentions;
 mod messages;
 mod ops;
 mod outage;
