@@ -289,6 +289,16 @@ def check_copies():
     for key in ("username", "display_name"):
         if {k: v for k, v in event[key].items() if k != "type"} != {k: v for k, v in sender[key].items() if k != "type"}:
             fail(f"asyncapi MessageEventPayload.{key} drifted from openapi MessageSender.{key}")
+    # A pinned message: a Message with when it was pinned and by whom.
+    pinned = strip_descriptions(o["PinnedMessage"])
+    whole = strip_descriptions(o["Message"])
+    extra = ("pinned_at", "pinned_by")
+    if {k: v for k, v in pinned["properties"].items() if k not in extra} != whole["properties"] or [
+        k for k in pinned["required"] if k not in extra
+    ] != whole["required"] or {k: v for k, v in pinned.items() if k not in ("properties", "required")} != {
+        k: v for k, v in whole.items() if k not in ("properties", "required")
+    }:
+        fail("openapi PinnedMessage drifted from Message (+ pinned_at, pinned_by)")
     codes = set(a["ServerError"]["properties"]["payload"]["properties"]["code"]["enum"])
     rest_codes = set(o["Error"]["properties"]["code"]["enum"])
     ws_only = {"invalid_json", "invalid_frame", "unknown_type", "invalid_payload"}
@@ -312,7 +322,7 @@ STATUS_OF_CODE = {
     "forbidden": 403, "not_chat_admin": 403, "not_chat_creator": 403, "not_message_sender": 403,
     "not_your_account": 403, "blocked": 403, "not_found": 404, "method_not_allowed": 405,
     "username_taken": 409, "last_admin": 409, "client_id_reused": 409, "chat_full": 409,
-    "invalid_emoji": 400, "too_many_reactions": 409,
+    "invalid_emoji": 400, "too_many_reactions": 409, "too_many_pins": 409,
     "payload_too_large": 413, "unsupported_media_type": 415, "rate_limited": 429,
     "too_many_sockets": 429, "internal_error": 500, "database_unavailable": 503,
     "query_timeout": 503, "busy": 503, "too_many_connections": 503,
@@ -476,6 +486,10 @@ REST_SAMPLES = [
     ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 1}]}, False),
     ("Message", {**MESSAGE, "reactions": [{"emoji": f":e{i}:", "count": 1, "me": False} for i in range(21)]}, False),
     ("Message", without(MESSAGE, "reactions"), False),
+    ("PinnedMessage", {**MESSAGE, "pinned_at": TS, "pinned_by": 3}, True),
+    ("PinnedMessage", {**MESSAGE, "pinned_at": TS, "pinned_by": None}, True),
+    ("PinnedMessage", MESSAGE, False),
+    ("PinnedMessage", {**MESSAGE, "pinned_at": None, "pinned_by": 3}, False),
     ("Message", {**MESSAGE, "mentions": [4, 5]}, True),
     ("Message", {**MESSAGE, "mentions": [4, 4]}, False),
     ("Message", {**MESSAGE, "mentions": [0]}, False),
@@ -600,6 +614,11 @@ SERVER_FRAMES = [
     (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ":+1:"}), True),
     (frame("reaction_added", {"event_id": 1040, "chat_id": 7, "message_id": 42, "emoji": "👍"}), False),
     (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ""}), False),
+    (frame("message_pinned", {"event_id": 1042, "chat_id": 7, "message_id": 42, "user_id": 3}), True),
+    (frame("message_unpinned", {"event_id": 1043, "chat_id": 7, "message_id": 42, "user_id": 3}), True),
+    (frame("message_pinned", {"event_id": 1042, "chat_id": 7, "message_id": 42}), False),
+    (frame("message_unpinned", {"event_id": 1043, "chat_id": 7, "message_id": 42, "user_id": 3,
+                                "pinned_at": TS}), False),
     # A replay after the sender deleted their account.
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None}), True),
     (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000, "mention_count": 2}, ref=1), True),

@@ -65,3 +65,17 @@ end $$;
 create trigger chat_members_forget_mentions after delete on chat_members
     for each row execute function forget_mentions();
 
+-- Pins: the messages a chat keeps pinned, by whom and when. A deleted
+-- message leaves them; a deleted account leaves its pins without a pinner.
+create table pins (
+    message_id bigint      primary key references messages (id) on delete cascade,
+    chat_id    bigint      not null,
+    pinned_by  bigint      references users (id) on delete set null,
+    -- The time of the insert, under the chat's lock (see `chats::pins`),
+    -- not of its transaction's start: pins are listed in the order made.
+    pinned_at  timestamptz not null default clock_timestamp()
+);
+-- A chat's pins, most recently pinned first.
+create index pins_chat_id on pins (chat_id, pinned_at desc, message_id desc);
+-- Behind `on delete set null` of an account.
+create index pins_pinned_by on pins (pinned_by);

@@ -83,6 +83,10 @@ pub enum ApiError {
     TooManyReactions {
         max: i64,
     },
+    /// A pin in a chat that holds `max` already.
+    TooManyPins {
+        max: i64,
+    },
     /// A statement ran past `database.statement_timeout_ms`.
     QueryTimeout,
     /// The user already holds `limits.sockets_per_user` WebSockets on this node.
@@ -127,9 +131,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            UsernameTaken | LastAdmin | ClientIdReused | ChatFull | TooManyReactions { .. } => {
-                StatusCode::CONFLICT
-            }
+            UsernameTaken
+            | LastAdmin
+            | ClientIdReused
+            | ChatFull
+            | TooManyReactions { .. }
+            | TooManyPins { .. } => StatusCode::CONFLICT,
             TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -170,6 +177,7 @@ impl ApiError {
             ClientIdReused => "client_id_reused",
             ChatFull => "chat_full",
             TooManyReactions { .. } => "too_many_reactions",
+            TooManyPins { .. } => "too_many_pins",
             QueryTimeout => "query_timeout",
             TooManySockets => "too_many_sockets",
             RateLimited { .. } => "rate_limited",
@@ -223,6 +231,7 @@ impl ApiError {
             TooManyReactions { max } => {
                 format!("a message carries at most {max} different reactions")
             }
+            TooManyPins { max } => format!("a chat holds at most {max} pinned messages"),
             QueryTimeout => "the request took too long; try again or narrow it".into(),
             TooManySockets => "too many open connections for this user".into(),
             RateLimited { .. } => format!(

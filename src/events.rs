@@ -43,6 +43,8 @@ pub enum EventKind {
     System,
     ReactionAdded,
     ReactionRemoved,
+    MessagePinned,
+    MessageUnpinned,
 }
 
 /// What an event does to the subscriptions of the users it addresses.
@@ -69,6 +71,8 @@ impl EventKind {
             EventKind::System => "system",
             EventKind::ReactionAdded => "reaction_added",
             EventKind::ReactionRemoved => "reaction_removed",
+            EventKind::MessagePinned => "message_pinned",
+            EventKind::MessageUnpinned => "message_unpinned",
         }
     }
 
@@ -88,7 +92,9 @@ impl EventKind {
             | EventKind::ChatUpdated
             | EventKind::System
             | EventKind::ReactionAdded
-            | EventKind::ReactionRemoved => Membership::Unchanged,
+            | EventKind::ReactionRemoved
+            | EventKind::MessagePinned
+            | EventKind::MessageUnpinned => Membership::Unchanged,
         }
     }
 
@@ -107,7 +113,9 @@ impl EventKind {
             | EventKind::MemberRemoved
             | EventKind::System
             | EventKind::ReactionAdded
-            | EventKind::ReactionRemoved => true,
+            | EventKind::ReactionRemoved
+            | EventKind::MessagePinned
+            | EventKind::MessageUnpinned => true,
         }
     }
 
@@ -126,7 +134,9 @@ impl EventKind {
             EventKind::Message
             | EventKind::MessageUpdated
             | EventKind::ReactionAdded
-            | EventKind::ReactionRemoved => true,
+            | EventKind::ReactionRemoved
+            | EventKind::MessagePinned
+            | EventKind::MessageUnpinned => true,
             EventKind::MessageDeleted
             | EventKind::ChatCreated
             | EventKind::ChatUpdated
@@ -148,7 +158,7 @@ impl EventKind {
     }
 
     /// Every kind (a test reads each back from its name).
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Message,
         EventKind::MessageUpdated,
         EventKind::MessageDeleted,
@@ -160,6 +170,8 @@ impl EventKind {
         EventKind::System,
         EventKind::ReactionAdded,
         EventKind::ReactionRemoved,
+        EventKind::MessagePinned,
+        EventKind::MessageUnpinned,
     ];
 
     /// The replay rule, the one statement of who gets an event again after

@@ -3,6 +3,7 @@
 
 mod create;
 pub mod members;
+pub mod pins;
 pub mod read;
 
 pub use create::{check_member_ids, ensure_users_exist};
@@ -297,6 +298,8 @@ pub fn routes(
         .or(members::routes(ctx))
         .unify()
         .or(read::routes(ctx))
+        .unify()
+        .or(pins::routes(ctx))
         .unify()
 }
 

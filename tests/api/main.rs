@@ -18,6 +18,7 @@ mod mentions;
 mod messages;
 mod ops;
 mod outage;
+mod pins;
 mod rate_limits;
 mod reactions;
 mod redaction;
