@@ -243,8 +243,9 @@ def strip_descriptions(node):
 
 def check_copies():
     o, a = openapi["components"]["schemas"], asyncapi["components"]["schemas"]
-    if strip_descriptions(o["ReadMarker"]) != strip_descriptions(a["ReadMarker"]):
-        fail("asyncapi ReadMarker drifted from openapi ReadMarker")
+    for name in ("ReadMarker", "ReplyTo"):
+        if strip_descriptions(o[name]) != strip_descriptions(a[name]):
+            fail(f"asyncapi {name} drifted from openapi {name}")
     # Events carry members without `online`, which is each viewer's own.
     rest_member = strip_descriptions(o["Member"])
     event_member = {
@@ -283,11 +284,12 @@ def check_copies():
     # chat_created: what the added user sees as a new member (no read marker yet).
     event_copy("ChatCreatedPayload", dropped=(), replaced={"last_read_message_id": {"type": "null"}})
     # chat_updated: the chat without any member's own marker and count.
-    event_copy("ChatUpdatedPayload", dropped=("last_read_message_id", "unread_count"), replaced={})
+    event_copy("ChatUpdatedPayload", dropped=("last_read_message_id", "unread_count", "mention_count"), replaced={})
     # message / message_updated: the REST body without `id` and `sender`, plus names.
     message = strip_descriptions(o["Message"])["properties"]
     event = strip_descriptions(a["MessageEventPayload"])["properties"]
-    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at"):
+    for key in ("chat_id", "content", "sender_id", "is_edited", "client_id", "created_at", "updated_at", "reply_to",
+                "mentions"):
         if message[key] != event.get(key):
             fail(f"asyncapi MessageEventPayload.{key} drifted from openapi Message.{key}")
     if event["message_id"] != message["id"]:
@@ -296,6 +298,16 @@ def check_copies():
     for key in ("username", "display_name"):
         if {k: v for k, v in event[key].items() if k != "type"} != {k: v for k, v in sender[key].items() if k != "type"}:
             fail(f"asyncapi MessageEventPayload.{key} drifted from openapi MessageSender.{key}")
+    # A pinned message: a Message with when it was pinned and by whom.
+    pinned = strip_descriptions(o["PinnedMessage"])
+    whole = strip_descriptions(o["Message"])
+    extra = ("pinned_at", "pinned_by")
+    if {k: v for k, v in pinned["properties"].items() if k not in extra} != whole["properties"] or [
+        k for k in pinned["required"] if k not in extra
+    ] != whole["required"] or {k: v for k, v in pinned.items() if k not in ("properties", "required")} != {
+        k: v for k, v in whole.items() if k not in ("properties", "required")
+    }:
+        fail("openapi PinnedMessage drifted from Message (+ pinned_at, pinned_by)")
     codes = set(a["ServerError"]["properties"]["payload"]["properties"]["code"]["enum"])
     rest_codes = set(o["Error"]["properties"]["code"]["enum"])
     ws_only = {"invalid_json", "invalid_frame", "unknown_type", "invalid_payload"}
@@ -310,14 +322,16 @@ def check_copies():
 RATE_LIMITED = {"register", "login", "createChat", "addMembers", "markRead", "sendMessage", "searchMessages"}
 BCRYPT = {"register", "login", "updateUser", "deleteUser"}
 # Operations reading a query string (`http::query_map`): NUL and bad escapes are 400.
-READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "searchMessages", "connectWebSocket"}
+READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "listMentions",
+               "searchMessages", "connectWebSocket"}
 STATUS_OF_CODE = {
     "validation_failed": 400, "invalid_body": 400, "invalid_id": 400, "invalid_text": 400,
     "invalid_query": 400, "invalid_header": 400, "missing_header": 400, "length_required": 400,
-    "not_a_group": 400, "upgrade_required": 400, "unauthorized": 401, "invalid_credentials": 401,
+    "not_a_group": 400, "invalid_reply": 400, "upgrade_required": 400, "unauthorized": 401, "invalid_credentials": 401,
     "forbidden": 403, "not_chat_admin": 403, "not_chat_creator": 403, "not_message_sender": 403,
     "not_your_account": 403, "blocked": 403, "not_found": 404, "method_not_allowed": 405,
     "username_taken": 409, "last_admin": 409, "client_id_reused": 409, "chat_full": 409,
+    "invalid_emoji": 400, "too_many_reactions": 409, "too_many_pins": 409,
     "payload_too_large": 413, "unsupported_media_type": 415, "rate_limited": 429,
     "too_many_sockets": 429, "internal_error": 500, "database_unavailable": 503,
     "query_timeout": 503, "busy": 503, "too_many_connections": 503,
@@ -398,7 +412,7 @@ USER = {"id": 3, "username": "alice", "display_name": None, "created_at": TS, "l
 MEMBER = {"user_id": 3, "username": "alice", "display_name": "Alice", "is_admin": True, "joined_at": TS}
 CHAT = {
     "id": 7, "name": "team", "is_group": True, "creator_id": 3, "created_at": TS,
-    "updated_at": TS, "last_read_message_id": None, "unread_count": 0, "member_count": 1,
+    "updated_at": TS, "last_read_message_id": None, "unread_count": 0, "mention_count": 0, "member_count": 1,
 }
 # Events list members without `online`; REST bodies with it (as the caller sees them).
 CHAT_DETAIL = {**CHAT, "members": [MEMBER]}
@@ -407,12 +421,15 @@ REST_MEMBER = {**MEMBER, "online": True}
 REST_DETAIL = {**CHAT, "members": [REST_MEMBER]}
 REST_MANY = [{**m, "online": m["user_id"] % 2 == 0} for m in MANY_MEMBERS]
 # What `Chat::shared_view` leaves for chat_updated.
-CHAT_SHARED = without(without(CHAT_DETAIL, "last_read_message_id"), "unread_count")
+CHAT_SHARED = without(without(without(CHAT_DETAIL, "last_read_message_id"), "unread_count"), "mention_count")
 MESSAGE = {
     "id": 42, "chat_id": 7, "sender_id": 3, "content": "hi", "is_edited": False,
     "client_id": "c-1", "created_at": TS, "updated_at": TS,
-    "sender": {"id": 3, "username": "alice", "display_name": None},
+    "sender": {"id": 3, "username": "alice", "display_name": None}, "reply_to": None,
+    "mentions": [], "reactions": [],
 }
+REPLY_TO = {"id": 41, "sender_id": 4, "content": "the original", "deleted": False}
+DELETED_ORIGINAL = {"id": 41, "sender_id": None, "content": None, "deleted": True}
 # The README's example exchange, verbatim.
 README_CLIENT_MESSAGE = json.loads(
     '{"type":"message","payload":{"chat_id":7,"content":"hi","client_id":"c-1"},"ref":"r1"}'
@@ -424,7 +441,7 @@ README_MESSAGE = json.loads(
     '{"type":"message","payload":{"event_id":1031,"message_id":42,"chat_id":7,"content":"hi",'
     '"sender_id":3,"username":"alice","display_name":null,"timestamp":"2026-11-25T10:00:00.123456Z",'
     '"client_id":"c-1","created_at":"2026-11-25T10:00:00.123456Z",'
-    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false}}'
+    '"updated_at":"2026-11-25T10:00:00.123456Z","is_edited":false,"reply_to":null,"mentions":[]}}'
 )
 
 
@@ -449,6 +466,9 @@ REST_SAMPLES = [
     ("Chat", {**CHAT, "unread_count": 1000, "member_count": 1200, "members": REST_MANY[:100]}, True),
     ("Chat", {**CHAT, "members": REST_MANY}, False),
     ("Chat", {**CHAT, "unread_count": 1001}, False),
+    ("Chat", {**CHAT, "unread_count": 1000, "mention_count": 1000}, True),
+    ("Chat", {**CHAT, "mention_count": 1001}, False),
+    ("Chat", without(CHAT, "mention_count"), False),
     ("Chat", without(CHAT, "member_count"), False),
     ("Chat", {**CHAT, "member_count": 0}, False),
     ("Chat", {**CHAT, "name": None}, False),
@@ -475,10 +495,35 @@ REST_SAMPLES = [
     ("Message", {**MESSAGE, "sender": None}, False),
     ("Message", {**MESSAGE, "sender_id": None}, False),
     ("Message", {**MESSAGE, "content": " hi "}, False),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, True),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, True),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200}, False),
-    ("ReadMarker", {"chat_id": 7, "last_read_message_id": None, "unread_count": 0}, False),
+    ("Message", {**MESSAGE, "reply_to": REPLY_TO}, True),
+    ("Message", {**MESSAGE, "reply_to": DELETED_ORIGINAL}, True),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": "x" * 200 + " "}}, False),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": "x" * 199 + " "}}, True),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "sender_id": None}}, True),
+    ("Message", {**MESSAGE, "reply_to": {**DELETED_ORIGINAL, "content": "kept"}}, False),
+    ("Message", {**MESSAGE, "reply_to": {**DELETED_ORIGINAL, "sender_id": 4}}, False),
+    ("Message", {**MESSAGE, "reply_to": {**REPLY_TO, "content": None}}, False),
+    ("Message", without(MESSAGE, "reply_to"), False),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 2, "me": True},
+                                          {"emoji": ":party:", "count": 1, "me": False}]}, True),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 0, "me": False}]}, False),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": "👍", "count": 1}]}, False),
+    ("Message", {**MESSAGE, "reactions": [{"emoji": f":e{i}:", "count": 1, "me": False} for i in range(21)]}, False),
+    ("Message", without(MESSAGE, "reactions"), False),
+    ("PinnedMessage", {**MESSAGE, "pinned_at": TS, "pinned_by": 3}, True),
+    ("PinnedMessage", {**MESSAGE, "pinned_at": TS, "pinned_by": None}, True),
+    ("PinnedMessage", MESSAGE, False),
+    ("PinnedMessage", {**MESSAGE, "pinned_at": None, "pinned_by": 3}, False),
+    ("Message", {**MESSAGE, "mentions": [4, 5]}, True),
+    ("Message", {**MESSAGE, "mentions": [4, 4]}, False),
+    ("Message", {**MESSAGE, "mentions": [0]}, False),
+    ("Message", without(MESSAGE, "mentions"), False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0, "mention_count": 0}, True),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000, "mention_count": 3}, True),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1200, "mention_count": 0}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0, "mention_count": 1001}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, False),
+    ("ReadMarker", {"chat_id": 7, "last_read_message_id": None, "unread_count": 0, "mention_count": 0}, False),
     ("Health", {"status": "ok", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, True),
     ("Health", {"status": "degraded", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "unavailable"}, True),
     ("Health", {"status": "fine", "service": "chatapp", "version": "0.1.0", "timestamp": TS, "database": "ok"}, False),
@@ -545,6 +590,9 @@ REST_SAMPLES = [
     ("SendMessageRequest", {"chat_id": 7, "content": "x" * 4001}, False),
     ("SendMessageRequest", {"chat_id": 7, "content": " " + "x" * 4000 + " "}, True),
     ("SendMessageRequest", {"chat_id": 7, "content": "hi", "client_id": ""}, False),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "reply_to_id": 41}, True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "reply_to_id": None}, True),
+    ("SendMessageRequest", {"chat_id": 7, "content": "hi", "reply_to_id": 0}, False),
     ("EditMessageRequest", {"content": "edited"}, True),
     ("ReadRequest", {}, False),
 ]
@@ -558,7 +606,7 @@ SERVER_FRAMES = [
     (frame("message_deleted", {"event_id": 1032, "chat_id": 7, "message_id": 42}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033, "is_group": False, "name": None,
-                            "unread_count": 3, "member_count": 2}), True),
+                            "unread_count": 3, "mention_count": 1, "member_count": 2}), True),
     (frame("chat_created", {**CHAT_DETAIL, "event_id": 1033, "member_count": 1200, "members": MANY_MEMBERS[:100]}), True),
     (frame("chat_updated", {**CHAT_SHARED, "name": "renamed", "event_id": 1034}), True),
     (frame("chat_deleted", {"event_id": 1035, "chat_id": 7}), True),
@@ -576,7 +624,7 @@ SERVER_FRAMES = [
                                  "truncated": True}), True),
     (frame("ack", {"message_id": 42, "event_id": None, "chat_id": 7, "client_id": "c-1", "duplicate": True}), True),
     (frame("ack", {"chat_id": 7, "subscribed": False}, ref={"any": ["json"]}), True),
-    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0}, ref=None), True),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 0, "mention_count": 0}, ref=None), True),
     (frame("pong", {}), True),
     (frame("pong", {}, ref=5), True),
     (frame("error", {"code": "not_found", "error": "chat not found", "ref": "r2"}), True),
@@ -585,9 +633,23 @@ SERVER_FRAMES = [
                      "retry_after_ms": 42}), True),
     (frame("error", {"code": "invalid_text", "error": "text must not contain NUL characters", "ref": "nul"}), True),
     (frame("error", {"code": "query_timeout", "error": "the request took too long", "ref": None}), True),
+    (frame("message", {**README_MESSAGE["payload"], "reply_to": REPLY_TO}), True),
+    (frame("message_updated", {**README_MESSAGE["payload"], "reply_to": DELETED_ORIGINAL}), True),
+    (frame("message", without(README_MESSAGE["payload"], "reply_to")), False),
+    (frame("error", {"code": "invalid_reply", "error": "reply_to_id: must name a message of this chat",
+                     "ref": None}), True),
+    (frame("reaction_added", {"event_id": 1040, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": "👍🏽"}), True),
+    (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ":+1:"}), True),
+    (frame("reaction_added", {"event_id": 1040, "chat_id": 7, "message_id": 42, "emoji": "👍"}), False),
+    (frame("reaction_removed", {"event_id": 1041, "chat_id": 7, "message_id": 42, "user_id": 4, "emoji": ""}), False),
+    (frame("message_pinned", {"event_id": 1042, "chat_id": 7, "message_id": 42, "user_id": 3}), True),
+    (frame("message_unpinned", {"event_id": 1043, "chat_id": 7, "message_id": 42, "user_id": 3}), True),
+    (frame("message_pinned", {"event_id": 1042, "chat_id": 7, "message_id": 42}), False),
+    (frame("message_unpinned", {"event_id": 1043, "chat_id": 7, "message_id": 42, "user_id": 3,
+                                "pinned_at": TS}), False),
     # A replay after the sender deleted their account.
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None}), True),
-    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000}, ref=1), True),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 42, "unread_count": 1000, "mention_count": 2}, ref=1), True),
     # broken ones
     (frame("message", without(README_MESSAGE["payload"], "event_id")), False),
     (frame("message", {**README_MESSAGE["payload"], "sender": None}), False),
@@ -596,7 +658,7 @@ SERVER_FRAMES = [
     (frame("message", {**README_MESSAGE["payload"], "sender_id": None, "username": None, "display_name": "Bob"}), False),
     (frame("ack", {**README_ACK["payload"], "duplicate": True}), False),
     (frame("ack", {**README_ACK["payload"], "event_id": None}), False),
-    (frame("ack", {"chat_id": 7, "last_read_message_id": 4, "unread_count": 1200}, ref=1), False),
+    (frame("ack", {"chat_id": 7, "last_read_message_id": 4, "unread_count": 1200, "mention_count": 0}, ref=1), False),
     (frame("error", {"code": "rate_limited", "error": "x", "ref": 1}), False),
     (frame("error", {"code": "not_found", "error": "x", "ref": 1, "retry_after_ms": 5}), False),
     (frame("error", {"code": "too_many_sockets", "error": "x", "ref": None}), False),
@@ -607,6 +669,7 @@ SERVER_FRAMES = [
     # chat_updated carries no member's own marker or count.
     (frame("chat_updated", {**CHAT_DETAIL, "event_id": 1034}), False),
     (frame("chat_updated", {**CHAT_SHARED, "event_id": 1034, "unread_count": 0}), False),
+    (frame("chat_updated", {**CHAT_SHARED, "event_id": 1034, "mention_count": 0}), False),
     (frame("member_added", {"event_id": 1, "chat_id": 7, "members": MANY_MEMBERS}), False),
     (frame("member_added", {"event_id": 1, "chat_id": 7, "members": []}), False),
     (frame("ack", {**README_ACK["payload"], "extra": 1}), False),
@@ -639,6 +702,8 @@ CLIENT_FRAMES = [
     (frame("typing", {"chat_id": 7}), True),
     (frame("read", {"chat_id": 7, "message_id": 42}), True),
     (frame("message", {"chat_id": 7, "content": "hi", "client_id": None}), True),
+    (frame("message", {"chat_id": 7, "content": "hi", "reply_to_id": 41}), True),
+    (frame("message", {"chat_id": 7, "content": "hi", "reply_to_id": "41"}), False),
     ({"type": "ping", "payload": {}}, False),
     (frame("message", {"chat_id": 7, "content": ""}), False),
     (frame("message", {"chat_id": 0, "content": "hi"}), False),

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// Text PostgreSQL cannot store (a NUL character).
     InvalidText,
     NotAGroup,
+    /// `reply_to_id` names no message of the chat the message is sent to.
+    InvalidReply,
+    /// A reaction's path segment is neither one emoji nor a `:shortcode:`.
+    InvalidEmoji,
     UpgradeRequired,
     LengthRequired,
     /// Missing, malformed, expired or revoked token.
@@ -75,6 +79,14 @@ pub enum ApiError {
     ClientIdReused,
     /// A group at `limits.group_members`.
     ChatFull,
+    /// A new emoji on a message that carries `max` already.
+    TooManyReactions {
+        max: i64,
+    },
+    /// A pin in a chat that holds `max` already.
+    TooManyPins {
+        max: i64,
+    },
     /// A statement ran past `database.statement_timeout_ms`.
     QueryTimeout,
     /// The user already holds `limits.sockets_per_user` WebSockets on this node.
@@ -110,8 +122,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             Validation(_) | InvalidBody(_) | InvalidQuery(_) | InvalidHeader(_)
-            | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | UpgradeRequired
-            | LengthRequired => StatusCode::BAD_REQUEST,
+            | MissingHeader(_) | InvalidId(_) | InvalidText | NotAGroup | InvalidReply
+            | InvalidEmoji | UpgradeRequired | LengthRequired => StatusCode::BAD_REQUEST,
             Unauthorized(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
             NotChatAdmin | NotChatCreator | NotMessageSender | NotYourAccount | Blocked
             | CorsForbidden => StatusCode::FORBIDDEN,
@@ -119,7 +131,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            UsernameTaken | LastAdmin | ClientIdReused | ChatFull => StatusCode::CONFLICT,
+            UsernameTaken
+            | LastAdmin
+            | ClientIdReused
+            | ChatFull
+            | TooManyReactions { .. }
+            | TooManyPins { .. } => StatusCode::CONFLICT,
             TooManySockets | RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -139,6 +156,8 @@ impl ApiError {
             InvalidId(_) => "invalid_id",
             InvalidText => "invalid_text",
             NotAGroup => "not_a_group",
+            InvalidReply => "invalid_reply",
+            InvalidEmoji => "invalid_emoji",
             UpgradeRequired => "upgrade_required",
             LengthRequired => "length_required",
             Unauthorized(_) => "unauthorized",
@@ -157,6 +176,8 @@ impl ApiError {
             LastAdmin => "last_admin",
             ClientIdReused => "client_id_reused",
             ChatFull => "chat_full",
+            TooManyReactions { .. } => "too_many_reactions",
+            TooManyPins { .. } => "too_many_pins",
             QueryTimeout => "query_timeout",
             TooManySockets => "too_many_sockets",
             RateLimited { .. } => "rate_limited",
@@ -181,6 +202,10 @@ impl ApiError {
             InvalidId(raw) => format!("`{raw}` is not a valid id (a positive integer)"),
             InvalidText => "text must not contain NUL characters".into(),
             NotAGroup => "members can only be added to group chats".into(),
+            InvalidReply => "reply_to_id: must name a message of this chat".into(),
+            InvalidEmoji => {
+                "emoji: must be one emoji, or a :shortcode: of 1 to 32 of a-z 0-9 _ + -".into()
+            }
             UpgradeRequired => "this endpoint needs a WebSocket upgrade (version 13)".into(),
             LengthRequired => "a Content-Length header is required".into(),
             Unauthorized(why) => (*why).into(),
@@ -203,6 +228,10 @@ impl ApiError {
                 "this client_id was already used for a message in another chat".into()
             }
             ChatFull => "the group has as many members as it may have".into(),
+            TooManyReactions { max } => {
+                format!("a message carries at most {max} different reactions")
+            }
+            TooManyPins { max } => format!("a chat holds at most {max} pinned messages"),
             QueryTimeout => "the request took too long; try again or narrow it".into(),
             TooManySockets => "too many open connections for this user".into(),
             RateLimited { .. } => format!(

@@ -9,7 +9,7 @@
 //! its transaction: anything after it would lengthen the serialised section.
 
 use crate::error::ApiError;
-use crate::message_json::frame_sql;
+use crate::message_json::{message_frame_sql, reply_to_id_sql};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -41,6 +41,10 @@ pub enum EventKind {
     MemberAdded,
     MemberRemoved,
     System,
+    ReactionAdded,
+    ReactionRemoved,
+    MessagePinned,
+    MessageUnpinned,
 }
 
 /// What an event does to the subscriptions of the users it addresses.
@@ -65,6 +69,10 @@ impl EventKind {
             EventKind::MemberAdded => "member_added",
             EventKind::MemberRemoved => "member_removed",
             EventKind::System => "system",
+            EventKind::ReactionAdded => "reaction_added",
+            EventKind::ReactionRemoved => "reaction_removed",
+            EventKind::MessagePinned => "message_pinned",
+            EventKind::MessageUnpinned => "message_unpinned",
         }
     }
 
@@ -82,7 +90,11 @@ impl EventKind {
             | EventKind::MessageUpdated
             | EventKind::MessageDeleted
             | EventKind::ChatUpdated
-            | EventKind::System => Membership::Unchanged,
+            | EventKind::System
+            | EventKind::ReactionAdded
+            | EventKind::ReactionRemoved
+            | EventKind::MessagePinned
+            | EventKind::MessageUnpinned => Membership::Unchanged,
         }
     }
 
@@ -99,9 +111,68 @@ impl EventKind {
             | EventKind::ChatDeleted
             | EventKind::MemberAdded
             | EventKind::MemberRemoved
-            | EventKind::System => true,
+            | EventKind::System
+            | EventKind::ReactionAdded
+            | EventKind::ReactionRemoved
+            | EventKind::MessagePinned
+            | EventKind::MessageUnpinned => true,
         }
     }
+
+    /// Whether its frame shows a message, built from the message as it is
+    /// now (see `message_json::message_frame_sql`).
+    pub fn shows_message(self) -> bool {
+        matches!(self, EventKind::Message | EventKind::MessageUpdated)
+    }
+
+    /// Whether it is about one message (its payload's `message_id`) and
+    /// goes with it: once that message is deleted, the event is not
+    /// replayed, from the log or from a node's memory. A message's deletion
+    /// itself is not.
+    pub fn follows_message(self) -> bool {
+        match self {
+            EventKind::Message
+            | EventKind::MessageUpdated
+            | EventKind::ReactionAdded
+            | EventKind::ReactionRemoved
+            | EventKind::MessagePinned
+            | EventKind::MessageUnpinned => true,
+            EventKind::MessageDeleted
+            | EventKind::ChatCreated
+            | EventKind::ChatUpdated
+            | EventKind::ChatDeleted
+            | EventKind::MemberAdded
+            | EventKind::MemberRemoved
+            | EventKind::System => false,
+        }
+    }
+
+    /// The kinds for which `holds` is true, as an SQL list of their names.
+    fn sql_list(holds: fn(EventKind) -> bool) -> String {
+        let names: Vec<String> = EventKind::ALL
+            .into_iter()
+            .filter(|k| holds(*k))
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect();
+        names.join(", ")
+    }
+
+    /// Every kind (a test reads each back from its name).
+    pub const ALL: [EventKind; 13] = [
+        EventKind::Message,
+        EventKind::MessageUpdated,
+        EventKind::MessageDeleted,
+        EventKind::ChatCreated,
+        EventKind::ChatUpdated,
+        EventKind::ChatDeleted,
+        EventKind::MemberAdded,
+        EventKind::MemberRemoved,
+        EventKind::System,
+        EventKind::ReactionAdded,
+        EventKind::ReactionRemoved,
+        EventKind::MessagePinned,
+        EventKind::MessageUnpinned,
+    ];
 
     /// The replay rule, the one statement of who gets an event again after
     /// reconnecting: the users it addresses, and the members of its chat if
@@ -179,17 +250,18 @@ pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, chat_id, kind, user_ids, payload
          ), ev as (
              select id, chat_id, kind, user_ids, (payload->>'message_id')::bigint as message_id,
-                    {frame} as frame
+                    {reply_to_id} as reply_to_id, {frame} as frame
              from ins
          )
          {notify}",
+        reply_to_id = reply_to_id_of_sql("ins"),
         frame = frame_sql("ins"),
         notify = notify_sql("ev"),
     )
 });
 
 /// Selects `id` and NOTIFYs each row of the CTE `ev` (id, chat_id, kind,
-/// user_ids, message_id, frame): the whole event when it fits a NOTIFY
+/// user_ids, message_id, reply_to_id, frame): the whole event when it fits a NOTIFY
 /// payload, else its id only (listeners then read it from the log).
 pub fn notify_sql(ev: &str) -> String {
     format!(
@@ -200,7 +272,8 @@ pub fn notify_sql(ev: &str) -> String {
          from {ev}, lateral (
              select json_build_object(
                  'id', {ev}.id, 'chat_id', {ev}.chat_id, 'kind', {ev}.kind, 'user_ids', {ev}.user_ids,
-                 'message_id', {ev}.message_id, 'frame', {ev}.frame::json,
+                 'message_id', {ev}.message_id, 'reply_to_id', {ev}.reply_to_id,
+                 'frame', {ev}.frame::json,
                  'at', extract(epoch from clock_timestamp())
              )::text as text
          ) n"
@@ -208,15 +281,44 @@ pub fn notify_sql(ev: &str) -> String {
 }
 
 /// SQL reading logged events as `id, chat_id, kind, user_ids, frame,
-/// message_id` (what `ws::event::Event::from_row` takes), for `where` and
-/// `order` clauses over `events e` to follow.
+/// message_id, reply_to_id` (what `ws::event::Event::from_row` takes), for
+/// `where` and `order` clauses over `events e` to follow.
 pub static READ_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "select e.id, e.chat_id, e.kind, e.user_ids, {}, (e.payload->>'message_id')::bigint
+        "select e.id, e.chat_id, e.kind, e.user_ids, {}, (e.payload->>'message_id')::bigint, {}
          from events e",
-        frame_sql("e")
+        frame_sql("e"),
+        reply_to_id_of_sql("e"),
     )
 });
+
+/// SQL (text) for the frame of logged event row `e` (id, kind, payload) as
+/// clients receive it: `{"type": kind, "payload": {..., "event_id"}}`. A
+/// message's events are built from it as it is now, and once it is deleted
+/// they build none (NULL): see [`EventKind::follows_message`].
+fn frame_sql(e: &str) -> String {
+    format!(
+        "case when {e}.kind in ({shows}) then {message_frame}
+              when {e}.kind in ({follows}) and not exists (
+                  select 1 from messages gone where gone.id = ({e}.payload->>'message_id')::bigint)
+              then null
+              else json_build_object('type', {e}.kind, 'payload',
+                       {e}.payload || jsonb_build_object('event_id', {e}.id))::text end",
+        shows = EventKind::sql_list(EventKind::shows_message),
+        follows = EventKind::sql_list(EventKind::follows_message),
+        message_frame = message_frame_sql(e),
+    )
+}
+
+/// SQL (bigint) for the original the message of event row `e` answers, for
+/// the kinds that show a message (else null).
+fn reply_to_id_of_sql(e: &str) -> String {
+    format!(
+        "case when {e}.kind in ({shows}) then {reply_to_id} end",
+        shows = EventKind::sql_list(EventKind::shows_message),
+        reply_to_id = reply_to_id_sql(e),
+    )
+}
 
 /// Ephemeral signals: delivered to whoever is connected now, never replayed.
 /// Serialised in the frame shape `{"type", "payload"}`, so the NOTIFY payload
@@ -291,21 +393,9 @@ pub async fn notify_live(client: &impl GenericClient, signal: &Live) -> Result<(
 mod tests {
     use super::*;
 
-    const ALL: [EventKind; 9] = [
-        EventKind::Message,
-        EventKind::MessageUpdated,
-        EventKind::MessageDeleted,
-        EventKind::ChatCreated,
-        EventKind::ChatUpdated,
-        EventKind::ChatDeleted,
-        EventKind::MemberAdded,
-        EventKind::MemberRemoved,
-        EventKind::System,
-    ];
-
     #[test]
     fn every_kind_reads_back_from_its_name_in_the_log_and_in_notifications() {
-        for kind in ALL {
+        for kind in EventKind::ALL {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

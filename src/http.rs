@@ -197,28 +197,34 @@ fn decode_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 fn form_decode(raw: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::InvalidBody("malformed form encoding".into());
+    let text = percent_decode(raw, true)
+        .ok_or_else(|| ApiError::InvalidBody("malformed form encoding".into()))?;
+    if text.contains('\0') {
+        return Err(ApiError::InvalidText);
+    }
+    Ok(text)
+}
+
+/// `raw` with its `%XX` escapes decoded (and `+` read as a space when
+/// `plus_is_space`, as forms and query strings write it; a path keeps it);
+/// `None` for a malformed escape or text that is not UTF-8.
+pub fn percent_decode(raw: &str, plus_is_space: bool) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 2;
             }
             b => out.push(b),
         }
         i += 1;
     }
-    let text = String::from_utf8(out).map_err(|_| bad())?;
-    if text.contains('\0') {
-        return Err(ApiError::InvalidText);
-    }
-    Ok(text)
+    String::from_utf8(out).ok()
 }
 
 /// A positive id path segment; anything else is a 400 rather than a 404.
@@ -466,5 +472,14 @@ mod tests {
         assert_eq!(form_decode("a+b%21").unwrap(), "a b!");
         assert!(form_decode("%zz").is_err());
         assert!(form_decode("%ff").is_err());
+        assert!(form_decode("%2").is_err());
+    }
+
+    #[test]
+    fn a_path_keeps_its_plus_signs() {
+        assert_eq!(percent_decode("%3A%2B1%3A", false).as_deref(), Some(":+1:"));
+        assert_eq!(percent_decode(":+1:", false).as_deref(), Some(":+1:"));
+        assert_eq!(percent_decode("%F0%9F%91%8D", false).as_deref(), Some("👍"));
+        assert_eq!(percent_decode("%F0%9F", false), None);
     }
 }

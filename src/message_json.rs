@@ -18,13 +18,36 @@ pub fn rfc3339_sql(col: &str) -> String {
 /// The columns [`message_json_sql`] reads: what a statement that writes
 /// messages returns of them to build their bodies (not `search`, which no
 /// body carries).
-pub const MESSAGE_COLUMNS: &str =
-    "id, chat_id, sender_id, content, is_edited, client_id, created_at, updated_at";
+pub const MESSAGE_COLUMNS: &str = "id, chat_id, sender_id, content, is_edited, client_id, created_at, updated_at, reply_to_id, mentions";
+
+/// How much of its original a reply shows: the first 200 characters.
+pub const REPLY_PREVIEW_CHARS: usize = 200;
+
+/// The preview of `content` a reply shows, as the SQL below cuts it
+/// (`left` counts characters, as `chars` does): the replay cache rewrites
+/// held replies with it when their original is edited.
+pub fn reply_preview(content: &str) -> &str {
+    match content.char_indices().nth(REPLY_PREVIEW_CHARS) {
+        Some((end, _)) => &content[..end],
+        None => content,
+    }
+}
 
 /// SQL (jsonb) for message row `m`, sent by user row `u` (left-joined: null
 /// once the account is gone), as REST returns it: `{id, chat_id, sender_id,
-/// content, is_edited, client_id, created_at, updated_at, sender}`.
+/// content, is_edited, client_id, created_at, updated_at, sender, reply_to,
+/// mentions}`
+/// (the reader's own part, `reactions`, is [`message_rest_sql`]'s).
 pub fn message_json_sql(m: &str, u: &str) -> String {
+    message_json_replying_sql(m, u, "messages")
+}
+
+/// [`message_json_sql`], reading the original of a reply from `originals`
+/// (a relation with the `id`, `sender_id` and `content` of messages): a send
+/// passes the original's row it locked, which is the latest committed
+/// version, where `messages` is read as of the statement's start and could
+/// show the text an edit committed meanwhile replaced.
+pub fn message_json_replying_sql(m: &str, u: &str, originals: &str) -> String {
     format!(
         "jsonb_build_object(
              'id', {m}.id, 'chat_id', {m}.chat_id, 'sender_id', {m}.sender_id,
@@ -32,9 +55,55 @@ pub fn message_json_sql(m: &str, u: &str) -> String {
              'created_at', {created}, 'updated_at', {updated},
              'sender', case when {u}.id is null then null
                             else jsonb_build_object('id', {u}.id, 'username', {u}.username,
-                                                    'display_name', {u}.display_name) end)",
+                                                    'display_name', {u}.display_name) end,
+             'reply_to', {reply_to}, 'mentions', to_jsonb({m}.mentions))",
         created = rfc3339_sql(&format!("{m}.created_at")),
         updated = rfc3339_sql(&format!("{m}.updated_at")),
+        reply_to = reply_to_sql(m, originals),
+    )
+}
+
+/// SQL (jsonb) for message row `m`, sent by user row `u`, as REST returns
+/// it to user `viewer` (an SQL expression): [`message_json_sql`] with the
+/// message's `reactions` as that user sees them.
+pub fn message_rest_sql(m: &str, u: &str, viewer: &str) -> String {
+    format!(
+        "({} || jsonb_build_object('reactions', {}))",
+        message_json_sql(m, u),
+        reactions_sql(m, viewer)
+    )
+}
+
+/// A message just sent, as REST returns it: no reactions yet.
+pub fn sent_rest_sql(body: &str) -> String {
+    format!("({body} || '{{\"reactions\": []}}'::jsonb)")
+}
+
+/// SQL (jsonb) for the reactions to message row `m` as user `viewer` sees
+/// them: `[{emoji, count, me}]`, each emoji once, in order of first use.
+fn reactions_sql(m: &str, viewer: &str) -> String {
+    format!(
+        "coalesce((
+             select jsonb_agg(jsonb_build_object('emoji', r.emoji, 'count', r.n, 'me', r.me)
+                              order by r.first)
+             from (select emoji, count(*) as n, bool_or(user_id = {viewer}) as me, min(seq) as first
+                   from reactions where message_id = {m}.id group by emoji) r),
+         '[]'::jsonb)"
+    )
+}
+
+/// SQL (jsonb) for the `reply_to` of message row `m`: null, or the original
+/// `{id, sender_id, content, deleted}` with a preview of its current text;
+/// once it is deleted, its id alone (`deleted: true`): nothing of it is kept.
+fn reply_to_sql(m: &str, originals: &str) -> String {
+    format!(
+        "case when {m}.reply_to_id is null then null else coalesce(
+             (select jsonb_build_object('id', reply_of.id, 'sender_id', reply_of.sender_id,
+                                        'content', left(reply_of.content, {REPLY_PREVIEW_CHARS}),
+                                        'deleted', false)
+              from {originals} reply_of where reply_of.id = {m}.reply_to_id),
+             jsonb_build_object('id', {m}.reply_to_id, 'sender_id', null, 'content', null,
+                                'deleted', true)) end"
     )
 }
 
@@ -56,22 +125,30 @@ pub fn event_payload_sql(body: &str) -> String {
     )
 }
 
-/// SQL (text) for the frame of event row `e` (id, kind, payload) as clients
-/// receive it: `{"type": kind, "payload": {..., "event_id"}}`. The log keeps
-/// only the ids of a message event (`{chat_id, message_id}`), never its
-/// text: the frame is built from the message as it is now, so an edit leaves
-/// no old version to replay and a deleted message's events build no frame
-/// at all (NULL).
-pub fn frame_sql(e: &str) -> String {
+/// SQL (text) for the frame of `message` or `message_updated` event row
+/// `e` (id, kind, payload) as clients receive it: `{"type": kind,
+/// "payload": {..., "event_id"}}`. The log keeps only the ids of a message
+/// event (`{chat_id, message_id}`), never its text: the frame is built from
+/// the message as it is now, so an edit leaves no old version to replay and
+/// a deleted message's events build no frame at all (NULL).
+pub fn message_frame_sql(e: &str) -> String {
     format!(
-        "case when {e}.kind in ('message', 'message_updated') then (
-             select json_build_object('type', {e}.kind, 'payload',
-                        {payload} || jsonb_build_object('event_id', {e}.id))::text
-             from messages fm left join users fu on fu.id = fm.sender_id
-             where fm.id = ({e}.payload->>'message_id')::bigint)
-         else json_build_object('type', {e}.kind, 'payload',
-                  {e}.payload || jsonb_build_object('event_id', {e}.id))::text end",
+        "(select json_build_object('type', {e}.kind, 'payload',
+                     {payload} || jsonb_build_object('event_id', {e}.id))::text
+          from messages fm left join users fu on fu.id = fm.sender_id
+          where fm.id = ({e}.payload->>'message_id')::bigint)",
         payload = event_payload_sql(&message_json_sql("fm", "fu")),
+    )
+}
+
+/// SQL (bigint) for the original the message of `message` or
+/// `message_updated` event row `e` is a reply to (null when it is none, or
+/// deleted since): nodes rewrite the frames they hold of replies when an
+/// original changes.
+pub fn reply_to_id_sql(e: &str) -> String {
+    format!(
+        "(select rm.reply_to_id from messages rm
+          where rm.id = ({e}.payload->>'message_id')::bigint)"
     )
 }
 

@@ -53,16 +53,24 @@ pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     d.deserialize_any(IntegerVisitor)
 }
 
+/// An optional [`integer`]: absent or `null` is `None`.
+pub fn optional_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Ok(Option::<Integer>::deserialize(d)?.map(|Integer(n)| n))
+}
+
 /// A list of [`integer`]s.
 pub fn integers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
-    struct Integer(i64);
-    impl<'de> Deserialize<'de> for Integer {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            integer(d).map(Integer)
-        }
-    }
     let list = Vec::<Integer>::deserialize(d)?;
     Ok(list.into_iter().map(|Integer(n)| n).collect())
+}
+
+/// One [`integer`], inside an `Option` or a list.
+struct Integer(i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        integer(d).map(Integer)
+    }
 }
 
 struct IntegerVisitor;

@@ -415,7 +415,9 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .replace("$2", ":sender")
         .replace("$3", &format!("'{CONTENT}'"))
         .replace("$4", "null::text")
-        .replace("$5", &content_words());
+        .replace("$5", &content_words())
+        .replace("$6", "null::bigint")
+        .replace("$7", "null::text");
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     // One statement, committed on its own: exactly what the handler sends.
     let script = format!(
@@ -480,7 +482,9 @@ fn write_pgbench_batch_script(env: &Env, chats: &[i64], users: &[User], batch: u
         .replace(
             "$5",
             &format!("array_fill({}::text, array[{batch}])", content_words()),
-        );
+        )
+        .replace("$6", &format!("array_fill(null::int8, array[{batch}])"))
+        .replace("$7", &format!("array_fill(null::text, array[{batch}])"));
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     let path = env.log_dir.join(format!(
         "send-batch{batch}-{}.pgbench.sql",

@@ -4,6 +4,7 @@
 
 mod create;
 pub mod members;
+pub mod pins;
 mod presence;
 pub mod read;
 
@@ -48,6 +49,7 @@ pub struct Chat {
     pub updated_at: OffsetDateTime,
     pub last_read_message_id: Option<i64>,
     pub unread_count: i64,
+    pub mention_count: i64,
     pub member_count: i64,
     /// The first [`MEMBERS_LISTED`] members, by join time, where listed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,6 +84,21 @@ pub fn unread_count_sql(chat: &str, user: &str, marker: &str) -> String {
     )
 }
 
+/// SQL (bigint): the unread mentions of member `user` of chat `chat` whose
+/// read marker is `marker` (SQL expressions): the messages after it that
+/// others sent and that mention them, counted up to [`UNREAD_COUNT_MAX`]
+/// as [`unread_count_sql`] counts. The `mentions` table holds exactly
+/// those (a message's own sender is never in it), so the count is one
+/// index range.
+pub fn mention_count_sql(chat: &str, user: &str, marker: &str) -> String {
+    format!(
+        "(select count(*) from (select 1 from mentions mx
+           where mx.user_id = {user} and mx.chat_id = {chat}
+             and mx.message_id > coalesce({marker}, 0)
+           limit {UNREAD_COUNT_MAX}) mentioned)"
+    )
+}
+
 /// Chat columns as seen by a member, for `Chat::from_row`; `c` is chats, `m`
 /// the membership.
 static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -89,20 +106,24 @@ static CHAT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         "c.id, c.name, c.is_group, c.creator_id, c.created_at, c.updated_at,
          m.last_read_message_id,
          {} as unread_count,
+         {} as mention_count,
          c.member_count",
-        unread_count_sql("c.id", "m.user_id", "m.last_read_message_id")
+        unread_count_sql("c.id", "m.user_id", "m.last_read_message_id"),
+        mention_count_sql("c.id", "m.user_id", "m.last_read_message_id"),
     )
 });
 
 impl Chat {
     /// The payload of a `chat_updated` event: the chat without the fields
-    /// that are one member's own (their read marker and unread count), which
-    /// every member has different and none may see of another.
+    /// that are one member's own (their read marker, unread and mention
+    /// counts), which every member has different and none may see of
+    /// another.
     pub fn shared_view(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self.without_presence()).unwrap_or_default();
         if let Some(fields) = value.as_object_mut() {
             fields.remove("last_read_message_id");
             fields.remove("unread_count");
+            fields.remove("mention_count");
         }
         value
     }
@@ -114,6 +135,7 @@ impl Chat {
         Chat {
             last_read_message_id: None,
             unread_count: 0,
+            mention_count: 0,
             ..self.without_presence()
         }
     }
@@ -138,6 +160,7 @@ impl Chat {
             updated_at: row.get("updated_at"),
             last_read_message_id: row.get("last_read_message_id"),
             unread_count: row.get("unread_count"),
+            mention_count: row.get("mention_count"),
             member_count: row.get("member_count"),
             members: None,
         }
@@ -302,6 +325,8 @@ pub fn routes(
         .or(read::routes(ctx))
         .unify()
         .or(presence::route(ctx))
+        .unify()
+        .or(pins::routes(ctx))
         .unify()
 }
 

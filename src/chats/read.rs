@@ -1,6 +1,6 @@
 //! Read markers: how far each member has read, moved forward only.
 
-use super::unread_count_sql;
+use super::{mention_count_sql, unread_count_sql};
 use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::ApiError;
@@ -56,6 +56,7 @@ pub struct ReadMarker {
     pub chat_id: i64,
     pub last_read_message_id: Option<i64>,
     pub unread_count: i64,
+    pub mention_count: i64,
 }
 
 /// Moves the member's marker to `message_id` unless it is already past it, and
@@ -91,9 +92,10 @@ pub async fn advance_read_marker(
                  from member
              )
              select exists (select 1 from target) as found, answer.marker, answer.moved,
-                    {} as unread_count
+                    {} as unread_count, {} as mention_count
              from answer",
-            unread_count_sql("$1", "$2", "answer.marker")
+            unread_count_sql("$1", "$2", "answer.marker"),
+            mention_count_sql("$1", "$2", "answer.marker"),
         )
     });
     let row = client
@@ -118,5 +120,6 @@ pub async fn advance_read_marker(
         chat_id,
         last_read_message_id: row.get("marker"),
         unread_count: row.get("unread_count"),
+        mention_count: row.get("mention_count"),
     })
 }

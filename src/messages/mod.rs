@@ -2,6 +2,8 @@
 //! edit, delete. Bodies are built in SQL by
 //! [`message_json`](crate::message_json), the one definition of a message.
 
+pub mod mentions;
+pub mod reactions;
 pub mod search;
 mod send;
 pub mod words;
@@ -20,7 +22,7 @@ use crate::http::{
     Context, JsonText, Query, authed, id_param, json_body, query, respond, validated, with,
 };
 use crate::membership::{ensure_member, is_member, join_member};
-use crate::message_json::{MESSAGE_COLUMNS, message_json_sql};
+use crate::message_json::{MESSAGE_COLUMNS, message_rest_sql};
 use serde::Deserialize;
 use std::sync::{Arc, LazyLock};
 use tokio_postgres::GenericClient;
@@ -42,6 +44,10 @@ pub fn routes(
         .or(edit(ctx))
         .unify()
         .or(delete(ctx))
+        .unify()
+        .or(reactions::routes(ctx))
+        .unify()
+        .or(mentions::routes(ctx))
         .unify()
 }
 
@@ -142,7 +148,7 @@ async fn get_message(id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply, 
         format!(
             "select {}::text from messages m {} left join users u on u.id = m.sender_id
              where m.id = $1",
-            message_json_sql("m", "u"),
+            message_rest_sql("m", "u", "$2"),
             join_member("c", "m.chat_id", "$2"),
         )
     });
@@ -216,7 +222,7 @@ pub fn history_sql(oldest_first: bool) -> &'static str {
                  ) m
                  left join users u on u.id = m.sender_id
                  order by m.id desc",
-                body = message_json_sql("m", "u"),
+                body = message_rest_sql("m", "u", "$2"),
                 member = is_member("$1", "$2"),
             )
         })
@@ -278,11 +284,15 @@ async fn edit_message(
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "with m as (
-                 update messages set content = $2, search = $3::text::tsvector, is_edited = true
-                 where id = $1 returning {MESSAGE_COLUMNS}
+                 update messages edited
+                 set content = $2, search = $5::text::tsvector, is_edited = true,
+                     mentions = {}
+                 where edited.id = $1
+                 returning {MESSAGE_COLUMNS}
              )
              select {}::text from m left join users u on u.id = m.sender_id",
-            message_json_sql("m", "u"),
+            mentions::mentions_sql("$4::text", "edited.chat_id"),
+            message_rest_sql("m", "u", "$3"),
         )
     });
     let mut errors = Vec::new();
@@ -298,7 +308,16 @@ async fn edit_message(
     }
     let search = words::tsvector_text(&content);
     let row = tx
-        .query_one(SQL.as_str(), &[&id, &content, &search])
+        .query_one(
+            SQL.as_str(),
+            &[
+                &id,
+                &content,
+                &user.id,
+                &mentions::mention_names(&content),
+                &search,
+            ],
+        )
         .await?;
     events::emit(
         &tx,

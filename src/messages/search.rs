@@ -21,7 +21,7 @@ use crate::http::{
 };
 use crate::limits::Action;
 use crate::membership::{ensure_member, is_member};
-use crate::message_json::message_json_sql;
+use crate::message_json::message_rest_sql;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio_postgres::GenericClient;
@@ -118,7 +118,8 @@ async fn search_messages(
 
 /// Messages matching tsquery `$1` in the chats of member `$2` (only chat
 /// `$3` unless null), below id `$4` (unless null), `$5` at most, newest
-/// first. Membership is part of the query. The tsquery is a parameter, so
+/// first, each as history returns it to `$2` (with their reactions).
+/// Membership is part of the query. The tsquery is a parameter, so
 /// PostgreSQL plans each search with it (as it plans every statement
 /// prepared per call): from its statistics of the words it picks between
 /// the index (a rare word: its matches, sorted) and walking the newest
@@ -137,7 +138,7 @@ pub static SEARCH_SQL: LazyLock<String> = LazyLock::new(|| {
          ) m
          left join users u on u.id = m.sender_id
          order by m.id desc",
-        body = message_json_sql("m", "u"),
+        body = message_rest_sql("m", "u", "$2"),
         member = is_member("m.chat_id", "$2"),
     )
 });

@@ -5,13 +5,15 @@
 //! PostgreSQL runs one statement per batch rather than one per message.
 
 use super::check_content;
+use super::mentions::{mention_names, mentions_sql};
 use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
 use crate::events;
 use crate::limits::{Action, RateLimits};
 use crate::membership::{is_member, lock_members};
 use crate::message_json::{
-    MESSAGE_COLUMNS, event_payload_sql, logged_payload_sql, message_json_sql,
+    MESSAGE_COLUMNS, event_payload_sql, logged_payload_sql, message_json_replying_sql,
+    message_rest_sql, sent_rest_sql,
 };
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
@@ -33,6 +35,9 @@ pub struct SendRequest {
     #[serde(default)]
     pub content: String,
     pub client_id: Option<String>,
+    /// The message this one answers: one of the same chat.
+    #[serde(default, deserialize_with = "crate::validate::optional_integer")]
+    pub reply_to_id: Option<i64>,
 }
 
 pub struct Sent {
@@ -65,6 +70,7 @@ pub struct PendingSend {
     chat_id: i64,
     sender_id: i64,
     client_id: Option<String>,
+    reply_to_id: Option<i64>,
     pool: Pool,
 }
 
@@ -80,13 +86,19 @@ impl PendingSend {
             Some(row) => Ok(Sent::from_row(&row, false)),
             None => {
                 let client = self.pool.get().await?;
-                existing_by_client_id(
+                let earlier = existing_by_client_id(
                     &*client,
                     self.chat_id,
                     self.sender_id,
                     self.client_id.as_deref(),
                 )
-                .await
+                .await;
+                match (earlier, self.reply_to_id) {
+                    (Err(ApiError::ChatNotFound), Some(_)) => {
+                        refused_reply(&*client, self.chat_id, self.sender_id).await
+                    }
+                    (earlier, _) => earlier,
+                }
             }
         }
     }
@@ -105,7 +117,7 @@ async fn existing_by_client_id(
             "select m.id, m.chat_id, m.client_id, {}::text as body
              from messages m left join users u on u.id = m.sender_id
              where m.sender_id = $1 and m.client_id = $2 and {}",
-            message_json_sql("m", "u"),
+            message_rest_sql("m", "u", "$1"),
             is_member("$3", "$1"),
         )
     });
@@ -123,6 +135,28 @@ async fn existing_by_client_id(
     Ok(sent)
 }
 
+/// Nothing was inserted for a reply, and its client_id names no earlier
+/// message: a member was refused for the original (400), anyone else for
+/// the chat (404).
+async fn refused_reply(
+    client: &impl GenericClient,
+    chat_id: i64,
+    sender_id: i64,
+) -> Result<Sent, ApiError> {
+    let member: bool = client
+        .query_one(
+            &format!("select {}", is_member("$1", "$2")),
+            &[&chat_id, &sender_id],
+        )
+        .await?
+        .get(0);
+    Err(if member {
+        ApiError::InvalidReply
+    } else {
+        ApiError::ChatNotFound
+    })
+}
+
 /// A validated send, as the statements take it.
 struct Insert {
     chat_id: i64,
@@ -131,6 +165,9 @@ struct Insert {
     client_id: Option<String>,
     /// The content's words for search, as a `tsvector` literal.
     search: String,
+    reply_to_id: Option<i64>,
+    /// What the content may mention (see `mentions::mention_names`).
+    mention_names: Option<String>,
 }
 
 /// A send waiting for its commit: the row the statement returned for it, or
@@ -217,9 +254,11 @@ impl SendQueue {
         let insert = Insert {
             chat_id: req.chat_id,
             sender_id,
+            mention_names: mention_names(&content),
             content,
             client_id: req.client_id.clone(),
             search,
+            reply_to_id: req.reply_to_id,
         };
         // First in, first out, and so is waiting for room in the queue.
         self.jobs
@@ -231,6 +270,7 @@ impl SendQueue {
             chat_id: req.chat_id,
             sender_id,
             client_id: req.client_id,
+            reply_to_id: req.reply_to_id,
             pool: self.pool.clone(),
         })
     }
@@ -241,7 +281,15 @@ impl SendQueue {
         vec![
             (
                 SEND_SQL.as_str(),
-                &[Type::INT8, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
+                &[
+                    Type::INT8,
+                    Type::INT8,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT8,
+                    Type::TEXT,
+                ],
             ),
             (
                 SEND_BATCH_SQL.as_str(),
@@ -250,6 +298,8 @@ impl SendQueue {
                     Type::INT8_ARRAY,
                     Type::TEXT_ARRAY,
                     Type::TEXT_ARRAY,
+                    Type::TEXT_ARRAY,
+                    Type::INT8_ARRAY,
                     Type::TEXT_ARRAY,
                 ],
             ),
@@ -261,26 +311,40 @@ const SEND_STATEMENT: usize = 0;
 const SEND_BATCH_STATEMENT: usize = 1;
 
 /// Sends message `$3` with client id `$4` and search vector `$5` (a
-/// `tsvector` literal) from `$2` into chat `$1`, in one statement (one round trip, committed on its own): inserts it if `$2` is a
-/// member and the client id is new, touches the chat, appends the `message`
-/// event and NOTIFYs it; returns the message (its REST body, id, chat and
-/// client id) and `event_id`, or no row when nothing was inserted. The
-/// sender, chat and membership are locked first (`lock_members`), before
-/// the event_seq row: a deletion or membership change of the chat holds
-/// the chat, then appends its events, so a send taking event_seq first
-/// would deadlock with it. The event_seq row lock (see `events`) is held
-/// only while PostgreSQL runs and commits this statement, never across a
+/// `tsvector` literal) from `$2` into chat `$1`, in reply to `$6` (or
+/// null), mentioning the members `$7` names (see `mentions`), in one
+/// statement (one round trip, committed on its own): inserts it if `$2` is
+/// a member, `$6` is null or a message of the chat, and the client id is
+/// new, touches the chat, appends the `message` event and NOTIFYs it;
+/// returns the message (its REST body, id, chat and client id) and
+/// `event_id`, or no row when nothing was inserted.
+///
+/// The sender, chat and membership are locked first (`lock_members`),
+/// before the event_seq row: a deletion or membership change of the chat
+/// holds the chat, then appends its events, so a send taking event_seq
+/// first would deadlock with it. The original of a reply is locked next
+/// (key share: only its deletion and edits wait, and this statement waits
+/// for theirs), so it cannot be deleted or edited between the check and
+/// the commit, and the preview is read from the locked row, the latest
+/// committed version. The event_seq row lock (see `events`) is held only
+/// while PostgreSQL runs and commits this statement, never across a
 /// network round trip. Public so the benchmark's pgbench ceiling runs the
 /// very statement the server runs.
 pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "with {locked}, m as (
-             insert into messages (chat_id, sender_id, content, client_id, search)
-             select $1, $2, $3, $4, $5::tsvector from locked_members
+        "with {locked}, original as (
+             select id, sender_id, content from messages
+             where id = $6 and chat_id = $1
+             for key share
+         ), m as (
+             insert into messages (chat_id, sender_id, content, client_id, search, reply_to_id,
+                                   mentions)
+             select $1, $2, $3, $4, $5::tsvector, $6, {mentions} from locked_members
+             where ($6::bigint is null or exists (select 1 from original))
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning {MESSAGE_COLUMNS}
          ), b as (
-             select m.id, m.chat_id, m.client_id, {body} as body
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
              from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id = (select chat_id from m)
@@ -294,44 +358,61 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, {frame} as frame
+                    b.id as message_id, b.reply_to_id, {frame} as frame
              from ins, b
          ), sent as (
              {notify}
          )
-         select b.id, b.chat_id, b.client_id, b.body::text as body, (select id from sent) as event_id
+         select b.id, b.chat_id, b.client_id, {rest}::text as body,
+                (select id from sent) as event_id
          from b",
         locked = lock_members("array[$1::int8]", "array[$2::int8]"),
-        body = message_json_sql("m", "u"),
+        mentions = mentions_sql("$7::text", "$1"),
+        body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
+        rest = sent_rest_sql("b.body"),
     )
 });
 
 /// [`SEND_SQL`] for many sends at once, committed together: element `n`
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
-/// contents, `$4` client ids, `$5` search vectors is one send. Message ids are drawn in array
+/// contents, `$4` client ids, `$5` search vectors, `$6` originals replied
+/// to, `$7` names mentioned is one send. Message ids are drawn in array
 /// order before the insert, so each returned row carries its `n`; messages
 /// and events are numbered in that order. Sends not inserted (not a member,
-/// client id reused, even within the batch) return no row.
+/// no such original in the chat, client id reused, even within the batch)
+/// return no row.
 pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "with {locked}, req as (
+        "with {locked}, originals as (
+             select id, chat_id, sender_id, content from messages
+             where id = any($6::int8[])
+             for key share
+         ), req as (
              select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.search,
+                    r.reply_to_id, r.names,
                     nextval(pg_get_serial_sequence('messages', 'id')) as id
-             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[])
-                  with ordinality as r (chat_id, sender_id, content, client_id, search, n)
+             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                         $7::text[])
+                  with ordinality as r (chat_id, sender_id, content, client_id, search,
+                                        reply_to_id, names, n)
              where (r.chat_id, r.sender_id) in (select chat_id, user_id from locked_members)
+               and (r.reply_to_id is null or exists (
+                   select 1 from originals o where o.id = r.reply_to_id and o.chat_id = r.chat_id))
              order by r.n
          ), m as (
-             insert into messages (id, chat_id, sender_id, content, client_id, search)
+             insert into messages (id, chat_id, sender_id, content, client_id, search,
+                                   reply_to_id, mentions)
              overriding system value
-             select id, chat_id, sender_id, content, client_id, search::tsvector from req order by id
+             select id, chat_id, sender_id, content, client_id, search::tsvector, reply_to_id,
+                    {mentions}
+             from req order by id
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning {MESSAGE_COLUMNS}
          ), b as (
-             select m.id, m.chat_id, m.client_id, {body} as body
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
              from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id in (select chat_id from m)
@@ -348,25 +429,27 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, (payload->>'message_id')::bigint as message_id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, {frame} as frame
+                    b.id as message_id, b.reply_to_id, {frame} as frame
              from ins join b on b.id = ins.message_id
          ), sent as (
              {notify}
          )
-         select req.n, b.id, b.chat_id, b.client_id, b.body::text as body, ev.id as event_id
+         select req.n, b.id, b.chat_id, b.client_id, {rest}::text as body, ev.id as event_id
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
         locked = lock_members("$1::int8[]", "$2::int8[]"),
-        body = message_json_sql("m", "u"),
+        mentions = mentions_sql("req.names", "req.chat_id"),
+        body = message_json_replying_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),
         frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
+        rest = sent_rest_sql("b.body"),
     )
 });
 
 /// The `message` frame of event `event_id` for the message whose REST body
 /// is `body`: a send builds it from the row it inserts, which the log's
-/// readers (`message_json::frame_sql`) cannot see within the statement.
+/// readers (`message_json::message_frame_sql`) cannot see within the statement.
 fn frame_from_body_sql(event_id: &str, body: &str) -> String {
     format!(
         "json_build_object('type', 'message', 'payload',
@@ -430,6 +513,8 @@ async fn insert_one(pipeline: &Pipeline, insert: &Insert) -> Result<Option<Row>,
                 &insert.content,
                 &insert.client_id,
                 &insert.search,
+                &insert.reply_to_id,
+                &insert.mention_names,
             ],
         )
         .await?;
@@ -446,12 +531,25 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
         .map(|j| j.insert.client_id.as_deref())
         .collect();
     let searches: Vec<&str> = batch.iter().map(|j| j.insert.search.as_str()).collect();
+    let reply_to_ids: Vec<Option<i64>> = batch.iter().map(|j| j.insert.reply_to_id).collect();
+    let names: Vec<Option<&str>> = batch
+        .iter()
+        .map(|j| j.insert.mention_names.as_deref())
+        .collect();
     let pipelined = pipeline.get().await?;
     let rows = pipelined
         .client
         .query(
             &pipelined.statements[SEND_BATCH_STATEMENT],
-            &[&chat_ids, &sender_ids, &contents, &client_ids, &searches],
+            &[
+                &chat_ids,
+                &sender_ids,
+                &contents,
+                &client_ids,
+                &searches,
+                &reply_to_ids,
+                &names,
+            ],
         )
         .await?;
     let mut by_job: Vec<Option<Row>> = batch.iter().map(|_| None).collect();

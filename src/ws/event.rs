@@ -16,6 +16,8 @@ pub struct Event {
     pub user_ids: Vec<i64>,
     /// The message a `message*` event is about.
     pub message_id: Option<i64>,
+    /// The original that message is a reply to (`message`, `message_updated`).
+    pub reply_to_id: Option<i64>,
     pub frame: Frame,
 }
 
@@ -38,6 +40,7 @@ impl Event {
             kind,
             user_ids: row.get(3),
             message_id: row.get(5),
+            reply_to_id: row.get(6),
             frame: Frame::from(frame?),
         })
     }

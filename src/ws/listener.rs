@@ -31,6 +31,8 @@ struct Notice {
     #[serde(default)]
     user_ids: Vec<i64>,
     message_id: Option<i64>,
+    #[serde(default)]
+    reply_to_id: Option<i64>,
     frame: Option<Box<serde_json::value::RawValue>>,
     /// When the event's statement ran (seconds since the epoch, by the
     /// database's clock): how late it is dispatched is `listen_lag`.
@@ -274,6 +276,7 @@ fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
             kind,
             user_ids: notice.user_ids,
             message_id: notice.message_id,
+            reply_to_id: notice.reply_to_id,
             frame: Frame::from(frame.get()),
         }),
         _ => Announced::Gap(notice.id),

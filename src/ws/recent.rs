@@ -6,8 +6,8 @@
 
 use super::event::{Event, Frame};
 use crate::events::EventKind;
-use crate::message_json::SENDER_FIELDS;
-use serde_json::Value;
+use crate::message_json::{SENDER_FIELDS, reply_preview};
+use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
@@ -42,8 +42,10 @@ impl ReplayCache {
 
     /// Keeps no old text of the message `latest` (an edit or a deletion) is
     /// about: its earlier held events are rewritten with the current text,
-    /// or, once it is deleted, held without a frame (replay skips them), as
-    /// the log would build them now.
+    /// or, once it is deleted, held without a frame (replay skips them; so
+    /// are the other events that follow it, its reactions), and
+    /// held replies to it show its current preview (or that it is deleted),
+    /// as the log would build them now.
     pub fn forget_old_versions(&self, latest: &Event) {
         let (Some(message_id), true) = (latest.message_id, self.limit > 0) else {
             return;
@@ -53,32 +55,39 @@ impl ReplayCache {
             EventKind::MessageDeleted => None,
             _ => return,
         };
+        let reply_to = reply_to_now(message_id, current.as_ref());
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         let Held { events, bytes } = &mut *held;
         for slot in events.iter_mut() {
-            let stale = slot.id < latest.id
-                && slot.message_id == Some(message_id)
-                && matches!(slot.kind, EventKind::Message | EventKind::MessageUpdated)
-                && !slot.frame.is_empty();
-            if !stale {
+            if slot.id >= latest.id || slot.frame.is_empty() {
                 continue;
             }
+            let own = slot.message_id == Some(message_id);
             let frame = match &current {
-                Some(frame) => {
+                None if own && slot.kind.follows_message() => Frame::from_static(""),
+                Some(frame) if own && slot.kind.shows_message() => {
                     let mut frame = frame.clone();
                     frame["type"] = Value::from(slot.kind.as_str());
                     frame["payload"]["event_id"] = Value::from(slot.id);
                     Frame::from(frame.to_string())
                 }
-                None => Frame::from_static(""),
+                _ if slot.reply_to_id == Some(message_id) && slot.kind.shows_message() => {
+                    let Ok(mut frame) = serde_json::from_str::<Value>(slot.frame.as_str()) else {
+                        continue;
+                    };
+                    frame["payload"]["reply_to"] = reply_to.clone();
+                    Frame::from(frame.to_string())
+                }
+                _ => continue,
             };
             reframe(slot, frame, bytes);
         }
     }
 
     /// Keeps no name of a deleted account: the held frames of its messages
-    /// are rewritten without a sender, as the log builds them now (the
-    /// messages stay, their sender null). Deletions are rare, so the held
+    /// are rewritten without a sender, and those of replies to them without
+    /// the original's sender, as the log builds them now (the messages stay,
+    /// their sender null). Deletions are rare, so the held
     /// frames are searched here rather than indexed by sender on every push;
     /// only those containing the id's digits are parsed.
     pub fn forget_sender(&self, user_id: i64) {
@@ -97,11 +106,19 @@ impl ReplayCache {
             let Ok(mut frame) = serde_json::from_str::<Value>(slot.frame.as_str()) else {
                 continue;
             };
-            if frame["payload"]["sender_id"] != user_id {
+            let payload = &mut frame["payload"];
+            let sent = payload["sender_id"] == user_id;
+            let answers = payload["reply_to"]["sender_id"] == user_id;
+            if !sent && !answers {
                 continue;
             }
-            for field in SENDER_FIELDS {
-                frame["payload"][field] = Value::Null;
+            if sent {
+                for field in SENDER_FIELDS {
+                    payload[field] = Value::Null;
+                }
+            }
+            if answers {
+                payload["reply_to"]["sender_id"] = Value::Null;
             }
             reframe(slot, Frame::from(frame.to_string()), bytes);
         }
@@ -183,6 +200,21 @@ fn reframe(slot: &mut Arc<Event>, frame: Frame, bytes: &mut usize) {
     });
 }
 
+/// What a reply to message `id` shows once the message is as `current`
+/// (its `message_updated` frame), or deleted (`None`): as
+/// `message_json::message_json_sql` builds it.
+fn reply_to_now(id: i64, current: Option<&Value>) -> Value {
+    match current {
+        Some(frame) => {
+            let payload = &frame["payload"];
+            let content = payload["content"].as_str().unwrap_or_default();
+            json!({"id": id, "sender_id": payload["sender_id"],
+                   "content": reply_preview(content), "deleted": false})
+        }
+        None => json!({"id": id, "sender_id": null, "content": null, "deleted": true}),
+    }
+}
+
 impl Held {
     fn push(&mut self, event: Arc<Event>, limit: usize) {
         // A hole (events pruned before this node saw them) would make the
@@ -217,6 +249,7 @@ mod tests {
             kind: EventKind::Message,
             user_ids: Vec::new(),
             message_id: None,
+            reply_to_id: None,
             frame: Frame::from(format!("{{\"event_id\":{id}}}")),
         })
     }
@@ -275,6 +308,7 @@ mod tests {
             kind,
             user_ids: Vec::new(),
             message_id: Some(message_id),
+            reply_to_id: None,
             frame: Frame::from(
                 serde_json::json!({"type": kind.as_str(), "payload":
                     {"event_id": id, "message_id": message_id, "content": content}})
@@ -344,6 +378,7 @@ mod tests {
             kind: EventKind::MessageDeleted,
             user_ids: Vec::new(),
             message_id: Some(7),
+            reply_to_id: None,
             frame: Frame::from("{\"type\":\"message_deleted\"}"),
         });
         cache.push(deletion.clone());
@@ -356,5 +391,64 @@ mod tests {
             "only the other message and the deletion: {frames:?}"
         );
         assert!(!frames.iter().any(|f| f.contains("second")), "{frames:?}");
+    }
+
+    /// A held reply (event `id`, message `id`) to message 7 by user 5.
+    fn reply_to_seven(id: i64) -> Arc<Event> {
+        Arc::new(Event {
+            reply_to_id: Some(7),
+            frame: Frame::from(
+                serde_json::json!({"type": "message", "payload": {"event_id": id,
+                    "message_id": id, "content": "ok", "sender_id": 6,
+                    "reply_to": {"id": 7, "sender_id": 5, "content": "first", "deleted": false}}})
+                .to_string(),
+            ),
+            ..(*message_event(id, EventKind::Message, id, "ok")).clone()
+        })
+    }
+
+    fn reply_to_of(cache: &ReplayCache, at: usize) -> Value {
+        let frame: Value = serde_json::from_str(&held_frames(cache)[at]).unwrap();
+        frame["payload"]["reply_to"].clone()
+    }
+
+    #[test]
+    fn held_replies_show_their_original_as_it_is_now() {
+        let cache = ReplayCache::new(1 << 20);
+        cache.push(message_event(1, EventKind::Message, 7, "first"));
+        cache.push(reply_to_seven(2));
+        let long = "é".repeat(250);
+        let edit = message_event(3, EventKind::MessageUpdated, 7, &long);
+        cache.push(edit.clone());
+
+        cache.forget_old_versions(&edit);
+
+        let preview: String = long.chars().take(200).collect();
+        assert_eq!(reply_to_of(&cache, 1)["content"], preview.as_str());
+        assert_eq!(reply_to_of(&cache, 1)["deleted"], false);
+
+        let deletion = Arc::new(Event {
+            kind: EventKind::MessageDeleted,
+            frame: Frame::from("{\"type\":\"message_deleted\"}"),
+            ..(*message_event(4, EventKind::MessageDeleted, 7, "")).clone()
+        });
+        cache.push(deletion.clone());
+        cache.forget_old_versions(&deletion);
+
+        assert_eq!(
+            reply_to_of(&cache, 0),
+            serde_json::json!({"id": 7, "sender_id": null, "content": null, "deleted": true})
+        );
+    }
+
+    #[test]
+    fn a_deleted_account_is_no_longer_named_by_held_replies_to_its_messages() {
+        let cache = ReplayCache::new(1 << 20);
+        cache.push(reply_to_seven(1));
+
+        cache.forget_sender(5);
+
+        assert_eq!(reply_to_of(&cache, 0)["sender_id"], Value::Null);
+        assert_eq!(reply_to_of(&cache, 0)["content"], "first");
     }
 }

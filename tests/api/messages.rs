@@ -83,6 +83,9 @@ async fn sending_returns_201_with_the_full_message() {
             "created_at",
             "id",
             "is_edited",
+            "mentions",
+            "reactions",
+            "reply_to",
             "sender",
             "sender_id",
             "updated_at"

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// every send takes, so the first send to reach PostgreSQL waits and the
 /// others queue behind it; the lock is released once one send waits on it
 /// and the rest have had time to queue.
-async fn behind_a_held_commit<T>(app: &TestApp, sends: impl Future<Output = T>) -> T {
+pub(crate) async fn behind_a_held_commit<T>(app: &TestApp, sends: impl Future<Output = T>) -> T {
     let blocker = pg::connect(&app.database_url).await;
     blocker
         .batch_execute("begin; select last_id from event_seq for update")

@@ -412,6 +412,7 @@ mod tests {
             kind: EventKind::Message,
             user_ids: Vec::new(),
             message_id: None,
+            reply_to_id: None,
             frame: Frame::from(format!("{{\"event_id\":{id}}}")),
         })
     }
@@ -442,6 +443,7 @@ mod tests {
             kind,
             user_ids,
             message_id: None,
+            reply_to_id: None,
             frame: event(id, chat_id).frame.clone(),
         })
     }
