@@ -115,6 +115,14 @@ struct Pin {
     user_id: i64,
 }
 
+impl Pin {
+    /// Appends this change to the log as a `kind` event of its chat.
+    async fn emit(self, tx: &impl GenericClient, kind: EventKind) -> Result<(), ApiError> {
+        events::emit(tx, &[NewEvent::new(self.chat_id, kind, self)]).await?;
+        Ok(())
+    }
+}
+
 /// Locks chat `chat_id` for user `user_id`'s change of its pins (pins of
 /// one chat change one at a time, so [`MAX_PINS`] holds): 404 for a
 /// non-member, 403 for a group member who is not an admin.
@@ -161,17 +169,13 @@ async fn pin_message(
     if !found {
         return Err(ApiError::MessageNotFound);
     }
+    let pin = Pin {
+        chat_id,
+        message_id,
+        user_id: user.id,
+    };
     if pinned {
-        let payload = Pin {
-            chat_id,
-            message_id,
-            user_id: user.id,
-        };
-        events::emit(
-            &tx,
-            &[NewEvent::new(chat_id, EventKind::MessagePinned, payload)],
-        )
-        .await?;
+        pin.emit(&tx, EventKind::MessagePinned).await?;
     } else if !already {
         return Err(ApiError::TooManyPins { max: MAX_PINS });
     }
@@ -205,16 +209,12 @@ async fn unpin_message(
         return Err(ApiError::MessageNotFound);
     }
     if unpinned {
-        let payload = Pin {
+        let pin = Pin {
             chat_id,
             message_id,
             user_id: user.id,
         };
-        events::emit(
-            &tx,
-            &[NewEvent::new(chat_id, EventKind::MessageUnpinned, payload)],
-        )
-        .await?;
+        pin.emit(&tx, EventKind::MessageUnpinned).await?;
     }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)

@@ -114,6 +114,14 @@ struct Reaction<'a> {
     emoji: &'a str,
 }
 
+impl Reaction<'_> {
+    /// Appends this change to the log as a `kind` event of its chat.
+    async fn emit(self, tx: &impl GenericClient, kind: EventKind) -> Result<(), ApiError> {
+        events::emit(tx, &[NewEvent::new(self.chat_id, kind, self)]).await?;
+        Ok(())
+    }
+}
+
 /// The chat of message `id` if user `user_id` is a member of it, locking
 /// the message against concurrent reactions (and its deletion) until the
 /// transaction ends: the count of its emoji holds until the insert, and its
@@ -211,17 +219,13 @@ async fn add_reaction(
     }
     let body = message_for(&tx, id, user.id).await?;
     if let Outcome::Added = added {
-        let payload = Reaction {
+        let reaction = Reaction {
             chat_id,
             message_id: id,
             user_id: user.id,
             emoji: &emoji,
         };
-        events::emit(
-            &tx,
-            &[NewEvent::new(chat_id, EventKind::ReactionAdded, payload)],
-        )
-        .await?;
+        reaction.emit(&tx, EventKind::ReactionAdded).await?;
     }
     tx.commit().await?;
     Ok(JsonText(body))
@@ -244,17 +248,13 @@ async fn remove_reaction(
         )
         .await?;
     if removed > 0 {
-        let payload = Reaction {
+        let reaction = Reaction {
             chat_id,
             message_id: id,
             user_id: user.id,
             emoji: &emoji,
         };
-        events::emit(
-            &tx,
-            &[NewEvent::new(chat_id, EventKind::ReactionRemoved, payload)],
-        )
-        .await?;
+        reaction.emit(&tx, EventKind::ReactionRemoved).await?;
     }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)

@@ -2,7 +2,7 @@
 //! at most 20 different ones per message; every change is a durable event
 //! to the chat's members, on every node, and goes with its message.
 
-use crate::helpers::realtime::connected;
+use crate::helpers::realtime::{connected, replayed_frames};
 use crate::helpers::*;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -328,17 +328,6 @@ async fn members_hear_each_change_once_and_outsiders_nothing() {
     on_outsider
         .expect_no("reaction_added", Duration::from_millis(100))
         .await;
-}
-
-/// Every frame a fresh connection with `since` receives before things go quiet.
-async fn replayed_frames(app: &TestApp, user: &TestUser, since: i64) -> Vec<Value> {
-    let (mut ws, ready) = connected(app, user, Some(since)).await;
-    assert_eq!(ready["recovered"], true, "{ready}");
-    let mut frames = Vec::new();
-    while let Some(frame) = ws.next_json_within(Duration::from_millis(800)).await {
-        frames.push(frame);
-    }
-    frames
 }
 
 fn kinds_about(frames: &[Value], message: i64) -> Vec<String> {

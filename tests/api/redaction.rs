@@ -2,24 +2,12 @@
 //! row of the event log returns its text, and an edit leaves no readable
 //! old version behind.
 
-use crate::helpers::realtime::connected;
+use crate::helpers::realtime::replayed_frames;
 use crate::helpers::*;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 const SECRET: &str = "the secret plan";
 const EDITED: &str = "the revised plan";
-
-/// Every frame a fresh connection with `since` receives before things go quiet.
-async fn replayed_frames(app: &TestApp, user: &TestUser, since: i64) -> Vec<Value> {
-    let (mut ws, ready) = connected(app, user, Some(since)).await;
-    assert_eq!(ready["recovered"], true, "{ready}");
-    let mut frames = Vec::new();
-    while let Some(frame) = ws.next_json_within(Duration::from_millis(800)).await {
-        frames.push(frame);
-    }
-    frames
-}
 
 /// Alice posts, edits and deletes a message, then adds Carol to the group.
 async fn posted_edited_deleted_then_carol_added(app: &TestApp) -> (TestUser, i64, i64) {

@@ -3,7 +3,7 @@
 //! original is now: a preview of its current text, or that it is deleted,
 //! never the text it had.
 
-use crate::helpers::realtime::connected;
+use crate::helpers::realtime::{connected, replayed_frames};
 use crate::helpers::*;
 use crate::send_batches::behind_a_held_commit;
 use futures_util::future::join_all;
@@ -218,17 +218,6 @@ async fn an_edited_or_deleted_original_shows_as_it_is_now_in_its_replies() {
         now["reply_to"],
         json!({"id": original, "sender_id": null, "content": null, "deleted": true})
     );
-}
-
-/// Every frame a fresh connection with `since` receives before things go quiet.
-async fn replayed_frames(app: &TestApp, user: &TestUser, since: i64) -> Vec<Value> {
-    let (mut ws, ready) = connected(app, user, Some(since)).await;
-    assert_eq!(ready["recovered"], true, "{ready}");
-    let mut frames = Vec::new();
-    while let Some(frame) = ws.next_json_within(Duration::from_millis(800)).await {
-        frames.push(frame);
-    }
-    frames
 }
 
 fn reply_frames(frames: &[Value], reply_id: i64) -> Vec<&Value> {

@@ -12,6 +12,19 @@ pub async fn connected(app: &TestApp, user: &TestUser, since: Option<i64>) -> (W
     (ws, ready)
 }
 
+/// Every frame a fresh connection of `user` with `since` receives (after
+/// `ready` and the snapshot, which must say it recovered) before things go
+/// quiet.
+pub async fn replayed_frames(app: &TestApp, user: &TestUser, since: i64) -> Vec<Value> {
+    let (mut ws, ready) = connected(app, user, Some(since)).await;
+    assert_eq!(ready["recovered"], true, "{ready}");
+    let mut frames = Vec::new();
+    while let Some(frame) = ws.next_json_within(Duration::from_millis(800)).await {
+        frames.push(frame);
+    }
+    frames
+}
+
 /// An open connection for `user` to the node at `addr`, with the payloads
 /// of its first two frames: `ready`, then `presence_snapshot`.
 pub async fn opened(
