@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { Server, chatEntry, eventually, launchBrowser, log, messages, openApp, openChat, rest, screenshotPath, send, signUp, uniqueName } from './helpers.mjs';
+import { Server, chatEntry, connected, eventually, sleep, launchBrowser, log, messages, openApp, openChat, rest, screenshotPath, send, signUp, uniqueName } from './helpers.mjs';
 
 const T = { timeout: 60000 };
 const server = new Server();
@@ -114,6 +114,17 @@ describe('conversation features', { concurrency: false }, () => {
     for (const page of [a, b]) {
       await eventually(async () => (await messages(page, 'cake in the kitchen').getByRole('button', { name: /^👍/ }).count()) === 0);
     }
+    // Reactions while Bob is offline reach him once, from the replay.
+    await bob.context.setOffline(true);
+    await eventually(async () => (await b.getByRole('status').textContent()) !== 'Connected');
+    await (await tool(a, 'cake in the kitchen', 'Add reaction')).click();
+    await messages(a, 'cake in the kitchen').getByRole('button', { name: '🎉' }).click();
+    await chip(a, '🎉 1, you reacted').waitFor();
+    await bob.context.setOffline(false);
+    await connected(b);
+    await chip(b, '🎉 1').waitFor();
+    await sleep(300);
+    assert.equal(await chip(b, '🎉 1').count(), 1, 'counted once');
   });
 
   test('an @mention is highlighted and counted in the chat list of the one mentioned', T, async () => {
@@ -164,11 +175,13 @@ describe('conversation features', { concurrency: false }, () => {
     const results = a.getByRole('region', { name: 'Search results' });
     const hit = results.getByRole('link', { name: /zanzibar at dawn/ });
     await hit.waitFor();
-    assert.match(await hit.textContent(), /Bob Builder in Bob Builder/);
+    assert.match(await hit.textContent(), /Bob Builder · direct message with Bob Builder/);
     await a.screenshot({ path: screenshotPath('search') });
     await hit.click();
     await a.getByRole('heading', { name: 'Bob Builder' }).waitFor();
-    await messages(a, 'the boat leaves for zanzibar at dawn').waitFor();
+    const found = messages(a, 'the boat leaves for zanzibar at dawn');
+    await found.waitFor();
+    await eventually(async () => /\bflash\b/.test(await found.getAttribute('class'))); // shown where it is
     assert.equal(await box.inputValue(), '');
     await results.waitFor({ state: 'hidden' });
   });

@@ -1,5 +1,6 @@
 // Message search in the sidebar: a search box over all my chats (or the open
-// one), its results in place of the chat list; choosing one opens its chat.
+// one), its results in place of the chat list; choosing one opens its chat
+// at that message (when it is among the newest loaded).
 
 import { h, $, fill, fmtFull } from './dom.js';
 
@@ -41,15 +42,15 @@ export function wireSearch(view, search) {
       list,
       found.map((m) => {
         const chat = view.s.chats.get(m.chat_id);
-        const who = m.sender ? m.sender.display_name || m.sender.username : 'Deleted user';
-        const where = view.s.title(chat) || 'a chat you left';
+        const who = m.sender_id === view.s.me.id ? 'You' : m.sender ? m.sender.display_name || m.sender.username : 'Deleted user';
+        const where = !chat ? 'a chat you left' : chat.isGroup ? view.s.title(chat) : `direct message with ${view.s.title(chat)}`;
         return h(
           'li',
           {},
           h(
             'a',
-            { class: 'result', href: `#/chat/${m.chat_id}`, onclick: () => close() },
-            h('span', { class: 'ci-top' }, h('span', { class: 'ci-name' }, `${who} in ${where}`), h('time', { class: 'ci-time', title: fmtFull(new Date(m.created_at)) }, new Date(m.created_at).toLocaleDateString())),
+            { class: 'result', href: `#/chat/${m.chat_id}`, onclick: () => ((view.highlight = m.id), close()) },
+            h('span', { class: 'ci-top' }, h('span', { class: 'ci-name' }, `${who} · ${where}`), h('time', { class: 'ci-time', title: fmtFull(new Date(m.created_at)) }, new Date(m.created_at).toLocaleDateString())),
             h('span', { class: 'r-text' }, m.content),
           ),
         );

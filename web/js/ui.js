@@ -21,6 +21,7 @@ export class View {
     this.confirming = null; // message id asking "delete?"
     this.picking = null; // message id whose reaction picker is open
     this.replying = null; // the message the composer answers
+    this.highlight = null; // a message to show once its chat is loaded (a search result)
     this.detailsOpen = false;
     this.readSent = new Map(); // chat id → highest id a read marker was sent for
     this.divider = null; // id after which the "New messages" line goes
@@ -305,6 +306,16 @@ export class View {
     e.older.textContent = t.loading ? 'Loading older messages…' : 'This is the beginning of the chat.';
     if (stick) log.scrollTop = log.scrollHeight;
     else if (anchor?.el.isConnected) log.scrollTop = anchor.el.offsetTop - anchor.top;
+    if (this.highlight != null && t.loaded && !t.loading) {
+      const el = e.items.querySelector(`article[data-id="${this.highlight}"]`);
+      this.highlight = null;
+      if (el) {
+        el.scrollIntoView({ block: 'center' });
+        this.stick = this.atBottom();
+        el.classList.add('flash');
+        setTimeout(() => el.classList.remove('flash'), 2000);
+      }
+    }
     if (this.editing != null) {
       const box = e.items.querySelector('.edit-box textarea');
       if (box && document.activeElement !== box) {
