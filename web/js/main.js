@@ -389,7 +389,11 @@ async function loadNewest(chatId) {
   t.loading = true;
   store.touch(chatId);
   try {
-    store.resetTimeline(chatId, await api.history(chatId, { limit: PAGE }), PAGE);
+    const held = new Set(t.msgs.keys());
+    const page = await api.history(chatId, { limit: PAGE });
+    // Sent or heard while the page was on its way (it may be older than they are).
+    const arrived = [...t.msgs.values()].filter((m) => !held.has(m.id));
+    store.resetTimeline(chatId, page, PAGE, arrived);
   } catch (e) {
     if (e.status === 404) gone(chatId, null);
     else if (e.status) app.view.toast(`Could not load messages: ${e.message}`);

@@ -1,8 +1,9 @@
 // The open chat's log items: day lines, system notes, messages with their
 // tools (reply, react, pin, edit, delete), the quote of what a reply answers,
 // highlighted @mentions, reactions, a pin mark, the "New messages" line, and
-// pending sends. The View
-// (ui.js) places them and keeps the scroll position; these only build them.
+// pending sends. The View (ui.js) places them and keeps the scroll position
+// (and the focus, on the control with the same `data-focus` once an item is
+// redrawn); these only build them.
 //
 // Something new shown with a message (reactions, a reply's quote, mentions,
 // a pin mark) goes into messageEl, and what it depends on into the message's
@@ -11,7 +12,7 @@
 import { h, icon, initials, hue, fmtTime, fmtDay, fmtFull } from './dom.js';
 
 const GROUP_GAP_MS = 5 * 60000;
-export const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
 
 /** Items of the log in order: days, notes, messages, pending sends; each with a
  * key, a signature of what it shows (redrawn when that changes) and a builder. */
@@ -84,8 +85,8 @@ function quoteEl(view, q) {
 
 /** The text, with each @username of a member it mentions highlighted (mine more so). */
 function richText(view, m) {
-  const names = new Map(m.mentions.map((id) => [(view.s.users.get(id)?.username || (id === view.s.me.id ? view.s.me.username : '')).toLowerCase(), id]));
   if (!m.mentions.length) return m.content;
+  const names = new Map(m.mentions.map((id) => [(view.s.users.get(id)?.username || (id === view.s.me.id ? view.s.me.username : '')).toLowerCase(), id]));
   const out = [];
   let at = 0;
   for (const x of m.content.matchAll(/(?<![\p{L}\p{N}_.@-])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/gu)) {
@@ -102,7 +103,7 @@ function reactionsEl(view, m) {
   const chips = (m.reactions || []).map((r) =>
     h(
       'button',
-      { type: 'button', class: r.me ? 'chip you' : 'chip', 'aria-pressed': String(r.me), 'aria-label': `${r.emoji} ${r.count}${r.me ? ', you reacted' : ''}`, onclick: () => view.a.react(m, r.emoji, !r.me) },
+      { type: 'button', class: r.me ? 'chip you' : 'chip', 'data-focus': r.emoji, 'aria-pressed': String(r.me), 'aria-label': `${r.emoji} ${r.count}${r.me ? ', you reacted' : ''}`, onclick: () => view.a.react(m, r.emoji, !r.me) },
       r.emoji,
       h('span', { class: 'n' }, r.count),
     ),
@@ -112,7 +113,7 @@ function reactionsEl(view, m) {
       ? h(
           'div',
           { class: 'picker', role: 'group', 'aria-label': 'Choose a reaction', onkeydown: (ev) => ev.key === 'Escape' && pick(view, m, null) },
-          EMOJI.map((e) => h('button', { type: 'button', 'aria-label': e, onclick: () => (pick(view, m, null), view.a.react(m, e, true)) }, e)),
+          EMOJI.map((e) => h('button', { type: 'button', 'aria-label': e, 'data-focus': 'react', onclick: () => (pick(view, m, null), view.a.react(m, e, true)) }, e)),
         )
       : null;
   return chips.length || picker ? h('div', { class: 'reactions' }, chips, picker) : null;
@@ -120,6 +121,7 @@ function reactionsEl(view, m) {
 
 function pick(view, m, id) {
   view.picking = id;
+  view.focusPicker = id != null;
   view.invalidate(`chat:${m.chatId}`);
 }
 
@@ -165,9 +167,9 @@ function messageEl(view, m, { first, mine, names, canDelete, canPin, isPinned })
   } else if (view.editing !== m.id) {
     tools.append(
       h('button', { type: 'button', 'aria-label': `Reply to ${name}`, title: 'Reply', onclick: () => view.replyTo(m) }, icon('reply')),
-      h('button', { type: 'button', 'aria-label': 'Add reaction', title: 'Add reaction', 'aria-expanded': String(view.picking === m.id), onclick: () => pick(view, m, view.picking === m.id ? null : m.id) }, icon('smile')),
+      h('button', { type: 'button', 'aria-label': 'Add reaction', title: 'Add reaction', 'data-focus': 'react', 'aria-expanded': String(view.picking === m.id), onclick: () => pick(view, m, view.picking === m.id ? null : m.id) }, icon('smile')),
     );
-    if (canPin) tools.append(h('button', { type: 'button', 'aria-label': isPinned ? 'Unpin' : 'Pin', title: isPinned ? 'Unpin' : 'Pin', onclick: () => view.a.pin(m, !isPinned) }, icon('pin')));
+    if (canPin) tools.append(h('button', { type: 'button', 'aria-label': isPinned ? 'Unpin' : 'Pin', 'data-focus': 'pin', title: isPinned ? 'Unpin' : 'Pin', onclick: () => view.a.pin(m, !isPinned) }, icon('pin')));
     if (mine) tools.append(h('button', { type: 'button', 'aria-label': 'Edit', title: 'Edit', onclick: () => ((view.editing = m.id), (view.confirming = null), view.invalidate(`chat:${m.chatId}`)) }, icon('edit')));
     if (canDelete) tools.append(h('button', { type: 'button', 'aria-label': 'Delete', title: 'Delete', onclick: () => ((view.confirming = m.id), view.invalidate(`chat:${m.chatId}`)) }, icon('trash')));
   }

@@ -2,7 +2,7 @@
 // one), its results in place of the chat list; choosing one opens its chat
 // at that message (when it is among the newest loaded).
 
-import { h, $, fill, fmtFull } from './dom.js';
+import { h, $, fill, fmtFull, fmtTime, fmtDay } from './dom.js';
 
 const WAIT_MS = 300;
 
@@ -43,14 +43,16 @@ export function wireSearch(view, search) {
       found.map((m) => {
         const chat = view.s.chats.get(m.chat_id);
         const who = m.sender_id === view.s.me.id ? 'You' : m.sender ? m.sender.display_name || m.sender.username : 'Deleted user';
-        const where = !chat ? 'a chat you left' : chat.isGroup ? view.s.title(chat) : `direct message with ${view.s.title(chat)}`;
+        const where = !chat ? 'a chat you left' : chat.isGroup ? `in ${view.s.title(chat)}` : `direct message with ${view.s.title(chat)}`;
+        const at = new Date(m.created_at);
         return h(
           'li',
           {},
           h(
             'a',
             { class: 'result', href: `#/chat/${m.chat_id}`, onclick: () => ((view.highlight = m.id), close()) },
-            h('span', { class: 'ci-top' }, h('span', { class: 'ci-name' }, `${who} · ${where}`), h('time', { class: 'ci-time', title: fmtFull(new Date(m.created_at)) }, new Date(m.created_at).toLocaleDateString())),
+            h('span', { class: 'ci-top' }, h('span', { class: 'ci-name' }, who), h('time', { class: 'ci-time', title: fmtFull(at) }, fmtDay(at) === 'Today' ? fmtTime(at) : fmtDay(at))),
+            h('span', { class: 'r-where' }, ` ${where} `),
             h('span', { class: 'r-text' }, m.content),
           ),
         );

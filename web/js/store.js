@@ -159,10 +159,12 @@ export class Store {
     this.changed(`chat:${chatId}`);
   }
 
-  /** The newest page, freshly read: replaces what was held (pending sends stay). */
-  resetTimeline(chatId, page, limit) {
+  /** The newest page, freshly read: replaces what was held (pending sends stay, and
+   * `keep`: messages that came in while it was read, which it may not have). */
+  resetTimeline(chatId, page, limit, keep = []) {
     const t = this.timeline(chatId);
     t.msgs.clear();
+    for (const m of keep) if (!t.deleted.has(m.id)) t.msgs.set(m.id, m);
     t.loaded = true;
     t.hasMore = page.length >= limit;
     this.addPage(chatId, page);

@@ -284,6 +284,10 @@ export class View {
         }
       }
     }
+    // A redrawn item takes the focus with it: back to its control of the same data-focus.
+    const act = document.activeElement;
+    const item = act?.dataset.focus && e.items.contains(act) ? act.closest('[data-key]') : null;
+    const keep = item && `[data-key="${item.dataset.key}"] [data-focus="${CSS.escape(act.dataset.focus)}"]`;
     const want = logEntries(this, id);
     const old = new Map([...e.items.children].map((el) => [el.dataset.key, el]));
     want.forEach((w, i) => {
@@ -315,6 +319,11 @@ export class View {
         el.classList.add('flash');
         setTimeout(() => el.classList.remove('flash'), 2000);
       }
+    }
+    if (keep && !e.items.contains(document.activeElement)) e.items.querySelector(keep)?.focus();
+    if (this.focusPicker) {
+      this.focusPicker = false;
+      e.items.querySelector('.picker button')?.focus();
     }
     if (this.editing != null) {
       const box = e.items.querySelector('.edit-box textarea');
