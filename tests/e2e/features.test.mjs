@@ -182,6 +182,12 @@ describe('conversation features', { concurrency: false }, () => {
     await hit.waitFor();
     assert.match(await hit.textContent(), /^Bob Builder.* direct message with Bob Builder .*the boat leaves/);
     await a.screenshot({ path: screenshotPath('search') });
+    // Narrowed to the open chat (the group), it finds nothing.
+    const here = a.getByRole('checkbox', { name: 'Only the open chat' });
+    await here.check();
+    await results.getByText('Nothing found.').waitFor();
+    await here.uncheck();
+    await hit.waitFor();
     await hit.click();
     await a.getByRole('heading', { name: 'Bob Builder' }).waitFor();
     const found = messages(a, 'the boat leaves for zanzibar at dawn');

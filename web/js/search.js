@@ -15,17 +15,21 @@ export function wireSearch(view, search) {
   const info = $('#search-info');
   let timer = null;
   let seq = 0;
+  // Shown with the results (and only with a chat open): what they cover.
+  const show = (text) => {
+    box.hidden = !text;
+    $('#chat-nav').hidden = !!text;
+    only.parentElement.hidden = !text || view.openId == null;
+  };
   const close = () => {
     input.value = '';
-    box.hidden = true;
-    $('#chat-nav').hidden = false;
+    show('');
   };
   const run = async () => {
     clearTimeout(timer);
     const text = input.value.trim();
     const n = ++seq;
-    box.hidden = !text;
-    $('#chat-nav').hidden = !!text;
+    show(text);
     if (!text) return;
     const chatId = only.checked ? view.openId : null;
     info.textContent = 'Searching…';
