@@ -106,6 +106,6 @@ export E2E_SERVER_LOG="$repo/target/e2e-server.log"
 echo "e2e.sh: chatapp at $E2E_BASE_URL, PostgreSQL at $DATABASE_URL" >&2
 cd tests/e2e
 # In the background and waited for, so that a signal runs the cleanup at once.
-node --test --test-concurrency=1 "$@" chat.test.mjs &
+node --test --test-concurrency=1 "$@" ./*.test.mjs &
 test_pid=$!
 wait "$test_pid"

@@ -69,6 +69,7 @@ pub static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
         asset!("js/messages.js", JS),
         asset!("js/details.js", JS),
         asset!("js/newchat.js", JS),
+        asset!("js/search.js", JS),
         asset!("js/dom.js", JS),
     ]
     .into_iter()

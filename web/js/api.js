@@ -67,5 +67,9 @@ export function createApi(token, onUnauthorized) {
     sendMessage: (chat_id, content, client_id) => call('POST', '/messages', { chat_id, content, client_id }),
     editMessage: (id, content) => call('PUT', `/messages/${id}`, { content }),
     deleteMessage: (id) => call('DELETE', `/messages/${id}`),
+    react: (id, emoji, on) => call(on ? 'PUT' : 'DELETE', `/messages/${id}/reactions/${encodeURIComponent(emoji)}`),
+    pins: (chatId) => call('GET', `/chats/${chatId}/pins`),
+    pin: (chatId, id, on) => call(on ? 'PUT' : 'DELETE', `/chats/${chatId}/pins/${id}`),
+    search: (query, chat_id) => call('GET', `/messages/search?${q({ q: query, chat_id, limit: 30 })}`),
   };
 }

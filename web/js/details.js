@@ -1,9 +1,10 @@
 // The open chat's details panel: its name, its people with their presence,
 // and what an admin (or the creator) may do: rename, add, promote, demote,
-// remove, delete; anyone may leave. A new section (pinned messages, say) is
-// another part pushed here, with what it shows added to the signature.
+// remove, delete; anyone may leave; the pinned messages (unpinned by those who
+// may pin). A new section is another part pushed here, with what it shows
+// added to the signature.
 
-import { h, fill, initials, hue, fmtAgo } from './dom.js';
+import { h, fill, initials, hue, fmtAgo, fmtFull } from './dom.js';
 
 /** Shows or hides the panel for the open chat, rebuilding it only when what it shows changed. */
 export function detailsPanel(view) {
@@ -15,7 +16,8 @@ export function detailsPanel(view) {
   if (!show) return (view.detailsSig = null);
   const s = view.s;
   // Rebuilt only when what it shows changed, so focus stays where it is.
-  const sig = JSON.stringify([chat.id, chat.name, chat.creatorId, (chat.members || []).map((m) => [m.user_id, m.is_admin, m.display_name, s.presence.get(m.user_id)?.online])]);
+  const pins = s.pins.get(chat.id);
+  const sig = JSON.stringify([chat.id, chat.name, chat.creatorId, (chat.members || []).map((m) => [m.user_id, m.is_admin, m.display_name, s.presence.get(m.user_id)?.online]), pins]);
   if (sig === view.detailsSig) return;
   view.detailsSig = sig;
   const mine = s.myMembership(chat);
@@ -82,6 +84,25 @@ export function detailsPanel(view) {
         h('button', { type: 'submit', class: 'small' }, 'Add'),
       ),
     );
+  }
+  parts.push(h('h3', {}, `Pinned${pins?.length ? ` (${pins.length})` : ''}`));
+  if (!pins?.length) parts.push(h('p', { class: 'muted' }, pins ? 'No pinned messages.' : 'Loading…'));
+  else {
+    const canPin = !chat.isGroup || admin;
+    const list = h('ul', { class: 'pins', 'aria-label': 'Pinned messages' });
+    for (const p of pins) {
+      list.append(
+        h(
+          'li',
+          { class: 'pinned' },
+          h('span', { class: 'p-name' }, p.displayName || p.username || 'Deleted user'),
+          h('span', { class: 'p-pin-text' }, p.content),
+          h('time', { class: 'p-sub', datetime: p.createdAt.toISOString() }, fmtFull(p.createdAt)),
+          canPin ? h('button', { type: 'button', class: 'small', 'aria-label': `Unpin “${p.content.slice(0, 40)}”`, onclick: () => view.a.pin(p, false) }, 'Unpin') : null,
+        ),
+      );
+    }
+    parts.push(list);
   }
   const zone = h('div', { class: 'danger-zone' });
   zone.append(h('button', { type: 'button', class: 'danger', onclick: () => view.a.leave(chat.id) }, chat.isGroup ? 'Leave chat' : 'Leave conversation'));

@@ -14,6 +14,7 @@ import { Connection } from './socket.js';
 import { Store, normalizeMessage } from './store.js';
 import { View } from './ui.js';
 import { wireNewChat } from './newchat.js';
+import { wireSearch } from './search.js';
 import { $ } from './dom.js';
 import { session, showSignin, flashOnSignin } from './signin.js';
 
@@ -58,6 +59,7 @@ function start() {
   $('#app').hidden = false;
   $('#signout-btn').addEventListener('click', () => signOut(null));
   wireNewChat(createChat);
+  wireSearch(view, (text, chatId) => api.search(text, chatId));
   window.addEventListener('hashchange', route);
   for (const p of store.loadOutbox()) submit(p);
   conn.start();
@@ -82,6 +84,7 @@ function route() {
     const t = store.timeline(chat.id);
     if (!t.loaded && !t.loading) loadNewest(chat.id);
     if (!chat.members) refreshChat(chat.id);
+    if (!store.pins.has(chat.id)) loadPins(chat.id);
   }
 }
 
@@ -91,8 +94,27 @@ const actions = {
   },
   reconnect: () => app.conn.retryNow(),
   typing: (chatId) => app.conn.notify('typing', { chat_id: chatId }),
-  send(chatId, text) {
-    submit(app.store.addPending(chatId, text));
+  send(chatId, text, reply) {
+    const replyTo = reply ? { id: reply.id, sender_id: reply.senderId, content: reply.content.slice(0, 200), deleted: false } : null;
+    submit(app.store.addPending(chatId, text, undefined, undefined, replyTo));
+  },
+  async react(m, emoji, on) {
+    try {
+      // Adding answers with the message as I see it; taking back, with 204.
+      const fresh = await api.react(m.id, emoji, on);
+      if (fresh) app.store.replaceMessage(fresh);
+      else app.store.onReaction({ chat_id: m.chatId, message_id: m.id, user_id: app.store.me.id, emoji }, false);
+    } catch (e) {
+      app.view.toast(`Could not react: ${e.message}`);
+    }
+  },
+  async pin(m, on) {
+    try {
+      await api.pin(m.chatId, m.id, on);
+      await loadPins(m.chatId);
+    } catch (e) {
+      app.view.toast(e.code === 'not_chat_admin' ? 'Only admins can pin messages here.' : `Could not ${on ? 'pin' : 'unpin'}: ${e.message}`);
+    }
   },
   retry(p) {
     p.failed = false;
@@ -196,7 +218,7 @@ const actions = {
 
 /** Queues a send on the socket; it is re-sent with its client_id until acknowledged. */
 function submit(p) {
-  app.conn.sendMessage(p.chatId, p.content, p.clientId).then(
+  app.conn.sendMessage(p.chatId, p.content, p.clientId, p.replyTo?.id).then(
     (ack) => app.store.ackPending(p, ack),
     (err) => {
       if (err.message === 'stopped') return;
@@ -251,6 +273,17 @@ function onFrame(f) {
       return store.onMessageUpdated(p);
     case 'message_deleted':
       return store.onMessageDeleted(p);
+    case 'reaction_added':
+    case 'reaction_removed':
+      return store.onReaction(p, f.type === 'reaction_added');
+    case 'message_pinned':
+      // The frame names the message only: the list (with who pinned it, when) comes over REST.
+      if (store.pins.has(p.chat_id)) loadPins(p.chat_id);
+      return;
+    case 'message_unpinned':
+      store.pinsChanged(p.chat_id, (list) => list.filter((m) => m.id !== p.message_id));
+      if (store.pins.has(p.chat_id)) loadPins(p.chat_id); // and drop an older load still on its way
+      return;
     case 'typing':
       return store.onTyping(p);
     case 'read':
@@ -309,6 +342,7 @@ async function resync() {
       }
       store.replaceChats(list);
       store.loadedOnce = true;
+      store.pins.clear(); // read again when a chat opens
       for (const [id, t] of store.timelines) {
         if (id !== view.openId) {
           t.loaded = false;
@@ -355,13 +389,29 @@ async function loadNewest(chatId) {
   t.loading = true;
   store.touch(chatId);
   try {
-    store.resetTimeline(chatId, await api.history(chatId, { limit: PAGE }), PAGE);
+    const held = new Set(t.msgs.keys());
+    const page = await api.history(chatId, { limit: PAGE });
+    // Sent or heard while the page was on its way (it may be older than they are).
+    const arrived = [...t.msgs.values()].filter((m) => !held.has(m.id));
+    store.resetTimeline(chatId, page, PAGE, arrived);
   } catch (e) {
     if (e.status === 404) gone(chatId, null);
     else if (e.status) app.view.toast(`Could not load messages: ${e.message}`);
   } finally {
     t.loading = false;
     store.touch(chatId);
+  }
+}
+
+const pinLoads = new Map(); // chat id → the latest load's number: an older answer is dropped
+async function loadPins(chatId) {
+  const n = (pinLoads.get(chatId) || 0) + 1;
+  pinLoads.set(chatId, n);
+  try {
+    const list = await api.pins(chatId);
+    if (pinLoads.get(chatId) === n) app.store.setPins(chatId, list);
+  } catch (e) {
+    if (e.status === 404) gone(chatId, null);
   }
 }
 

@@ -90,8 +90,8 @@ export class Connection {
   }
 
   /** Sends a message; resolves with the ack payload. Re-sent with the same client_id until acked. */
-  sendMessage(chat_id, content, client_id) {
-    return this.request('message', { chat_id, content, client_id }, { durable: true }).then((f) => f.payload);
+  sendMessage(chat_id, content, client_id, reply_to_id = null) {
+    return this.request('message', { chat_id, content, client_id, reply_to_id }, { durable: true }).then((f) => f.payload);
   }
 
   /** Reconnects now (the user asked, or the network came back). */

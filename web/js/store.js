@@ -17,7 +17,17 @@ export function normalizeMessage(m) {
     edited: !!m.is_edited,
     clientId: m.client_id ?? null,
     createdAt: new Date(m.created_at ?? m.timestamp ?? Date.now()),
+    replyTo: m.reply_to ?? null, // {id, sender_id, content, deleted}
+    mentions: m.mentions ?? [],
+    // [{emoji, count, me}] from REST; frames carry none (undefined: keep what is held).
+    reactions: m.reactions?.map((r) => ({ ...r })),
   };
+}
+
+/** A message replacing `old`: a frame's copy keeps the reactions (and who is known to have reacted) held. */
+function merged(m, old) {
+  if (m.reactions) return m;
+  return { ...m, reactions: old?.reactions || [], known: old?.known };
 }
 
 function newTimeline() {
@@ -42,6 +52,7 @@ export class Store {
     this.timelines = new Map();
     this.presence = new Map(); // user id → {online, lastSeen}
     this.users = new Map(); // user id → {username, displayName}
+    this.pins = new Map(); // chat id → pinned messages, most recently pinned first (once loaded)
     this.openId = null;
     this.isReading = () => false; // set by the view: is this chat open, visible, scrolled to the end?
     this.subs = new Set();
@@ -90,6 +101,7 @@ export class Store {
     };
     if (fresh) {
       chat.unread = c.unread_count ?? chat.unread;
+      chat.mentions = c.mention_count ?? chat.mentions ?? 0;
       chat.lastReadId = c.last_read_message_id ?? chat.lastReadId;
     }
     if (activity != null) chat.activity = activity;
@@ -110,6 +122,7 @@ export class Store {
   removeChat(id) {
     this.chats.delete(id);
     this.timelines.delete(id);
+    this.pins.delete(id);
     this.changed('chats');
   }
 
@@ -146,10 +159,12 @@ export class Store {
     this.changed(`chat:${chatId}`);
   }
 
-  /** The newest page, freshly read: replaces what was held (pending sends stay). */
-  resetTimeline(chatId, page, limit) {
+  /** The newest page, freshly read: replaces what was held (pending sends stay, and
+   * `keep`: messages that came in while it was read, which it may not have). */
+  resetTimeline(chatId, page, limit, keep = []) {
     const t = this.timeline(chatId);
     t.msgs.clear();
+    for (const m of keep) if (!t.deleted.has(m.id)) t.msgs.set(m.id, m);
     t.loaded = true;
     t.hasMore = page.length >= limit;
     this.addPage(chatId, page);
@@ -191,14 +206,17 @@ export class Store {
     if (t?.deleted.has(m.id)) return;
     const isNew = chat ? m.id > (chat.maxMsgId || 0) : true;
     if (t) {
-      t.msgs.set(m.id, m);
+      t.msgs.set(m.id, merged(m, t.msgs.get(m.id)));
       if (m.clientId) t.pending.delete(m.clientId);
       t.typing.delete(m.senderId);
     }
     if (m.clientId && m.senderId === this.me.id) this.forgetOutbox(m.clientId);
     if (chat && isNew) {
       chat.activity = Date.now();
-      if (m.senderId !== this.me.id && !this.isReading(m.chatId)) chat.unread++;
+      if (m.senderId !== this.me.id && !this.isReading(m.chatId)) {
+        chat.unread++;
+        if (m.mentions.includes(this.me.id)) chat.mentions++;
+      }
     }
     this.setPreview(m.chatId, m);
     this.touch(m.chatId);
@@ -207,7 +225,9 @@ export class Store {
   onMessageUpdated(p) {
     const m = normalizeMessage(p);
     const t = this.timelines.get(m.chatId);
-    if (t?.msgs.has(m.id)) t.msgs.set(m.id, m);
+    if (t?.msgs.has(m.id)) t.msgs.set(m.id, merged(m, t.msgs.get(m.id)));
+    this.quotes(m.chatId, m.id, (q) => ({ ...q, content: m.content.slice(0, 200) }));
+    this.pinsChanged(m.chatId, (list) => list.map((p) => (p.id === m.id ? { ...p, content: m.content, edited: m.edited } : p)));
     const chat = this.chats.get(m.chatId);
     if (chat?.preview?.id === m.id) chat.preview = m;
     this.changed('chats');
@@ -218,6 +238,8 @@ export class Store {
     const t = this.timeline(chat_id);
     t.deleted.add(message_id);
     t.msgs.delete(message_id);
+    this.quotes(chat_id, message_id, (q) => ({ id: q.id, sender_id: null, content: null, deleted: true }));
+    this.pinsChanged(chat_id, (list) => list.filter((p) => p.id !== message_id));
     const chat = this.chats.get(chat_id);
     if (chat?.preview?.id === message_id) {
       const rest = this.sortedMessages(chat_id);
@@ -225,6 +247,61 @@ export class Store {
     }
     this.changed('chats');
     this.touch(chat_id);
+  }
+
+  /** Rewrites the quotes of replies to message `id` (edited or deleted). */
+  quotes(chatId, id, fn) {
+    const t = this.timelines.get(chatId);
+    if (!t) return;
+    for (const [k, m] of t.msgs) if (m.replyTo?.id === id) t.msgs.set(k, { ...m, replyTo: fn(m.replyTo) });
+  }
+
+  /** A reaction frame: applied once per (user, emoji) state change, whatever replays or REST pages came first. */
+  onReaction({ chat_id, message_id, user_id, emoji }, added) {
+    const m = this.timelines.get(chat_id)?.msgs.get(message_id);
+    if (!m) return; // not held: REST brings its counts when it is loaded
+    const list = m.reactions || (m.reactions = []);
+    let r = list.find((x) => x.emoji === emoji);
+    const key = `${user_id} ${emoji}`;
+    m.known ||= new Map(); // "user emoji" → reacted, as the frames since the last REST copy told
+    const had = user_id === this.me.id ? !!r?.me : m.known.get(key);
+    m.known.set(key, added);
+    if (had === added) return;
+    if (added) {
+      if (!r) list.push((r = { emoji, count: 0, me: false }));
+      r.count++;
+    } else if (r) r.count--;
+    if (r && user_id === this.me.id) r.me = added;
+    m.reactions = list.filter((x) => x.count > 0);
+    this.touch(chat_id);
+  }
+
+  /** A REST copy of one message (after my own reaction): the server's counts replace what is held. */
+  replaceMessage(raw) {
+    const m = normalizeMessage(raw);
+    const t = this.timelines.get(m.chatId);
+    if (t?.msgs.has(m.id)) t.msgs.set(m.id, m);
+    this.touch(m.chatId);
+  }
+
+  // ---- pins ----
+
+  setPins(chatId, list) {
+    this.pins.set(chatId, list.map((p) => ({ ...normalizeMessage(p), pinnedAt: new Date(p.pinned_at), pinnedBy: p.pinned_by })));
+    this.changed('details');
+    this.touch(chatId);
+  }
+
+  pinsChanged(chatId, fn) {
+    const list = this.pins.get(chatId);
+    if (!list) return;
+    this.pins.set(chatId, fn(list));
+    this.changed('details');
+    this.touch(chatId);
+  }
+
+  pinnedIds(chatId) {
+    return new Set((this.pins.get(chatId) || []).map((p) => p.id));
   }
 
   onSystem({ chat_id, message, event_id }) {
@@ -258,7 +335,7 @@ export class Store {
       // My marker moved in another tab.
       if (chat && message_id > (chat.lastReadId || 0)) {
         chat.lastReadId = message_id;
-        if (message_id >= (chat.maxMsgId || 0)) chat.unread = 0;
+        if (message_id >= (chat.maxMsgId || 0)) chat.unread = chat.mentions = 0;
         this.changed('chats');
       }
       return;
@@ -269,11 +346,12 @@ export class Store {
   }
 
   /** The server's answer to my read marker. */
-  onReadAck({ chat_id, last_read_message_id, unread_count }) {
+  onReadAck({ chat_id, last_read_message_id, unread_count, mention_count }) {
     const chat = this.chats.get(chat_id);
     if (!chat) return;
     chat.lastReadId = last_read_message_id;
     chat.unread = unread_count;
+    chat.mentions = mention_count ?? 0;
     this.changed('chats');
   }
 
@@ -284,8 +362,8 @@ export class Store {
 
   // ---- the outbox ----
 
-  addPending(chatId, content, clientId = crypto.randomUUID(), createdAt = new Date()) {
-    const p = { clientId, chatId, content, createdAt, failed: false, error: null };
+  addPending(chatId, content, clientId = crypto.randomUUID(), createdAt = new Date(), replyTo = null) {
+    const p = { clientId, chatId, content, createdAt, replyTo, failed: false, error: null };
     this.timeline(chatId).pending.set(clientId, p);
     this.saveOutbox();
     this.touch(chatId);
@@ -313,6 +391,9 @@ export class Store {
         edited: false,
         clientId: p.clientId,
         createdAt: p.createdAt,
+        replyTo: p.replyTo,
+        mentions: [],
+        reactions: [],
       };
       t.msgs.set(m.id, m);
       const chat = this.chats.get(p.chatId);
@@ -345,7 +426,7 @@ export class Store {
     const list = [];
     for (const t of this.timelines.values()) {
       for (const p of t.pending.values()) {
-        if (p.clientId !== without) list.push({ clientId: p.clientId, chatId: p.chatId, content: p.content, createdAt: p.createdAt });
+        if (p.clientId !== without) list.push({ clientId: p.clientId, chatId: p.chatId, content: p.content, createdAt: p.createdAt, replyTo: p.replyTo });
       }
     }
     try {
@@ -359,7 +440,7 @@ export class Store {
   loadOutbox() {
     try {
       const list = JSON.parse(sessionStorage.getItem(this.outboxKey) || '[]');
-      return list.map((p) => this.addPending(p.chatId, p.content, p.clientId, new Date(p.createdAt)));
+      return list.map((p) => this.addPending(p.chatId, p.content, p.clientId, new Date(p.createdAt), p.replyTo));
     } catch {
       return [];
     }

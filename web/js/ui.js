@@ -3,7 +3,7 @@
 // the new-chat dialog in newchat.js. They read the store and call `actions`;
 // nothing here talks to the server directly.
 
-import { h, $, fill, initials, hue, fmtTime, fmtAgo } from './dom.js';
+import { h, $, fill, icon, initials, hue, fmtTime, fmtAgo } from './dom.js';
 import { logEntries } from './messages.js';
 import { detailsPanel } from './details.js';
 
@@ -19,6 +19,9 @@ export class View {
     this.scheduled = false;
     this.editing = null; // message id being edited
     this.confirming = null; // message id asking "delete?"
+    this.picking = null; // message id whose reaction picker is open
+    this.replying = null; // the message the composer answers
+    this.highlight = null; // a message to show once its chat is loaded (a search result)
     this.detailsOpen = false;
     this.readSent = new Map(); // chat id → highest id a read marker was sent for
     this.divider = null; // id after which the "New messages" line goes
@@ -38,6 +41,7 @@ export class View {
       older: $('#older'),
       typing: $('#typing'),
       input: $('#message-input'),
+      replyBar: $('#reply-bar'),
       details: $('#details'),
       detailsBtn: $('#details-btn'),
       conn: $('#conn'),
@@ -66,7 +70,7 @@ export class View {
       if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
         ev.preventDefault();
         this.send();
-      }
+      } else if (ev.key === 'Escape' && this.replying) this.replyTo(null);
     });
     e.input.addEventListener('input', () => {
       // The server forwards one typing signal per person and chat every 2 s: wait that long between them.
@@ -120,6 +124,7 @@ export class View {
     if (d.has('head')) this.renderHead();
     if (d.has('chat')) this.renderChat();
     if (d.has('chat') || d.has('typing')) this.renderTyping();
+    if (d.has('chat')) this.renderReply();
     if (d.has('details')) this.renderDetails();
   }
 
@@ -143,7 +148,8 @@ export class View {
 
   chatLabel(chat) {
     const name = this.s.title(chat);
-    return chat.unread > 0 ? `${name}, ${chat.unread} unread` : name;
+    const n = chat.mentions;
+    return (chat.unread > 0 ? `${name}, ${chat.unread} unread` : name) + (n > 0 ? `, ${n} ${n === 1 ? 'mention' : 'mentions'}` : '');
   }
 
   renderList() {
@@ -199,7 +205,7 @@ export class View {
         'span',
         { class: 'ci-text' },
         h('span', { class: 'ci-top' }, h('span', { class: 'ci-name' }, name), pv ? h('time', { class: 'ci-time' }, fmtTime(pv.createdAt)) : null),
-        h('span', { class: 'ci-bottom' }, h('span', { class: 'ci-preview' }, preview), chat.unread > 0 ? h('span', { class: 'badge' }, chat.unread > 99 ? '99+' : chat.unread) : null),
+        h('span', { class: 'ci-bottom' }, h('span', { class: 'ci-preview' }, preview), chat.mentions > 0 ? h('span', { class: 'badge at', 'aria-hidden': 'true' }, '@') : null, chat.unread > 0 ? h('span', { class: 'badge' }, chat.unread > 99 ? '99+' : chat.unread) : null),
       ),
     );
     return h('li', { 'data-id': chat.id }, a);
@@ -216,7 +222,7 @@ export class View {
     this.els.paneEmpty.hidden = id != null;
     this.els.chat.hidden = id == null;
     if (changed) {
-      this.editing = this.confirming = null;
+      this.editing = this.confirming = this.picking = this.replying = null;
       this.stick = true;
       this.divider = chat && chat.unread > 0 ? chat.lastReadId || 0 : null;
       this.els.items.replaceChildren();
@@ -278,6 +284,10 @@ export class View {
         }
       }
     }
+    // A redrawn item takes the focus with it: back to its control of the same data-focus.
+    const act = document.activeElement;
+    const item = act?.dataset.focus && e.items.contains(act) ? act.closest('[data-key]') : null;
+    const keep = item && `[data-key="${item.dataset.key}"] [data-focus="${CSS.escape(act.dataset.focus)}"]`;
     const want = logEntries(this, id);
     const old = new Map([...e.items.children].map((el) => [el.dataset.key, el]));
     want.forEach((w, i) => {
@@ -300,6 +310,21 @@ export class View {
     e.older.textContent = t.loading ? 'Loading older messages…' : 'This is the beginning of the chat.';
     if (stick) log.scrollTop = log.scrollHeight;
     else if (anchor?.el.isConnected) log.scrollTop = anchor.el.offsetTop - anchor.top;
+    if (this.highlight != null && t.loaded && !t.loading) {
+      const el = e.items.querySelector(`article[data-id="${this.highlight}"]`);
+      this.highlight = null;
+      if (el) {
+        el.scrollIntoView({ block: 'center' });
+        this.stick = this.atBottom();
+        el.classList.add('flash');
+        setTimeout(() => el.classList.remove('flash'), 2000);
+      }
+    }
+    if (keep && !e.items.contains(document.activeElement)) e.items.querySelector(keep)?.focus();
+    if (this.focusPicker) {
+      this.focusPicker = false;
+      e.items.querySelector('.picker button')?.focus();
+    }
     if (this.editing != null) {
       const box = e.items.querySelector('.edit-box textarea');
       if (box && document.activeElement !== box) {
@@ -326,7 +351,32 @@ export class View {
     if (!text || this.openId == null) return;
     this.els.input.value = '';
     this.stick = true;
-    this.a.send(this.openId, text);
+    this.a.send(this.openId, text, this.replying);
+    this.replyTo(null);
+  }
+
+  /** Starts (or, with null, cancels) a reply to message m. */
+  replyTo(m) {
+    this.replying = m;
+    this.renderReply();
+    this.els.input.focus();
+  }
+
+  renderReply() {
+    const m = this.replying;
+    const bar = this.els.replyBar;
+    // The original was deleted meanwhile: nothing to answer any more.
+    if (m && !this.s.timeline(m.chatId).msgs.has(m.id)) this.replying = null;
+    bar.hidden = !this.replying;
+    if (!this.replying) return delete bar.dataset.id;
+    if (bar.dataset.id === String(m.id)) return;
+    bar.dataset.id = m.id;
+    const name = this.s.displayName(m.senderId);
+    fill(
+      bar,
+      h('span', { class: 'r-text' }, h('strong', {}, `Replying to ${name}`), h('span', { class: 'muted' }, m.content.slice(0, 200))),
+      h('button', { type: 'button', class: 'icon-btn', 'aria-label': 'Cancel reply', onclick: () => this.replyTo(null) }, icon('x')),
+    );
   }
 
   /** Moves my read marker to the newest message on screen, while the page is visible. */
