@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { Server, chatEntry, connected, eventually, sleep, launchBrowser, log, messages, openApp, openChat, rest, screenshotPath, send, signUp, uniqueName } from './helpers.mjs';
+import { Server, chatEntry, connected, eventually, sleep, launchBrowser, log, messages, openApp, openChat, rest, screenshotPath, send, signIn, signUp, uniqueName } from './helpers.mjs';
 
 const T = { timeout: 60000 };
 const server = new Server();
@@ -130,6 +130,58 @@ describe('conversation features', { concurrency: false }, () => {
     await chip(b, '🎉 1').waitFor();
     await sleep(300);
     assert.equal(await chip(b, '🎉 1').count(), 1, 'counted once');
+  });
+
+  test('a reaction a REST copy already counts is not counted again when its frame comes after it', T, async () => {
+    const a = alice.page;
+    await send(a, 'count me once');
+    const chatId = Number(/#\/chat\/(\d+)/.exec(a.url())[1]);
+    // Bob in a second tab, whose socket's frames the test can hold back.
+    let toPage = null;
+    let held = null; // frames from the server kept back while set
+    const context = await browser.newContext();
+    context.setDefaultTimeout(15000);
+    await context.routeWebSocket(/\/ws\?/, (ws) => {
+      const upstream = ws.connectToServer();
+      toPage = ws;
+      upstream.onMessage((m) => (held ? held.push(m) : ws.send(m)));
+    });
+    const b = await context.newPage();
+    const errors = [];
+    b.on('pageerror', (e) => errors.push(e));
+    const refetches = [];
+    b.on('request', (r) => /\/api\/v1\/messages\/\d+$/.test(r.url()) && r.method() === 'GET' && refetches.push(r.url()));
+    await b.goto(server.base);
+    await signIn(b, bob.username);
+    await connected(b);
+    await openChat(b, room);
+    await messages(b, 'count me once').waitFor();
+    const [m] = await rest(server.base, 'GET', `/messages/chat/${chatId}?limit=1`, alice.token);
+    assert.equal(m.content, 'count me once');
+    // Alice reacts; her frame reaches Bob's socket and is held there.
+    held = [];
+    await rest(server.base, 'PUT', `/messages/${m.id}/reactions/${encodeURIComponent('👍')}`, alice.token);
+    await eventually(() => held.some((f) => JSON.parse(f).type === 'reaction_added'));
+    // Bob reacts too: the answer is a REST copy of the message that counts Alice's 👍 already.
+    await (await tool(b, 'count me once', 'Add reaction')).click();
+    await messages(b, 'count me once').getByRole('group', { name: 'Choose a reaction' }).getByRole('button', { name: '🎉' }).click();
+    const chip = (name) => messages(b, 'count me once').getByRole('button', { name, exact: true });
+    await chip('👍 1').waitFor();
+    await chip('🎉 1, you reacted').waitFor();
+    // Now the frames (Alice's 👍, then Bob's 🎉) arrive, after the copy.
+    const frames = held;
+    held = null;
+    for (const f of frames) toPage.send(f);
+    await send(a, 'after the reactions');
+    await messages(b, 'after the reactions').waitFor(); // every frame before it is in
+    const chips = () => messages(b, 'count me once').locator('.reactions .chip').evaluateAll((els) => els.map((e) => e.getAttribute('aria-label')));
+    const want = ['👍 1', '🎉 1, you reacted'];
+    await eventually(async () => assert.deepEqual(await chips(), want));
+    await sleep(500);
+    assert.deepEqual(await chips(), want, 'Alice\'s 👍 counted once');
+    assert.equal(refetches.length, 1, 'the message was read again once');
+    await context.close();
+    assert.deepEqual(errors, [], 'no errors in the page');
   });
 
   test('an @mention is highlighted and counted in the chat list of the one mentioned', T, async () => {

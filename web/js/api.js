@@ -64,6 +64,7 @@ export function createApi(token, onUnauthorized) {
     setAdmin: (id, userId, is_admin) => call('PUT', `/chats/${id}/members/${userId}`, { is_admin }),
     markRead: (id, message_id) => call('POST', `/chats/${id}/read`, { message_id }),
     history: (chatId, params) => call('GET', `/messages/chat/${chatId}?${q(params)}`),
+    message: (id) => call('GET', `/messages/${id}`),
     sendMessage: (chat_id, content, client_id) => call('POST', '/messages', { chat_id, content, client_id }),
     editMessage: (id, content) => call('PUT', `/messages/${id}`, { content }),
     deleteMessage: (id) => call('DELETE', `/messages/${id}`),

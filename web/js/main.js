@@ -56,6 +56,8 @@ function start() {
     checkAuth: () => api.me().then(() => true, (e) => (e.status === 401 ? false : null)),
   });
   app = { store, view, conn, resyncing: null, again: false };
+  store.eventId = () => conn.lastEventId;
+  store.fetchMessage = (id) => api.message(id);
   $('#app').hidden = false;
   $('#signout-btn').addEventListener('click', () => signOut(null));
   wireNewChat(createChat);
@@ -99,13 +101,17 @@ const actions = {
     submit(app.store.addPending(chatId, text, undefined, undefined, replyTo));
   },
   async react(m, emoji, on) {
+    const { store } = app;
+    const l0 = store.reading();
     try {
       // Adding answers with the message as I see it; taking back, with 204.
       const fresh = await api.react(m.id, emoji, on);
-      if (fresh) app.store.replaceMessage(fresh);
-      else app.store.onReaction({ chat_id: m.chatId, message_id: m.id, user_id: app.store.me.id, emoji }, false);
+      if (fresh) store.replaceMessage(fresh, l0);
+      else store.onReaction({ chat_id: m.chatId, message_id: m.id, user_id: store.me.id, emoji }, false);
     } catch (e) {
       app.view.toast(`Could not react: ${e.message}`);
+    } finally {
+      store.readDone(l0);
     }
   },
   async pin(m, on) {
@@ -147,13 +153,15 @@ const actions = {
     if (!oldest) return loadNewest(chatId);
     t.loading = true;
     store.touch(chatId);
+    const l0 = store.reading();
     try {
       const page = await api.history(chatId, { limit: PAGE, before_id: oldest.id });
       t.hasMore = page.length >= PAGE;
-      store.addPage(chatId, page);
+      store.addPage(chatId, page, l0);
     } catch (e) {
       app.view.toast(`Could not load older messages: ${e.message}`);
     } finally {
+      store.readDone(l0);
       t.loading = false;
       store.touch(chatId);
     }
@@ -388,16 +396,18 @@ async function loadNewest(chatId) {
   const t = store.timeline(chatId);
   t.loading = true;
   store.touch(chatId);
+  const l0 = store.reading();
   try {
     const held = new Set(t.msgs.keys());
     const page = await api.history(chatId, { limit: PAGE });
     // Sent or heard while the page was on its way (it may be older than they are).
     const arrived = [...t.msgs.values()].filter((m) => !held.has(m.id));
-    store.resetTimeline(chatId, page, PAGE, arrived);
+    store.resetTimeline(chatId, page, PAGE, l0, arrived);
   } catch (e) {
     if (e.status === 404) gone(chatId, null);
     else if (e.status) app.view.toast(`Could not load messages: ${e.message}`);
   } finally {
+    store.readDone(l0);
     t.loading = false;
     store.touch(chatId);
   }

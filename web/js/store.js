@@ -24,10 +24,10 @@ export function normalizeMessage(m) {
   };
 }
 
-/** A message replacing `old`: a frame's copy keeps the reactions (and who is known to have reacted) held. */
+/** A message replacing `old`: a frame's copy keeps the reactions held (and what is known of how current they are). */
 function merged(m, old) {
   if (m.reactions) return m;
-  return { ...m, reactions: old?.reactions || [], known: old?.known };
+  return { ...m, reactions: old?.reactions || [], known: old?.known, l0: old?.l0 };
 }
 
 function newTimeline() {
@@ -57,6 +57,30 @@ export class Store {
     this.isReading = () => false; // set by the view: is this chat open, visible, scrolled to the end?
     this.subs = new Set();
     this.outboxKey = `chatapp.outbox.${me.id}`;
+    // Reactions over REST carry counts, not up to which event: a copy asked for when
+    // the socket had seen up to event L0 counts every event ≤ L0, and maybe some later
+    // ones whose frames are still to come. So each REST copy keeps its L0 (`m.l0`),
+    // and the frames heard while a read is on its way are gone over again once it lands.
+    this.eventId = () => null; // set by main.js: the socket's highest event_id seen
+    this.fetchMessage = null; // set by main.js: GET one message, as I see it
+    this.reads = []; // the L0 of each REST read of messages on its way
+    this.heard = []; // reaction frames heard since the oldest of them was asked for: {p, added}
+    this.fetching = new Set(); // message ids being read again (one request at a time each)
+  }
+
+  /** Before a REST read of messages: its L0, to hand to what stores its answer, then to readDone. */
+  reading() {
+    const l0 = this.eventId() ?? 0;
+    this.reads.push(l0);
+    return l0;
+  }
+
+  /** After its answer is stored (or it failed): frames no read on its way can miss are let go. */
+  readDone(l0) {
+    const i = this.reads.indexOf(l0);
+    if (i >= 0) this.reads.splice(i, 1);
+    const oldest = Math.min(...this.reads);
+    this.heard = this.heard.filter((f) => f.p.event_id > oldest);
   }
 
   on(fn) {
@@ -161,20 +185,21 @@ export class Store {
 
   /** The newest page, freshly read: replaces what was held (pending sends stay, and
    * `keep`: messages that came in while it was read, which it may not have). */
-  resetTimeline(chatId, page, limit, keep = []) {
+  resetTimeline(chatId, page, limit, l0, keep = []) {
     const t = this.timeline(chatId);
     t.msgs.clear();
     for (const m of keep) if (!t.deleted.has(m.id)) t.msgs.set(m.id, m);
     t.loaded = true;
     t.hasMore = page.length >= limit;
-    this.addPage(chatId, page);
+    this.addPage(chatId, page, l0);
   }
 
-  addPage(chatId, page) {
+  /** A page read over REST, asked for at event `l0` (see reading()). */
+  addPage(chatId, page, l0) {
     const t = this.timeline(chatId);
     for (const raw of page) {
       const m = normalizeMessage(raw);
-      if (!t.deleted.has(m.id)) t.msgs.set(m.id, m);
+      this.hold(t, m, l0);
       this.noteUser(m);
     }
     if (page.length) this.setPreview(chatId, normalizeMessage(page[0]));
@@ -256,16 +281,43 @@ export class Store {
     for (const [k, m] of t.msgs) if (m.replyTo?.id === id) t.msgs.set(k, { ...m, replyTo: fn(m.replyTo) });
   }
 
-  /** A reaction frame: applied once per (user, emoji) state change, whatever replays or REST pages came first. */
-  onReaction({ chat_id, message_id, user_id, emoji }, added) {
+  /** A REST copy of a message, asked for at event `l0`, in place of what is held. */
+  hold(t, m, l0) {
+    if (t.deleted.has(m.id)) return;
+    m.l0 = l0;
+    t.msgs.set(m.id, m);
+    // Frames heard since it was asked for may or may not be counted in it: judge them against it.
+    for (const f of this.heard) if (f.p.message_id === m.id && f.p.event_id > l0) this.reacted(f.p, f.added);
+  }
+
+  /** A reaction frame (or my own removal, without event_id, before its frame). */
+  onReaction(p, added) {
+    if (p.event_id != null && this.reads.length) this.heard.push({ p, added });
+    this.reacted(p, added);
+  }
+
+  /** Applies a reaction once per (user, emoji) state change, whatever replays or REST copies came first. */
+  reacted({ chat_id, message_id, user_id, emoji, event_id }, added) {
     const m = this.timelines.get(chat_id)?.msgs.get(message_id);
     if (!m) return; // not held: REST brings its counts when it is loaded
+    if (this.fetching.has(message_id)) return; // being read again: its answer is judged with this frame
+    if (event_id <= m.l0) return; // counted in the REST copy held (false when either is unknown)
     const list = m.reactions || (m.reactions = []);
     let r = list.find((x) => x.emoji === emoji);
-    const key = `${user_id} ${emoji}`;
-    m.known ||= new Map(); // "user emoji" → reacted, as the frames since the last REST copy told
-    const had = user_id === this.me.id ? !!r?.me : m.known.get(key);
-    m.known.set(key, added);
+    m.known ||= new Map(); // emoji → (someone else's id → reacted), as the frames since the REST copy told
+    const users = m.known.get(emoji) || new Map();
+    m.known.set(emoji, users);
+    const mine = user_id === this.me.id;
+    let had = mine ? !!r?.me : users.get(user_id);
+    if (had === undefined) {
+      // Someone else's first frame since the copy, which may count this event or not;
+      // it does not if it counts no one else for that emoji but those that frames since
+      // added (and one built from frames counts frames only). Otherwise, no guess: read it again.
+      const since = [...users.values()].filter(Boolean).length;
+      if (m.l0 !== undefined && r && r.count > (r.me ? 1 : 0) + since) return this.refetch(m);
+      had = false;
+    }
+    if (!mine) users.set(user_id, added);
     if (had === added) return;
     if (added) {
       if (!r) list.push((r = { emoji, count: 0, me: false }));
@@ -276,12 +328,29 @@ export class Store {
     this.touch(chat_id);
   }
 
-  /** A REST copy of one message (after my own reaction): the server's counts replace what is held. */
-  replaceMessage(raw) {
+  /** A REST copy of one message, asked for at event `l0`: the server's counts replace what is held. */
+  replaceMessage(raw, l0) {
     const m = normalizeMessage(raw);
     const t = this.timelines.get(m.chatId);
-    if (t?.msgs.has(m.id)) t.msgs.set(m.id, m);
+    if (t?.msgs.has(m.id)) this.hold(t, m, l0);
     this.touch(m.chatId);
+  }
+
+  /** Reads a message again whose counts a frame left uncertain. One request at a time:
+   * frames heard meanwhile are judged against its answer (and may ask once more). */
+  refetch(m) {
+    if (this.fetching.has(m.id) || !this.fetchMessage) return;
+    this.fetching.add(m.id);
+    const l0 = this.reading();
+    this.fetchMessage(m.id)
+      .then(
+        (raw) => {
+          this.fetching.delete(m.id);
+          this.replaceMessage(raw, l0);
+        },
+        () => this.fetching.delete(m.id), // deleted (its frame follows) or offline: the next frame tries again
+      )
+      .finally(() => this.readDone(l0));
   }
 
   // ---- pins ----
