@@ -2,13 +2,17 @@
 //! Membership changes live in [`members`], read markers in [`read`], who is
 //! online in [`presence`].
 
+mod counts;
 mod create;
 pub mod members;
 pub mod pins;
 mod presence;
 pub mod read;
+mod role;
 
+pub use counts::{mention_count_sql, unread_count_sql};
 pub use create::{check_member_ids, ensure_users_exist};
+pub use role::{Role, lock_role};
 
 use crate::auth::AuthUser;
 use crate::db::Pool;
@@ -69,34 +73,6 @@ pub struct Member {
     /// every member shares.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub online: Option<bool>,
-}
-
-/// SQL (bigint): the unread count of member `user` of chat `chat` whose
-/// read marker is `marker` (SQL expressions): the messages after it that
-/// others sent, counted up to [`UNREAD_COUNT_MAX`]. Chats and read-marker
-/// answers alike count with it.
-pub fn unread_count_sql(chat: &str, user: &str, marker: &str) -> String {
-    format!(
-        "(select count(*) from (select 1 from messages x
-           where x.chat_id = {chat} and x.id > coalesce({marker}, 0)
-             and x.sender_id is distinct from {user}
-           limit {UNREAD_COUNT_MAX}) unread)"
-    )
-}
-
-/// SQL (bigint): the unread mentions of member `user` of chat `chat` whose
-/// read marker is `marker` (SQL expressions): the messages after it that
-/// others sent and that mention them, counted up to [`UNREAD_COUNT_MAX`]
-/// as [`unread_count_sql`] counts. The `mentions` table holds exactly
-/// those (a message's own sender is never in it), so the count is one
-/// index range.
-pub fn mention_count_sql(chat: &str, user: &str, marker: &str) -> String {
-    format!(
-        "(select count(*) from (select 1 from mentions mx
-           where mx.user_id = {user} and mx.chat_id = {chat}
-             and mx.message_id > coalesce({marker}, 0)
-           limit {UNREAD_COUNT_MAX}) mentioned)"
-    )
 }
 
 /// Chat columns as seen by a member, for `Chat::from_row`; `c` is chats, `m`
@@ -258,40 +234,6 @@ pub async fn fetch_members_by_id(
         )
         .await?;
     Ok(rows.iter().map(Member::from_row).collect())
-}
-
-/// The caller's role in a chat, locking the chat row so concurrent membership
-/// changes of one chat run one at a time. `None`: not a member (→ 404).
-pub struct Role {
-    pub is_group: bool,
-    pub is_admin: bool,
-    pub creator_id: Option<i64>,
-    pub name: Option<String>,
-}
-
-pub async fn lock_role(
-    client: &impl GenericClient,
-    chat_id: i64,
-    user_id: i64,
-) -> Result<Role, ApiError> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "select c.is_group, m.is_admin, c.creator_id, c.name
-             from chats c {} where c.id = $1
-             for update of c",
-            join_member("m", "c.id", "$2")
-        )
-    });
-    let row = client
-        .query_opt(SQL.as_str(), &[&chat_id, &user_id])
-        .await?
-        .ok_or(ApiError::ChatNotFound)?;
-    Ok(Role {
-        is_group: row.get(0),
-        is_admin: row.get(1),
-        creator_id: row.get(2),
-        name: row.get(3),
-    })
 }
 
 /// Trims a chat name; groups need 1-100 characters, DMs may have none.

@@ -6,13 +6,12 @@ pub mod mentions;
 pub mod reactions;
 pub mod search;
 mod send;
+mod send_sql;
 pub mod words;
 
 pub use crate::message_json::rfc3339_sql;
-pub use send::{
-    CLIENT_ID_MAX_CHARS, PendingSend, SEND_BATCH_SQL, SEND_SQL, SendQueue, SendRequest, SendSetup,
-    Sent,
-};
+pub use send::{CLIENT_ID_MAX_CHARS, PendingSend, SendQueue, SendRequest, SendSetup, Sent};
+pub use send_sql::{SEND_BATCH_SQL, SEND_SQL};
 
 use crate::auth::AuthUser;
 use crate::db::Pool;

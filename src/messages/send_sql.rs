@@ -1,0 +1,160 @@
+//! The send statements: one send committed on its own, and many committed
+//! together (group commit). Kept apart from the queue that runs them
+//! (`send`): the benchmark's pgbench ceilings run these very strings.
+
+use super::mentions::mentions_sql;
+use crate::events;
+use crate::membership::lock_members;
+use crate::message_json::{
+    MESSAGE_COLUMNS, event_payload_sql, logged_payload_sql, message_json_replying_sql,
+    sent_rest_sql,
+};
+use std::sync::LazyLock;
+
+/// Sends message `$3` with client id `$4` and search vector `$5` (a
+/// `tsvector` literal) from `$2` into chat `$1`, in reply to `$6` (or
+/// null), mentioning the members `$7` names (see `mentions`), in one
+/// statement (one round trip, committed on its own): inserts it if `$2` is
+/// a member, `$6` is null or a message of the chat, and the client id is
+/// new, touches the chat, appends the `message` event and NOTIFYs it;
+/// returns the message (its REST body, id, chat and client id) and
+/// `event_id`, or no row when nothing was inserted.
+///
+/// The sender, chat and membership are locked first (`lock_members`),
+/// before the event_seq row: a deletion or membership change of the chat
+/// holds the chat, then appends its events, so a send taking event_seq
+/// first would deadlock with it. The original of a reply is locked next
+/// (key share: only its deletion and edits wait, and this statement waits
+/// for theirs), so it cannot be deleted or edited between the check and
+/// the commit, and the preview is read from the locked row, the latest
+/// committed version. The event_seq row lock (see `events`) is held only
+/// while PostgreSQL runs and commits this statement, never across a
+/// network round trip. Public so the benchmark's pgbench ceiling runs the
+/// very statement the server runs.
+pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with {locked}, original as (
+             select id, sender_id, content from messages
+             where id = $6 and chat_id = $1
+             for key share
+         ), m as (
+             insert into messages (chat_id, sender_id, content, client_id, search, reply_to_id,
+                                   mentions)
+             select $1, $2, $3, $4, $5::tsvector, $6, {mentions} from locked_members
+             where ($6::bigint is null or exists (select 1 from original))
+             on conflict (sender_id, client_id) where client_id is not null do nothing
+             returning {MESSAGE_COLUMNS}
+         ), b as (
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
+             from m left join users u on u.id = m.sender_id
+         ), touched as (
+             update chats set last_activity_at = now() where id = (select chat_id from m)
+         ), seq as (
+             update event_seq set last_id = last_id + 1 where exists (select 1 from m)
+             returning last_id
+         ), ins as (
+             insert into events (id, chat_id, kind, user_ids, payload)
+             select seq.last_id, b.chat_id, 'message', '{{}}', {logged}
+             from seq, b
+             returning id
+         ), ev as (
+             select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
+                    b.id as message_id, b.reply_to_id, {frame} as frame
+             from ins, b
+         ), sent as (
+             {notify}
+         )
+         select b.id, b.chat_id, b.client_id, {rest}::text as body,
+                (select id from sent) as event_id
+         from b",
+        locked = lock_members("array[$1::int8]", "array[$2::int8]"),
+        mentions = mentions_sql("$7::text", "$1"),
+        body = message_json_replying_sql("m", "u", "original"),
+        logged = logged_payload_sql("b"),
+        frame = frame_from_body_sql("ins.id", "b.body"),
+        notify = events::notify_sql("ev"),
+        rest = sent_rest_sql("b.body"),
+    )
+});
+
+/// [`SEND_SQL`] for many sends at once, committed together: element `n`
+/// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
+/// contents, `$4` client ids, `$5` search vectors, `$6` originals replied
+/// to, `$7` names mentioned is one send. Message ids are drawn in array
+/// order before the insert, so each returned row carries its `n`; messages
+/// and events are numbered in that order. Sends not inserted (not a member,
+/// no such original in the chat, client id reused, even within the batch)
+/// return no row.
+pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "with {locked}, originals as (
+             select id, chat_id, sender_id, content from messages
+             where id = any($6::int8[])
+             for key share
+         ), req as (
+             select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.search,
+                    r.reply_to_id, r.names,
+                    nextval(pg_get_serial_sequence('messages', 'id')) as id
+             from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                         $7::text[])
+                  with ordinality as r (chat_id, sender_id, content, client_id, search,
+                                        reply_to_id, names, n)
+             where (r.chat_id, r.sender_id) in (select chat_id, user_id from locked_members)
+               and (r.reply_to_id is null or exists (
+                   select 1 from originals o where o.id = r.reply_to_id and o.chat_id = r.chat_id))
+             order by r.n
+         ), m as (
+             insert into messages (id, chat_id, sender_id, content, client_id, search,
+                                   reply_to_id, mentions)
+             overriding system value
+             select id, chat_id, sender_id, content, client_id, search::tsvector, reply_to_id,
+                    {mentions}
+             from req order by id
+             on conflict (sender_id, client_id) where client_id is not null do nothing
+             returning {MESSAGE_COLUMNS}
+         ), b as (
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
+             from m left join users u on u.id = m.sender_id
+         ), touched as (
+             update chats set last_activity_at = now() where id in (select chat_id from m)
+         ), seq as (
+             update event_seq set last_id = last_id + (select count(*) from m)
+             where exists (select 1 from m)
+             returning last_id - (select count(*) from m) as base
+         ), ins as (
+             insert into events (id, chat_id, kind, user_ids, payload)
+             select seq.base + row_number() over (order by b.id), b.chat_id, 'message', '{{}}',
+                    {logged}
+             from seq, b
+             order by b.id
+             returning id, (payload->>'message_id')::bigint as message_id
+         ), ev as (
+             select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
+                    b.id as message_id, b.reply_to_id, {frame} as frame
+             from ins join b on b.id = ins.message_id
+         ), sent as (
+             {notify}
+         )
+         select req.n, b.id, b.chat_id, b.client_id, {rest}::text as body, ev.id as event_id
+         from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
+         join req on req.id = b.id",
+        locked = lock_members("$1::int8[]", "$2::int8[]"),
+        mentions = mentions_sql("req.names", "req.chat_id"),
+        body = message_json_replying_sql("m", "u", "originals"),
+        logged = logged_payload_sql("b"),
+        frame = frame_from_body_sql("ins.id", "b.body"),
+        notify = events::notify_sql("ev"),
+        rest = sent_rest_sql("b.body"),
+    )
+});
+
+/// The `message` frame of event `event_id` for the message whose REST body
+/// is `body`: a send builds it from the row it inserts, which the log's
+/// readers (`message_json::message_frame_sql`) cannot see within the statement.
+fn frame_from_body_sql(event_id: &str, body: &str) -> String {
+    format!(
+        "json_build_object('type', 'message', 'payload',
+             {} || jsonb_build_object('event_id', {event_id}))::text",
+        event_payload_sql(body)
+    )
+}
