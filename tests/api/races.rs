@@ -229,11 +229,10 @@ async fn blocking_someone_while_deleting_ones_account_answers_204_or_401() {
     assert_consistent(app).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_naming_a_user_who_is_deleting_their_account_is_created_or_refused_naming_them() {
+/// Each round `creator` creates the chat `body(leaving's id)` describes
+/// while `leaving` deletes their account: created, or refused naming them.
+async fn race_chat_creation(app: &TestApp, what: &str, body: impl Fn(i64) -> Value) {
     // Arrange
-    let app = &spawn_app().await;
-    let friend = &app.register("friend").await;
     let fixtures = arrange(|_| async move {
         let creator = app.register("creator").await;
         let leaving = member_of_groups(app, "leaving", 3).await;
@@ -244,8 +243,7 @@ async fn a_group_naming_a_user_who_is_deleting_their_account_is_created_or_refus
 
     // Act
     for (round, (creator, leaving)) in fixtures.iter().enumerate() {
-        let body = json!({"name": "g", "is_group": true, "member_ids": [friend.id, leaving.id]});
-        let created = app.post("/api/v1/chats", &creator.token, body);
+        let created = app.post("/api/v1/chats", &creator.token, body(leaving.id));
         rounds
             .race(round, app.delete_account(leaving), created)
             .await;
@@ -253,35 +251,31 @@ async fn a_group_naming_a_user_who_is_deleting_their_account_is_created_or_refus
 
     // Assert
     let named: Vec<i64> = fixtures.iter().map(|(_, leaving)| leaving.id).collect();
-    assert_ok_or_unknown("create group", &rounds, &named, 201);
+    assert_ok_or_unknown(what, &rounds, &named, 201);
     assert_consistent(app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dm_with_a_user_who_is_deleting_their_account_is_created_or_refused_naming_them() {
-    // Arrange
+async fn a_group_naming_a_user_who_is_deleting_their_account_is_created_or_refused_naming_them() {
     let app = &spawn_app().await;
-    let fixtures = arrange(|_| async move {
-        let creator = app.register("creator").await;
-        let leaving = member_of_groups(app, "leaving", 3).await;
-        (creator, leaving)
-    })
+    let friend = app.register("friend").await.id;
+    race_chat_creation(
+        app,
+        "create group",
+        |leaving| json!({"name": "g", "is_group": true, "member_ids": [friend, leaving]}),
+    )
     .await;
-    let mut rounds = Rounds::default();
+}
 
-    // Act
-    for (round, (creator, leaving)) in fixtures.iter().enumerate() {
-        let body = json!({"is_group": false, "member_ids": [leaving.id]});
-        let created = app.post("/api/v1/chats", &creator.token, body);
-        rounds
-            .race(round, app.delete_account(leaving), created)
-            .await;
-    }
-
-    // Assert
-    let named: Vec<i64> = fixtures.iter().map(|(_, leaving)| leaving.id).collect();
-    assert_ok_or_unknown("create dm", &rounds, &named, 201);
-    assert_consistent(app).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_with_a_user_who_is_deleting_their_account_is_created_or_refused_naming_them() {
+    let app = &spawn_app().await;
+    race_chat_creation(
+        app,
+        "create dm",
+        |leaving| json!({"is_group": false, "member_ids": [leaving]}),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
