@@ -2,6 +2,7 @@
 //! seeded users and chats, loopback WebSocket clients, percentiles.
 
 use crate::pg;
+use crate::report::Report;
 use chatapp::auth::{TokenKey, issue_token};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -781,4 +782,32 @@ pub async fn settle(frames_seen: &AtomicU64, pid: Option<u32>, max: Duration) ->
         eprintln!("load: the server did not go quiet within {max:?}");
     }
     started.elapsed().saturating_sub(step * 2).as_secs_f64()
+}
+
+/// A request-rate case's figures under `kind`: requests/s, p50 and p99 of
+/// `latencies` (ms).
+pub fn record_requests(
+    report: &mut Report,
+    scenario: &str,
+    case: &str,
+    system: &str,
+    (kind, per_sec): (&str, f64),
+    latencies: Vec<f64>,
+) {
+    let p = Percentiles::new(latencies);
+    let figures = [
+        ("requests/s", "1/s", per_sec),
+        ("p50", "ms", p.at(0.50)),
+        ("p99", "ms", p.at(0.99)),
+    ];
+    for (what, unit, value) in figures {
+        report.add(
+            scenario,
+            case,
+            system,
+            &format!("{kind} {what}"),
+            unit,
+            value,
+        );
+    }
 }

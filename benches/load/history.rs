@@ -8,7 +8,7 @@
 //! walks the 1,000,000-message chat from its newest row.
 
 use crate::common::{
-    Env, Percentiles, Protocol, SEEDED_WORDS_SQL, ServerOpts, connect_db, join, pgbench,
+    Env, Protocol, SEEDED_WORDS_SQL, ServerOpts, connect_db, join, pgbench, record_requests,
     seed_users, seeded_words_match,
 };
 use crate::report::Report;
@@ -96,11 +96,11 @@ pub async fn run(env: &Env, report: &mut Report) {
                     bad == 0,
                     format!("{case} {kind}: every page had {PAGE} messages below its cursor ({bad} did not)"),
                 );
-                record(report, &case, "chatapp", kind, rps, latencies);
+                record_requests(report, SCENARIO, &case, "chatapp", (kind, rps), latencies);
                 let script = write_script(env, chat, reader.id, (lo, hi), deep);
                 let (tps, latencies) =
                     pgbench(&db_url, &script, Protocol::Extended, concurrency, secs);
-                record(report, &case, "pgbench", kind, tps, latencies);
+                record_requests(report, SCENARIO, &case, "pgbench", (kind, tps), latencies);
             }
         }
     }
@@ -126,41 +126,6 @@ pub async fn run(env: &Env, report: &mut Report) {
             }
         }
     }
-}
-
-fn record(
-    report: &mut Report,
-    case: &str,
-    system: &str,
-    kind: &str,
-    per_sec: f64,
-    latencies: Vec<f64>,
-) {
-    let p = Percentiles::new(latencies);
-    report.add(
-        SCENARIO,
-        case,
-        system,
-        &format!("{kind} requests/s"),
-        "1/s",
-        per_sec,
-    );
-    report.add(
-        SCENARIO,
-        case,
-        system,
-        &format!("{kind} p50"),
-        "ms",
-        p.at(0.50),
-    );
-    report.add(
-        SCENARIO,
-        case,
-        system,
-        &format!("{kind} p99"),
-        "ms",
-        p.at(0.99),
-    );
 }
 
 /// `requests` pages fetched by `concurrency` clients; `deep` picks a random

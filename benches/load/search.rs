@@ -40,7 +40,7 @@
 
 use crate::common::{
     Env, Percentiles, Protocol, Rng, SEEDED_WORDS_SQL, ServerOpts, User, connect_db, join, pgbench,
-    seed_users, seeded_words_match,
+    record_requests, seed_users, seeded_words_match,
 };
 use crate::report::Report;
 use std::sync::Arc;
@@ -317,12 +317,12 @@ async fn measure(
         "count",
         outcome.timeouts as f64,
     );
-    record(
+    record_requests(
         report,
+        SCENARIO,
         &label,
         "chatapp",
-        case.name,
-        outcome.per_sec,
+        (case.name, outcome.per_sec),
         outcome.latencies,
     );
     let script = write_script(env, corpus, case);
@@ -333,41 +333,13 @@ async fn measure(
         concurrency,
         secs,
     );
-    record(report, &label, "pgbench", case.name, tps, latencies);
-}
-
-fn record(
-    report: &mut Report,
-    case: &str,
-    system: &str,
-    kind: &str,
-    per_sec: f64,
-    latencies: Vec<f64>,
-) {
-    let p = Percentiles::new(latencies);
-    report.add(
+    record_requests(
+        report,
         SCENARIO,
-        case,
-        system,
-        &format!("{kind} requests/s"),
-        "1/s",
-        per_sec,
-    );
-    report.add(
-        SCENARIO,
-        case,
-        system,
-        &format!("{kind} p50"),
-        "ms",
-        p.at(0.50),
-    );
-    report.add(
-        SCENARIO,
-        case,
-        system,
-        &format!("{kind} p99"),
-        "ms",
-        p.at(0.99),
+        &label,
+        "pgbench",
+        (case.name, tps),
+        latencies,
     );
 }
 

@@ -8,7 +8,6 @@ use crate::helpers::*;
 use crate::send_batches::behind_a_held_commit;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 async fn reply(
     app: &TestApp,
@@ -320,22 +319,7 @@ async fn an_open_change(
 
 /// Waits until some statement waits for a lock, then `commit`s `tx`.
 async fn commit_once_someone_waits(app: &TestApp, tx: tokio_postgres::Client) {
-    let watcher = pg::connect(&app.database_url).await;
-    for _ in 0..400 {
-        let waiting: i64 = watcher
-            .query_one(
-                "select count(*) from pg_stat_activity
-                 where wait_event_type = 'Lock' and datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    pg::until_a_statement_waits_for_a_lock(&app.database_url, 400).await;
     tx.batch_execute("commit").await.unwrap();
 }
 

@@ -21,22 +21,7 @@ pub(crate) async fn behind_a_held_commit<T>(app: &TestApp, sends: impl Future<Ou
         .await
         .unwrap();
     let release = async {
-        let watcher = pg::connect(&app.database_url).await;
-        for _ in 0..200 {
-            let waiting: i64 = watcher
-                .query_one(
-                    "select count(*) from pg_stat_activity
-                     where wait_event_type = 'Lock' and datname = current_database()",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        pg::until_a_statement_waits_for_a_lock(&app.database_url, 200).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         blocker.batch_execute("commit").await.unwrap();
     };

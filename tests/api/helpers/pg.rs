@@ -64,6 +64,27 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 
 /// Terminates the LISTEN connection of every node on the database at `url`
 /// (each reconnects on its own); returns how many were terminated.
+/// Waits (up to `tries` × 25 ms) until some statement of the database at
+/// `url` waits for a lock: a transaction the test holds is then in the way.
+pub async fn until_a_statement_waits_for_a_lock(url: &str, tries: u32) {
+    let watcher = connect(url).await;
+    for _ in 0..tries {
+        let waiting: i64 = watcher
+            .query_one(
+                "select count(*) from pg_stat_activity
+                 where wait_event_type = 'Lock' and datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 pub async fn kill_listeners(url: &str) -> i64 {
     connect(url)
         .await
