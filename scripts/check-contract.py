@@ -321,6 +321,9 @@ def check_copies():
 # by operationId: the operations with a rate limit, and those running bcrypt.
 RATE_LIMITED = {"register", "login", "createChat", "addMembers", "markRead", "sendMessage", "searchMessages"}
 BCRYPT = {"register", "login", "updateUser", "deleteUser"}
+# Operations that answer 503 busy: the password-hashing queue, and the line of
+# WebSocket session starts (ws::admission).
+BUSY = BCRYPT | {"connectWebSocket"}
 # Operations reading a query string (`http::query_map`): NUL and bad escapes are 400.
 READS_QUERY = {"listUsers", "listBlocked", "listChats", "listMembers", "listMessages", "listMentions",
                "searchMessages", "connectWebSocket"}
@@ -393,8 +396,8 @@ def check_openapi_responses():
                         fail(f"openapi {name}: reads a query string but lists no {code}")
             if ("rate_limited" in everything) != (name in RATE_LIMITED):
                 fail(f"openapi {name}: 429 rate_limited listed {'but' if name not in RATE_LIMITED else 'not, but'} the code limits it")
-            if ("busy" in everything) != (name in BCRYPT):
-                fail(f"openapi {name}: 503 busy listed {'but' if name not in BCRYPT else 'not, but'} it runs bcrypt")
+            if ("busy" in everything) != (name in BUSY):
+                fail(f"openapi {name}: 503 busy listed {'but' if name not in BUSY else 'not, but'} it queues (bcrypt or session starts)")
             parameters = [resolved(p) for p in item.get("parameters", []) + op.get("parameters", [])]
             ids = [p for p in parameters if p["in"] == "path" and p["schema"].get("type") == "integer"]
             if ids and "invalid_id" not in everything:

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram>,
     pub ws_open: Gauge,
+    /// Session starts waiting for their turn (`ws::admission`).
+    pub ws_starts_waiting: Gauge,
     pub ws_opened: Counter,
     pub ws_closed: Family<CloseLabels, Counter>,
     pub replays: Family<ReplayLabels, Counter>,
@@ -116,6 +118,7 @@ impl Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency),
             ws_open: Gauge::default(),
+            ws_starts_waiting: Gauge::default(),
             ws_opened: Counter::default(),
             ws_closed: Family::default(),
             replays: Family::default(),
@@ -142,6 +145,11 @@ impl Metrics {
             "ws_connections",
             "WebSocket connections open on this node",
             metrics.ws_open.clone(),
+        );
+        r.register(
+            "ws_session_starts_waiting",
+            "WebSocket session starts waiting for their turn",
+            metrics.ws_starts_waiting.clone(),
         );
         r.register(
             "ws_connections_opened",

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 pub const USAGE: &str =
@@ -596,7 +596,19 @@ pub async fn ws_connect(server: SocketAddr, source: Ipv4Addr, path: &str) -> Res
     client_async_with_config(url, stream, Some(config))
         .await
         .map(|(ws, _)| ws)
-        .map_err(|e| format!("handshake: {e}"))
+        .map_err(|e| match e {
+            // A refusal that says when to come back (503 busy): in the
+            // message, as a close reason would say it.
+            WsError::Http(resp) => match resp.headers().get("retry-after") {
+                Some(secs) => format!(
+                    "handshake: HTTP {}; retry_after_ms={}",
+                    resp.status(),
+                    secs.to_str().unwrap_or("1").parse::<u64>().unwrap_or(1) * 1000
+                ),
+                None => format!("handshake: HTTP {}", resp.status()),
+            },
+            e => format!("handshake: {e}"),
+        })
 }
 
 /// Connects as `user` and waits for `ready`; returns the socket and `last_event_id`.

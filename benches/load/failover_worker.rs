@@ -260,13 +260,28 @@ async fn live(
                     counters.reconnected.fetch_add(1, SeqCst);
                     break ws;
                 }
-                _ => {
+                Ok(Err(refused)) => {
+                    c.record.lock().unwrap().failed_attempts += 1;
+                    attempt += 1;
+                    // Told when to come back (the line of session starts
+                    // ahead): then, spread over half as long again.
+                    wait = told_ms(&refused)
+                        .map(|ms| Duration::from_millis(ms + rng.below(ms / 2 + 1)));
+                }
+                Err(_) => {
                     c.record.lock().unwrap().failed_attempts += 1;
                     attempt += 1;
                 }
             }
         };
     }
+}
+
+/// The `retry_after_ms=N` a refusal or close reason carries.
+fn told_ms(reason: &str) -> Option<u64> {
+    reason
+        .split_once("retry_after_ms=")
+        .and_then(|(_, n)| n.parse().ok())
 }
 
 /// Full jitter: a random time in 0..min(cap, base × 2^attempt).
@@ -284,12 +299,7 @@ async fn read(c: &Client, ws: &mut Ws, since: &mut i64) -> Ended {
         let text = match ws.next().await {
             None | Some(Err(_)) => return Ended::Lost,
             Some(Ok(Message::Close(frame))) => {
-                let retry = frame.and_then(|f| {
-                    f.reason
-                        .as_str()
-                        .split_once("retry_after_ms=")
-                        .and_then(|(_, n)| n.parse().ok())
-                });
+                let retry = frame.and_then(|f| told_ms(f.reason.as_str()));
                 return Ended::Closed(retry);
             }
             Some(Ok(Message::Text(text))) => text,

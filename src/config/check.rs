@@ -256,6 +256,19 @@ impl Config {
             600_000,
         )?;
         check_range("ws.reconnect_spread_ms", ws.reconnect_spread_ms, 0, 600_000)?;
+        check_range("ws.session_starts", ws.session_starts as u64, 1, 1_000)?;
+        check_range(
+            "ws.session_start_queue",
+            ws.session_start_queue as u64,
+            0,
+            1_000_000,
+        )?;
+        check_range(
+            "ws.session_start_wait_ms",
+            ws.session_start_wait_ms,
+            1,
+            600_000,
+        )?;
         Ok(())
     }
 

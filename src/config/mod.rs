@@ -223,6 +223,14 @@ pub struct WsConfig {
     /// A node shutting down tells each client it closes to wait a random
     /// time up to this long before reconnecting.
     pub reconnect_spread_ms: u64,
+    /// Sessions that may start at once (each start reads from the pool); the
+    /// rest wait in line (see `ws::admission`).
+    pub session_starts: usize,
+    /// Starts that may wait in line; one arriving past it is refused 503
+    /// `busy` with the time to wait.
+    pub session_start_queue: usize,
+    /// The longest a start waits in line before it is refused the same way.
+    pub session_start_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -309,6 +317,9 @@ impl Default for WsConfig {
             presence_max_members: 1_000,
             close_flush_timeout_ms: 5_000,
             reconnect_spread_ms: 5_000,
+            session_starts: 8,
+            session_start_queue: 10_000,
+            session_start_wait_ms: 30_000,
         }
     }
 }
@@ -490,6 +501,11 @@ mod tests {
             (
                 "ws:\n  ping_interval_ms: 1000\n  idle_timeout_ms: 500\n",
                 "ws.idle_timeout_ms",
+            ),
+            ("ws:\n  session_starts: 0\n", "ws.session_starts"),
+            (
+                "ws:\n  session_start_wait_ms: 0\n",
+                "ws.session_start_wait_ms",
             ),
         ];
         for (yaml, key) in cases {

@@ -5,6 +5,7 @@
 //! node's [`registry`], whose per-connection queues are drained by one writer
 //! task per socket ([`conn`]). One path serves one node or many.
 
+pub mod admission;
 pub mod close;
 pub mod conn;
 pub mod event;
@@ -24,6 +25,7 @@ use crate::http::{Context, bearer_token, query_map, with};
 use crate::messages::SendQueue;
 use crate::metrics::Metrics;
 use crate::server::ConnSlot;
+use admission::{Admission, Turn};
 use close::SHUTTING_DOWN;
 use conn::Services;
 use registry::{PING_SLICES, Registry};
@@ -58,6 +60,8 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// Whether the node's LISTEN connection is up (for `/readyz`).
     listening: AtomicBool,
+    /// The line session starts wait in (`admission`).
+    admission: Admission,
 }
 
 impl Hub {
@@ -75,6 +79,12 @@ impl Hub {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let admission = Admission::new(
+            config.ws.session_starts,
+            config.ws.session_start_queue,
+            Duration::from_millis(config.ws.session_start_wait_ms),
+            metrics.ws_starts_waiting.clone(),
+        );
         let hub = Arc::new(Hub {
             node_id,
             registry: Registry::new(
@@ -95,6 +105,7 @@ impl Hub {
             sockets_per_user: config.limits.sockets_per_user,
             metrics,
             listening: AtomicBool::new(false),
+            admission,
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
@@ -117,6 +128,11 @@ impl Hub {
 
     fn set_listening(&self, up: bool) {
         self.listening.store(up, Ordering::SeqCst);
+    }
+
+    /// Session starts waiting for their turn (see `admission`).
+    pub fn session_starts_waiting(&self) -> usize {
+        self.admission.waiting()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -162,6 +178,7 @@ impl Hub {
         LiveConnection {
             hub: self.clone(),
             _slot: slot,
+            turn: None,
         }
     }
 
@@ -217,6 +234,15 @@ async fn ping_connections(hub: Arc<Hub>) {
 pub struct LiveConnection {
     hub: Arc<Hub>,
     _slot: Option<ConnSlot>,
+    /// Its turn to start (see `admission`), held until the start's reads are done.
+    turn: Option<Turn>,
+}
+
+impl LiveConnection {
+    /// The turn, for whoever ends the start; dropping it lets the next start go.
+    pub fn take_turn(&mut self) -> Option<Turn> {
+        self.turn.take()
+    }
 }
 
 impl Drop for LiveConnection {
@@ -297,7 +323,16 @@ fn connect(
                 // while the token is checked waits for this socket and closes
                 // it with 1001, instead of racing the HTTP server's own
                 // shutdown for the upgrade.
-                let live = services.hub.connection_opened(slot);
+                let mut live = services.hub.connection_opened(slot);
+                // In line before the token check, the start's first read.
+                live.turn = Some(
+                    services
+                        .hub
+                        .admission
+                        .admit()
+                        .await
+                        .map_err(warp::reject::custom)?,
+                );
                 authorize(&services.hub, &auth, &q, header.as_deref())
                     .await
                     .map(|(user, since)| (services, user, since, live))

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod admission;
 mod auth;
 mod blocking;
 mod caps;

@@ -33,13 +33,13 @@ pub struct Services {
 }
 
 /// Serves one upgraded socket until either side closes it.
-/// `_live` keeps the connection counted until this returns.
+/// `live` keeps the connection counted until this returns.
 pub async fn run(
     socket: WebSocket,
     services: Services,
     user: AuthUser,
     since: Option<i64>,
-    _live: super::LiveConnection,
+    mut live: super::LiveConnection,
 ) {
     let hub = services.hub.clone();
     hub.metrics.ws_opened.inc();
@@ -98,6 +98,7 @@ pub async fn run(
                 user_id: user.id,
                 ready: ready.to_text(None),
                 replay,
+                turn: live.take_turn(),
             };
             let writer = tokio::spawn(writer.run(services.clone(), opening));
             let reader = Reader {

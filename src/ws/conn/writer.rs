@@ -6,6 +6,7 @@
 use super::Services;
 use super::replay::Replay;
 use crate::config::WsConfig;
+use crate::ws::admission::Turn;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
 use crate::ws::presence;
@@ -33,6 +34,8 @@ pub(super) struct Opening {
     pub user_id: i64,
     pub ready: String,
     pub replay: Option<Replay>,
+    /// The start's turn (`ws::admission`): given back once its reads are done.
+    pub turn: Option<Turn>,
 }
 
 /// A writer's view of its connection's kill signal.
@@ -134,6 +137,7 @@ impl Writer {
             user_id,
             ready,
             replay,
+            turn,
         } = opening;
         if !self.send(Message::text(ready)).await? {
             return Ok(false);
@@ -143,7 +147,9 @@ impl Writer {
         let hub = &services.hub;
         let snapshot =
             presence::snapshot_frame(&services.pool, user_id, hub.config.presence_max_members);
-        match snapshot.await {
+        let snapshot = snapshot.await;
+        drop(turn);
+        match snapshot {
             Ok(frame) => {
                 if !self.send(Message::text(frame)).await? {
                     return Ok(false);
