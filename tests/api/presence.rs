@@ -401,3 +401,39 @@ async fn users_of_a_node_that_dies_go_offline_everywhere_and_come_back_when_they
         json!(sorted(vec![alice.id, bob.id]))
     );
 }
+
+#[tokio::test]
+async fn a_presence_change_made_while_the_pool_is_exhausted_still_reaches_the_chat() {
+    // Arrange: a pool of one connection whose wait gives up after a second;
+    // alice and bob share a DM and are both connected.
+    let app = spawn_app_with(|c| {
+        c.database.pool_size = 1;
+        c.database.connect_timeout_secs = 1;
+    })
+    .await;
+    let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
+    app.create_dm(&alice, &bob).await;
+    let (mut watcher, _) = connected(&app, &alice, None).await;
+    await_sessions(&app.database_url, &alice, 1).await;
+    let (bobs_socket, _) = connected(&app, &bob, None).await;
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], true);
+
+    // Act: bob leaves while the pool's only connection is held, and it is
+    // given back only after a wait for it (the presence update's) gave up.
+    let held = app.hub.pool.get().await.unwrap();
+    let timed_out = app.hub.pool.state().statistics.get_timed_out;
+    drop(bobs_socket);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.hub.pool.state().statistics.get_timed_out == timed_out {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing waited for the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+
+    // Assert: alice still hears bob go offline, long before the presence
+    // timeout (45 s) would have reaped his session.
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], false);
+}

@@ -23,7 +23,8 @@ const FAN_OUT_BATCH: usize = 1000;
 pub async fn fan_out(hub: Arc<Hub>, mut frames: mpsc::UnboundedReceiver<(i64, Frame)>) {
     let mut batch = Vec::with_capacity(FAN_OUT_BATCH);
     while frames.recv_many(&mut batch, FAN_OUT_BATCH).await > 0 {
-        if let Err(e) = fan_out_batch(&hub, &batch).await {
+        let sent = super::retried("presence fan-out", || fan_out_batch(&hub, &batch));
+        if let Err(e) = sent.await {
             log::warn!("presence fan-out of {} frames failed: {e:?}", batch.len());
         }
         batch.clear();

@@ -33,6 +33,36 @@ fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
     t.map(crate::support::rfc3339)
 }
 
+/// Attempts a presence batch gets while the database is unreachable or
+/// slow, waiting 250 ms, then twice as long each time, between them.
+const ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` until it succeeds, retrying the failures a moment of
+/// overload causes (the pool's wait timing out, a statement timing out):
+/// a presence change dropped then would leave a user shown online or
+/// offline wrongly until their next change. Each batch is retried before
+/// the next is taken, so changes still apply and arrive in order. Both
+/// kinds of batch may run again whole: a failed update rolled back, and a
+/// failed fan-out sent nothing.
+async fn retried<F, Fut>(what: &str, mut attempt: F) -> Result<(), ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let mut pause = std::time::Duration::from_millis(250);
+    for _ in 1..ATTEMPTS {
+        match attempt().await {
+            Err(e @ (ApiError::DatabaseUnavailable | ApiError::QueryTimeout)) => {
+                log::warn!("{what} failed, retrying in {pause:?}: {e}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            done => return done,
+        }
+    }
+    attempt().await
+}
+
 /// Presence changes applied in one transaction at most. A reconnect storm
 /// (a node restarting under thousands of users) is applied in a few batches
 /// instead of a transaction per user, which could not keep up: users would
@@ -53,7 +83,8 @@ pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceC
             return;
         }
         let (online, offline) = latest_states(batch.drain(..));
-        if let Err(e) = apply(&hub, &online, &offline).await {
+        let applied = retried("presence update", || apply(&hub, &online, &offline));
+        if let Err(e) = applied.await {
             log::warn!(
                 "presence update for {} users failed: {e:?}",
                 online.len() + offline.len()
