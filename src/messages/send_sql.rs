@@ -81,7 +81,10 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
 /// contents, `$4` client ids, `$5` search vectors, `$6` originals replied
 /// to, `$7` names mentioned is one send. Message ids are drawn in array
-/// order before the insert, so each returned row carries its `n`; messages
+/// order before the insert (from the identity column's sequence named as a
+/// `regclass` constant: resolved once when the statement is prepared, where
+/// `pg_get_serial_sequence` would look it up in the catalog for every row),
+/// so each returned row carries its `n`; messages
 /// and events are numbered in that order. Sends not inserted (not a member,
 /// no such original in the chat, client id reused, even within the batch)
 /// return no row.
@@ -94,7 +97,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          ), req as (
              select r.n, r.chat_id, r.sender_id, r.content, r.client_id, r.search,
                     r.reply_to_id, r.names,
-                    nextval(pg_get_serial_sequence('messages', 'id')) as id
+                    nextval('messages_id_seq'::regclass) as id
              from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[],
                          $7::text[])
                   with ordinality as r (chat_id, sender_id, content, client_id, search,
