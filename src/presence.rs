@@ -10,12 +10,20 @@
 //! member of every chat they are in.
 
 /// SQL: whether `viewer` sees `user` online (both SQL expressions).
+///
+/// Asked per user: the session probe is fenced (`offset 0`) so PostgreSQL
+/// looks each user up by the primary key instead of hashing every session
+/// on the cluster first, which it otherwise prefers for a few hundred users
+/// and which made a connection's presence snapshot cost as much as every
+/// online user, not as its peers. Each direction of a block is its own
+/// primary-key (or "blocked by") lookup.
 pub fn online(user: &str, viewer: &str) -> String {
     format!(
-        "(exists (select 1 from presence_sessions seen_s where seen_s.user_id = {user})
+        "(exists (select 1 from presence_sessions seen_s where seen_s.user_id = {user} offset 0)
           and not exists (select 1 from blocks seen_b
-                          where (seen_b.blocker_id = {viewer} and seen_b.blocked_id = {user})
-                             or (seen_b.blocker_id = {user} and seen_b.blocked_id = {viewer})))"
+                          where seen_b.blocker_id = {viewer} and seen_b.blocked_id = {user})
+          and not exists (select 1 from blocks seen_b
+                          where seen_b.blocker_id = {user} and seen_b.blocked_id = {viewer}))"
     )
 }
 
