@@ -15,7 +15,7 @@
 use crate::error::ApiError;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,9 +29,8 @@ pub struct Admission {
     concurrency: usize,
     queue: usize,
     wait: Duration,
-    waiting: AtomicUsize,
-    /// `waiting`, for `/metrics`.
-    gauge: Gauge,
+    /// Starts waiting for a turn (also served on `/metrics`).
+    waiting: Gauge,
     /// Moving average of how long a start holds its turn, in µs.
     held_us: Arc<AtomicU64>,
 }
@@ -60,14 +59,13 @@ impl Drop for Turn {
 }
 
 impl Admission {
-    pub fn new(concurrency: usize, queue: usize, wait: Duration, gauge: Gauge) -> Self {
+    pub fn new(concurrency: usize, queue: usize, wait: Duration, waiting: Gauge) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             queue,
             wait,
-            waiting: AtomicUsize::new(0),
-            gauge,
+            waiting,
             held_us: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -75,9 +73,8 @@ impl Admission {
     /// Waits for a turn to start a session: `Busy` when the line is full or
     /// the wait ran out, with the time the line ahead should take.
     pub async fn admit(&self) -> Result<Turn, ApiError> {
-        let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
-        self.gauge.inc();
-        let _leave = Leave(self);
+        let ahead = self.waiting.inc().max(0) as usize;
+        let _leave = Leave(&self.waiting);
         if ahead >= self.queue {
             return Err(self.busy(ahead));
         }
@@ -88,13 +85,13 @@ impl Admission {
                 held_us: self.held_us.clone(),
             }),
             // The semaphore is never closed; a wait that ran out is refused.
-            _ => Err(self.busy(self.waiting.load(Ordering::Acquire))),
+            _ => Err(self.busy(self.waiting())),
         }
     }
 
     /// How many starts are waiting for a turn now.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.waiting.get().max(0) as usize
     }
 
     fn busy(&self, ahead: usize) -> ApiError {
@@ -107,12 +104,11 @@ impl Admission {
 }
 
 /// Counts a start out of the line however its wait ends.
-struct Leave<'a>(&'a Admission);
+struct Leave<'a>(&'a Gauge);
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.0.gauge.dec();
+        self.0.dec();
     }
 }
 
