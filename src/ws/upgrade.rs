@@ -84,14 +84,16 @@ impl Upgrade {
     }
 }
 
-/// Buffers for one socket: small reads (client frames are small; a larger
-/// frame grows the buffer for itself), writes batched up to 16 KiB. The write
+/// Buffers for one socket: reads of at most 1 KiB into a buffer of that
+/// size, which every connection keeps for its lifetime, idle or not (client
+/// frames are small, a few sit in 1 KiB, and a larger frame grows the buffer
+/// for itself), and writes batched up to 16 KiB. The write
 /// buffer needs no cap: a blocked socket stops the writer task at the next
 /// frame, so at most one frame past 16 KiB is ever buffered, and the
 /// connection's queue limits do the rest.
 pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))

@@ -10,7 +10,7 @@ mod writer;
 use super::Hub;
 use super::close::{ACCOUNT_DELETED, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
 use super::protocol::ServerFrame;
-use super::registry::Activation;
+use super::registry::{Activation, ConnId};
 use super::upgrade::WebSocket;
 use crate::auth::AuthUser;
 use crate::db::Pool;
@@ -18,8 +18,10 @@ use crate::error::ApiError;
 use crate::limits::RateLimits;
 use crate::messages::SendQueue;
 use futures_util::StreamExt;
+use futures_util::stream::SplitStream;
 use reader::Reader;
 use replay::Replay;
+use std::future::Future;
 use std::sync::Arc;
 use writer::{Opening, Writer, close_socket};
 
@@ -33,96 +35,136 @@ pub struct Services {
 }
 
 /// Serves one upgraded socket until either side closes it.
-/// `live` keeps the connection counted until this returns.
-pub async fn run(
+/// `live` keeps the connection counted until the future returned ends.
+pub fn run(
     socket: WebSocket,
     services: Services,
     user: AuthUser,
     since: Option<i64>,
-    mut live: super::LiveConnection,
-) {
-    let hub = services.hub.clone();
+    live: super::LiveConnection,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Split before the future is made: an async fn keeps room for its
+    // arguments for as long as it runs, and this one runs as long as the
+    // connection. For the same reason the one-off steps (opening, closing)
+    // are boxed: a future is as large as its largest await, and a query's
+    // state kept inline would sit in the memory of every idle connection.
+    let (sink, stream) = socket.split();
+    serve(Session {
+        sink,
+        stream,
+        services,
+        user,
+        since,
+        live,
+    })
+}
+
+/// One connection's parts, moved into the task that serves it.
+struct Session {
+    sink: writer::Sink,
+    stream: SplitStream<WebSocket>,
+    services: Services,
+    user: AuthUser,
+    since: Option<i64>,
+    live: super::LiveConnection,
+}
+
+async fn serve(mut session: Session) {
+    let hub = session.services.hub.clone();
     hub.metrics.ws_opened.inc();
     hub.metrics.ws_open.inc();
-    let registration = hub.registry.register(user.id, user.token_version);
+    let user_id = session.user.id;
+    let registration = hub.registry.register(user_id, session.user.token_version);
     let id = registration.id;
     // Authorized before shutdown began but registered after it closed every
     // socket it knew of: close this one the same way.
     if hub.is_shutting_down() {
         hub.registry.kill(id, SHUTTING_DOWN);
     }
-    let (sink, stream) = socket.split();
-    let snapshot = snapshot(&services.pool, user.id).await;
-    // A password change or account deletion committed between the token check
-    // and registration was announced before this socket could hear it.
-    if let Ok(snap) = &snapshot {
-        match snap.token_version {
-            None => hub.registry.kill(id, ACCOUNT_DELETED),
-            Some(v) if v != user.token_version => hub.registry.kill(id, TOKEN_EXPIRED),
-            Some(_) => {}
-        }
-    }
-    match snapshot {
-        Ok(snap) if hub.registry.activate(id, &snap.activation()) => {
-            let in_log = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
-            // Replay follows the snapshot `ready` reports, not membership as of
-            // the replay query: a change committed in between arrives live.
-            let replay = since.filter(|_| in_log).map(|after| Replay {
-                after,
-                upto: snap.last_id,
-                user_id: user.id,
-                chat_ids: snap.chat_ids.clone(),
-            });
-            let replay = match replay {
-                Some(replay) => within_budget(replay, &services).await,
-                None => None,
-            };
-            let recovered = replay.is_some();
-            match &replay {
-                Some(r) if hub.registry.recent().holds_after(r.after) => {
-                    hub.metrics.replay("memory")
-                }
-                Some(_) => hub.metrics.replay("log"),
-                None if since.is_some() => hub.metrics.replay("not_recovered"),
-                None => {}
-            }
-            let ready = ServerFrame::Ready {
-                user_id: user.id,
-                last_event_id: snap.last_id,
-                chat_ids: snap.chat_ids,
-                recovered,
-            };
+    match Box::pin(open(&session, id)).await {
+        Ok(Some((ready, replay))) => {
             let reader_kill = registration.kill.clone();
-            let writer = Writer::new(sink, registration);
+            let writer = Writer::new(session.sink, registration);
             let opening = Opening {
-                user_id: user.id,
-                ready: ready.to_text(None),
+                user_id,
+                ready,
                 replay,
-                turn: live.take_turn(),
+                turn: session.live.take_turn(),
             };
-            let writer = tokio::spawn(writer.run(services.clone(), opening));
+            let writer = tokio::spawn(writer.run(session.services.clone(), opening));
             let reader = Reader {
-                services: &services,
-                user: &user,
+                services: &session.services,
+                user: &session.user,
                 id,
             };
-            reader.run(stream, reader_kill).await;
+            reader.run(session.stream, reader_kill).await;
             hub.registry.unregister(id);
             let _ = writer.await;
         }
-        Ok(_) => {
+        Ok(None) => {
             // Killed (e.g. the account was deleted) before it was ready.
             let reason = (*registration.kill.borrow()).unwrap_or(TOKEN_EXPIRED);
-            close_socket(sink, reason, &hub.config).await;
+            Box::pin(close_socket(session.sink, reason, &hub.config)).await;
             hub.metrics.ws_closed(reason.code.to_string());
         }
         Err(e) => {
             log::warn!("cannot open WebSocket session: {}", crate::error::chain(&e));
             hub.registry.unregister(id);
-            close_socket(sink, UNAVAILABLE, &hub.config).await;
+            Box::pin(close_socket(session.sink, UNAVAILABLE, &hub.config)).await;
             hub.metrics.ws_closed(UNAVAILABLE.code.to_string());
         }
     }
+}
+
+/// Reads the user's snapshot and activates connection `id` with it: the
+/// serialised `ready` frame and the replay due, or `None` when the
+/// connection was killed before it was ready.
+async fn open(session: &Session, id: ConnId) -> Result<Option<(String, Option<Replay>)>, ApiError> {
+    let Session {
+        services,
+        user,
+        since,
+        ..
+    } = session;
+    let hub = &services.hub;
+    let snap = snapshot(&services.pool, user.id).await?;
+    // A password change or account deletion committed between the token check
+    // and registration was announced before this socket could hear it.
+    match snap.token_version {
+        None => hub.registry.kill(id, ACCOUNT_DELETED),
+        Some(v) if v != user.token_version => hub.registry.kill(id, TOKEN_EXPIRED),
+        Some(_) => {}
+    }
+    if !hub.registry.activate(id, &snap.activation()) {
+        return Ok(None);
+    }
+    let in_log = since.is_some_and(|s| s >= snap.pruned_through && s <= snap.last_id);
+    // Replay follows the snapshot `ready` reports, not membership as of
+    // the replay query: a change committed in between arrives live.
+    let replay = since.filter(|_| in_log).map(|after| Replay {
+        after,
+        upto: snap.last_id,
+        user_id: user.id,
+        chat_ids: snap.chat_ids.clone(),
+    });
+    let replay = match replay {
+        Some(replay) => within_budget(replay, services).await,
+        None => None,
+    };
+    let recovered = replay.is_some();
+    match &replay {
+        Some(r) if hub.registry.recent().holds_after(r.after) => hub.metrics.replay("memory"),
+        Some(_) => hub.metrics.replay("log"),
+        None if since.is_some() => hub.metrics.replay("not_recovered"),
+        None => {}
+    }
+    let ready = ServerFrame::Ready {
+        user_id: user.id,
+        last_event_id: snap.last_id,
+        chat_ids: snap.chat_ids,
+        recovered,
+    };
+    Ok(Some((ready.to_text(None), replay)))
 }
 
 /// The replay, if it is within the configured budget (else the client is

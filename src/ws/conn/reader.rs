@@ -104,7 +104,9 @@ impl Reader<'_> {
                         return;
                     }
                     let reply = if let Message::Text(text) = &message {
-                        self.handle_text(text.as_str()).await
+                        // Boxed: the state of the queries a frame may run
+                        // would otherwise sit in every idle connection's task.
+                        Box::pin(self.handle_text(text.as_str())).await
                     } else if message.is_binary() {
                         Err(ServerFrame::Error {
                             code: "invalid_frame",

@@ -102,30 +102,45 @@ impl Writer {
 
     /// Sends `ready` and the presence snapshot, replays, drains the queue;
     /// then closes the socket the way the connection ended.
-    pub(super) async fn run(mut self, services: Services, opening: Opening) {
-        let flush_ms = services.hub.config.close_flush_timeout_ms;
-        let metrics = services.hub.metrics.clone();
-        match self.drive(&services, opening).await {
-            // The reader unregistered: the client went away.
-            Ok(true) => {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(flush_ms), self.sink.close()).await;
-                metrics.ws_closed("client".into());
-            }
-            Ok(false) => {
-                let reason = (*self.kill.reason.borrow()).unwrap_or(IDLE);
-                if reason.drain {
-                    self.drain(flush_ms).await;
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep a second copy of `self`"
+    )]
+    pub(super) fn run(
+        mut self,
+        services: Services,
+        opening: Opening,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        // A block, not an async fn: that would keep a second copy of `self`
+        // (the argument and its binding) for the connection's lifetime.
+        async move {
+            let flush_ms = services.hub.config.close_flush_timeout_ms;
+            let metrics = services.hub.metrics.clone();
+            // Boxed where they run once (see `conn::run`): this task's future
+            // stays the size of the queue loop, not of the opening's queries.
+            match self.drive(&services, opening).await {
+                // The reader unregistered: the client went away.
+                Ok(true) => {
+                    let close =
+                        tokio::time::timeout(Duration::from_millis(flush_ms), self.sink.close());
+                    let _ = Box::pin(close).await;
+                    metrics.ws_closed("client".into());
                 }
-                close_socket(self.sink, reason, &services.hub.config).await;
-                metrics.ws_closed(reason.code.to_string());
-            }
-            // The socket is broken: nothing more can be sent; make sure the
-            // reader stops too, whatever it is waiting for.
-            Err(e) => {
-                log::debug!("WebSocket write failed: {e}");
-                services.hub.registry.kill(self.conn_id, UNAVAILABLE);
-                metrics.ws_closed("error".into());
+                Ok(false) => {
+                    let reason = (*self.kill.reason.borrow()).unwrap_or(IDLE);
+                    if reason.drain {
+                        Box::pin(self.drain(flush_ms)).await;
+                    }
+                    Box::pin(close_socket(self.sink, reason, &services.hub.config)).await;
+                    metrics.ws_closed(reason.code.to_string());
+                }
+                // The socket is broken: nothing more can be sent; make sure the
+                // reader stops too, whatever it is waiting for.
+                Err(e) => {
+                    log::debug!("WebSocket write failed: {e}");
+                    services.hub.registry.kill(self.conn_id, UNAVAILABLE);
+                    metrics.ws_closed("error".into());
+                }
             }
         }
     }
@@ -147,7 +162,7 @@ impl Writer {
         let hub = &services.hub;
         let snapshot =
             presence::snapshot_frame(&services.pool, user_id, hub.config.presence_max_members);
-        let snapshot = snapshot.await;
+        let snapshot = Box::pin(snapshot).await;
         drop(turn);
         match snapshot {
             Ok(frame) => {
@@ -162,7 +177,7 @@ impl Writer {
             }
         }
         if let Some(replay) = replay
-            && !replay.run(self, services).await?
+            && !Box::pin(replay.run(self, services)).await?
         {
             return Ok(false);
         }
