@@ -15,6 +15,7 @@ pub mod presence;
 pub mod protocol;
 pub mod recent;
 pub mod registry;
+pub mod starts;
 pub mod upgrade;
 
 use crate::auth::{Auth, AuthUser};
@@ -30,6 +31,7 @@ use close::SHUTTING_DOWN;
 use conn::Services;
 use registry::{PING_SLICES, Registry};
 use serde::Serialize;
+use starts::StartReads;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,6 +64,8 @@ pub struct Hub {
     listening: AtomicBool,
     /// The line session starts wait in (`admission`).
     admission: Admission,
+    /// What a session start reads, prepared (`starts`).
+    pub starts: StartReads,
 }
 
 impl Hub {
@@ -106,6 +110,7 @@ impl Hub {
             metrics,
             listening: AtomicBool::new(false),
             admission,
+            starts: StartReads::new(&config.database, config.ws.session_starts)?,
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;

@@ -11,6 +11,7 @@ use super::Hub;
 use super::close::{ACCOUNT_DELETED, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
 use super::protocol::ServerFrame;
 use super::registry::{Activation, ConnId};
+use super::starts::{self, StartReads};
 use super::upgrade::WebSocket;
 use crate::auth::AuthUser;
 use crate::db::Pool;
@@ -23,6 +24,7 @@ use reader::Reader;
 use replay::Replay;
 use std::future::Future;
 use std::sync::Arc;
+use tokio_postgres::types::Type;
 use writer::{Opening, Writer, close_socket};
 
 /// What a connection's tasks use.
@@ -127,7 +129,7 @@ async fn open(session: &Session, id: ConnId) -> Result<Option<(String, Option<Re
         ..
     } = session;
     let hub = &services.hub;
-    let snap = snapshot(&services.pool, user.id).await?;
+    let snap = snapshot(&hub.starts, user.id).await?;
     // A password change or account deletion committed between the token check
     // and registration was announced before this socket could hear it.
     match snap.token_version {
@@ -202,20 +204,22 @@ impl Snapshot {
     }
 }
 
+/// SQL: user `$1`'s session snapshot, [`Snapshot`]'s fields in order.
+pub const SESSION_SNAPSHOT_SQL: &str = "select s.last_id, s.pruned_through,
+        array(select chat_id from chat_members where user_id = $1 order by chat_id),
+        (select token_version from users where id = $1),
+        array(select blocked_id from blocks where blocker_id = $1),
+        array(select blocker_id from blocks where blocked_id = $1)
+    from event_seq s";
+pub const SESSION_SNAPSHOT_TYPES: &[Type] = &[Type::INT8];
+
 /// The user's chats as of the latest committed event, read in one statement
 /// (one snapshot): membership changes commit with their events.
-async fn snapshot(pool: &Pool, user_id: i64) -> Result<Snapshot, ApiError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "select s.last_id, s.pruned_through,
-                    array(select chat_id from chat_members where user_id = $1 order by chat_id),
-                    (select token_version from users where id = $1),
-                    array(select blocked_id from blocks where blocker_id = $1),
-                    array(select blocker_id from blocks where blocked_id = $1)
-             from event_seq s",
-            &[&user_id],
-        )
+async fn snapshot(reads: &StartReads, user_id: i64) -> Result<Snapshot, ApiError> {
+    let conn = reads.get().await?;
+    let row = conn
+        .client
+        .query_one(&conn.statements[starts::SESSION], &[&user_id])
         .await?;
     Ok(Snapshot {
         last_id: row.get(0),

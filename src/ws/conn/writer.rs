@@ -161,7 +161,7 @@ impl Writer {
         // queued, so the live presence frames queued meanwhile follow it.
         let hub = &services.hub;
         let snapshot =
-            presence::snapshot_frame(&services.pool, user_id, hub.config.presence_max_members);
+            presence::snapshot_frame(&hub.starts, user_id, hub.config.presence_max_members);
         let snapshot = Box::pin(snapshot).await;
         drop(turn);
         match snapshot {

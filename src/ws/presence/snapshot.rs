@@ -9,10 +9,10 @@
 //! on each user is always the latest.
 
 use super::rfc3339;
-use crate::db::Pool;
 use crate::error::ApiError;
 use crate::presence::{online, shares_presence};
 use crate::ws::protocol::{PresenceState, ServerFrame};
+use crate::ws::starts::{self, StartReads};
 use std::sync::LazyLock;
 use tokio_postgres::types::Type;
 
@@ -28,7 +28,7 @@ const SNAPSHOT_MEMBERSHIPS: i64 = 10_000;
 /// SQL: user `$1`'s peers in their chats of at most `$2` members, within
 /// `$3` memberships, at most `$4` of them: `(id, online, last_seen,
 /// chats_left_out)`; one row with a null id when there are none.
-static SQL: LazyLock<String> = LazyLock::new(|| {
+pub static PRESENCE_SNAPSHOT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with mine as (
              select c.id,
@@ -55,26 +55,29 @@ static SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+pub const PRESENCE_SNAPSHOT_TYPES: &[Type] = &[Type::INT8; 4];
+
 /// The `presence_snapshot` frame for user `user_id`, `max_members` being
 /// `ws.presence_max_members`.
 pub async fn snapshot_frame(
-    pool: &Pool,
+    reads: &StartReads,
     user_id: i64,
     max_members: usize,
 ) -> Result<String, ApiError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query_typed(
-            &SQL,
+    let conn = reads.get().await?;
+    let rows = conn
+        .client
+        .query(
+            &conn.statements[starts::PRESENCE],
             &[
-                (&user_id, Type::INT8),
-                (&(max_members as i64), Type::INT8),
-                (&SNAPSHOT_MEMBERSHIPS, Type::INT8),
-                (&(SNAPSHOT_USERS + 1), Type::INT8),
+                &user_id,
+                &(max_members as i64),
+                &SNAPSHOT_MEMBERSHIPS,
+                &(SNAPSHOT_USERS + 1),
             ],
         )
         .await?;
-    drop(client);
+    drop(conn);
     let left_out = rows.first().is_some_and(|r| r.get::<_, bool>(3));
     let mut users: Vec<PresenceState> = rows
         .iter()
