@@ -8,7 +8,9 @@
 //! reconnect storm is nothing but starts). Prepared here, they are planned
 //! once per connection. There is one connection per turn of the start line
 //! (`ws.session_starts`, see `admission`), since no more starts than that
-//! read at once; starts take them in turn and pipeline on them.
+//! read at once, but no more than the pool has (a line set wider than the
+//! pool did not get more connections from it either); each read takes the
+//! one with the fewest reads under way, pipelining behind them.
 
 use crate::config::DatabaseConfig;
 use crate::db::{Pipeline, Pipelined};
@@ -21,17 +23,36 @@ pub const SESSION: usize = 0;
 /// Index of the presence snapshot in [`Pipelined::statements`].
 pub const PRESENCE: usize = 1;
 
+/// A node's connections for session starts, each with a count of the reads
+/// under way on it.
 pub struct StartReads {
-    connections: Vec<Pipeline>,
-    next: AtomicUsize,
+    connections: Vec<(Pipeline, AtomicUsize)>,
+}
+
+/// A connection lent to one read, with its statements prepared
+/// ([`SESSION`], [`PRESENCE`]); counted as busy until dropped.
+pub struct StartConnection<'a> {
+    pub conn: Arc<Pipelined>,
+    _busy: Busy<'a>,
+}
+
+/// One read under way on a connection.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl StartReads {
-    /// `connections` connections (connected when first used).
+    /// One connection per turn of a line of `session_starts`, at most the
+    /// pool's size (connected when first used).
     pub fn new(
         database: &DatabaseConfig,
-        connections: usize,
+        session_starts: usize,
     ) -> Result<StartReads, tokio_postgres::Error> {
+        let connections = session_starts.min(database.pool_size as usize);
         let statements = vec![
             (
                 super::conn::SESSION_SNAPSHOT_SQL,
@@ -43,18 +64,95 @@ impl StartReads {
             ),
         ];
         let connections = (0..connections.max(1))
-            .map(|_| Pipeline::new(database, statements.clone()))
-            .collect::<Result<_, _>>()?;
-        Ok(StartReads {
-            connections,
-            next: AtomicUsize::new(0),
+            .map(|_| {
+                Ok((
+                    Pipeline::new(database, statements.clone())?,
+                    AtomicUsize::new(0),
+                ))
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        Ok(StartReads { connections })
+    }
+
+    /// The connection with the fewest reads under way: a read queued behind
+    /// a large presence snapshot would wait for it while another connection
+    /// sat idle.
+    pub async fn get(&self) -> Result<StartConnection<'_>, ApiError> {
+        let (pipeline, busy) = self.least_busy();
+        Ok(StartConnection {
+            conn: pipeline.get().await?,
+            _busy: busy,
         })
     }
 
-    /// The next connection in turn, with the statements prepared
-    /// ([`SESSION`], [`PRESENCE`]).
-    pub async fn get(&self) -> Result<Arc<Pipelined>, ApiError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        self.connections[i].get().await
+    fn least_busy(&self) -> (&Pipeline, Busy<'_>) {
+        let (pipeline, busy) = self
+            .connections
+            .iter()
+            .min_by_key(|(_, busy)| busy.load(Ordering::Relaxed))
+            .expect("at least one connection");
+        busy.fetch_add(1, Ordering::Relaxed);
+        (pipeline, Busy(busy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads(session_starts: usize, pool_size: u32) -> StartReads {
+        let database = DatabaseConfig {
+            url: "postgres://nobody@127.0.0.1:1/none".into(),
+            pool_size,
+            ..DatabaseConfig::default()
+        };
+        StartReads::new(&database, session_starts).unwrap()
+    }
+
+    fn index(reads: &StartReads, pipeline: &Pipeline) -> usize {
+        let index = reads
+            .connections
+            .iter()
+            .position(|(p, _)| std::ptr::eq(p, pipeline));
+        index.unwrap()
+    }
+
+    #[test]
+    fn a_read_takes_the_connection_with_the_fewest_reads_under_way() {
+        let reads = reads(3, 16);
+
+        let (a, _busy_a) = reads.least_busy();
+        let (b, busy_b) = reads.least_busy();
+        let (c, _busy_c) = reads.least_busy();
+        let (a, b, c) = (index(&reads, a), index(&reads, b), index(&reads, c));
+        drop(busy_b);
+        let (next, _busy_next) = reads.least_busy();
+
+        assert_eq!(
+            [a, b, c]
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
+        assert_eq!(index(&reads, next), b, "the connection freed is taken next");
+    }
+
+    #[test]
+    fn there_is_one_connection_per_turn_and_no_more_than_the_pool_has() {
+        assert_eq!(reads(8, 16).connections.len(), 8);
+        assert_eq!(reads(64, 16).connections.len(), 16);
+    }
+
+    #[test]
+    fn there_is_at_least_one_connection() {
+        let reads = reads(0, 16);
+
+        let (_, first) = reads.least_busy();
+        let (_, second) = reads.least_busy();
+
+        assert_eq!(reads.connections.len(), 1);
+        drop((first, second));
+        assert_eq!(reads.connections[0].1.load(Ordering::Relaxed), 0);
     }
 }

@@ -216,10 +216,11 @@ pub const SESSION_SNAPSHOT_TYPES: &[Type] = &[Type::INT8];
 /// The user's chats as of the latest committed event, read in one statement
 /// (one snapshot): membership changes commit with their events.
 async fn snapshot(reads: &StartReads, user_id: i64) -> Result<Snapshot, ApiError> {
-    let conn = reads.get().await?;
-    let row = conn
+    let lent = reads.get().await?;
+    let row = lent
+        .conn
         .client
-        .query_one(&conn.statements[starts::SESSION], &[&user_id])
+        .query_one(&lent.conn.statements[starts::SESSION], &[&user_id])
         .await?;
     Ok(Snapshot {
         last_id: row.get(0),

@@ -64,11 +64,12 @@ pub async fn snapshot_frame(
     user_id: i64,
     max_members: usize,
 ) -> Result<String, ApiError> {
-    let conn = reads.get().await?;
-    let rows = conn
+    let lent = reads.get().await?;
+    let rows = lent
+        .conn
         .client
         .query(
-            &conn.statements[starts::PRESENCE],
+            &lent.conn.statements[starts::PRESENCE],
             &[
                 &user_id,
                 &(max_members as i64),
@@ -77,7 +78,7 @@ pub async fn snapshot_frame(
             ],
         )
         .await?;
-    drop(conn);
+    drop(lent);
     let left_out = rows.first().is_some_and(|r| r.get::<_, bool>(3));
     let mut users: Vec<PresenceState> = rows
         .iter()
