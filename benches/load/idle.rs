@@ -121,7 +121,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                 &format!("{case} server KiB per idle connection"),
                 kib,
                 "<=",
-                16.0,
+                10.0,
             );
         }
         let metric = rtt_metric(&p, "p99");
