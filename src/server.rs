@@ -267,7 +267,7 @@ impl Connection {
             let (service, observer) = (service.clone(), observer.clone());
             async move { observer.serve(service, request).await }
         });
-        let io = TokioIo::new(HeadDeadline::new(stream, head_timeout));
+        let io: ServerIo = TokioIo::new(HeadDeadline::new(stream, head_timeout));
         let connection = http.serve_connection(io, service).with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
@@ -301,6 +301,10 @@ enum HeadState {
     Upgraded,
 }
 
+/// The I/O an accepted connection is served over: what a WebSocket upgrade
+/// finds under hyper's `Upgraded`.
+pub type ServerIo = TokioIo<HeadDeadline<TcpStream>>;
+
 /// A connection's I/O with a deadline on each request head, counted from
 /// its first byte: a client trickling a header a byte at a time is cut off
 /// instead of holding its connection forever.
@@ -317,6 +321,11 @@ impl<T> HeadDeadline<T> {
             timeout,
             state: HeadState::Idle,
         }
+    }
+
+    /// The I/O without the deadline, for a connection no longer speaking HTTP.
+    pub fn into_inner(self) -> T {
+        self.io
     }
 
     /// Follows the head's bytes: starts the deadline at the first one,

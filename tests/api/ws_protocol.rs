@@ -820,6 +820,55 @@ async fn ping_gets_pong_with_ref() {
 }
 
 #[tokio::test]
+async fn a_websocket_ping_is_answered_with_a_pong_of_the_same_bytes_in_order_with_frames() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+    ws.next_of_type("presence_snapshot").await;
+    let payloads: [&[u8]; 3] = [b"", b"hello", &[0, 0xff, 0x80, b'x']];
+
+    // Act: pings (one payload not UTF-8) around a JSON ping.
+    for payload in payloads {
+        ws.stream
+            .send(Message::Ping(payload.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    ws.send_json(json!({"type": "ping", "ref": "after"})).await;
+
+    // Assert: a pong per ping, each with its ping's bytes, before the reply
+    // to the frame sent after them.
+    let mut pongs = Vec::new();
+    let reply = loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(Duration::from_secs(5), ws.stream.next()).await {
+            Ok(Some(Ok(Message::Pong(bytes)))) => pongs.push(bytes.to_vec()),
+            Ok(Some(Ok(Message::Text(text)))) => break crate::helpers::ws::server_frame(&text),
+            other => panic!("expected pongs then a reply, got {other:?}"),
+        }
+    };
+    assert_eq!(pongs, payloads.map(<[u8]>::to_vec));
+    assert_eq!(reply["ref"], "after", "{reply}");
+}
+
+#[tokio::test]
+async fn a_client_that_closes_gets_a_close_frame_back() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let mut ws = app.connect_ws(&alice, None).await;
+    ws.next_of_type("ready").await;
+
+    // Act
+    ws.stream.close(None).await.unwrap();
+
+    // Assert: the server answers the closing handshake, then the stream ends.
+    assert_eq!(ws.closed().await, Closed::Code(1000));
+}
+
+#[tokio::test]
 async fn invalid_frames_get_an_error_frame_and_the_connection_stays_open() {
     // Arrange
     let app = spawn_app().await;

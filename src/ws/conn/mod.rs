@@ -5,6 +5,7 @@
 
 mod reader;
 mod replay;
+mod wire;
 mod writer;
 
 use super::Hub;
@@ -12,19 +13,19 @@ use super::close::{ACCOUNT_DELETED, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
 use super::protocol::ServerFrame;
 use super::registry::{Activation, ConnId};
 use super::starts::{self, StartReads};
-use super::upgrade::WebSocket;
+use super::upgrade::{ReadSide, Socket};
 use crate::auth::AuthUser;
 use crate::db::Pool;
 use crate::error::ApiError;
 use crate::limits::RateLimits;
 use crate::messages::SendQueue;
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
 use reader::Reader;
 use replay::Replay;
 use std::future::Future;
 use std::sync::Arc;
 use tokio_postgres::types::Type;
+use tokio_tungstenite::WebSocketStream;
+use wire::Out;
 use writer::{Opening, Writer, close_socket};
 
 /// What a connection's tasks use.
@@ -39,21 +40,20 @@ pub struct Services {
 /// Serves one upgraded socket until either side closes it.
 /// `live` keeps the connection counted until the future returned ends.
 pub fn run(
-    socket: WebSocket,
+    socket: Socket,
     services: Services,
     user: AuthUser,
     since: Option<i64>,
     live: super::LiveConnection,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Split before the future is made: an async fn keeps room for its
+    // Taken apart before the future is made: an async fn keeps room for its
     // arguments for as long as it runs, and this one runs as long as the
     // connection. For the same reason the one-off steps (opening, closing)
     // are boxed: a future is as large as its largest await, and a query's
     // state kept inline would sit in the memory of every idle connection.
-    let (sink, stream) = socket.split();
     serve(Session {
-        sink,
-        stream,
+        sink: Out::new(socket.write),
+        stream: socket.read,
         services,
         user,
         since,
@@ -64,7 +64,7 @@ pub fn run(
 /// One connection's parts, moved into the task that serves it.
 struct Session {
     sink: writer::Sink,
-    stream: SplitStream<WebSocket>,
+    stream: WebSocketStream<ReadSide>,
     services: Services,
     user: AuthUser,
     since: Option<i64>,

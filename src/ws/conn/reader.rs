@@ -3,6 +3,7 @@
 //! bad-frame limit.
 
 use super::Services;
+use super::wire;
 use super::writer::killed;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -14,14 +15,15 @@ use crate::ws::close::{CloseReason, GARBAGE, IDLE, TOKEN_EXPIRED, TOO_BIG};
 use crate::ws::event::Frame;
 use crate::ws::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use crate::ws::registry::ConnId;
-use crate::ws::upgrade::WebSocket;
+use crate::ws::upgrade::ReadSide;
 use futures_util::future::{self, BoxFuture};
-use futures_util::stream::{FuturesOrdered, SplitStream};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Bad frames tolerated per window before the client is closed with 1008.
@@ -55,7 +57,7 @@ impl Reader<'_> {
     /// Reads until the client goes away or the connection is closed.
     pub(super) async fn run(
         &self,
-        mut stream: SplitStream<WebSocket>,
+        mut stream: WebSocketStream<ReadSide>,
         kill: watch::Receiver<Option<CloseReason>>,
     ) {
         let hub = &self.services.hub;
@@ -103,7 +105,11 @@ impl Reader<'_> {
                     if message.is_close() {
                         return;
                     }
-                    let reply = if let Message::Text(text) = &message {
+                    let reply = if let Message::Ping(payload) = &message {
+                        // Answered through the queue: the writer owns the socket.
+                        hub.registry.send_to(self.id, wire::pong(payload));
+                        continue;
+                    } else if let Message::Text(text) = &message {
                         // Boxed: the state of the queries a frame may run
                         // would otherwise sit in every idle connection's task.
                         Box::pin(self.handle_text(text.as_str())).await
@@ -115,7 +121,7 @@ impl Reader<'_> {
                             retry_after_ms: None,
                         })
                     } else {
-                        continue; // ping/pong: the idle deadline already moved.
+                        continue; // a pong: the idle deadline already moved.
                     };
                     let reply = match reply {
                         Ok(Some(reply)) => reply,

@@ -12,7 +12,6 @@ use crate::ws::close::UNAVAILABLE;
 use crate::ws::event::{Event, Frame};
 use std::sync::LazyLock;
 use tokio_postgres::types::Type;
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// Frames read and sent at a time.
 const REPLAY_PAGE: i64 = 500;
@@ -57,7 +56,7 @@ impl Replay {
         mut self,
         writer: &mut Writer,
         services: &Services,
-    ) -> Result<bool, WsError> {
+    ) -> std::io::Result<bool> {
         let registry = &services.hub.registry;
         while self.after < self.upto {
             let wanted = |e: &Event| e.replayed_to(self.user_id, &self.chat_ids);

@@ -5,27 +5,25 @@
 
 use super::Services;
 use super::replay::Replay;
+use super::wire::Out;
 use crate::config::WsConfig;
 use crate::ws::admission::Turn;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
 use crate::ws::presence;
 use crate::ws::registry::{ConnId, Registration};
-use crate::ws::upgrade::WebSocket;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::SplitSink;
-use futures_util::{FutureExt, SinkExt};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
-pub(super) type Sink = SplitSink<WebSocket, Message>;
+pub(super) type Sink = Out<OwnedWriteHalf>;
 
-/// Queued frames written per flush: one syscall carries a burst.
+/// Queued frames written together: one `writev` carries a burst.
 const WRITE_BATCH: usize = 64;
 
 /// What a connection is sent before its queue: `ready` (serialised), the
@@ -121,8 +119,8 @@ impl Writer {
             match self.drive(&services, opening).await {
                 // The reader unregistered: the client went away.
                 Ok(true) => {
-                    let close =
-                        tokio::time::timeout(Duration::from_millis(flush_ms), self.sink.close());
+                    let close = self.sink.close(NORMAL_CLOSE, "");
+                    let close = tokio::time::timeout(Duration::from_millis(flush_ms), close);
                     let _ = Box::pin(close).await;
                     metrics.ws_closed("client".into());
                 }
@@ -147,14 +145,14 @@ impl Writer {
 
     /// The writer's work; `Ok(true)` when the reader unregistered,
     /// `Ok(false)` when killed.
-    async fn drive(&mut self, services: &Services, opening: Opening) -> Result<bool, WsError> {
+    async fn drive(&mut self, services: &Services, opening: Opening) -> io::Result<bool> {
         let Opening {
             user_id,
             ready,
             replay,
             turn,
         } = opening;
-        if !self.send(Message::text(ready)).await? {
+        if !self.send(ready).await? {
             return Ok(false);
         }
         // After `ready`, so that is not delayed by the read; before anything
@@ -166,7 +164,7 @@ impl Writer {
         drop(turn);
         match snapshot {
             Ok(frame) => {
-                if !self.send(Message::text(frame)).await? {
+                if !self.send(frame).await? {
                     return Ok(false);
                 }
             }
@@ -206,9 +204,9 @@ impl Writer {
     }
 
     /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`])
-    /// with one flush, unless the connection is killed meanwhile: then the
-    /// frames taken but not written are left in `unsent`.
-    async fn send_queued(&mut self, first: Frame) -> Result<bool, WsError> {
+    /// together, unless the connection is killed meanwhile: then the frames
+    /// taken but not begun are left in `unsent`.
+    async fn send_queued(&mut self, first: Frame) -> io::Result<bool> {
         self.batch.push(first);
         self.take_queued();
         // Let the other woken writers (and the dispatcher) run once before
@@ -225,26 +223,12 @@ impl Writer {
             self.unsent.append(&mut self.batch);
             return Ok(false);
         }
-        let mut fed = 0;
-        let sink = &mut self.sink;
-        let batch = &self.batch;
-        let write = async {
-            for frame in batch.iter() {
-                sink.feed(message_of(frame.clone())).await?;
-                fed += 1;
-            }
-            sink.flush().await
-        };
-        let written = tokio::select! {
-            biased;
-            result = write => result.map(|_| true),
-            _ = &mut self.kill.signal => Ok(false),
-        };
-        if let Ok(false) = written {
-            self.unsent.extend(self.batch.drain(fed..));
+        let written = write_unless_killed(&mut self.sink, &mut self.kill, &self.batch).await;
+        if let Ok(Some(begun)) = written {
+            self.unsent.extend(self.batch.drain(begun..));
         }
         self.batch.clear();
-        written
+        written.map(|killed| killed.is_none())
     }
 
     fn take_queued(&mut self) {
@@ -255,38 +239,26 @@ impl Writer {
         }
     }
 
-    /// Sends one message unless the connection is killed meanwhile (a client
-    /// that stopped reading blocks the send; the kill must still get through).
-    async fn send(&mut self, message: Message) -> Result<bool, WsError> {
+    /// Sends one frame unless the connection is killed meanwhile.
+    async fn send(&mut self, text: String) -> io::Result<bool> {
         if self.kill.is_set() {
             return Ok(false);
         }
-        tokio::select! {
-            biased;
-            result = self.sink.send(message) => result.map(|_| true),
-            _ = &mut self.kill.signal => Ok(false),
-        }
+        let frames = [Frame::from(text)];
+        let written = write_unless_killed(&mut self.sink, &mut self.kill, &frames).await;
+        written.map(|killed| killed.is_none())
     }
 
-    /// Writes a page of replayed frames with one flush, unless the
-    /// connection is killed meanwhile. With `TCP_NODELAY` a flush per frame
-    /// would be a syscall and a TCP segment per frame.
-    pub(super) async fn send_page(&mut self, frames: Vec<(i64, Frame)>) -> Result<bool, WsError> {
+    /// Writes a page of replayed frames together, unless the connection is
+    /// killed meanwhile. With `TCP_NODELAY` a write per frame would be a
+    /// syscall and a TCP segment per frame.
+    pub(super) async fn send_page(&mut self, frames: Vec<(i64, Frame)>) -> io::Result<bool> {
         if self.kill.is_set() {
             return Ok(false);
         }
-        let sink = &mut self.sink;
-        let write = async {
-            for (_, frame) in frames {
-                sink.feed(Message::Text(frame)).await?;
-            }
-            sink.flush().await
-        };
-        tokio::select! {
-            biased;
-            result = write => result.map(|_| true),
-            _ = &mut self.kill.signal => Ok(false),
-        }
+        let frames: Vec<Frame> = frames.into_iter().map(|(_, frame)| frame).collect();
+        let written = write_unless_killed(&mut self.sink, &mut self.kill, &frames).await;
+        written.map(|killed| killed.is_none())
     }
 
     /// Writes `unsent` (counted out of `queued_bytes` already), then what is
@@ -300,44 +272,43 @@ impl Writer {
             ..
         } = self;
         let flush = async {
-            for frame in unsent.drain(..) {
-                if sink.feed(message_of(frame)).await.is_err() {
-                    return;
-                }
-            }
             while let Ok(frame) = rx.try_recv() {
                 queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                if sink.feed(message_of(frame)).await.is_err() {
-                    return;
-                }
+                unsent.push(frame);
             }
-            let _ = sink.flush().await;
+            let _ = sink.write_after_cut(unsent).await;
         };
         let _ = tokio::time::timeout(Duration::from_millis(flush_ms), flush).await;
     }
 }
 
-/// The message a queued frame is written as: [`PING`](crate::ws::registry::PING)
-/// (empty) stands for a ping.
-fn message_of(frame: Frame) -> Message {
-    if frame.is_empty() {
-        Message::Ping(Bytes::new())
-    } else {
-        Message::Text(frame)
+/// The close code a writer answers a client's close with (RFC 6455 7.4.1).
+const NORMAL_CLOSE: u16 = 1000;
+
+/// Writes `frames` unless the connection is killed first (a client that
+/// stopped reading blocks the write; the kill must still get through).
+/// `Ok(Some(n))`: killed after the first `n` frames were begun; `sink`
+/// keeps the rest of one cut short.
+async fn write_unless_killed(
+    sink: &mut Sink,
+    kill: &mut Kill,
+    frames: &[Frame],
+) -> io::Result<Option<usize>> {
+    let mut done = 0;
+    let written = tokio::select! {
+        biased;
+        result = sink.write(frames, &mut done) => Some(result),
+        _ = &mut kill.signal => None,
+    };
+    match written {
+        Some(result) => result.map(|()| None),
+        None => Ok(Some(sink.cut(frames, done))),
     }
 }
 
 /// Sends the close frame for `reason` and closes, within the flush timeout.
 pub(super) async fn close_socket(mut sink: Sink, reason: CloseReason, config: &WsConfig) {
     let text = reason.text(config.reconnect_spread_ms);
-    let close = async {
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: CloseCode::from(reason.code),
-                reason: Utf8Bytes::from(text),
-            })))
-            .await;
-        let _ = sink.close().await;
-    };
+    let close = sink.close(reason.code, &text);
     let _ = tokio::time::timeout(Duration::from_millis(config.close_flush_timeout_ms), close).await;
 }
