@@ -6,7 +6,7 @@
 
 use crate::error::ApiError;
 use crate::server::ServerIo;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Parts};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -132,11 +132,14 @@ impl Upgrade {
             let Ok(parts) = upgraded.downcast::<ServerIo>() else {
                 return log::error!("an upgraded connection is not the server's TCP stream");
             };
-            let (read, write) = parts.io.into_inner().into_inner().into_split();
-            let read = ReadSide {
-                early: parts.read_buf,
-                io: read,
-            };
+            let Parts { io, read_buf, .. } = parts;
+            // Copied, and the original dropped now: those bytes share the
+            // HTTP connection's read buffer (8 KiB), which would otherwise
+            // stay allocated for the socket's lifetime, even when empty.
+            let early = Bytes::copy_from_slice(&read_buf);
+            drop(read_buf);
+            let (read, write) = io.into_inner().into_inner().into_split();
+            let read = ReadSide { early, io: read };
             let read = WebSocketStream::from_raw_socket(read, Role::Server, Some(config)).await;
             serve(Socket { read, write }).await
         });

@@ -99,7 +99,7 @@ async fn serve(mut session: Session) {
                 user: &session.user,
                 id,
             };
-            reader.run(session.stream, reader_kill).await;
+            reader.run(&mut session.stream, reader_kill).await;
             hub.registry.unregister(id);
             let _ = writer.await;
         }

@@ -57,7 +57,7 @@ impl Reader<'_> {
     /// Reads until the client goes away or the connection is closed.
     pub(super) async fn run(
         &self,
-        mut stream: WebSocketStream<ReadSide>,
+        stream: &mut WebSocketStream<ReadSide>,
         kill: watch::Receiver<Option<CloseReason>>,
     ) {
         let hub = &self.services.hub;
