@@ -20,7 +20,7 @@ pub const USAGE: &str =
     "usage: cargo bench --bench load -- <scenario>... [--smoke] [--repeats N] [--out FILE]
        [--server URL (with DATABASE_URL of its database and CHATAPP_TOKEN_KEY)] [scenario options]
 scenarios: send fanout arrival idle history login recovery replay-cost search failover all
-options (comma lists run each size):
+options (comma lists run each size; `--<scenario>.<option>` sets one for that scenario alone):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
             --limits both (rate limits off and on, alternated; or off, on)
   fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10
@@ -119,6 +119,20 @@ impl Opts {
         }
         if opts.smoke && !opts.options.contains_key("repeats") {
             opts.repeats = opts.repeats.min(if bench_mode { 3 } else { 1 });
+        }
+        opts
+    }
+
+    /// The options as `scenario` reads them: `--scenario.name value` stands for
+    /// `--name value` in that scenario alone, so one run can give each
+    /// scenario its own sizes (`--send.clients 64 --failover.clients 30000`).
+    pub fn scoped(&self, scenario: &str) -> Opts {
+        let mut opts = self.clone();
+        let prefix = format!("{scenario}.");
+        for (key, value) in &self.options {
+            if let Some(name) = key.strip_prefix(&prefix) {
+                opts.options.insert(name.to_string(), value.clone());
+            }
         }
         opts
     }

@@ -26,8 +26,8 @@
 
 use crate::broadcast;
 use crate::common::{
-    Env, Percentiles, ServerOpts, User, connect_db, proc_cpu_secs, seed_chat, seed_users, settle,
-    source_ip, ws_login,
+    Env, Percentiles, ServerOpts, User, connect_db, postgres_cpu_secs, proc_cpu_secs, seed_chat,
+    seed_users, settle, source_ip, ws_login,
 };
 use crate::report::Report;
 use futures_util::stream::{SplitSink, Stream};
@@ -194,6 +194,7 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
     add(report, "capacity deliveries/s", "1/s", r.capacity_dps);
     add(report, "server CPU per delivery", "µs", r.server_us);
     add(report, "client CPU per delivery", "µs", r.client_us);
+    add(report, "database CPU per delivery", "µs", r.database_us);
     add(report, "capacity messages/s", "1/s", r.capacity_mps);
     add(report, "message frame size", "bytes", r.frame_bytes);
 }
@@ -254,6 +255,9 @@ struct CaseResult {
     server_us: f64,
     /// This process's (the clients') CPU per delivery in the capacity phase.
     client_us: f64,
+    /// PostgreSQL's CPU per delivery in the capacity phase: on one machine
+    /// it comes out of the same cores as the server's and the clients'.
+    database_us: f64,
     capacity_mps: f64,
     frame_bytes: f64,
     connect_frames: f64,
@@ -430,6 +434,7 @@ async fn run_case(
         let cpu_before = (
             pid.and_then(proc_cpu_secs),
             proc_cpu_secs(std::process::id()),
+            postgres_cpu_secs(),
         );
         let start_ns = nanos();
         let deadline = Instant::now() + set.capacity;
@@ -489,13 +494,13 @@ async fn run_case(
         };
         let server_us = us_per_delivery(cpu_before.0, pid.and_then(proc_cpu_secs));
         let client_us = us_per_delivery(cpu_before.1, proc_cpu_secs(std::process::id()));
+        let database_us = us_per_delivery(Some(cpu_before.2), Some(postgres_cpu_secs()));
         Ok::<_, String>((
             sent + cap_sent,
             rate_dps,
             cap_expected as f64 / cap_secs,
             cap_sent as f64 / cap_secs,
-            server_us,
-            client_us,
+            [server_us, client_us, database_us],
         ))
     }
     .await;
@@ -506,7 +511,8 @@ async fn run_case(
     drop(sinks);
     let _ = settle(&shared.frames, pid, Duration::from_secs(60 + m as u64 / 20)).await;
 
-    let (messages, rate_dps, capacity_dps, capacity_mps, server_us, client_us) = result?;
+    let (messages, rate_dps, capacity_dps, capacity_mps, [server_us, client_us, database_us]) =
+        result?;
     let mut latencies = Vec::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
@@ -542,6 +548,7 @@ async fn run_case(
         capacity_dps,
         server_us,
         client_us,
+        database_us,
         capacity_mps,
         connect_frames,
         frame_bytes: shared.sample.get().map_or(f64::NAN, |f| f.len() as f64),

@@ -75,9 +75,10 @@ fn main() {
 }
 
 async fn run(opts: Opts) -> Report {
-    let env = Env::new(opts).await;
+    let mut env = Env::new(opts.clone()).await;
     let mut report = Report::new(&env);
-    for scenario in env.opts.scenarios.clone() {
+    for scenario in opts.scenarios.clone() {
+        env.opts = opts.scoped(&scenario);
         eprintln!(
             "== {scenario}{}",
             if env.opts.smoke { " (smoke)" } else { "" }
