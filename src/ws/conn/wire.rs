@@ -54,7 +54,7 @@ fn push_head(out: &mut Vec<u8>, op: u8, len: usize) {
 }
 
 /// Where a frame's bytes come from: `head` is a range of the scratch
-/// buffer; `payload`, when the frame is text, is the frame itself.
+/// buffer; when `text`, the frame's own bytes (its payload) follow.
 struct Parts {
     head: std::ops::Range<usize>,
     text: bool,
@@ -86,6 +86,16 @@ fn encode(heads: &mut Vec<u8>, frame: &Frame) -> Parts {
         head: start..heads.len(),
         text,
     }
+}
+
+/// All of `frame`'s bytes on the wire, header and payload, in a buffer of
+/// their own.
+fn wire_bytes(frame: &Frame) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if encode(&mut bytes, frame).text {
+        bytes.extend_from_slice(frame.as_bytes());
+    }
+    bytes
 }
 
 /// The sending half of a socket.
@@ -143,10 +153,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             if start >= done {
                 return i;
             }
-            let mut bytes = Vec::new();
-            if encode(&mut bytes, frame).text {
-                bytes.extend_from_slice(frame.as_bytes());
-            }
+            let mut bytes = wire_bytes(frame);
             let end = start + bytes.len();
             if end > done {
                 self.torn = bytes.split_off(done - start);
@@ -185,13 +192,7 @@ mod tests {
     use super::*;
 
     fn wire(frames: &[Frame]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for frame in frames {
-            if encode(&mut out, frame).text {
-                out.extend_from_slice(frame.as_bytes());
-            }
-        }
-        out
+        frames.iter().flat_map(wire_bytes).collect()
     }
 
     #[test]
