@@ -854,6 +854,61 @@ async fn a_websocket_ping_is_answered_with_a_pong_of_the_same_bytes_in_order_wit
 }
 
 #[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_read_after_ready() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    // Arrange: the upgrade request and a first frame in one write, so the
+    // server reads the frame's bytes while reading the request.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        alice.token, app.addr
+    );
+    let payload = json!({"type": "ping", "ref": "early"}).to_string();
+    let mask = [7u8, 1, 2, 9];
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.bytes().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+
+    // Act
+    tcp.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    let end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the handshake's answer");
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let rest = head.split_off(end);
+    let mut ws = crate::helpers::ws::WsClient {
+        stream: tokio_tungstenite::WebSocketStream::from_partially_read(
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+            rest,
+            Role::Client,
+            None,
+        )
+        .await,
+    };
+
+    // Assert: `ready` first, then the answer to the frame sent early.
+    assert_eq!(ws.next_json().await["type"], "ready");
+    assert_eq!(ws.next_of_type("pong").await["ref"], "early");
+}
+
+#[tokio::test]
 async fn a_client_that_closes_gets_a_close_frame_back() {
     // Arrange
     let app = spawn_app().await;
