@@ -9,21 +9,35 @@
 //! member's arrival costs a bounded number of frames instead of one per
 //! member of every chat they are in.
 
-/// SQL: whether `viewer` sees `user` online (both SQL expressions).
+/// SQL: whether `viewer` sees `user` online (both SQL expressions): `user`
+/// has a session ([`has_session`]) and neither has blocked the other. (The
+/// presence snapshot reads sessions for many viewers at once and applies
+/// the blocks of each itself, `ws::presence::snapshot`.)
+///
+/// Each direction of a block is its own primary-key (or "blocked by")
+/// lookup.
+pub fn online(user: &str, viewer: &str) -> String {
+    format!(
+        "({session}
+          and not exists (select 1 from blocks seen_b
+                          where seen_b.blocker_id = {viewer} and seen_b.blocked_id = {user})
+          and not exists (select 1 from blocks seen_b
+                          where seen_b.blocker_id = {user} and seen_b.blocked_id = {viewer}))",
+        session = has_session(user),
+    )
+}
+
+/// SQL: whether `user` has a session on a live node, as anyone not hidden
+/// from them by a block sees it.
 ///
 /// Asked per user: the session probe is fenced (`offset 0`) so PostgreSQL
 /// looks each user up by the primary key instead of hashing every session
 /// on the cluster first, which it otherwise prefers for a few hundred users
 /// and which made a connection's presence snapshot cost as much as every
-/// online user, not as its peers. Each direction of a block is its own
-/// primary-key (or "blocked by") lookup.
-pub fn online(user: &str, viewer: &str) -> String {
+/// online user, not as its peers.
+pub fn has_session(user: &str) -> String {
     format!(
-        "(exists (select 1 from presence_sessions seen_s where seen_s.user_id = {user} offset 0)
-          and not exists (select 1 from blocks seen_b
-                          where seen_b.blocker_id = {viewer} and seen_b.blocked_id = {user})
-          and not exists (select 1 from blocks seen_b
-                          where seen_b.blocker_id = {user} and seen_b.blocked_id = {viewer}))"
+        "exists (select 1 from presence_sessions seen_s where seen_s.user_id = {user} offset 0)"
     )
 }
 

@@ -65,7 +65,9 @@ pub struct Hub {
     /// The line session starts wait in (`admission`).
     admission: Admission,
     /// What a session start reads, prepared (`starts`).
-    pub starts: StartReads,
+    pub starts: Arc<StartReads>,
+    /// Where connections ask for their presence snapshot.
+    pub snapshots: presence::Snapshots,
 }
 
 impl Hub {
@@ -79,6 +81,7 @@ impl Hub {
         db_thread: &DbThread,
     ) -> Result<Arc<Hub>, ApiError> {
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (snapshots, snapshot_requests) = presence::Snapshots::new();
         let node_id: String = crate::support::random_bytes()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -110,13 +113,20 @@ impl Hub {
             metrics,
             listening: AtomicBool::new(false),
             admission,
-            starts: StartReads::new(&config.database, config.ws.session_starts)?,
+            starts: Arc::new(StartReads::new(&config.database, config.ws.session_starts)?),
+            snapshots,
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         db_thread.spawn(listener::run(hub.clone(), Some(ready_tx)));
         tokio::spawn(presence::track(hub.clone(), presence_rx));
+        tokio::spawn(presence::snapshot::serve(
+            hub.starts.clone(),
+            snapshot_requests,
+            config.ws.presence_max_members,
+            hub.shutdown_signal(),
+        ));
         tokio::spawn(presence::maintain(hub.clone()));
         tokio::spawn(ping_connections(hub.clone()));
         match tokio::time::timeout(Duration::from_secs(30), ready_rx).await {

@@ -1,12 +1,14 @@
-//! The two reads every WebSocket session start makes — the session
-//! snapshot (`conn`: chats, the log's head, blocks) and the presence
-//! snapshot (`presence`) — prepared once, on connections of their own.
+//! The reads every WebSocket session start makes, on connections of their
+//! own: the session snapshot (`conn`: chats, the log's head, blocks),
+//! prepared once, and the presence snapshot, read in batches
+//! (`presence::snapshot`).
 //!
-//! Sent as one-off statements over the pool, PostgreSQL planned them again
-//! for every start: for a user with few peers, planning the presence
-//! snapshot took twenty times as long as running it, most of the database's
-//! work of the start (for a thousand peers, about a tenth). Prepared here,
-//! they are planned once per connection. There is one connection per turn of the start line
+//! Sent as one-off statements over the pool, PostgreSQL planned the reads
+//! again for every start: for a user with few peers, planning a start's own
+//! presence snapshot took twenty times as long as running it. Prepared here,
+//! the session snapshot is planned once per connection; the presence
+//! snapshot, one read for a batch of starts, is planned per batch (see there
+//! why). There is one connection per turn of the start line
 //! (`ws.session_starts`, see `admission`), since no more starts than that
 //! read at once, but no more than the pool has (a line set wider than the
 //! pool did not get more connections from it either); each read takes the
@@ -20,8 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Index of the session snapshot in [`Pipelined::statements`].
 pub const SESSION: usize = 0;
-/// Index of the presence snapshot in [`Pipelined::statements`].
-pub const PRESENCE: usize = 1;
 
 /// A node's connections for session starts, each with a count of the reads
 /// under way on it.
@@ -30,7 +30,7 @@ pub struct StartReads {
 }
 
 /// A connection lent to one read, with its statements prepared
-/// ([`SESSION`], [`PRESENCE`]); counted as busy until dropped.
+/// ([`SESSION`]); counted as busy until dropped.
 pub struct StartConnection<'a> {
     pub conn: Arc<Pipelined>,
     _busy: Busy<'a>,
@@ -53,16 +53,10 @@ impl StartReads {
         session_starts: usize,
     ) -> Result<StartReads, tokio_postgres::Error> {
         let connections = session_starts.min(database.pool_size as usize);
-        let statements = vec![
-            (
-                super::conn::SESSION_SNAPSHOT_SQL,
-                super::conn::SESSION_SNAPSHOT_TYPES,
-            ),
-            (
-                super::presence::PRESENCE_SNAPSHOT_SQL.as_str(),
-                super::presence::PRESENCE_SNAPSHOT_TYPES,
-            ),
-        ];
+        let statements = vec![(
+            super::conn::SESSION_SNAPSHOT_SQL,
+            super::conn::SESSION_SNAPSHOT_TYPES,
+        )];
         let connections = (0..connections.max(1))
             .map(|_| {
                 Ok((

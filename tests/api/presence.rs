@@ -99,6 +99,108 @@ async fn a_connection_opens_with_the_presence_of_everyone_it_shares_a_chat_with(
     );
 }
 
+/// The ids and online states of a snapshot's users, sorted by id.
+fn listed(snapshot: &Value) -> Vec<(i64, bool)> {
+    online_of(&snapshot["users"])
+}
+
+/// alice shares a group with bob and carol, and a DM with dave; carol,
+/// connected, has blocked bob.
+async fn four_with_a_block(app: &TestApp) -> [TestUser; 4] {
+    let [alice, bob, carol, dave] = register_all(app, ["alice", "bob", "carol", "dave"]).await;
+    app.create_group(&alice, "g", &[&bob, &carol]).await;
+    app.create_dm(&alice, &dave).await;
+    let (status, body) = app
+        .put(
+            &format!("/api/v1/users/{}/block", bob.id),
+            &carol.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    [alice, bob, carol, dave]
+}
+
+/// What alice, bob and dave of [`four_with_a_block`] must be told: each
+/// their own peers; carol (online) is online to alice, offline to bob.
+fn assert_own_snapshots(
+    [alice, bob, carol, dave]: &[TestUser; 4],
+    alice_s: &[&Value],
+    bob_s: &Value,
+    dave_s: &Value,
+) {
+    let ids = |s: &Value| listed(s).iter().map(|(id, _)| *id).collect::<Vec<_>>();
+    for alice_s in alice_s {
+        assert_eq!(
+            ids(alice_s),
+            sorted(vec![bob.id, carol.id, dave.id]),
+            "{alice_s}"
+        );
+        assert!(listed(alice_s).contains(&(carol.id, true)), "{alice_s}");
+    }
+    assert_eq!(ids(bob_s), sorted(vec![alice.id, carol.id]), "{bob_s}");
+    assert!(listed(bob_s).contains(&(carol.id, false)), "{bob_s}");
+    assert_eq!(ids(dave_s), vec![alice.id], "{dave_s}");
+    for snapshot in alice_s.iter().copied().chain([bob_s, dave_s]) {
+        assert_eq!(snapshot["truncated"], false, "{snapshot}");
+    }
+}
+
+#[tokio::test]
+async fn snapshots_read_in_one_batch_are_each_users_own() {
+    // Arrange
+    let app = spawn_app().await;
+    let users = four_with_a_block(&app).await;
+    let [alice, bob, carol, dave] = &users;
+    let (_carol, _) = connected(&app, carol, None).await;
+    await_sessions(&app.database_url, carol, 1).await;
+    let database = chatapp::config::DatabaseConfig {
+        url: app.database_url.clone(),
+        ..Default::default()
+    };
+    let reads = chatapp::ws::starts::StartReads::new(&database, 1).unwrap();
+
+    // Act: one batch, alice in it twice.
+    let frames = chatapp::ws::presence::snapshot::read_batch(
+        &reads,
+        &[alice.id, bob.id, alice.id, dave.id],
+        1_000,
+    )
+    .await
+    .unwrap();
+
+    // Assert
+    assert_eq!(frames.len(), 3, "one frame per user");
+    let payload = |user: &TestUser| {
+        let frame: Value = serde_json::from_str(&frames[&user.id]).unwrap();
+        assert_eq!(frame["type"], "presence_snapshot", "{frame}");
+        frame["payload"].clone()
+    };
+    assert_own_snapshots(&users, &[&payload(alice)], &payload(bob), &payload(dave));
+}
+
+#[tokio::test]
+async fn connections_opening_together_each_get_their_own_snapshot() {
+    // Arrange
+    let app = spawn_app().await;
+    let users = four_with_a_block(&app).await;
+    let [alice, bob, carol, dave] = &users;
+    let (_carol, _) = connected(&app, carol, None).await;
+    await_sessions(&app.database_url, carol, 1).await;
+
+    // Act: alice (twice), bob and dave open at once, so their snapshots may
+    // be read together.
+    let ((_a1, _, alice_1), (_a2, _, alice_2), (_b, _, bob_s), (_d, _, dave_s)) = tokio::join!(
+        opened(app.addr, alice, None),
+        opened(app.addr, alice, None),
+        opened(app.addr, bob, None),
+        opened(app.addr, dave, None),
+    );
+
+    // Assert
+    assert_own_snapshots(&users, &[&alice_1, &alice_2], &bob_s, &dave_s);
+}
+
 #[tokio::test]
 async fn a_user_connected_to_another_node_is_online_in_snapshots_presence_and_member_lists() {
     // Arrange: bob is connected to node B only; alice asks node A.

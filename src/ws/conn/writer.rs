@@ -10,7 +10,6 @@ use crate::config::WsConfig;
 use crate::ws::admission::Turn;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
-use crate::ws::presence;
 use crate::ws::registry::{ConnId, Registration};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -155,21 +154,20 @@ impl Writer {
         if !self.send(ready).await? {
             return Ok(false);
         }
+        // The presence snapshot waits in its own line, read in batches
+        // (`presence::snapshot`), so the next start need not wait for it.
+        drop(turn);
         // After `ready`, so that is not delayed by the read; before anything
         // queued, so the live presence frames queued meanwhile follow it.
         let hub = &services.hub;
-        let snapshot =
-            presence::snapshot_frame(&hub.starts, user_id, hub.config.presence_max_members);
-        let snapshot = Box::pin(snapshot).await;
-        drop(turn);
-        match snapshot {
-            Ok(frame) => {
+        match hub.snapshots.frame(user_id).await {
+            Some(frame) => {
                 if !self.send(frame).await? {
                     return Ok(false);
                 }
             }
-            Err(e) => {
-                log::warn!("presence snapshot failed: {}", crate::error::chain(&e));
+            // The batch's failure is logged where it was read.
+            None => {
                 hub.registry.kill(self.conn_id, UNAVAILABLE);
                 return Ok(false);
             }

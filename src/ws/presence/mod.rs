@@ -14,13 +14,11 @@
 
 mod fan_out;
 mod nodes;
-mod snapshot;
+pub mod snapshot;
 
 pub use fan_out::fan_out;
 pub use nodes::{beat, leave, maintain, prune_events};
-pub use snapshot::{
-    PRESENCE_SNAPSHOT_SQL, PRESENCE_SNAPSHOT_TYPES, SNAPSHOT_USERS, snapshot_frame,
-};
+pub use snapshot::{SNAPSHOT_USERS, Snapshots};
 
 use super::Hub;
 use super::registry::PresenceChange;
