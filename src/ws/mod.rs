@@ -159,8 +159,9 @@ impl Hub {
     }
 
     /// Closes every socket with 1001 after flushing its queue, waits for them
-    /// (bounded by the flush timeout), stops background tasks and marks this
-    /// node's users offline.
+    /// (bounded by the flush timeout), stops background tasks and leaves
+    /// this node's users to be shown offline by its peers if they do not
+    /// come back within the grace (`presence::leave`).
     pub async fn shutdown(&self) {
         if self.shutting_down.swap(true, Ordering::SeqCst) {
             return;
@@ -181,7 +182,7 @@ impl Hub {
         let _ = tokio::time::timeout(wait, all_closed).await;
         let _ = self.shutdown_tx.send(true);
         if let Err(e) = presence::leave(self).await {
-            log::warn!("could not mark this node's users offline: {e:?}");
+            log::warn!("could not hand this node's users over to its peers: {e:?}");
         }
     }
 

@@ -2,7 +2,8 @@
 //! tells each client when to come back, spread over a window; the clients of
 //! a node killed with SIGKILL or stopped with SIGTERM resume on the other
 //! nodes with `since` and get every message sent meanwhile once, in order;
-//! the dead node's users are shown offline and online again.
+//! the dead node's users are shown offline and online again (after a
+//! SIGTERM only those who do not come back within the grace).
 //!
 //! The node that fails is the real binary (a child process), so SIGKILL is
 //! a real crash; the nodes that survive are in-process servers.
@@ -381,4 +382,45 @@ async fn a_rolling_restart_loses_no_message_and_its_clients_resume_elsewhere() {
     assert_eq!(history.len(), sent.len() + erin_sent + 2);
     assert_eq!(carol.seen, history, "carol");
     assert_eq!(dave.seen, history, "dave");
+}
+
+#[tokio::test]
+async fn users_of_a_stopped_node_who_come_back_elsewhere_are_never_shown_offline() {
+    // Arrange: carol and dave on the node about to stop, alice watching on C.
+    let mut k = cluster().await;
+    let a_addr: SocketAddr = k.failing.addr.parse().unwrap();
+    let (mut watcher, _) = connected(&k.c, &k.alice, None).await;
+    let mut carol = Follower::connect(a_addr, &k.carol, None).await;
+    let _dave = Follower::connect(a_addr, &k.dave, None).await;
+    presence_until(&mut watcher, &[&k.carol, &k.dave], true).await;
+
+    // Act: SIGTERM; carol comes back on B when told to, dave does not.
+    signal(&k.failing.child, "-TERM");
+    let carol_close = carol.read_until_closed().await;
+    tokio::time::sleep(Duration::from_millis(retry_after_ms(&carol_close))).await;
+    carol.resume(k.b.addr, &k.carol).await;
+    let status = exited(&mut k.failing, Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+
+    // Assert: dave is shown offline once the stopped node is reaped, and
+    // nothing said carol was offline (or online again) meanwhile.
+    let mut about_carol = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dave never shown offline"
+        );
+        let f = watcher.next_json().await;
+        if f["type"] != "presence" {
+            continue;
+        }
+        if f["payload"]["user_id"] == k.carol.id {
+            about_carol.push(f["payload"].clone());
+        }
+        if f["payload"]["user_id"] == k.dave.id && f["payload"]["online"] == false {
+            break;
+        }
+    }
+    assert_eq!(about_carol, Vec::<serde_json::Value>::new());
 }

@@ -1029,7 +1029,7 @@ async fn a_socket_upgraded_while_shutdown_starts_is_closed_with_1001_too() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_every_connection_with_1001_and_marks_users_offline() {
+async fn shutdown_closes_every_connection_with_1001_and_leaves_its_users_to_the_grace() {
     // Arrange
     let mut app = spawn_app().await;
     let alice = app.register("alice").await;
@@ -1040,25 +1040,32 @@ async fn shutdown_closes_every_connection_with_1001_and_marks_users_offline() {
     // Both sessions are recorded once alice hears bob come online.
     a.next_of_type("presence").await;
     let database_url = app.database_url.clone();
+    let ws = chatapp::config::WsConfig::default();
+    let grace = chatapp::ws::presence::drain_grace(&ws).as_secs_f64();
 
     // Act
     let ((), a_closed, b_closed) = tokio::join!(app.stop(), a.closed(), b.closed());
 
-    // Assert
+    // Assert: the sessions stay, shown online, and the node is due to be
+    // reaped by its peers once the grace is over, not a presence timeout.
     assert_eq!(a_closed, Closed::Code(1001));
     assert_eq!(b_closed, Closed::Code(1001));
     let db = crate::helpers::pg::connect(&database_url).await;
     let row = db
         .query_one(
-            "select count(*) filter (where last_seen is null),
-                    (select count(*) from presence_sessions)
-             from users where id = any($1)",
-            &[&vec![alice.id, bob.id]],
+            "select (select count(*) from presence_sessions where user_id = any($1)),
+                    (select extract(epoch from max(heartbeat_at) - now())::float8
+                            + $2 from presence_nodes)",
+            &[&vec![alice.id, bob.id], &(ws.presence_timeout_secs as f64)],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 0, "last_seen set for both");
-    assert_eq!(row.get::<_, i64>(1), 0, "no sessions left");
+    assert_eq!(row.get::<_, i64>(0), 2, "both sessions kept");
+    let reaped_in: f64 = row.get(1);
+    assert!(
+        reaped_in <= grace + 0.5,
+        "reaped in {reaped_in} s, the grace being {grace} s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,8 +215,16 @@ async fn a_user_is_online_while_connected_to_any_node() {
 }
 
 #[tokio::test]
-async fn stopping_a_node_shows_its_users_offline_to_the_other_node() {
-    let (a, mut b) = two_nodes().await;
+async fn stopping_a_node_shows_its_users_offline_to_the_other_node_after_the_grace() {
+    // Fast presence (a silent node is dead after 3 s) and a short reconnect
+    // window: the grace is 1.5 s.
+    let fast = |c: &mut chatapp::config::Config| {
+        c.ws.presence_heartbeat_secs = 1;
+        c.ws.presence_timeout_secs = 3;
+        c.ws.reconnect_spread_ms = 500;
+    };
+    let a = spawn_app_with(fast).await;
+    let mut b = spawn_node(&a.database_url, fast).await;
     let alice = a.register("alice").await;
     let bob = a.register("bob").await;
     a.create_group(&alice, "g", &[&bob]).await;

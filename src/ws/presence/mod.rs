@@ -17,7 +17,7 @@ mod nodes;
 pub mod snapshot;
 
 pub use fan_out::fan_out;
-pub use nodes::{beat, leave, maintain, prune_events};
+pub use nodes::{beat, drain_grace, leave, maintain, prune_events};
 pub use snapshot::{SNAPSHOT_USERS, Snapshots};
 
 use super::Hub;
@@ -82,7 +82,11 @@ pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceC
         if received == 0 {
             return;
         }
-        let (online, offline) = latest_states(batch.drain(..));
+        let (online, mut offline) = latest_states(batch.drain(..));
+        // Sockets closed by a shutdown leave their sessions to `leave`.
+        if hub.is_shutting_down() {
+            offline.clear();
+        }
         let applied = retried("presence update", || apply(&hub, &online, &offline));
         if let Err(e) = applied.await {
             log::warn!(

@@ -135,37 +135,34 @@ pub async fn prune_events(hub: &Hub) -> Result<u64, ApiError> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// This node is leaving: its sessions go, and users connected nowhere else go offline.
+/// This node is leaving (its sockets are closed): its sessions stay until
+/// its peers reap it, [`drain_grace`] from now, instead of going now.
+///
+/// Its clients were asked to come back within `ws.reconnect_spread_ms`
+/// (the close reason's `retry_after_ms`); a user who does so, on another
+/// node, was never shown offline and is not shown online again. Removed at
+/// once, every user of a restarting node went offline and online again
+/// within seconds, each change a frame to every member of their chats: in
+/// chats of a thousand, more frames than the restart's own traffic. Those
+/// who do not come back are shown offline when the peers reap the node.
 pub async fn leave(hub: &Hub) -> Result<(), ApiError> {
     let client = hub.pool.get().await?;
-    let rows = client
-        .query(
-            "with mine as (
-                 delete from presence_sessions where node_id = $1 returning user_id
-             ), node as (
-                 delete from presence_nodes where node_id = $1
-             ), offline as (
-                 update users set last_seen = now()
-                 where id in (select user_id from mine)
-                   and not exists (select 1 from presence_sessions s
-                                   where s.user_id = users.id and s.node_id <> $1)
-                 returning id, last_seen
-             )
-             select id, last_seen from offline",
-            &[&hub.node_id],
+    let expires_in =
+        (hub.config.presence_timeout_secs as f64 - drain_grace(&hub.config).as_secs_f64()).max(0.0);
+    client
+        .execute(
+            "update presence_nodes set heartbeat_at = now() - make_interval(secs => $2)
+             where node_id = $1",
+            &[&hub.node_id, &expires_in],
         )
         .await?;
-    for row in rows {
-        let user_id: i64 = row.get(0);
-        notify_live(
-            &*client,
-            &Live::Presence {
-                user_id,
-                online: false,
-                last_seen: rfc3339(row.get(1)),
-            },
-        )
-        .await?;
-    }
     Ok(())
+}
+
+/// How long a node that stopped keeps its users online: the time its
+/// clients were asked to come back within, and a heartbeat for them to
+/// reach another node.
+pub fn drain_grace(config: &crate::config::WsConfig) -> Duration {
+    Duration::from_millis(config.reconnect_spread_ms)
+        + Duration::from_secs(config.presence_heartbeat_secs)
 }
