@@ -221,7 +221,8 @@ pub struct WsConfig {
     pub presence_max_members: usize,
     pub close_flush_timeout_ms: u64,
     /// A node shutting down tells each client it closes to wait a random
-    /// time up to this long before reconnecting.
+    /// time up to this long before reconnecting, and keeps its users online
+    /// that long plus a heartbeat (`ws::presence::drain_grace`).
     pub reconnect_spread_ms: u64,
     /// Sessions that may start at once (each start reads from the pool); the
     /// rest wait in line (see `ws::admission`).
