@@ -2,8 +2,9 @@
 //!
 //! A session's start reads from PostgreSQL (the token check, its chats and
 //! the log's head; its presence snapshot waits in a line of its own,
-//! `presence::snapshot`), each read waiting for a pooled connection. When a node dies its clients all arrive at a surviving node
-//! at once; left to the pool, thousands of starts wait on it together, the
+//! `presence::snapshot`), each read waiting for a pooled connection. When a
+//! node dies its clients all arrive at a surviving node at once; left to
+//! the pool, thousands of starts wait on it together, the
 //! pool's wait times out for most of them, and each refused client backs
 //! off blindly, which is what made recovery take minutes. Here starts wait
 //! in line instead: at most `ws.session_starts` run at once, the rest wait
