@@ -11,7 +11,9 @@
 //! Snapshots are read in batches, as sends are committed: one task per node
 //! takes every request waiting, reads the chats of all their users in one
 //! statement and the members of those chats in another, each chat once, and
-//! builds each frame from them. When a node dies, its clients come back at
+//! builds each frame from them: each member's entry is serialised once per
+//! batch and every frame listing them is spliced from those pieces, not
+//! serialised again per viewer. When a node dies, its clients come back at
 //! once and most of them are members of a few large chats; read per
 //! connection, each of them read the same thousand members again, and that
 //! was most of what the database did during the storm.
@@ -25,8 +27,9 @@
 use super::rfc3339;
 use crate::error::ApiError;
 use crate::presence::{has_session, shares_presence};
-use crate::ws::protocol::{PresenceState, ServerFrame};
+use crate::ws::protocol::ServerFrame;
 use crate::ws::starts::StartReads;
+use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -176,8 +179,36 @@ struct Member {
     user_id: i64,
     online: bool,
     last_seen: Option<OffsetDateTime>,
-    /// `last_seen` as the frame spells it, formatted once for every viewer.
-    last_seen_text: Option<String>,
+    /// Their entry in the frame's `users`, serialised once for every viewer
+    /// of the batch (most of a frame's cost when built per viewer).
+    json: String,
+}
+
+impl Member {
+    fn new(user_id: i64, online: bool, last_seen: Option<OffsetDateTime>) -> Member {
+        let piece = Piece {
+            last_seen: rfc3339(last_seen),
+            online,
+            user_id,
+        };
+        Member {
+            user_id,
+            online,
+            last_seen,
+            json: serde_json::to_string(&piece).unwrap_or_default(),
+        }
+    }
+}
+
+/// A [`crate::ws::protocol::PresenceState`] as `ServerFrame::to_text`
+/// spells it inside a frame: that goes through a `serde_json::Value`, whose
+/// objects list their keys sorted, hence this field order. Serialised
+/// directly, without building a `Value` per member.
+#[derive(Serialize)]
+struct Piece {
+    last_seen: Option<String>,
+    online: bool,
+    user_id: i64,
 }
 
 /// The `presence_snapshot` frames of `users` (one per user, however often
@@ -262,13 +293,8 @@ async fn frames_for(
             .await?;
         drop(lent);
         for r in &rows {
-            let last_seen: Option<OffsetDateTime> = r.get(3);
-            members.entry(r.get(0)).or_default().push(Member {
-                user_id: r.get(1),
-                online: r.get(2),
-                last_seen,
-                last_seen_text: rfc3339(last_seen),
-            });
+            let member = Member::new(r.get(1), r.get(2), r.get(3));
+            members.entry(r.get(0)).or_default().push(member);
         }
     }
     let mut lists: HashMap<&[(i64, i64)], Vec<Member>> = HashMap::new();
@@ -307,9 +333,12 @@ fn frame(viewer: &Viewer, list: &[Member]) -> String {
     let list = if list.iter().any(|m| m.online && hides(m)) {
         let mut own: Vec<Member> = list
             .iter()
-            .map(|m| Member {
-                online: m.online && !hides(m),
-                ..m.clone()
+            .map(|m| {
+                if m.online && hides(m) {
+                    Member::new(m.user_id, false, m.last_seen)
+                } else {
+                    m.clone()
+                }
             })
             .collect();
         own.sort_unstable_by(listed_first);
@@ -319,17 +348,30 @@ fn frame(viewer: &Viewer, list: &[Member]) -> String {
         list
     };
     let mut peers = list.iter().filter(|m| m.user_id != viewer.user_id);
-    let users: Vec<PresenceState> = peers
+    let users: Vec<&str> = peers
         .by_ref()
         .take(SNAPSHOT_USERS)
-        .map(|m| PresenceState {
-            user_id: m.user_id,
-            online: m.online,
-            last_seen: m.last_seen_text.clone(),
-        })
+        .map(|m| m.json.as_str())
         .collect();
     let truncated = viewer.left_out || peers.next().is_some();
-    ServerFrame::PresenceSnapshot { users, truncated }.to_text(None)
+    // The frame around an empty `users`, which is the one `[]` in it.
+    let empty = ServerFrame::PresenceSnapshot {
+        users: Vec::new(),
+        truncated,
+    }
+    .to_text(None);
+    let (head, tail) = empty.split_at(empty.find("[]").map_or(empty.len(), |at| at + 1));
+    let mut frame =
+        String::with_capacity(empty.len() + users.iter().map(|u| u.len() + 1).sum::<usize>());
+    frame.push_str(head);
+    for (i, user) in users.iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(user);
+    }
+    frame.push_str(tail);
+    frame
 }
 
 /// The snapshot's order: online first, then the most recently seen (never
@@ -349,15 +391,11 @@ fn listed_first(a: &Member, b: &Member) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::protocol::PresenceState;
 
     fn member(user_id: i64, online: bool, seen: Option<i64>) -> Member {
         let last_seen = seen.map(|s| OffsetDateTime::from_unix_timestamp(s).unwrap());
-        Member {
-            user_id,
-            online,
-            last_seen,
-            last_seen_text: rfc3339(last_seen),
-        }
+        Member::new(user_id, online, last_seen)
     }
 
     fn viewer(chats: &[i64], hidden: &[i64]) -> Viewer {
@@ -474,5 +512,47 @@ mod tests {
         let (_, truncated) = listed(&frame_of(&v, &members));
 
         assert!(truncated);
+    }
+
+    #[test]
+    fn a_frame_is_spelled_as_the_protocol_spells_it() {
+        let members = HashMap::from([(
+            10,
+            vec![
+                member(2, true, Some(5)),
+                member(3, true, None),
+                member(4, false, Some(1_700_000_000)),
+            ],
+        )]);
+        let list = everyone(&[(10, 3)], &members);
+        let state = |user_id, online, seen: Option<i64>| PresenceState {
+            user_id,
+            online,
+            last_seen: rfc3339(seen.map(|s| OffsetDateTime::from_unix_timestamp(s).unwrap())),
+        };
+        let mut hiding = viewer(&[10], &[2]);
+        hiding.left_out = true;
+
+        let plain = frame(&viewer(&[10], &[]), &list);
+        let hidden = frame(&hiding, &list);
+
+        let expected = ServerFrame::PresenceSnapshot {
+            users: vec![
+                state(2, true, Some(5)),
+                state(3, true, None),
+                state(4, false, Some(1_700_000_000)),
+            ],
+            truncated: false,
+        };
+        assert_eq!(plain, expected.to_text(None));
+        let expected = ServerFrame::PresenceSnapshot {
+            users: vec![
+                state(3, true, None),
+                state(4, false, Some(1_700_000_000)),
+                state(2, false, Some(5)),
+            ],
+            truncated: true,
+        };
+        assert_eq!(hidden, expected.to_text(None));
     }
 }
