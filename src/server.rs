@@ -329,24 +329,37 @@ impl<T> HeadDeadline<T> {
     }
 
     /// Follows the head's bytes: starts the deadline at the first one,
-    /// stops it at the blank line that ends the head.
-    fn saw(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+    /// stops it at the blank line that ends the head. Every byte of every
+    /// request passes here, so it looks at line feeds only.
+    fn saw(&mut self, mut bytes: &[u8]) {
+        loop {
             match &mut self.state {
                 HeadState::Idle => {
+                    let Some((_, rest)) = bytes.split_first() else {
+                        return;
+                    };
                     self.state = HeadState::Head {
                         deadline: Box::pin(tokio::time::sleep(self.timeout)),
                         line_start: false,
                     };
+                    bytes = rest;
                 }
                 // A line feed that ends an empty line (bare or after `\r`)
                 // ends the head, as parsers accept both.
-                HeadState::Head { line_start, .. } => match b {
-                    b'\n' if *line_start => self.state = HeadState::Request,
-                    b'\n' => *line_start = true,
-                    b'\r' => {}
-                    _ => *line_start = false,
-                },
+                HeadState::Head { line_start, .. } => {
+                    let Some(lf) = bytes.iter().position(|&b| b == b'\n') else {
+                        if bytes.iter().any(|&b| b != b'\r') {
+                            *line_start = false;
+                        }
+                        return;
+                    };
+                    if *line_start && bytes[..lf].iter().all(|&b| b == b'\r') {
+                        self.state = HeadState::Request;
+                        return;
+                    }
+                    *line_start = true;
+                    bytes = &bytes[lf + 1..];
+                }
                 HeadState::Request | HeadState::Upgraded => return,
             }
         }
@@ -370,8 +383,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        let filled = buf.filled()[before..].to_vec();
-        this.saw(&filled);
+        this.saw(&buf.filled()[before..]);
         Poll::Ready(Ok(()))
     }
 }
@@ -479,5 +491,47 @@ mod tests {
         assert_eq!(state_after(&[b"GET / HTTP/1.1\r\n\r\r\n\r\n"]), "request");
         assert_eq!(state_after(&[b"GET / HTTP/1.1\nA: b\n\n"]), "request");
         assert_eq!(state_after(&[b"GET / HTTP/1.1\r\nA: b\r\n"]), "head");
+    }
+
+    /// Whether a byte-at-a-time reading finds the blank line that ends a
+    /// head starting with `bytes`.
+    fn head_ends_byte_by_byte(bytes: &[u8]) -> bool {
+        let mut line_start = false;
+        for &b in bytes.iter().skip(1) {
+            match b {
+                b'\n' if line_start => return true,
+                b'\n' => line_start = true,
+                b'\r' => {}
+                _ => line_start = false,
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn the_line_feed_scan_ends_a_head_where_a_byte_at_a_time_reading_does() {
+        // Every string of up to 7 bytes of `\r`, `\n` and `a`, cut in two
+        // everywhere: the scan may skip bytes, never the blank line.
+        let alphabet = [b'\r', b'\n', b'a'];
+        for len in 0..=7_u32 {
+            for mut n in 0..3_usize.pow(len) {
+                let mut bytes = Vec::new();
+                for _ in 0..len {
+                    bytes.push(alphabet[n % 3]);
+                    n /= 3;
+                }
+                let want = if head_ends_byte_by_byte(&bytes) {
+                    "request"
+                } else if bytes.is_empty() {
+                    "idle"
+                } else {
+                    "head"
+                };
+                for cut in 0..=bytes.len() {
+                    let (a, b) = bytes.split_at(cut);
+                    assert_eq!(state_after(&[a, b]), want, "{bytes:?} cut at {cut}");
+                }
+            }
+        }
     }
 }
