@@ -260,6 +260,16 @@ pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// What precedes the frame in a notice, which carries it last, after the
+/// routing fields, so that a listener reads those as JSON and takes the
+/// frame as it is (`ws::listener`) instead of scanning every byte of it;
+/// none of those fields may hold an object, as the frame begins at the
+/// payload's second `{`. Its key is not `frame`, the key of notices that carried it elsewhere: a
+/// node that finds no frame it knows reads the event from the log, so nodes
+/// of either kind still deliver every event while a rolling upgrade mixes
+/// them.
+pub const NOTICE_FRAME_MARKER: &str = ", \"frame_last\" : ";
+
 /// Selects `id` and NOTIFYs each row of the CTE `ev` (id, chat_id, kind,
 /// user_ids, message_id, reply_to_id, frame): the whole event when it fits a NOTIFY
 /// payload, else its id only (listeners then read it from the log).
@@ -270,12 +280,12 @@ pub fn notify_sql(ev: &str) -> String {
                                                    then n.text
                                                    else json_build_object('id', {ev}.id)::text end)
          from {ev}, lateral (
-             select json_build_object(
-                 'id', {ev}.id, 'chat_id', {ev}.chat_id, 'kind', {ev}.kind, 'user_ids', {ev}.user_ids,
-                 'message_id', {ev}.message_id, 'reply_to_id', {ev}.reply_to_id,
-                 'frame', {ev}.frame::json,
-                 'at', extract(epoch from clock_timestamp())
-             )::text as text
+             select left(json_build_object(
+                        'id', {ev}.id, 'chat_id', {ev}.chat_id, 'kind', {ev}.kind,
+                        'user_ids', {ev}.user_ids, 'message_id', {ev}.message_id,
+                        'reply_to_id', {ev}.reply_to_id, 'at', extract(epoch from clock_timestamp())
+                    )::text, -1)
+                    || coalesce('{NOTICE_FRAME_MARKER}' || {ev}.frame, '') || '}}' as text
          ) n"
     )
 }

@@ -11,16 +11,20 @@ use super::Hub;
 use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
 use super::event::{Event, Frame};
 use super::registry::{BlockChange, DISPATCH_BATCH, Hidden, Sender};
-use crate::events::{EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, READ_EVENTS_SQL};
+use crate::events::{
+    EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, NOTICE_FRAME_MARKER, READ_EVENTS_SQL,
+};
 use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
-/// The NOTIFY payload of a durable event; `frame` is absent when it was too large.
+/// The NOTIFY payload of a durable event (`events::notify_sql`) up to its
+/// frame, which follows as it is unless the event was too large to carry it.
 #[derive(Deserialize)]
 struct Notice {
     id: i64,
@@ -33,15 +37,14 @@ struct Notice {
     message_id: Option<i64>,
     #[serde(default)]
     reply_to_id: Option<i64>,
-    frame: Option<Box<serde_json::value::RawValue>>,
     /// When the event's statement ran (seconds since the epoch, by the
     /// database's clock): how late it is dispatched is `listen_lag`.
     at: Option<f64>,
 }
 
 fn known_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EventKind>, D::Error> {
-    let text = Option::<String>::deserialize(d)?;
-    Ok(text.as_deref().and_then(EventKind::parse))
+    let text = Option::<&str>::deserialize(d)?;
+    Ok(text.and_then(EventKind::parse))
 }
 
 /// Connects, LISTENs and dispatches until the hub shuts down, reconnecting with backoff.
@@ -253,7 +256,8 @@ enum Announced {
 }
 
 fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
-    let notice: Notice = match serde_json::from_str(payload) {
+    let (fields, frame) = split_notice(payload);
+    let notice: Notice = match serde_json::from_str(&fields) {
         Ok(n) => n,
         Err(e) => {
             log::error!("unreadable event notification: {e}");
@@ -269,7 +273,7 @@ fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
     if notice.id <= last {
         return Announced::Stale;
     }
-    match (notice.id == last + 1, notice.kind, notice.frame) {
+    match (notice.id == last + 1, notice.kind, frame) {
         (true, Some(kind), Some(frame)) => Announced::Next(Event {
             id: notice.id,
             chat_id: notice.chat_id,
@@ -277,9 +281,30 @@ fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
             user_ids: notice.user_ids,
             message_id: notice.message_id,
             reply_to_id: notice.reply_to_id,
-            frame: Frame::from(frame.get()),
+            frame: Frame::from(frame),
         }),
         _ => Announced::Gap(notice.id),
+    }
+}
+
+/// A notice's routing fields (a JSON object) and, when it carries one, its
+/// frame. The fields hold no object, so the frame is where the second `{`
+/// is, right after the marker (found by a byte search, not a string search).
+fn split_notice(payload: &str) -> (Cow<'_, str>, Option<&str>) {
+    let frame = payload
+        .get(1..)
+        .and_then(|rest| rest.find('{'))
+        .map(|at| payload.split_at(at + 1))
+        .and_then(|(head, tail)| Some((head.strip_suffix(NOTICE_FRAME_MARKER)?, tail)))
+        .and_then(|(fields, tail)| Some((fields, tail.strip_suffix('}')?)));
+    match frame {
+        Some((fields, frame)) => {
+            let mut object = String::with_capacity(fields.len() + 1);
+            object.push_str(fields);
+            object.push('}');
+            (Cow::Owned(object), Some(frame))
+        }
+        None => (Cow::Borrowed(payload), None),
     }
 }
 
@@ -391,5 +416,43 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
             blocked: blocked_id,
             on: blocked,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_of(payload: &str, last: i64) -> Result<String, String> {
+        match announced(payload, last, &Metrics::new()) {
+            Announced::Next(event) => Ok(event.frame.to_string()),
+            Announced::Stale => Err("stale".into()),
+            Announced::Gap(upto) => Err(format!("gap to {upto}")),
+        }
+    }
+
+    #[test]
+    fn a_notice_gives_its_frame_as_it_is_or_sends_the_listener_to_the_log() {
+        let fields = r#"{"id" : 8, "chat_id" : 3, "kind" : "message", "user_ids" : [], "message_id" : 5, "reply_to_id" : null, "at" : 1.5"#;
+        let frame = r#"{"type" : "message", "payload" : {"content": "a \"frame_last\" : x}"}}"#;
+        // As `events::notify_sql` writes it.
+        let whole = format!("{fields}{NOTICE_FRAME_MARKER}{frame}}}");
+        let cases = [
+            (whole.clone(), 7, Ok(frame.to_string())),
+            (whole.clone(), 8, Err("stale".into())),
+            (whole, 5, Err("gap to 8".into())),
+            // Too large to carry its frame.
+            (r#"{"id" : 8}"#.to_string(), 7, Err("gap to 8".into())),
+            (format!("{fields}}}"), 7, Err("gap to 8".into())),
+            // A node of the earlier layout: the frame amid the fields.
+            (
+                format!(r#"{{"id" : 8, "kind" : "message", "frame" : {frame}, "at" : 1.5}}"#),
+                7,
+                Err("gap to 8".into()),
+            ),
+        ];
+        for (payload, last, want) in cases {
+            assert_eq!(frame_of(&payload, last), want, "{payload}");
+        }
     }
 }

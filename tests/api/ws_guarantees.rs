@@ -479,6 +479,34 @@ async fn a_client_reconnecting_with_since_in_a_loop_sees_every_message_once_in_o
 }
 
 #[tokio::test]
+async fn a_notification_carries_the_frame_last_as_it_is_so_listeners_need_not_read_the_log() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (mut ws, _) = connected(&app, &bob, None).await;
+    let (_session, mut notices) =
+        pg::listen(&app.database_url, chatapp::events::EVENTS_CHANNEL).await;
+
+    // Act
+    app.send_message(&alice, chat, "hello \"frame_last\" : {}}")
+        .await;
+
+    // Assert: the payload is JSON (what nodes of the previous layout read)
+    // that ends with the frame the members get, after the marker.
+    let frame = ws.next_of_type("message").await;
+    let payload = notices.recv().await.expect("a notification");
+    let whole: Value = serde_json::from_str(&payload).expect("the payload is JSON");
+    assert_eq!(whole["frame_last"], frame, "{payload}");
+    let (_, last) = payload
+        .split_once(chatapp::events::NOTICE_FRAME_MARKER)
+        .expect("the frame's marker");
+    let carried: Value = serde_json::from_str(last.strip_suffix('}').unwrap()).unwrap();
+    assert_eq!(carried, frame);
+}
+
+#[tokio::test]
 async fn events_too_large_for_a_notify_payload_are_delivered_in_order() {
     // Arrange: messages may be far larger than PostgreSQL's 8000-byte NOTIFY limit.
     let app = spawn_app_with(|c| c.limits.message_chars = 20_000).await;

@@ -62,6 +62,35 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// LISTENs on `channel` of the database at `url`: the session (listening
+/// while it is kept) and the payloads of its notifications, in order.
+pub async fn listen(
+    url: &str,
+    channel: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to test PostgreSQL: {e}"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message
+                && tx.send(n.payload().to_string()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("listen {channel}"))
+        .await
+        .expect("listen");
+    (client, rx)
+}
+
 /// Terminates the LISTEN connection of every node on the database at `url`
 /// (each reconnects on its own); returns how many were terminated.
 /// Waits (up to `tries` × 25 ms) until some statement of the database at
