@@ -347,7 +347,7 @@ impl<T> HeadDeadline<T> {
                 // A line feed that ends an empty line (bare or after `\r`)
                 // ends the head, as parsers accept both.
                 HeadState::Head { line_start, .. } => {
-                    let Some(lf) = bytes.iter().position(|&b| b == b'\n') else {
+                    let Some(lf) = memchr::memchr(b'\n', bytes) else {
                         if bytes.iter().any(|&b| b != b'\r') {
                             *line_start = false;
                         }
