@@ -306,7 +306,8 @@ fn broadcast(room: &Room, user: &User, req: SendRequest) -> String {
     // (jsonb orders keys by length, then bytes).
     let frame = format!(
         "{{\"type\" : \"message\", \"payload\" : {{\"chat_id\": {chat}, \"content\": {content}, \
-         \"event_id\": {event_id}, \"username\": {username}, \"client_id\": {client_id}, \
+         \"event_id\": {event_id}, \"mentions\": [], \"reply_to\": null, \
+         \"username\": {username}, \"client_id\": {client_id}, \
          \"is_edited\": false, \"sender_id\": {sender}, \"timestamp\": \"{ts}\", \
          \"created_at\": \"{ts}\", \"message_id\": {message_id}, \"updated_at\": \"{ts}\", \
          \"display_name\": null}}}}",

@@ -139,10 +139,21 @@ pub async fn run(env: &Env, report: &mut Report) {
                 ("chatapp", server.addr(), server.pid()),
                 ("broadcast", ceiling.addr, Some(ceiling.pid())),
             ];
+            let mut fields = Vec::new();
             for (system, addr, pid) in systems {
                 eprintln!("fanout {case} {system}");
                 let result = run_case(addr, pid, &users[..m], chat, &set).await;
+                fields.push(result.as_ref().ok().and_then(|r| r.frame_fields.clone()));
                 record(report, &case, system, result);
+            }
+            // A ceiling sending less than chatapp sends would spare its
+            // clients parsing, and so stand higher than it should.
+            if let [Some(ours), Some(its)] = &fields[..] {
+                report.check(
+                    SCENARIO,
+                    ours == its,
+                    format!("{case}: the ceiling's message frames have chatapp's fields ({its:?})"),
+                );
             }
         }
     }
@@ -260,6 +271,8 @@ struct CaseResult {
     database_us: f64,
     capacity_mps: f64,
     frame_bytes: f64,
+    /// The fields of a `message` frame a member got, sorted.
+    frame_fields: Option<Vec<String>>,
     connect_frames: f64,
 }
 
@@ -552,7 +565,26 @@ async fn run_case(
         capacity_mps,
         connect_frames,
         frame_bytes: shared.sample.get().map_or(f64::NAN, |f| f.len() as f64),
+        frame_fields: shared.sample.get().map(|f| frame_fields(f)),
     })
+}
+
+/// The fields of message frame `text` and of its payload, sorted.
+fn frame_fields(text: &str) -> Vec<String> {
+    let frame: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let mut fields = keys(&frame);
+    fields.extend(
+        keys(&frame["payload"])
+            .into_iter()
+            .map(|k| format!("payload.{k}")),
+    );
+    fields.sort();
+    fields
 }
 
 /// Generous: the slowest plausible delivery rate, plus a margin.
