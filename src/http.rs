@@ -1,7 +1,7 @@
 //! Filters every resource shares: JSON/form bodies with a size limit, path
 //! ids, pagination and the bearer-token [`authed`] filter.
 
-use crate::auth::{Auth, AuthUser};
+use crate::auth::{Auth, AuthUser, Sealed};
 use crate::config::LimitsConfig;
 use crate::db::Pool;
 use crate::error::{ApiError, FieldError, InvalidId};
@@ -358,6 +358,23 @@ pub fn authed(
                 .ok_or(ApiError::Unauthorized("missing bearer token"))
                 .map_err(warp::reject::custom)?;
             auth.authenticate(token).await.map_err(warp::reject::custom)
+        })
+}
+
+/// The caller as their token's seal proves them ([`Sealed`]), for a route
+/// whose statement checks the token version itself: no lookup here.
+pub fn sealed(
+    ctx: &Context,
+) -> impl Filter<Extract = (Sealed,), Error = Rejection> + Clone + use<> {
+    warp::header::optional::<String>("authorization")
+        .and(with(ctx.auth.clone()))
+        .and_then(|header: Option<String>, auth: Arc<Auth>| async move {
+            header
+                .as_deref()
+                .and_then(bearer_token)
+                .ok_or(ApiError::Unauthorized("missing bearer token"))
+                .and_then(|token| auth.open(token))
+                .map_err(warp::reject::custom)
         })
 }
 

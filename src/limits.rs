@@ -107,7 +107,10 @@ pub struct RateLimits {
     enabled: bool,
     register: Keyed<IpAddr>,
     login: Keyed<IpAddr>,
-    send_message: Keyed<i64>,
+    /// Per user and token version: a token revoked since (a password
+    /// change) is refused by the send itself, not before, and must not use
+    /// up the sends of the account's current tokens.
+    send_message: Keyed<(i64, i32)>,
     create_chat: Keyed<i64>,
     add_members: Keyed<i64>,
     typing: Keyed<i64>,
@@ -155,20 +158,32 @@ impl RateLimits {
             .map_err(|wait| self.limited(action, wait))
     }
 
+    /// A send by user `user_id` with a token of version `token_version`:
+    /// `Err` (429) when they are over the limit.
+    pub fn check_send(&self, user_id: i64, token_version: i32) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.send_message
+            .check(&(user_id, token_version))
+            .map_err(|wait| self.limited(Action::SendMessage, wait))
+    }
+
     /// A per-user action: `Err` (429) when `user_id` is over its limit.
+    /// Not sends ([`RateLimits::check_send`]) nor the per-address actions
+    /// ([`RateLimits::check_ip`]).
     pub fn check_user(&self, action: Action, user_id: i64) -> Result<(), ApiError> {
         if !self.enabled {
             return Ok(());
         }
         let limiter = match action {
-            Action::SendMessage => &self.send_message,
             Action::CreateChat => &self.create_chat,
             Action::AddMembers => &self.add_members,
             Action::Typing => &self.typing,
             Action::MarkRead => &self.mark_read,
             Action::Search => &self.search,
             Action::Frame => &self.frame,
-            Action::Register | Action::Login => return Ok(()),
+            Action::SendMessage | Action::Register | Action::Login => return Ok(()),
         };
         limiter
             .check(&user_id)
@@ -295,17 +310,18 @@ mod tests {
             }
         });
         for _ in 0..3 {
-            assert!(limits.check_user(Action::SendMessage, 7).is_ok());
+            assert!(limits.check_send(7, 0).is_ok());
         }
-        match limits.check_user(Action::SendMessage, 7) {
+        match limits.check_send(7, 0) {
             Err(ApiError::RateLimited { retry_after }) => {
                 assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}")
             }
             other => panic!("{other:?}"),
         }
+        assert!(limits.check_send(8, 0).is_ok(), "per user");
         assert!(
-            limits.check_user(Action::SendMessage, 8).is_ok(),
-            "per user"
+            limits.check_send(7, 1).is_ok(),
+            "per token version: a revoked token's sends leave the new tokens' alone"
         );
     }
 

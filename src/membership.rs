@@ -13,6 +13,7 @@
 //! account deletion does; one that waited for a lock out of this order
 //! could wait for a transaction waiting for it (a deadlock).
 
+use crate::auth::token_current_sql;
 use crate::error::ApiError;
 use tokio_postgres::GenericClient;
 
@@ -90,10 +91,12 @@ pub async fn lock_users(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// SQL: the CTEs `locked_users` and `locked_members`: of the pairs of
-/// arrays `chats` and `users` (SQL expressions), each a chat and a user
-/// acting in it, those where the user is a member (`chat_id, user_id`),
-/// the users locked `for key share` first, then each chat `for no key
+/// SQL: the CTEs `locked_users` and `locked_members`: of the triples of
+/// arrays `chats`, `users` and `versions` (SQL expressions), each a chat, a
+/// user acting in it and the version of the token they act with, those
+/// where the user is a member and the token still good
+/// (`chat_id, user_id, token_version`; see `auth::Sealed`), the users
+/// locked `for key share` first, then each chat `for no key
 /// update` and each membership `for key share`, by chat and user. In the
 /// lock order, so that a statement acting as these members (a send) can
 /// then change the chat, reference the users and append to the event log:
@@ -101,19 +104,24 @@ pub async fn lock_users(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<
 /// first, and a pair whose membership or chat it removed drops out, where
 /// a plain membership check would still see them (the statement's
 /// snapshot predates the wait).
-pub fn lock_members(chats: &str, users: &str) -> String {
+pub fn lock_members(chats: &str, users: &str, versions: &str) -> String {
     format!(
         "locked_users as (
-             select id from users where id = any({users}) order by id for key share
+             select id, token_version from users where id = any({users}) order by id
+             for key share
          ), locked_members as (
-             select mm.chat_id, mm.user_id
+             select mm.chat_id, mm.user_id, lu.token_version
              from locked_users lu
              join chat_members mm on mm.user_id = lu.id
              join chats c on c.id = mm.chat_id
-             where (mm.chat_id, mm.user_id) in (select * from unnest({chats}, {users}))
+             where exists (
+                 select 1 from unnest({chats}, {users}, {versions}) acting (chat_id, user_id, version)
+                 where acting.chat_id = mm.chat_id and acting.user_id = mm.user_id
+                   and {current})
              order by mm.chat_id, mm.user_id
              for no key update of c for key share of mm
-         )"
+         )",
+        current = token_current_sql("lu", "acting.version"),
     )
 }
 

@@ -417,7 +417,9 @@ fn write_pgbench_script(env: &Env, chats: &[i64], users: &[User]) -> PathBuf {
         .replace("$4", "null::text")
         .replace("$5", &content_words())
         .replace("$6", "null::bigint")
-        .replace("$7", "null::text");
+        .replace("$7", "null::text")
+        // The seeded users' tokens are of the first version.
+        .replace("$8", "0");
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     // One statement, committed on its own: exactly what the handler sends.
     let script = format!(
@@ -484,7 +486,8 @@ fn write_pgbench_batch_script(env: &Env, chats: &[i64], users: &[User], batch: u
             &format!("array_fill({}::text, array[{batch}])", content_words()),
         )
         .replace("$6", &format!("array_fill(null::int8, array[{batch}])"))
-        .replace("$7", &format!("array_fill(null::text, array[{batch}])"));
+        .replace("$7", &format!("array_fill(null::text, array[{batch}])"))
+        .replace("$8", &format!("array_fill(0, array[{batch}])"));
     let one_line = send.split_whitespace().collect::<Vec<_>>().join(" ");
     let path = env.log_dir.join(format!(
         "send-batch{batch}-{}.pgbench.sql",

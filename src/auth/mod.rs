@@ -20,6 +20,32 @@ pub struct AuthUser {
     pub expires_at: OffsetDateTime,
 }
 
+/// A caller as their token's seal proves them, before their account is
+/// read: for a statement that checks the token version itself, in the
+/// round trip that does its work (a send, see `membership::lock_members`),
+/// where [`Auth::authenticate`] would spend one of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sealed {
+    pub id: i64,
+    pub token_version: i32,
+}
+
+impl From<&AuthUser> for Sealed {
+    fn from(user: &AuthUser) -> Sealed {
+        Sealed {
+            id: user.id,
+            token_version: user.token_version,
+        }
+    }
+}
+
+/// SQL: whether a token of version `version` is still good for user row
+/// `u` (no password change since; the row exists). [`Auth::authenticate`]
+/// states the same in Rust.
+pub fn token_current_sql(u: &str, version: &str) -> String {
+    format!("{u}.token_version = {version}")
+}
+
 /// Issues tokens and checks them.
 pub struct Auth {
     key: TokenKey,
@@ -78,6 +104,16 @@ impl Auth {
             skew_secs: self.skew_secs,
         };
         self.key.issue(&grant, OffsetDateTime::now_utc())
+    }
+
+    /// Checks the token's seal and expiry only (no database): a [`Sealed`]
+    /// caller, whose token version is still to be checked.
+    pub fn open(&self, token: &str) -> Result<Sealed, ApiError> {
+        let opened = self.key.open(token, OffsetDateTime::now_utc())?;
+        Ok(Sealed {
+            id: opened.user_id,
+            token_version: opened.token_version,
+        })
     }
 
     /// Checks the token's seal and expiry, then that the account still exists

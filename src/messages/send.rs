@@ -7,9 +7,10 @@
 use super::check_content;
 use super::mentions::mention_names;
 use super::send_sql::{SEND_BATCH_SQL, SEND_SQL};
+use crate::auth::{Sealed, revoked, token_current_sql};
 use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
-use crate::limits::{Action, RateLimits};
+use crate::limits::RateLimits;
 use crate::membership::is_member;
 use crate::message_json::message_rest_sql;
 use crate::metrics::Metrics;
@@ -65,7 +66,7 @@ impl Sent {
 pub struct PendingSend {
     answer: oneshot::Receiver<Result<Option<Row>, ApiError>>,
     chat_id: i64,
-    sender_id: i64,
+    sender: Sealed,
     client_id: Option<String>,
     reply_to_id: Option<i64>,
     pool: Pool,
@@ -83,21 +84,41 @@ impl PendingSend {
             Some(row) => Ok(Sent::from_row(&row, false)),
             None => {
                 let client = self.pool.get().await?;
+                ensure_token_current(&*client, self.sender).await?;
                 let earlier = existing_by_client_id(
                     &*client,
                     self.chat_id,
-                    self.sender_id,
+                    self.sender.id,
                     self.client_id.as_deref(),
                 )
                 .await;
                 match (earlier, self.reply_to_id) {
                     (Err(ApiError::ChatNotFound), Some(_)) => {
-                        refused_reply(&*client, self.chat_id, self.sender_id).await
+                        refused_reply(&*client, self.chat_id, self.sender.id).await
                     }
                     (earlier, _) => earlier,
                 }
             }
         }
+    }
+}
+
+/// Nothing was inserted: first of all, the sender's token may have been
+/// revoked since it was sealed (the statement checked; 401, as
+/// `Auth::authenticate` would have answered).
+async fn ensure_token_current(client: &impl GenericClient, sender: Sealed) -> Result<(), ApiError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select 1 from users u where u.id = $1 and {}",
+            token_current_sql("u", "$2")
+        )
+    });
+    match client
+        .query_opt(SQL.as_str(), &[&sender.id, &sender.token_version])
+        .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(revoked()),
     }
 }
 
@@ -158,6 +179,8 @@ async fn refused_reply(
 struct Insert {
     chat_id: i64,
     sender_id: i64,
+    /// Checked by the statement (see `auth::Sealed`).
+    token_version: i32,
     content: String,
     client_id: Option<String>,
     /// The content's words for search, as a `tsvector` literal.
@@ -226,8 +249,8 @@ impl SendQueue {
     /// caller may queue its next send before the last one is committed (a
     /// WebSocket client pipelining its messages) and still have them stored
     /// in the order sent.
-    pub async fn queue(&self, sender_id: i64, req: SendRequest) -> Result<PendingSend, ApiError> {
-        self.rates.check_user(Action::SendMessage, sender_id)?;
+    pub async fn queue(&self, sender: Sealed, req: SendRequest) -> Result<PendingSend, ApiError> {
+        self.rates.check_send(sender.id, sender.token_version)?;
         let mut errors = Vec::new();
         if req.chat_id <= 0 {
             errors.push(FieldError::new("chat_id", "must be a positive chat id"));
@@ -250,7 +273,8 @@ impl SendQueue {
         let search = super::words::tsvector_text(&content);
         let insert = Insert {
             chat_id: req.chat_id,
-            sender_id,
+            sender_id: sender.id,
+            token_version: sender.token_version,
             mention_names: mention_names(&content),
             content,
             client_id: req.client_id.clone(),
@@ -265,7 +289,7 @@ impl SendQueue {
         Ok(PendingSend {
             answer,
             chat_id: req.chat_id,
-            sender_id,
+            sender,
             client_id: req.client_id,
             reply_to_id: req.reply_to_id,
             pool: self.pool.clone(),
@@ -286,6 +310,7 @@ impl SendQueue {
                     Type::TEXT,
                     Type::INT8,
                     Type::TEXT,
+                    Type::INT4,
                 ],
             ),
             (
@@ -298,6 +323,7 @@ impl SendQueue {
                     Type::TEXT_ARRAY,
                     Type::INT8_ARRAY,
                     Type::TEXT_ARRAY,
+                    Type::INT4_ARRAY,
                 ],
             ),
         ]
@@ -364,6 +390,7 @@ async fn insert_one(pipeline: &Pipeline, insert: &Insert) -> Result<Option<Row>,
                 &insert.search,
                 &insert.reply_to_id,
                 &insert.mention_names,
+                &insert.token_version,
             ],
         )
         .await?;
@@ -385,6 +412,7 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
         .iter()
         .map(|j| j.insert.mention_names.as_deref())
         .collect();
+    let versions: Vec<i32> = batch.iter().map(|j| j.insert.token_version).collect();
     let pipelined = pipeline.get().await?;
     let rows = pipelined
         .client
@@ -398,6 +426,7 @@ async fn insert_batch(pipeline: &Pipeline, batch: &[Job]) -> Result<Vec<Option<R
                 &searches,
                 &reply_to_ids,
                 &names,
+                &versions,
             ],
         )
         .await?;

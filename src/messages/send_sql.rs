@@ -15,8 +15,8 @@ use std::sync::LazyLock;
 /// `tsvector` literal) from `$2` into chat `$1`, in reply to `$6` (or
 /// null), mentioning the members `$7` names (see `mentions`), in one
 /// statement (one round trip, committed on its own): inserts it if `$2` is
-/// a member, `$6` is null or a message of the chat, and the client id is
-/// new, touches the chat, appends the `message` event and NOTIFYs it;
+/// a member whose token of version `$8` is still good, `$6` is null or a
+/// message of the chat, and the client id is new, touches the chat, appends the `message` event and NOTIFYs it;
 /// returns the message (its REST body, id, chat and client id) and
 /// `event_id`, or no row when nothing was inserted.
 ///
@@ -67,7 +67,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          select b.id, b.chat_id, b.client_id, {rest}::text as body,
                 (select id from sent) as event_id
          from b",
-        locked = lock_members("array[$1::int8]", "array[$2::int8]"),
+        locked = lock_members("array[$1::int8]", "array[$2::int8]", "array[$8::int4]"),
         mentions = mentions_sql("$7::text", "$1"),
         body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
@@ -80,14 +80,14 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
 /// [`SEND_SQL`] for many sends at once, committed together: element `n`
 /// (counted from one) of the arrays `$1` chat ids, `$2` sender ids, `$3`
 /// contents, `$4` client ids, `$5` search vectors, `$6` originals replied
-/// to, `$7` names mentioned is one send. Message ids are drawn in array
+/// to, `$7` names mentioned, `$8` the senders' token versions is one send. Message ids are drawn in array
 /// order before the insert (from the identity column's sequence named as a
 /// `regclass` constant: resolved once when the statement is prepared, where
 /// `pg_get_serial_sequence` would look it up in the catalog for every row),
 /// so each returned row carries its `n`; messages
 /// and events are numbered in that order. Sends not inserted (not a member,
-/// no such original in the chat, client id reused, even within the batch)
-/// return no row.
+/// a token revoked since, no such original in the chat, client id reused,
+/// even within the batch) return no row.
 pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "with {locked}, originals as (
@@ -99,10 +99,11 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
                     r.reply_to_id, r.names,
                     nextval('messages_id_seq'::regclass) as id
              from unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[],
-                         $7::text[])
+                         $7::text[], $8::int4[])
                   with ordinality as r (chat_id, sender_id, content, client_id, search,
-                                        reply_to_id, names, n)
-             where (r.chat_id, r.sender_id) in (select chat_id, user_id from locked_members)
+                                        reply_to_id, names, version, n)
+             where (r.chat_id, r.sender_id, r.version) in (
+                       select chat_id, user_id, token_version from locked_members)
                and (r.reply_to_id is null or exists (
                    select 1 from originals o where o.id = r.reply_to_id and o.chat_id = r.chat_id))
              order by r.n
@@ -141,7 +142,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          select req.n, b.id, b.chat_id, b.client_id, {rest}::text as body, ev.id as event_id
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
-        locked = lock_members("$1::int8[]", "$2::int8[]"),
+        locked = lock_members("$1::int8[]", "$2::int8[]", "$8::int4[]"),
         mentions = mentions_sql("req.names", "req.chat_id"),
         body = message_json_replying_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),

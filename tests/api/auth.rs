@@ -533,6 +533,71 @@ async fn password_change_revokes_every_older_token() {
 }
 
 #[tokio::test]
+async fn a_token_revoked_by_a_password_change_or_deletion_sends_nothing() {
+    // Arrange: sends check the token in their own statement, not before it.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let sent = app
+        .post(
+            "/api/v1/messages",
+            &alice.token,
+            json!({"chat_id": chat, "content": "before", "client_id": "c1"}),
+        )
+        .await;
+    assert_eq!(sent.0, 201, "{}", sent.1);
+    let (status, body) = app
+        .put(
+            &format!("/api/v1/users/{}", alice.id),
+            &alice.token,
+            json!({ "password": "a brand new password", "current_password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.delete_account(&bob).await;
+    assert_eq!(status, 204, "{body}");
+
+    // Act
+    let cases = [
+        (
+            &alice,
+            json!({"chat_id": chat, "content": "after"}),
+            "a new message",
+        ),
+        (
+            &alice,
+            json!({"chat_id": chat, "content": "before", "client_id": "c1"}),
+            "a retry of a message sent before",
+        ),
+        (
+            &alice,
+            json!({"chat_id": chat, "content": "r", "reply_to_id": sent.1["id"]}),
+            "a reply",
+        ),
+        (
+            &bob,
+            json!({"chat_id": chat, "content": "gone"}),
+            "a deleted account",
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (user, body, what) in cases {
+        answers.push((app.post("/api/v1/messages", &user.token, body).await, what));
+    }
+
+    // Assert
+    for ((status, body), what) in answers {
+        assert_error(status, &body, 401, "unauthorized");
+        assert_eq!(body["error"], "token has been revoked", "{what}: {body}");
+    }
+    let stored = app
+        .db_count("select count(*) from messages where chat_id = $1", chat)
+        .await;
+    assert_eq!(stored, 1, "only the message sent before");
+}
+
+#[tokio::test]
 async fn profile_change_without_password_keeps_tokens_valid() {
     let app = spawn_app().await;
     let user = app.register("keep").await;

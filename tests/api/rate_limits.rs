@@ -193,6 +193,55 @@ async fn rest_sends_and_chat_creation_are_limited_per_user() {
 }
 
 #[tokio::test]
+async fn sends_with_a_revoked_token_do_not_use_up_the_new_tokens_sends() {
+    // Arrange: a token stolen before a password change is refused by the
+    // send itself, after the limit is counted; it has a limit of its own.
+    let app = spawn_app_with(limited(|c| c.limits.rate.messages = burst(2))).await;
+    let alice = app.register("alice").await;
+    let chat = app.create_group(&alice, "g", &[]).await;
+    let new_password = "a brand new password";
+    let (status, body) = app
+        .put(
+            &format!("/api/v1/users/{}", alice.id),
+            &alice.token,
+            json!({ "password": new_password, "current_password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, login) = app.login(&alice.username, new_password).await;
+    let fresh = login["token"].as_str().unwrap().to_string();
+    let body = json!({"chat_id": chat, "content": "hi"});
+
+    // Act
+    let mut stolen = Vec::new();
+    for _ in 0..3 {
+        stolen.push(
+            post(
+                &app,
+                "/api/v1/messages",
+                Some(&alice.token),
+                None,
+                body.clone(),
+            )
+            .await
+            .0,
+        );
+    }
+    let mut own = Vec::new();
+    for _ in 0..3 {
+        own.push(
+            post(&app, "/api/v1/messages", Some(&fresh), None, body.clone())
+                .await
+                .0,
+        );
+    }
+
+    // Assert
+    assert_eq!(stolen, [401, 401, 429]);
+    assert_eq!(own, [201, 201, 429], "the account's own limit, untouched");
+}
+
+#[tokio::test]
 async fn websocket_frames_over_a_limit_get_rate_limited_errors_and_stay_connected() {
     // Arrange: three sends allowed, and a single bad frame would close the socket.
     let app = spawn_app_with(limited(|c| {

@@ -5,7 +5,7 @@
 use super::Services;
 use super::wire;
 use super::writer::killed;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Sealed};
 use crate::error::ApiError;
 use crate::events::{Live, notify_live};
 use crate::limits::Action;
@@ -206,9 +206,9 @@ impl Reader<'_> {
         }
         match frame {
             ClientFrame::Ping => reply(ServerFrame::Pong {}),
-            ClientFrame::Message(req) => {
-                Ok(Some(Handled::Queued(sends.queue(user.id, req).await?)))
-            }
+            ClientFrame::Message(req) => Ok(Some(Handled::Queued(
+                sends.queue(Sealed::from(user), req).await?,
+            ))),
             ClientFrame::JoinChat { chat_id } | ClientFrame::LeaveChat { chat_id } => {
                 let pause = matches!(frame, ClientFrame::LeaveChat { .. });
                 if !hub.registry.set_paused(self.id, chat_id, pause) {
