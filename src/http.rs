@@ -349,16 +349,33 @@ fn int_param(
 pub fn authed(
     ctx: &Context,
 ) -> impl Filter<Extract = (AuthUser,), Error = Rejection> + Clone + use<> {
+    bearer(ctx).and_then(|token: Bearer, auth: Arc<Auth>| async move {
+        auth.authenticate(token.text()?)
+            .await
+            .map_err(warp::reject::custom)
+    })
+}
+
+/// The `Authorization` header, and the [`Auth`] that checks its token.
+fn bearer(
+    ctx: &Context,
+) -> impl Filter<Extract = (Bearer, Arc<Auth>), Error = Rejection> + Clone + use<> {
     warp::header::optional::<String>("authorization")
+        .map(Bearer)
         .and(with(ctx.auth.clone()))
-        .and_then(|header: Option<String>, auth: Arc<Auth>| async move {
-            let token = header
-                .as_deref()
-                .and_then(bearer_token)
-                .ok_or(ApiError::Unauthorized("missing bearer token"))
-                .map_err(warp::reject::custom)?;
-            auth.authenticate(token).await.map_err(warp::reject::custom)
-        })
+}
+
+/// A request's `Authorization` header, if it has one.
+struct Bearer(Option<String>);
+
+impl Bearer {
+    /// The token it carries: 401 without one.
+    fn text(&self) -> Result<&str, Rejection> {
+        self.0
+            .as_deref()
+            .and_then(bearer_token)
+            .ok_or_else(|| warp::reject::custom(ApiError::Unauthorized("missing bearer token")))
+    }
 }
 
 /// The caller as their token's seal proves them ([`Sealed`]), for a route
@@ -366,16 +383,9 @@ pub fn authed(
 pub fn sealed(
     ctx: &Context,
 ) -> impl Filter<Extract = (Sealed,), Error = Rejection> + Clone + use<> {
-    warp::header::optional::<String>("authorization")
-        .and(with(ctx.auth.clone()))
-        .and_then(|header: Option<String>, auth: Arc<Auth>| async move {
-            header
-                .as_deref()
-                .and_then(bearer_token)
-                .ok_or(ApiError::Unauthorized("missing bearer token"))
-                .and_then(|token| auth.open(token))
-                .map_err(warp::reject::custom)
-        })
+    bearer(ctx).and_then(|token: Bearer, auth: Arc<Auth>| async move {
+        auth.open(token.text()?).map_err(warp::reject::custom)
+    })
 }
 
 /// [`authed`], for an action with a rate limit: over it, the request is
