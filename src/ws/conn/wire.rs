@@ -104,9 +104,15 @@ pub(super) struct Out<W> {
     /// The rest of a frame a killed write left half-written: it goes out
     /// before anything else, or the client would read garbage.
     torn: Vec<u8>,
-    /// Scratch space for the headers of a burst, kept across writes.
+    /// Scratch space for the headers of a burst, and where each frame's
+    /// parts are, kept across writes: a write allocates nothing.
     heads: Vec<u8>,
+    parts: Vec<Parts>,
 }
+
+/// Writes of up to this many slices (half as many frames, the usual burst
+/// of a busy chat) lay them out on the stack; longer ones in a vector.
+const STACK_SLICES: usize = 8;
 
 impl<W: AsyncWrite + Unpin> Out<W> {
     pub(super) fn new(io: W) -> Self {
@@ -114,6 +120,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
             io,
             torn: Vec::new(),
             heads: Vec::new(),
+            parts: Vec::new(),
         }
     }
 
@@ -122,17 +129,31 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     /// dropped part way, [`Out::cut`] tells from `done` what went out.
     pub(super) async fn write(&mut self, frames: &[Frame], done: &mut usize) -> io::Result<()> {
         self.heads.clear();
-        let parts: Vec<Parts> = frames.iter().map(|f| encode(&mut self.heads, f)).collect();
-        let mut slices = Vec::with_capacity(2 * frames.len());
-        for (part, frame) in parts.iter().zip(frames) {
-            slices.push(IoSlice::new(&self.heads[part.head.clone()]));
+        self.parts.clear();
+        for frame in frames {
+            let part = encode(&mut self.heads, frame);
+            self.parts.push(part);
+        }
+        let mut stack = [IoSlice::new(&[]); STACK_SLICES];
+        let mut heap = Vec::new();
+        let slices = if 2 * frames.len() <= STACK_SLICES {
+            &mut stack[..]
+        } else {
+            heap.resize(2 * frames.len(), IoSlice::new(&[]));
+            &mut heap[..]
+        };
+        let mut used = 0;
+        for (part, frame) in self.parts.iter().zip(frames) {
+            slices[used] = IoSlice::new(&self.heads[part.head.clone()]);
+            used += 1;
             if part.text {
-                slices.push(IoSlice::new(frame.as_bytes()));
+                slices[used] = IoSlice::new(frame.as_bytes());
+                used += 1;
             }
         }
         // The standard library passes at most the system's limit of slices
         // to one `writev`; the rest go in the next round.
-        let mut rest = &mut slices[..];
+        let mut rest = &mut slices[..used];
         while !rest.is_empty() {
             let n = self.io.write_vectored(rest).await?;
             if n == 0 {
@@ -224,16 +245,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_is_the_frames_back_to_back() {
-        let frames = [
+        let kinds = [
             Frame::from("{\"a\":1}"),
             Frame::from_static(""),
             Frame::from("y".repeat(300)),
+            pong(b"p"),
         ];
+        // Bursts laid out on the stack and longer ones, one writer after
+        // another (its scratch space kept across writes).
         let mut out = Out::new(Vec::new());
-        let mut done = 0;
-        out.write(&frames, &mut done).await.unwrap();
-        assert_eq!(out.io, wire(&frames));
-        assert_eq!(done, out.io.len());
+        let mut expected = Vec::new();
+        for n in [1, 3, 4, 5, 12, 2] {
+            let frames: Vec<Frame> = kinds.iter().cycle().take(n).cloned().collect();
+            let mut done = 0;
+            out.write(&frames, &mut done).await.unwrap();
+            expected.extend(wire(&frames));
+            assert_eq!(out.io, expected, "a burst of {n}");
+            assert_eq!(done, wire(&frames).len(), "a burst of {n}");
+        }
     }
 
     #[tokio::test]
