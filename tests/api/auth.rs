@@ -509,14 +509,7 @@ async fn password_change_revokes_every_older_token() {
     let second = second["token"].as_str().unwrap().to_string();
     let new_password = "a brand new password";
 
-    let (status, body) = app
-        .put(
-            &format!("/api/v1/users/{}", user.id),
-            &user.token,
-            json!({ "password": new_password, "current_password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.change_password(&user, new_password).await;
 
     for token in [&user.token, &second] {
         let (status, body) = app.get("/api/v1/auth/me", token).await;
@@ -547,14 +540,7 @@ async fn a_token_revoked_by_a_password_change_or_deletion_sends_nothing() {
         )
         .await;
     assert_eq!(sent.0, 201, "{}", sent.1);
-    let (status, body) = app
-        .put(
-            &format!("/api/v1/users/{}", alice.id),
-            &alice.token,
-            json!({ "password": "a brand new password", "current_password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.change_password(&alice, "a brand new password").await;
     let (status, body) = app.delete_account(&bob).await;
     assert_eq!(status, 204, "{body}");
 

@@ -200,14 +200,7 @@ async fn sends_with_a_revoked_token_do_not_use_up_the_new_tokens_sends() {
     let alice = app.register("alice").await;
     let chat = app.create_group(&alice, "g", &[]).await;
     let new_password = "a brand new password";
-    let (status, body) = app
-        .put(
-            &format!("/api/v1/users/{}", alice.id),
-            &alice.token,
-            json!({ "password": new_password, "current_password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.change_password(&alice, new_password).await;
     let (_, login) = app.login(&alice.username, new_password).await;
     let fresh = login["token"].as_str().unwrap().to_string();
     let body = json!({"chat_id": chat, "content": "hi"});

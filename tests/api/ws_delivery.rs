@@ -508,14 +508,7 @@ async fn a_password_change_closes_connections_holding_older_tokens_with_4001() {
     let mut old = connected(&app, &bob).await;
 
     // Act
-    let (status, body) = app
-        .put(
-            &format!("/api/v1/users/{}", bob.id),
-            &bob.token,
-            json!({"password": "another good password", "current_password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.change_password(&bob, "another good password").await;
 
     // Assert
     assert_eq!(old.closed().await, Closed::Code(4001));

@@ -256,14 +256,7 @@ async fn account_changes_through_one_node_close_sockets_on_the_other() {
     let (mut carol_b, _) = connected(&b, &carol, None).await;
 
     // Act: bob changes his password and carol deletes her account, through node A.
-    let (status, body) = a
-        .put(
-            &format!("/api/v1/users/{}", bob.id),
-            &bob.token,
-            json!({"password": "another good password", "current_password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    a.change_password(&bob, "another good password").await;
     let (status, body) = a.delete_account(&carol).await;
     assert_eq!(status, 204, "{body}");
 

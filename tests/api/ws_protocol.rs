@@ -185,14 +185,7 @@ async fn revoked_token_is_refused_before_the_upgrade() {
     // Arrange: a password change revokes the old token.
     let app = spawn_app().await;
     let alice = app.register("alice").await;
-    let (status, body) = app
-        .put(
-            &format!("/api/v1/users/{}", alice.id),
-            &alice.token,
-            json!({ "password": "a brand new password", "current_password": PASSWORD }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.change_password(&alice, "a brand new password").await;
 
     // Act
     let (status, body) = upgrade_request(&app, &format!("?token={}", alice.token), None).await;

@@ -246,6 +246,19 @@ impl TestApp {
         body
     }
 
+    /// Changes `user`'s password (from [`PASSWORD`]) to `new_password`,
+    /// which revokes every token they hold.
+    pub async fn change_password(&self, user: &TestUser, new_password: &str) {
+        let (status, body) = self
+            .put(
+                &format!("/api/v1/users/{}", user.id),
+                &user.token,
+                json!({ "password": new_password, "current_password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// Deletes `user`'s own account, confirming it with their password.
     pub async fn delete_account(&self, user: &TestUser) -> (StatusCode, Value) {
         self.request(
