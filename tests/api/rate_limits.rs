@@ -53,6 +53,19 @@ async fn post(
     (status, retry, body)
 }
 
+/// The statuses of `n` sends of `body` over REST with `token`, one after another.
+async fn sends(app: &TestApp, token: &str, body: &Value, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        statuses.push(
+            post(app, "/api/v1/messages", Some(token), None, body.clone())
+                .await
+                .0,
+        );
+    }
+    statuses
+}
+
 fn register_body() -> Value {
     json!({"username": unique_name("rl"), "password": PASSWORD})
 }
@@ -161,20 +174,7 @@ async fn rest_sends_and_chat_creation_are_limited_per_user() {
     let body = json!({"chat_id": chat, "content": "hi"});
 
     // Act
-    let mut alices = Vec::new();
-    for _ in 0..4 {
-        alices.push(
-            post(
-                &app,
-                "/api/v1/messages",
-                Some(&alice.token),
-                None,
-                body.clone(),
-            )
-            .await
-            .0,
-        );
-    }
+    let alices = sends(&app, &alice.token, &body, 4).await;
     let bobs = post(&app, "/api/v1/messages", Some(&bob.token), None, body)
         .await
         .0;
@@ -206,28 +206,8 @@ async fn sends_with_a_revoked_token_do_not_use_up_the_new_tokens_sends() {
     let body = json!({"chat_id": chat, "content": "hi"});
 
     // Act
-    let mut stolen = Vec::new();
-    for _ in 0..3 {
-        stolen.push(
-            post(
-                &app,
-                "/api/v1/messages",
-                Some(&alice.token),
-                None,
-                body.clone(),
-            )
-            .await
-            .0,
-        );
-    }
-    let mut own = Vec::new();
-    for _ in 0..3 {
-        own.push(
-            post(&app, "/api/v1/messages", Some(&fresh), None, body.clone())
-                .await
-                .0,
-        );
-    }
+    let stolen = sends(&app, &alice.token, &body, 3).await;
+    let own = sends(&app, &fresh, &body, 3).await;
 
     // Assert
     assert_eq!(stolen, [401, 401, 429]);
