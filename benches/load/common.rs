@@ -433,6 +433,23 @@ fn proc_cpu_fields(pid: u32, range: std::ops::Range<usize>) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// The machine's CPU seconds since boot from /proc/stat: (busy, all), over
+/// every core; busy is all but idle and iowait.
+pub fn machine_cpu_secs() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let all: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    ((all - idle) / 100.0, all / 100.0)
+}
+
 /// CPU seconds PostgreSQL has used: every live server process, plus the
 /// backends that have exited (the postmaster's reaped children), so a
 /// difference of two samples counts connections that closed in between.

@@ -29,8 +29,8 @@
 //! `failover_worker.rs`), at most `--per-worker` each.
 
 use crate::common::{
-    BENCH_CONFIG, Env, Percentiles, Server, ServerOpts, User, connect_db, postgres_cpu_secs,
-    seed_chat, seed_users, settle_cpu, source_ip, ws_login,
+    BENCH_CONFIG, Env, Percentiles, Server, ServerOpts, User, connect_db, machine_cpu_secs,
+    postgres_cpu_secs, proc_cpu_secs, seed_chat, seed_users, settle_cpu, source_ip, ws_login,
 };
 use crate::failover_worker::{self, MARK, Outcome, WORKER, wall_ms};
 use crate::report::Report;
@@ -280,7 +280,8 @@ async fn once(
     settle_cpu(&pids, 0.3, Duration::from_secs(180)).await;
 
     // Steady sends, then the failure.
-    let sampler = Sampler::start(&db_url).await;
+    let survivors: Vec<u32> = nodes[DEAD + 1..].iter().filter_map(Server::pid).collect();
+    let sampler = Sampler::start(&db_url, survivors).await;
     let (stop_tx, stop) = watch::channel(false);
     let senders = tokio::spawn(send_steady(
         nodes[1..].iter().map(|s| s.url.clone()).collect(),
@@ -293,6 +294,8 @@ async fn once(
     ));
     let steady_from = wall_ms() + 500.0;
     tokio::time::sleep(p.warm).await;
+    // A marker for profilers (as fanout's): the storm starts now.
+    eprintln!("failover {case}: signalling the node");
     let signalled = wall_ms();
     nodes[DEAD].signal(if kill { libc::SIGKILL } else { libc::SIGTERM });
     let on_dead = (0..n).filter(|i| i % NODES == DEAD).count() as u64;
@@ -454,21 +457,53 @@ async fn once(
             sent.skipped as f64,
         );
     }
-    if let Some((cpu, before, during)) = samples.over(signalled, storm_end) {
+    if let Some(u) = samples.over(signalled, storm_end) {
         let secs = (storm_end - signalled).max(1.0) / 1e3;
-        add(report, "PostgreSQL CPU seconds over the storm", "s", cpu);
+        add(
+            report,
+            "PostgreSQL CPU seconds over the storm",
+            "s",
+            u.postgres_secs,
+        );
         add(
             report,
             "PostgreSQL CPU over the storm",
             "% core",
-            cpu / secs * 100.0,
+            u.postgres_secs / secs * 100.0,
         );
-        add(report, "PostgreSQL connections before", "count", before);
+        add(
+            report,
+            "PostgreSQL connections before",
+            "count",
+            u.connections_before,
+        );
         add(
             report,
             "PostgreSQL connections during (max)",
             "count",
-            during,
+            u.connections_max,
+        );
+        // Whether the storm's latency is the machine's queue: the nodes,
+        // PostgreSQL and the clients share its cores.
+        add(
+            report,
+            "surviving nodes' CPU over the storm",
+            "% core",
+            u.nodes_secs / secs * 100.0,
+        );
+        add(
+            report,
+            "machine busy over the storm",
+            "% all cores",
+            u.machine_busy * 100.0,
+        );
+    }
+    if let Some(u) = samples.over(steady_from, signalled) {
+        add(
+            report,
+            "machine busy before the storm",
+            "% all cores",
+            u.machine_busy * 100.0,
         );
     }
     for source in ["memory", "log", "not_recovered"] {
@@ -651,16 +686,49 @@ async fn replays(nodes: &[Server]) -> Vec<(String, f64)> {
     by_source
 }
 
-/// PostgreSQL's CPU seconds and connection count, sampled every 250 ms.
+/// CPU seconds (PostgreSQL's, the surviving nodes', the whole machine's)
+/// and PostgreSQL's connection count, sampled every 250 ms.
 struct Sampler {
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Vec<(f64, f64, f64)>>,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
 }
 
-struct Samples(Vec<(f64, f64, f64)>);
+#[derive(Clone, Copy)]
+struct Sample {
+    wall_ms: f64,
+    postgres: f64,
+    connections: f64,
+    nodes: f64,
+    /// The machine's busy and total CPU seconds (every core).
+    machine: (f64, f64),
+}
+
+impl Sample {
+    fn take(survivors: &[u32], connections: f64) -> Sample {
+        Sample {
+            wall_ms: wall_ms(),
+            postgres: postgres_cpu_secs(),
+            connections,
+            nodes: survivors.iter().filter_map(|&p| proc_cpu_secs(p)).sum(),
+            machine: machine_cpu_secs(),
+        }
+    }
+}
+
+/// What [`Samples::over`] finds between two instants.
+struct Usage {
+    postgres_secs: f64,
+    connections_before: f64,
+    connections_max: f64,
+    nodes_secs: f64,
+    /// The share of the machine's cores that was busy, 0..=1.
+    machine_busy: f64,
+}
+
+struct Samples(Vec<Sample>);
 
 impl Sampler {
-    async fn start(db_url: &str) -> Sampler {
+    async fn start(db_url: &str, survivors: Vec<u32>) -> Sampler {
         let db = connect_db(db_url).await;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -679,7 +747,7 @@ impl Sampler {
                     )
                     .await
                     .map_or(f64::NAN, |r| r.get::<_, i64>(0) as f64);
-                samples.push((wall_ms(), postgres_cpu_secs(), connections));
+                samples.push(Sample::take(&survivors, connections));
             }
         });
         Sampler { stop, task }
@@ -692,17 +760,23 @@ impl Sampler {
 }
 
 impl Samples {
-    /// Over [`from`, `to`] (wall ms): CPU seconds PostgreSQL used, its
-    /// connections just before, and the most during.
-    fn over(&self, from: f64, to: f64) -> Option<(f64, f64, f64)> {
-        let before = self.0.iter().rev().find(|s| s.0 <= from)?;
-        let after = self.0.iter().find(|s| s.0 >= to).or(self.0.last())?;
-        let during = self
+    /// What was used over [`from`, `to`] (wall ms).
+    fn over(&self, from: f64, to: f64) -> Option<Usage> {
+        let before = self.0.iter().rev().find(|s| s.wall_ms <= from)?;
+        let after = self.0.iter().find(|s| s.wall_ms >= to).or(self.0.last())?;
+        let connections_max = self
             .0
             .iter()
-            .filter(|s| s.0 >= from && s.0 <= after.0)
-            .map(|s| s.2)
-            .fold(before.2, f64::max);
-        Some((after.1 - before.1, before.2, during))
+            .filter(|s| s.wall_ms >= from && s.wall_ms <= after.wall_ms)
+            .map(|s| s.connections)
+            .fold(before.connections, f64::max);
+        let machine_all = after.machine.1 - before.machine.1;
+        Some(Usage {
+            postgres_secs: after.postgres - before.postgres,
+            connections_before: before.connections,
+            connections_max,
+            nodes_secs: after.nodes - before.nodes,
+            machine_busy: (after.machine.0 - before.machine.0) / machine_all.max(f64::EPSILON),
+        })
     }
 }

@@ -202,6 +202,24 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
     add(report, "p50 send-to-receive", "ms", r.p50);
     add(report, "p99 send-to-receive", "ms", r.p99);
     add(report, "max send-to-receive", "ms", r.max);
+    add(
+        report,
+        "server CPU per delivery (fixed rate)",
+        "µs",
+        r.rate_us[0],
+    );
+    add(
+        report,
+        "client CPU per delivery (fixed rate)",
+        "µs",
+        r.rate_us[1],
+    );
+    add(
+        report,
+        "database CPU per delivery (fixed rate)",
+        "µs",
+        r.rate_us[2],
+    );
     add(report, "capacity deliveries/s", "1/s", r.capacity_dps);
     add(report, "server CPU per delivery", "µs", r.server_us);
     add(report, "client CPU per delivery", "µs", r.client_us);
@@ -269,11 +287,46 @@ struct CaseResult {
     /// PostgreSQL's CPU per delivery in the capacity phase: on one machine
     /// it comes out of the same cores as the server's and the clients'.
     database_us: f64,
+    /// Server, clients and PostgreSQL CPU per delivery at the fixed rate,
+    /// where a write carries fewer frames than at capacity.
+    rate_us: [f64; 3],
     capacity_mps: f64,
     frame_bytes: f64,
     /// The fields of a `message` frame a member got, sorted.
     frame_fields: Option<Vec<String>>,
     connect_frames: f64,
+}
+
+/// CPU seconds so far of the server, this process (the clients) and
+/// PostgreSQL, to split a phase's CPU per delivery between them.
+struct Cpu {
+    server: Option<f64>,
+    clients: Option<f64>,
+    database: f64,
+}
+
+impl Cpu {
+    fn now(server: Option<u32>) -> Cpu {
+        Cpu {
+            server: server.and_then(proc_cpu_secs),
+            clients: proc_cpu_secs(std::process::id()),
+            database: postgres_cpu_secs(),
+        }
+    }
+
+    /// Microseconds per delivery of each part since `self`: server, clients, database.
+    fn per_delivery(&self, server: Option<u32>, deliveries: u64) -> [f64; 3] {
+        let after = Cpu::now(server);
+        let us = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(b), Some(a)) => (a - b) * 1e6 / deliveries.max(1) as f64,
+            _ => f64::NAN,
+        };
+        [
+            us(self.server, after.server),
+            us(self.clients, after.clients),
+            us(Some(self.database), Some(after.database)),
+        ]
+    }
 }
 
 /// What every client of one case shares.
@@ -408,6 +461,7 @@ async fn run_case(
         let interval = Duration::from_secs_f64(1.0 / per_sender);
         let start = tokio::time::Instant::now() + Duration::from_millis(50);
         let start_ns = nanos() + 50_000_000;
+        let rate_cpu = Cpu::now(pid);
         let sent = run_senders(
             &mut sinks,
             &mut seqs,
@@ -441,14 +495,11 @@ async fn run_case(
             .saturating_sub(start_ns)) as f64
             / 1e9;
         let rate_dps = expected as f64 / rate_secs.max(window_secs);
+        let rate_us = rate_cpu.per_delivery(pid, expected);
 
         // Capacity.
         let window = set.window;
-        let cpu_before = (
-            pid.and_then(proc_cpu_secs),
-            proc_cpu_secs(std::process::id()),
-            postgres_cpu_secs(),
-        );
+        let cap_cpu = Cpu::now(pid);
         let start_ns = nanos();
         let deadline = Instant::now() + set.capacity;
         let shared2 = shared.clone();
@@ -501,19 +552,13 @@ async fn run_case(
             / 1e9;
         // CPU per delivery is steadier than deliveries/s on a shared machine:
         // it does not move when a neighbour takes a core for a while.
-        let us_per_delivery = |before: Option<f64>, after: Option<f64>| match (before, after) {
-            (Some(b), Some(a)) => (a - b) * 1e6 / cap_expected.max(1) as f64,
-            _ => f64::NAN,
-        };
-        let server_us = us_per_delivery(cpu_before.0, pid.and_then(proc_cpu_secs));
-        let client_us = us_per_delivery(cpu_before.1, proc_cpu_secs(std::process::id()));
-        let database_us = us_per_delivery(Some(cpu_before.2), Some(postgres_cpu_secs()));
+        let cap_us = cap_cpu.per_delivery(pid, cap_expected);
         Ok::<_, String>((
             sent + cap_sent,
             rate_dps,
             cap_expected as f64 / cap_secs,
             cap_sent as f64 / cap_secs,
-            [server_us, client_us, database_us],
+            [cap_us, rate_us],
         ))
     }
     .await;
@@ -524,8 +569,8 @@ async fn run_case(
     drop(sinks);
     let _ = settle(&shared.frames, pid, Duration::from_secs(60 + m as u64 / 20)).await;
 
-    let (messages, rate_dps, capacity_dps, capacity_mps, [server_us, client_us, database_us]) =
-        result?;
+    let (messages, rate_dps, capacity_dps, capacity_mps, [cap_us, rate_us]) = result?;
+    let [server_us, client_us, database_us] = cap_us;
     let mut latencies = Vec::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
@@ -562,6 +607,7 @@ async fn run_case(
         server_us,
         client_us,
         database_us,
+        rate_us,
         capacity_mps,
         connect_frames,
         frame_bytes: shared.sample.get().map_or(f64::NAN, |f| f.len() as f64),
