@@ -33,6 +33,7 @@ use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
@@ -145,6 +146,7 @@ pub async fn serve(
         // A connection that closed while it waited needs nothing read.
         batch.retain(|r| !r.reply.is_closed());
         let users: Vec<i64> = batch.iter().map(|r| r.user_id).collect();
+        let started = Instant::now();
         match read_batch(&reads, &users, max_members).await {
             Ok(frames) => {
                 for request in batch.drain(..) {
@@ -160,6 +162,18 @@ pub async fn serve(
                 );
                 batch.clear();
             }
+        }
+        // A batch costs about as much for ten arrivals as for hundreds in
+        // the same chats (each chat's members are read once), so while a
+        // storm of reconnects lasts, back-to-back batches would keep
+        // PostgreSQL busy rereading the same big chats for a few arrivals
+        // each, and the surviving clients' messages wait behind them. Resting
+        // as long as the batch took lets the next one gather twice the
+        // arrivals and leaves the database at least half of this reader's
+        // time; a lone arrival's batch is short, and so is its rest.
+        tokio::select! {
+            _ = tokio::time::sleep(started.elapsed()) => {}
+            _ = crate::ws::stopping(&mut shutdown) => return,
         }
     }
 }
