@@ -226,21 +226,28 @@ async fn once(
         .join(",");
     let pids: Vec<u32> = nodes.iter().filter_map(Server::pid).collect();
 
-    // Connect every client to its home node (client i: node i % 3).
-    let k = n.div_ceil(p.per_worker).max(1);
+    // Connect every client to its home node (client i: node i % 3). A
+    // worker holds the clients of one home node: each is one thread, and a
+    // surviving client's frames must not wait behind the handshakes of the
+    // dead node's clients, which a real client (one per device) never does.
     let mut workers = Vec::new();
-    for w in 0..k {
-        let from = n * w / k;
-        workers.push(Worker::spawn(
-            WORKER,
-            &[
-                ("clients", clients_file.display().to_string()),
-                ("first", from.to_string()),
-                ("count", (n * (w + 1) / k - from).to_string()),
-                ("nodes", node_list.clone()),
-                ("db", db_url.clone()),
-            ],
-        )?);
+    for home in 0..NODES {
+        let on_home = (0..n).filter(|i| i % NODES == home).count();
+        let k = on_home.div_ceil(p.per_worker).max(1);
+        for w in 0..k {
+            let from = on_home * w / k;
+            workers.push(Worker::spawn(
+                WORKER,
+                &[
+                    ("clients", clients_file.display().to_string()),
+                    ("home", home.to_string()),
+                    ("first", from.to_string()),
+                    ("count", (on_home * (w + 1) / k - from).to_string()),
+                    ("nodes", node_list.clone()),
+                    ("db", db_url.clone()),
+                ],
+            )?);
+        }
     }
     for w in &mut workers {
         w.expect("loaded", Duration::from_secs(60)).await?;

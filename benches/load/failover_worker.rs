@@ -85,7 +85,8 @@ async fn worker(opts: &Opts) -> Result<(), String> {
     let number = |name: &str| -> Result<usize, String> {
         arg(name)?.parse().map_err(|e| format!("--{name}: {e}"))
     };
-    let (first, count) = (number("first")?, number("count")?);
+    // The `first`..`first + count` clients of home node `home`.
+    let (home, first, count) = (number("home")?, number("first")?, number("count")?);
     let nodes: Vec<SocketAddr> = arg("nodes")?
         .split(',')
         .map(|a| a.parse().map_err(|e| format!("--nodes {a}: {e}")))
@@ -95,10 +96,11 @@ async fn worker(opts: &Opts) -> Result<(), String> {
     let clients: Vec<Arc<Client>> = text
         .lines()
         .enumerate()
+        .map(|(index, line)| (index, line.split(' ').collect::<Vec<&str>>()))
+        .filter(|(_, f)| f.get(2).and_then(|h| h.parse().ok()) == Some(home))
         .skip(first)
         .take(count)
-        .map(|(index, line)| {
-            let f: Vec<&str> = line.split(' ').collect();
+        .map(|(index, f)| {
             Arc::new(Client {
                 user: User {
                     id: f[0].parse().unwrap_or(0),
@@ -113,7 +115,10 @@ async fn worker(opts: &Opts) -> Result<(), String> {
         })
         .collect();
     if clients.len() != count {
-        return Err(format!("only {} clients from {first}", clients.len()));
+        return Err(format!(
+            "only {} clients of node {home} from {first}",
+            clients.len()
+        ));
     }
     let (tx, mut commands) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
