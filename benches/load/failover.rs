@@ -16,6 +16,8 @@
 //! surviving nodes during the storm (target p99 < 100 ms) and before it;
 //! PostgreSQL's CPU over the storm (utime + stime of its processes, from
 //! /proc) and its connections (pg_stat_activity) before and during it; the
+//! surviving nodes' CPU and how busy the whole machine was (/proc/stat)
+//! over the storm and before it; the
 //! surviving nodes' replays by source (`chatapp_ws_replays_total{source}`);
 //! and how long until users of the dead node who do not come back
 //! (`--leavers`, watched from a surviving node) are shown offline — the
@@ -26,7 +28,8 @@
 //! `retry_after_ms` within `ws.reconnect_spread_ms`.
 //!
 //! Clients live in worker processes (`failover-worker`, see
-//! `failover_worker.rs`), at most `--per-worker` each.
+//! `failover_worker.rs`), at most `--per-worker` each, each holding the
+//! clients of one home node.
 
 use crate::common::{
     BENCH_CONFIG, Env, Percentiles, Server, ServerOpts, User, connect_db, machine_cpu_secs,

@@ -10,7 +10,9 @@
 //!   instant (nanoseconds since a process-wide instant; every client lives in
 //!   this process), so each receiver measures send-to-receive latency.
 //!   Figures: p50/p99/max, and the deliveries/s achieved: over the send
-//!   window, or until the last delivery when that came later.
+//!   window, or until the last delivery when that came later; CPU per
+//!   delivery of the server, the clients and PostgreSQL (a write carries
+//!   fewer frames here than at capacity, so each costs more).
 //! - capacity: `--capacity-senders` each keep `--window` messages in flight
 //!   for `--capacity` s, a message leaving the window once every member has
 //!   it (acks alone would let senders outrun delivery and overflow the
