@@ -33,7 +33,7 @@ use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
@@ -49,6 +49,9 @@ const SNAPSHOT_MEMBERSHIPS: i64 = 10_000;
 
 /// Snapshot requests one batch takes at most.
 const BATCH: usize = 256;
+
+/// The longest rest after a batch (see [`serve`]).
+const MAX_REST: Duration = Duration::from_secs(1);
 
 /// Member rows one read of the batch's chats returns at most (more when a
 /// single user's chats have more): what a batch holds in memory at once.
@@ -170,9 +173,11 @@ pub async fn serve(
         // each, and the surviving clients' messages wait behind them. Resting
         // as long as the batch took lets the next one gather twice the
         // arrivals and leaves the database at least half of this reader's
-        // time; a lone arrival's batch is short, and so is its rest.
+        // time; a lone arrival's batch is short, and so is its rest. A batch
+        // that took long because the database did (or failed after a wait)
+        // is no reason to hold the next one back as long.
         tokio::select! {
-            _ = tokio::time::sleep(started.elapsed()) => {}
+            _ = tokio::time::sleep(started.elapsed().min(MAX_REST)) => {}
             _ = crate::ws::stopping(&mut shutdown) => return,
         }
     }
