@@ -204,28 +204,18 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
     add(report, "p50 send-to-receive", "ms", r.p50);
     add(report, "p99 send-to-receive", "ms", r.p99);
     add(report, "max send-to-receive", "ms", r.max);
-    add(
-        report,
-        "server CPU per delivery (fixed rate)",
-        "µs",
-        r.rate_us[0],
-    );
-    add(
-        report,
-        "client CPU per delivery (fixed rate)",
-        "µs",
-        r.rate_us[1],
-    );
-    add(
-        report,
-        "database CPU per delivery (fixed rate)",
-        "µs",
-        r.rate_us[2],
-    );
+    for (part, us) in r.rate_us.parts() {
+        add(
+            report,
+            &format!("{part} CPU per delivery (fixed rate)"),
+            "µs",
+            us,
+        );
+    }
     add(report, "capacity deliveries/s", "1/s", r.capacity_dps);
-    add(report, "server CPU per delivery", "µs", r.server_us);
-    add(report, "client CPU per delivery", "µs", r.client_us);
-    add(report, "database CPU per delivery", "µs", r.database_us);
+    for (part, us) in r.capacity_us.parts() {
+        add(report, &format!("{part} CPU per delivery"), "µs", us);
+    }
     add(report, "capacity messages/s", "1/s", r.capacity_mps);
     add(report, "message frame size", "bytes", r.frame_bytes);
 }
@@ -282,21 +272,36 @@ struct CaseResult {
     p99: f64,
     max: f64,
     capacity_dps: f64,
-    /// Server process CPU per delivery in the capacity phase (PostgreSQL not included).
-    server_us: f64,
-    /// This process's (the clients') CPU per delivery in the capacity phase.
-    client_us: f64,
-    /// PostgreSQL's CPU per delivery in the capacity phase: on one machine
-    /// it comes out of the same cores as the server's and the clients'.
-    database_us: f64,
-    /// Server, clients and PostgreSQL CPU per delivery at the fixed rate,
-    /// where a write carries fewer frames than at capacity.
-    rate_us: [f64; 3],
+    /// CPU per delivery in the capacity phase.
+    capacity_us: PerDelivery,
+    /// CPU per delivery at the fixed rate, where a write carries fewer
+    /// frames than at capacity.
+    rate_us: PerDelivery,
     capacity_mps: f64,
     frame_bytes: f64,
     /// The fields of a `message` frame a member got, sorted.
     frame_fields: Option<Vec<String>>,
     connect_frames: f64,
+}
+
+/// A phase's CPU per delivery in µs: the server process (PostgreSQL not
+/// included), this process (the clients), and PostgreSQL, which on one
+/// machine comes out of the same cores as the other two.
+struct PerDelivery {
+    server: f64,
+    client: f64,
+    database: f64,
+}
+
+impl PerDelivery {
+    /// Each part with the name the report gives it.
+    fn parts(&self) -> [(&'static str, f64); 3] {
+        [
+            ("server", self.server),
+            ("client", self.client),
+            ("database", self.database),
+        ]
+    }
 }
 
 /// CPU seconds so far of the server, this process (the clients) and
@@ -316,18 +321,18 @@ impl Cpu {
         }
     }
 
-    /// Microseconds per delivery of each part since `self`: server, clients, database.
-    fn per_delivery(&self, server: Option<u32>, deliveries: u64) -> [f64; 3] {
+    /// Each part's CPU per delivery since `self`.
+    fn per_delivery(&self, server: Option<u32>, deliveries: u64) -> PerDelivery {
         let after = Cpu::now(server);
         let us = |before: Option<f64>, after: Option<f64>| match (before, after) {
             (Some(b), Some(a)) => (a - b) * 1e6 / deliveries.max(1) as f64,
             _ => f64::NAN,
         };
-        [
-            us(self.server, after.server),
-            us(self.clients, after.clients),
-            us(Some(self.database), Some(after.database)),
-        ]
+        PerDelivery {
+            server: us(self.server, after.server),
+            client: us(self.clients, after.clients),
+            database: us(Some(self.database), Some(after.database)),
+        }
     }
 }
 
@@ -571,8 +576,7 @@ async fn run_case(
     drop(sinks);
     let _ = settle(&shared.frames, pid, Duration::from_secs(60 + m as u64 / 20)).await;
 
-    let (messages, rate_dps, capacity_dps, capacity_mps, [cap_us, rate_us]) = result?;
-    let [server_us, client_us, database_us] = cap_us;
+    let (messages, rate_dps, capacity_dps, capacity_mps, [capacity_us, rate_us]) = result?;
     let mut latencies = Vec::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
@@ -606,9 +610,7 @@ async fn run_case(
         p99: p.at(0.99),
         max: p.max(),
         capacity_dps,
-        server_us,
-        client_us,
-        database_us,
+        capacity_us,
         rate_us,
         capacity_mps,
         connect_frames,
