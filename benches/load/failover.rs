@@ -17,8 +17,8 @@
 //! PostgreSQL's CPU over the storm (utime + stime of its processes, from
 //! /proc) and its connections (pg_stat_activity) before and during it; the
 //! surviving nodes' CPU and how busy the whole machine was (/proc/stat)
-//! over the storm and before it; the
-//! surviving nodes' replays by source (`chatapp_ws_replays_total{source}`);
+//! over the storm and before it; the surviving nodes' replays by source
+//! (`chatapp_ws_replays_total{source}`);
 //! and how long until users of the dead node who do not come back
 //! (`--leavers`, watched from a surviving node) are shown offline — the
 //! nodes' presence timeout, `--presence-timeout-secs`, the server's default
