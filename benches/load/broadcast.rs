@@ -37,6 +37,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// The scenario option that turns the bench binary into the ceiling server.
 pub const SERVE_OPTION: &str = "broadcast-serve";
 const KEY_VAR: &str = "BROADCAST_TOKEN_KEY";
+/// A command (with its options) to run the ceiling under, e.g. a profiler.
+const WRAPPER_VAR: &str = "BROADCAST_WRAPPER";
 /// chatapp's `ws.queue_frames` default.
 const QUEUE_FRAMES: usize = 1024;
 /// The chat id the one room reports in `ready`.
@@ -74,7 +76,14 @@ pub async fn start(env: &Env) -> Ceiling {
         .log_dir
         .join(format!("broadcast-{}-{port}.log", std::process::id()));
     let log_file = std::fs::File::create(&log).expect("broadcast log file");
-    let mut child = Command::new(std::env::current_exe().expect("bench executable"))
+    // `BROADCAST_WRAPPER="valgrind --tool=callgrind ..."` runs the ceiling
+    // under a profiler, as the scripts/callgrind-*.sh run chatapp.
+    let exe = std::env::current_exe().expect("bench executable");
+    let wrapper = std::env::var(WRAPPER_VAR).unwrap_or_default();
+    let mut command = wrapper.split_whitespace().map(std::ffi::OsStr::new);
+    let mut child = Command::new(command.next().unwrap_or(exe.as_os_str()))
+        .args(command)
+        .args(wrapper.split_whitespace().next().map(|_| exe.as_os_str()))
         .args(["fanout", &format!("--{SERVE_OPTION}"), &addr.to_string()])
         .args(["--out", "/dev/null"])
         .env(KEY_VAR, &env.token_key_hex)

@@ -506,6 +506,8 @@ async fn run_case(
 
         // Capacity.
         let window = set.window;
+        // A marker for profilers: the capacity phase starts.
+        eprintln!("fanout: {m} members, capacity phase");
         let cap_cpu = Cpu::now(pid);
         let start_ns = nanos();
         let deadline = Instant::now() + set.capacity;
