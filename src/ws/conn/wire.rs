@@ -3,11 +3,16 @@
 //! subscriber: a burst goes out as one `writev` of each frame's header and
 //! its shared payload. tungstenite would copy every frame into a buffer of
 //! the connection's own, which must be as large as the burst to make it one
-//! write, and never shrinks.
+//! write, and never shrinks. A small burst (a frame or two, what a chat's
+//! members mostly get) is copied into a buffer of the worker thread's and
+//! sent with one `send`: `writev` goes through the file layer on its way to
+//! the socket, which for a few hundred bytes costs more than the copy.
 
 use crate::ws::event::Frame;
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 
 const TEXT: u8 = 0x81;
 const CLOSE: u8 = 0x88;
@@ -98,6 +103,28 @@ fn wire_bytes(frame: &Frame) -> Vec<u8> {
     bytes
 }
 
+/// Bursts of up to this many bytes are sent from one flat buffer (see the
+/// module doc); larger ones, where `writev`'s cost is shared by many
+/// frames and a copy would not be small, go out as they are.
+const FLAT_MAX: usize = 4096;
+
+thread_local! {
+    /// Where a small burst is laid out flat. Per thread, not per connection:
+    /// it is only used by a write that does not wait (see [`TryWrite`]).
+    static FLAT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A write that never waits: all, part or none of `buf` (`WouldBlock`).
+pub(super) trait TryWrite {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl TryWrite for OwnedWriteHalf {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        OwnedWriteHalf::try_write(self, buf)
+    }
+}
+
 /// The sending half of a socket.
 pub(super) struct Out<W> {
     io: W,
@@ -114,7 +141,7 @@ pub(super) struct Out<W> {
 /// of a busy chat) lay them out on the stack; longer ones in a vector.
 const STACK_SLICES: usize = 8;
 
-impl<W: AsyncWrite + Unpin> Out<W> {
+impl<W: AsyncWrite + TryWrite + Unpin> Out<W> {
     pub(super) fn new(io: W) -> Self {
         Out {
             io,
@@ -151,9 +178,28 @@ impl<W: AsyncWrite + Unpin> Out<W> {
                 used += 1;
             }
         }
+        let mut rest = &mut slices[..used];
+        let total: usize = rest.iter().map(|s| s.len()).sum();
+        if total <= FLAT_MAX {
+            let sent = FLAT.with_borrow_mut(|flat| {
+                flat.clear();
+                for slice in rest.iter() {
+                    flat.extend_from_slice(slice);
+                }
+                self.io.try_write(flat)
+            });
+            match sent {
+                Ok(n) => {
+                    *done += n;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                // The socket is full: wait for it below.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
         // The standard library passes at most the system's limit of slices
         // to one `writev`; the rest go in the next round.
-        let mut rest = &mut slices[..used];
         while !rest.is_empty() {
             let n = self.io.write_vectored(rest).await?;
             if n == 0 {
@@ -212,6 +258,13 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 mod tests {
     use super::*;
 
+    impl TryWrite for Vec<u8> {
+        fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+    }
+
     fn wire(frames: &[Frame]) -> Vec<u8> {
         frames.iter().flat_map(wire_bytes).collect()
     }
@@ -262,6 +315,93 @@ mod tests {
             expected.extend(wire(&frames));
             assert_eq!(out.io, expected, "a burst of {n}");
             assert_eq!(done, wire(&frames).len(), "a burst of {n}");
+        }
+    }
+
+    /// A socket that takes at most `max` bytes a call, and whose first
+    /// `try_write` finds it full when `full_first`.
+    struct Trickle {
+        taken: Vec<u8>,
+        max: usize,
+        full_first: bool,
+    }
+
+    impl Trickle {
+        fn take(&mut self, slices: &[IoSlice<'_>]) -> usize {
+            let before = self.taken.len();
+            for slice in slices {
+                let room = self.max - (self.taken.len() - before);
+                self.taken
+                    .extend_from_slice(&slice[..slice.len().min(room)]);
+            }
+            self.taken.len() - before
+        }
+    }
+
+    impl TryWrite for Trickle {
+        fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if std::mem::take(&mut self.full_first) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(self.take(&[IoSlice::new(buf)]))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Ok(self.get_mut().take(&[IoSlice::new(buf)])))
+        }
+
+        fn poll_write_vectored(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Ok(self.get_mut().take(bufs)))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_the_socket_takes_in_pieces_arrives_whole() {
+        // Small bursts (sent flat) and one over FLAT_MAX (sent as slices),
+        // into a socket that is full at first or takes a few bytes a call.
+        let frame = Frame::from("z".repeat(200));
+        for n in [1, 2, 30] {
+            let frames = vec![frame.clone(); n];
+            for (max, full_first) in [(7, false), (7, true), (1000, false), (1000, true)] {
+                let socket = Trickle {
+                    taken: Vec::new(),
+                    max,
+                    full_first,
+                };
+                let mut out = Out::new(socket);
+                let mut done = 0;
+                out.write(&frames, &mut done).await.unwrap();
+                assert_eq!(out.io.taken, wire(&frames), "{n} frames, {max} a call");
+                assert_eq!(done, out.io.taken.len(), "{n} frames, {max} a call");
+            }
         }
     }
 
