@@ -80,10 +80,16 @@ pub async fn start(env: &Env) -> Ceiling {
     // under a profiler, as the scripts/callgrind-*.sh run chatapp.
     let exe = std::env::current_exe().expect("bench executable");
     let wrapper = std::env::var(WRAPPER_VAR).unwrap_or_default();
-    let mut command = wrapper.split_whitespace().map(std::ffi::OsStr::new);
-    let mut child = Command::new(command.next().unwrap_or(exe.as_os_str()))
-        .args(command)
-        .args(wrapper.split_whitespace().next().map(|_| exe.as_os_str()))
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(&exe);
+            command
+        }
+        None => Command::new(&exe),
+    };
+    let mut child = command
         .args(["fanout", &format!("--{SERVE_OPTION}"), &addr.to_string()])
         .args(["--out", "/dev/null"])
         .env(KEY_VAR, &env.token_key_hex)
