@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 for r in $(seq "$rounds"); do
   for tree in "$@"; do
     bin="$tree/target/release/chatapp"
-    bench="$(ls -t "$tree"/target/release/deps/load-* | grep -v '\.d$' | head -1)"
+    bench="$(ls -t "$tree"/target/release/deps/load-* | grep -v '\.[do]$' | head -1)"
     url="$(scripts/pg.sh start)"; admin="${url%/*}/postgres"; db="abtest_$$_${r}_$(basename $tree | tr -c 'a-z0-9\n' '_')"
     psql "$admin" -q -c "drop database if exists $db" >/dev/null 2>&1; psql "$admin" -q -c "create database $db"
     db_url="${url%/*}/$db"

@@ -5,7 +5,8 @@
 #   $db_url  $key  $port  the server's database, token key and port
 #   $server  its pid (for callgrind_control and kill -INT)
 #   $out     a directory holding callgrind.out, server.log (and bench.log)
-# CALLGRIND_LIMITS=on runs it with the rate limits on (see below).
+# CALLGRIND_LIMITS=on runs it with the rate limits on (see below);
+# CALLGRIND=off runs it without valgrind (scripts/send-commit-busy.sh).
 # Drops the database on exit; `callgrind_stop` stops the server and
 # `callgrind_per N UNIT REGEX` prints the inclusive instructions per UNIT
 # (N of them) of the functions matching REGEX.
@@ -13,8 +14,10 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$(realpath "${1:-$repo/target/release/chatapp}")"
-bench="$(ls -t "$repo"/target/release/deps/load-* | grep -v '\.d$' | head -1)"
-command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
+bench="$(ls -t "$repo"/target/release/deps/load-* | grep -v '\.[do]$' | head -1)"
+if [ "${CALLGRIND:-on}" != off ]; then
+  command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
+fi
 
 . "$repo/scripts/fresh-db.sh" callgrind
 key="$(printf 'ab%.0s' $(seq 32))"
@@ -35,9 +38,13 @@ if [ "${CALLGRIND_LIMITS:-off}" = on ]; then
 else
   echo '    enabled: false' >>"$out/config.yaml"
 fi
+wrap=()
+if [ "${CALLGRIND:-on}" != off ]; then
+  wrap=(valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out")
+fi
 DATABASE_URL="$db_url" CHATAPP_TOKEN_KEY="$key" PORT="$port" CHATAPP_HOST=127.0.0.1 \
   CHATAPP_LOG_LEVEL=warn CHATAPP_BCRYPT_COST=4 \
-  valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$bin" serve --config "$out/config.yaml" \
+  "${wrap[@]}" "$bin" serve --config "$out/config.yaml" \
   >"$out/server.log" 2>&1 &
 server=$!
 for _ in $(seq 120); do
