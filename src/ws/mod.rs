@@ -168,8 +168,9 @@ impl Hub {
         }
         let closing = self.registry.kill_all(SHUTTING_DOWN);
         log::info!("closing {closing} WebSocket connection(s)");
+        // Each socket flushes, then waits for its client's close (`conn::linger`).
         let wait =
-            Duration::from_millis(self.config.close_flush_timeout_ms) + Duration::from_secs(1);
+            Duration::from_millis(self.config.close_flush_timeout_ms) * 2 + Duration::from_secs(1);
         let all_closed = async {
             while self.live_connections.load(Ordering::SeqCst) > 0 {
                 let notified = self.all_closed.notified();

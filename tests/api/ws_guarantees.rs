@@ -1134,19 +1134,27 @@ async fn shutdown_flushes_queued_frames_before_closing_with_1001() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Act: stop the server while the client starts reading.
+    // Act: stop the server while the client starts reading, and pings it
+    // once the server has stopped reading: the server must not close the
+    // socket with those bytes unread, which resets it and loses the rest.
     let read_all = async {
         let mut got = Vec::new();
         loop {
-            use futures_util::StreamExt;
+            use futures_util::{SinkExt, StreamExt};
             match ws.stream.next().await {
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
                     let f = crate::helpers::ws::server_frame(&t);
                     if f["type"] == "message" {
                         got.push(f["payload"]["message_id"].clone());
                     }
+                    if got.len() == 1 {
+                        let ping = tokio_tungstenite::tungstenite::Message::Ping(vec![7].into());
+                        ws.stream.send(ping).await.expect("the client pings");
+                    }
                 }
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    // Sends the answer tungstenite queued, as a browser does.
+                    let _ = ws.stream.flush().await;
                     return (got, f.map(|f| u16::from(f.code)));
                 }
                 Some(Ok(_)) => {}

@@ -116,6 +116,24 @@ async fn serve(mut session: Session) {
             hub.metrics.ws_closed(UNAVAILABLE.code.to_string());
         }
     }
+    linger(&mut session.stream, &hub).await;
+}
+
+/// Reads and drops what the client still sends (a pong, its answer to our
+/// close) until it closes too, within the flush timeout. A socket closed
+/// with unread bytes is reset, and a reset throws away whatever the client
+/// has not read yet: the frames a drain has just written, and the close.
+async fn linger(stream: &mut WebSocketStream<ReadSide>, hub: &Hub) {
+    use futures_util::StreamExt;
+    let flush = std::time::Duration::from_millis(hub.config.close_flush_timeout_ms);
+    let _ = tokio::time::timeout(flush, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads the user's snapshot and activates connection `id` with it: the
