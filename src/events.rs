@@ -9,7 +9,7 @@
 //! its transaction: anything after it would lengthen the serialised section.
 
 use crate::error::ApiError;
-use crate::message_json::{message_frame_sql, reply_to_id_sql};
+use crate::message_json::{message_body_sql, reply_to_id_sql};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -120,7 +120,7 @@ impl EventKind {
     }
 
     /// Whether its frame shows a message, built from the message as it is
-    /// now (see `message_json::message_frame_sql`).
+    /// now (see `message_json::message_body_sql`).
     pub fn shows_message(self) -> bool {
         matches!(self, EventKind::Message | EventKind::MessageUpdated)
     }
@@ -250,12 +250,13 @@ pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, chat_id, kind, user_ids, payload
          ), ev as (
              select id, chat_id, kind, user_ids, (payload->>'message_id')::bigint as message_id,
-                    {reply_to_id} as reply_to_id, {frame} as frame
+                    {reply_to_id} as reply_to_id, {frame} as frame, {body} as body
              from ins
          )
          {notify}",
         reply_to_id = reply_to_id_of_sql("ins"),
         frame = frame_sql("ins"),
+        body = body_sql("ins"),
         notify = notify_sql("ev"),
     )
 });
@@ -270,9 +271,17 @@ pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
 /// them.
 pub const NOTICE_FRAME_MARKER: &str = ", \"frame_last\" : ";
 
+/// What precedes, in the same place, the REST body of the message that an
+/// event showing one (`message`, `message_updated`) shows: its frame is
+/// built from the body by each node (`message_json::message_frame`). A node
+/// that knows only [`NOTICE_FRAME_MARKER`] finds no frame and reads the
+/// event from the log.
+pub const NOTICE_BODY_MARKER: &str = ", \"body_last\" : ";
+
 /// Selects `id` and NOTIFYs each row of the CTE `ev` (id, chat_id, kind,
-/// user_ids, message_id, reply_to_id, frame): the whole event when it fits a NOTIFY
-/// payload, else its id only (listeners then read it from the log).
+/// user_ids, message_id, reply_to_id, frame, body; one of the last two
+/// null): the whole event when it fits a NOTIFY payload, else its id only
+/// (listeners then read it from the log).
 pub fn notify_sql(ev: &str) -> String {
     format!(
         "select {ev}.id,
@@ -285,30 +294,34 @@ pub fn notify_sql(ev: &str) -> String {
                         'user_ids', {ev}.user_ids, 'message_id', {ev}.message_id,
                         'reply_to_id', {ev}.reply_to_id, 'at', extract(epoch from clock_timestamp())
                     )::text, -1)
-                    || coalesce('{NOTICE_FRAME_MARKER}' || {ev}.frame, '') || '}}' as text
+                    || coalesce('{NOTICE_BODY_MARKER}' || {ev}.body,
+                                '{NOTICE_FRAME_MARKER}' || {ev}.frame, '') || '}}' as text
          ) n"
     )
 }
 
 /// SQL reading logged events as `id, chat_id, kind, user_ids, frame,
-/// message_id, reply_to_id` (what `ws::event::Event::from_row` takes), for
-/// `where` and `order` clauses over `events e` to follow.
+/// message_id, reply_to_id, body` (what `ws::event::Event::from_row` takes),
+/// for `where` and `order` clauses over `events e` to follow.
 pub static READ_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "select e.id, e.chat_id, e.kind, e.user_ids, {}, (e.payload->>'message_id')::bigint, {}
+        "select e.id, e.chat_id, e.kind, e.user_ids, {}, (e.payload->>'message_id')::bigint, {},
+                {}
          from events e",
         frame_sql("e"),
         reply_to_id_of_sql("e"),
+        body_sql("e"),
     )
 });
 
 /// SQL (text) for the frame of logged event row `e` (id, kind, payload) as
-/// clients receive it: `{"type": kind, "payload": {..., "event_id"}}`. A
-/// message's events are built from it as it is now, and once it is deleted
-/// they build none (NULL): see [`EventKind::follows_message`].
+/// clients receive it: `{"type": kind, "payload": {..., "event_id"}}`, for
+/// the kinds that do not show a message (those have [`body_sql`]; NULL
+/// here). The events about a message build none (NULL) once it is deleted:
+/// see [`EventKind::follows_message`].
 fn frame_sql(e: &str) -> String {
     format!(
-        "case when {e}.kind in ({shows}) then {message_frame}
+        "case when {e}.kind in ({shows}) then null
               when {e}.kind in ({follows}) and not exists (
                   select 1 from messages gone where gone.id = ({e}.payload->>'message_id')::bigint)
               then null
@@ -316,7 +329,17 @@ fn frame_sql(e: &str) -> String {
                        {e}.payload || jsonb_build_object('event_id', {e}.id))::text end",
         shows = EventKind::sql_list(EventKind::shows_message),
         follows = EventKind::sql_list(EventKind::follows_message),
-        message_frame = message_frame_sql(e),
+    )
+}
+
+/// SQL (text) for the REST body of the message that logged event row `e`
+/// shows, for the kinds that show one (else NULL, and NULL once it is
+/// deleted): its frame is built from it (`message_json::message_frame`).
+fn body_sql(e: &str) -> String {
+    format!(
+        "case when {e}.kind in ({shows}) then {body} end",
+        shows = EventKind::sql_list(EventKind::shows_message),
+        body = message_body_sql(e),
     )
 }
 

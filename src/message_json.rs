@@ -1,7 +1,10 @@
-//! The one definition of a message as clients see it. REST bodies and the
-//! `message` / `message_updated` event payloads (sent live, through NOTIFY,
-//! and replayed) are both built here, in SQL: a send builds its event in the
-//! statement that stores it, so the notification leaves with the commit.
+//! The one definition of a message as clients see it. REST bodies are built
+//! here, in SQL, and the `message` / `message_updated` event frames (sent
+//! live, through NOTIFY, and replayed) from them, in Rust: a send returns
+//! and NOTIFYs its body in the statement that stores it, so the
+//! notification leaves with the commit, and each node builds the frame.
+
+use serde_json::Value;
 
 /// SQL for timestamp `col` as the RFC 3339 text every body carries (`time`'s
 /// format: UTC as `Z`, fraction without trailing zeros). The colons are
@@ -107,38 +110,48 @@ fn reply_to_sql(m: &str, originals: &str) -> String {
     )
 }
 
-/// The fields of a message event's payload (see [`event_payload_sql`]) that
+/// The fields of a message event's payload (see [`message_frame`]) that
 /// name its sender: all null once the sender's account is gone.
 pub const SENDER_FIELDS: [&str; 3] = ["sender_id", "username", "display_name"];
 
-/// SQL (jsonb) for the event payload of the message whose REST body is
-/// `body` (a jsonb from [`message_json_sql`]): the same fields, with the id,
-/// the sender's name and the send time under the names the seed's clients
-/// read (`message_id`, `username`, `display_name`, `timestamp`).
-pub fn event_payload_sql(body: &str) -> String {
+/// SQL (text) for the REST body of the message of `message` or
+/// `message_updated` event row `e` (id, kind, payload), as it is now; NULL
+/// once it is deleted. The log keeps only the ids of a message event
+/// (`{chat_id, message_id}`), never its text, so an edit leaves no old
+/// version to replay and a deleted message's events build no frame at all.
+/// Its frame is built from this body by [`message_frame`], outside the
+/// database: reshaping JSON costs PostgreSQL more than storing the message.
+pub fn message_body_sql(e: &str) -> String {
     format!(
-        "(({body}) - 'id' - 'sender') || jsonb_build_object(
-             'message_id', ({body})->'id',
-             'username', ({body})->'sender'->'username',
-             'display_name', ({body})->'sender'->'display_name',
-             'timestamp', ({body})->'created_at')"
+        "(select {body}::text
+          from messages fm left join users fu on fu.id = fm.sender_id
+          where fm.id = ({e}.payload->>'message_id')::bigint)",
+        body = message_json_sql("fm", "fu"),
     )
 }
 
-/// SQL (text) for the frame of `message` or `message_updated` event row
-/// `e` (id, kind, payload) as clients receive it: `{"type": kind,
-/// "payload": {..., "event_id"}}`. The log keeps only the ids of a message
-/// event (`{chat_id, message_id}`), never its text: the frame is built from
-/// the message as it is now, so an edit leaves no old version to replay and
-/// a deleted message's events build no frame at all (NULL).
-pub fn message_frame_sql(e: &str) -> String {
-    format!(
-        "(select json_build_object('type', {e}.kind, 'payload',
-                     {payload} || jsonb_build_object('event_id', {e}.id))::text
-          from messages fm left join users fu on fu.id = fm.sender_id
-          where fm.id = ({e}.payload->>'message_id')::bigint)",
-        payload = event_payload_sql(&message_json_sql("fm", "fu")),
-    )
+/// The frame of event `event_id` of kind `kind` (`message` or
+/// `message_updated`) for the message whose REST body is `body` (from
+/// [`message_json_sql`]): `{"type": kind, "payload": {...}}`, the payload
+/// being the body's fields with the id, the sender's name and the send time
+/// under the names the seed's clients read (`message_id`, `username`,
+/// `display_name`, `timestamp`) and the `event_id`.
+pub fn message_frame(kind: &str, event_id: i64, body: &str) -> serde_json::Result<String> {
+    let mut payload: serde_json::Map<String, Value> = serde_json::from_str(body)?;
+    let id = payload.remove("id").unwrap_or(Value::Null);
+    let sender = payload.remove("sender").unwrap_or(Value::Null);
+    let timestamp = payload.get("created_at").cloned().unwrap_or(Value::Null);
+    payload.insert("message_id".into(), id);
+    payload.insert("username".into(), sender["username"].clone());
+    payload.insert("display_name".into(), sender["display_name"].clone());
+    payload.insert("timestamp".into(), timestamp);
+    payload.insert("event_id".into(), event_id.into());
+    // `type` first, as every other frame has it.
+    Ok(format!(
+        "{{\"type\":{},\"payload\":{}}}",
+        serde_json::to_string(kind)?,
+        serde_json::to_string(&payload)?
+    ))
 }
 
 /// SQL (bigint) for the original the message of `message` or
@@ -155,4 +168,63 @@ pub fn reply_to_id_sql(e: &str) -> String {
 /// SQL (jsonb) for what the log keeps of message `m`'s event: its ids only.
 pub fn logged_payload_sql(m: &str) -> String {
     format!("jsonb_build_object('chat_id', {m}.chat_id, 'message_id', {m}.id)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_message_frame_is_its_body_renamed_for_the_seed_clients_with_the_event_id() {
+        let body = |sender: Value, reply_to: Value| {
+            json!({"id": 5, "chat_id": 3, "sender_id": sender["id"], "content": "a \"quoted\"\n✓",
+                   "is_edited": false, "client_id": null, "created_at": "2026-12-06T07:00:00.5Z",
+                   "updated_at": "2026-12-06T07:01:00Z", "sender": sender, "reply_to": reply_to,
+                   "mentions": [2]})
+        };
+        let payload = |sender_id: Value, username: Value, display_name: Value, reply_to: Value| {
+            json!({"chat_id": 3, "sender_id": sender_id, "content": "a \"quoted\"\n✓",
+                   "is_edited": false, "client_id": null, "created_at": "2026-12-06T07:00:00.5Z",
+                   "updated_at": "2026-12-06T07:01:00Z", "reply_to": reply_to, "mentions": [2],
+                   "message_id": 5, "username": username, "display_name": display_name,
+                   "timestamp": "2026-12-06T07:00:00.5Z", "event_id": 9})
+        };
+        let original = json!({"id": 4, "sender_id": 2, "content": "hi", "deleted": false});
+        let cases = [
+            (
+                "message",
+                body(
+                    json!({"id": 1, "username": "ann", "display_name": "Ann"}),
+                    Value::Null,
+                ),
+                payload(json!(1), json!("ann"), json!("Ann"), Value::Null),
+            ),
+            (
+                "message_updated",
+                body(
+                    json!({"id": 1, "username": "ann", "display_name": null}),
+                    original.clone(),
+                ),
+                payload(json!(1), json!("ann"), Value::Null, original),
+            ),
+            // The sender's account is gone: every field naming them is null.
+            (
+                "message",
+                body(Value::Null, Value::Null),
+                payload(Value::Null, Value::Null, Value::Null, Value::Null),
+            ),
+        ];
+        for (kind, body, payload) in cases {
+            let frame = message_frame(kind, 9, &body.to_string()).unwrap();
+            assert!(
+                frame.starts_with(&format!("{{\"type\":\"{kind}\",")),
+                "{frame}"
+            );
+            let frame: Value = serde_json::from_str(&frame).unwrap();
+            assert_eq!(frame, json!({"type": kind, "payload": payload}));
+        }
+        assert!(message_frame("message", 9, "{\"id\": 5").is_err());
+        assert!(message_frame("message", 9, "[5]").is_err());
+    }
 }

@@ -317,15 +317,14 @@ fn broadcast(room: &Room, user: &User, req: SendRequest) -> String {
     inner.last_event_id += 1;
     inner.last_message_id += 1;
     let (event_id, message_id) = (inner.last_event_id, inner.last_message_id);
-    // The layout of chatapp's frame: json_build_object around a jsonb payload
-    // (jsonb orders keys by length, then bytes).
+    // The layout of chatapp's frame (`message_json::message_frame`): `type`
+    // first, then the payload compact with its keys in byte order.
     let frame = format!(
-        "{{\"type\" : \"message\", \"payload\" : {{\"chat_id\": {chat}, \"content\": {content}, \
-         \"event_id\": {event_id}, \"mentions\": [], \"reply_to\": null, \
-         \"username\": {username}, \"client_id\": {client_id}, \
-         \"is_edited\": false, \"sender_id\": {sender}, \"timestamp\": \"{ts}\", \
-         \"created_at\": \"{ts}\", \"message_id\": {message_id}, \"updated_at\": \"{ts}\", \
-         \"display_name\": null}}}}",
+        "{{\"type\":\"message\",\"payload\":{{\"chat_id\":{chat},\"client_id\":{client_id},\
+         \"content\":{content},\"created_at\":\"{ts}\",\"display_name\":null,\
+         \"event_id\":{event_id},\"is_edited\":false,\"mentions\":[],\
+         \"message_id\":{message_id},\"reply_to\":null,\"sender_id\":{sender},\
+         \"timestamp\":\"{ts}\",\"updated_at\":\"{ts}\",\"username\":{username}}}}}",
         chat = req.chat_id,
         sender = user.id,
     );

@@ -6,8 +6,7 @@ use super::mentions::mentions_sql;
 use crate::events;
 use crate::membership::lock_members;
 use crate::message_json::{
-    MESSAGE_COLUMNS, event_payload_sql, logged_payload_sql, message_json_replying_sql,
-    sent_rest_sql,
+    MESSAGE_COLUMNS, logged_payload_sql, message_json_replying_sql, sent_rest_sql,
 };
 use std::sync::LazyLock;
 
@@ -59,7 +58,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, b.reply_to_id, {frame} as frame
+                    b.id as message_id, b.reply_to_id, null::text as frame, b.body::text as body
              from ins, b
          ), sent as (
              {notify}
@@ -71,7 +70,6 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
         mentions = mentions_sql("$7::text", "$1"),
         body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
-        frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
         rest = sent_rest_sql("b.body"),
     )
@@ -134,7 +132,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, (payload->>'message_id')::bigint as message_id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, b.reply_to_id, {frame} as frame
+                    b.id as message_id, b.reply_to_id, null::text as frame, b.body::text as body
              from ins join b on b.id = ins.message_id
          ), sent as (
              {notify}
@@ -146,19 +144,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
         mentions = mentions_sql("req.names", "req.chat_id"),
         body = message_json_replying_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),
-        frame = frame_from_body_sql("ins.id", "b.body"),
         notify = events::notify_sql("ev"),
         rest = sent_rest_sql("b.body"),
     )
 });
-
-/// The `message` frame of event `event_id` for the message whose REST body
-/// is `body`: a send builds it from the row it inserts, which the log's
-/// readers (`message_json::message_frame_sql`) cannot see within the statement.
-fn frame_from_body_sql(event_id: &str, body: &str) -> String {
-    format!(
-        "json_build_object('type', 'message', 'payload',
-             {} || jsonb_build_object('event_id', {event_id}))::text",
-        event_payload_sql(body)
-    )
-}

@@ -1,6 +1,7 @@
 //! A durable event as a node holds it: routing data plus its frame.
 
 use crate::events::EventKind;
+use crate::message_json::message_frame;
 use tokio_postgres::Row;
 
 /// A serialised server frame. Cloning shares the buffer: one event is
@@ -22,9 +23,10 @@ pub struct Event {
 }
 
 impl Event {
-    /// An event read from the log by `events::READ_EVENTS_SQL`. `None` for
-    /// one with no frame (the event of a message deleted since) and for a
-    /// kind this binary does not know — written by a newer node during a
+    /// An event read from the log by `events::READ_EVENTS_SQL`, its frame
+    /// built from the message's body for the kinds that show one. `None`
+    /// for one with no frame (the event of a message deleted since) and for
+    /// a kind this binary does not know — written by a newer node during a
     /// rolling upgrade: it is skipped (and logged), not guessed at.
     pub fn from_row(row: &Row) -> Option<Event> {
         let id: i64 = row.get(0);
@@ -33,7 +35,19 @@ impl Event {
             log::error!("event {id} has an unknown kind `{kind}`; not delivered");
             return None;
         };
-        let frame: Option<String> = row.get(4);
+        let frame: Option<String> = if kind.shows_message() {
+            let body: Option<&str> = row.get(7);
+            match body.map(|b| message_frame(kind.as_str(), id, b)) {
+                Some(Ok(frame)) => Some(frame),
+                Some(Err(e)) => {
+                    log::error!("event {id}: unreadable message body: {e}; not delivered");
+                    None
+                }
+                None => None,
+            }
+        } else {
+            row.get(4)
+        };
         Some(Event {
             id,
             chat_id: row.get(1),

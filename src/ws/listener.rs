@@ -12,8 +12,10 @@ use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
 use super::event::{Event, Frame};
 use super::registry::{BlockChange, DISPATCH_BATCH, Hidden, Sender};
 use crate::events::{
-    EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, NOTICE_FRAME_MARKER, READ_EVENTS_SQL,
+    EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, NOTICE_BODY_MARKER, NOTICE_FRAME_MARKER,
+    READ_EVENTS_SQL,
 };
+use crate::message_json::message_frame;
 use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -24,7 +26,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 /// The NOTIFY payload of a durable event (`events::notify_sql`) up to its
-/// frame, which follows as it is unless the event was too large to carry it.
+/// frame, or the body of the message it shows, which follows unless the
+/// event was too large to carry it.
 #[derive(Deserialize)]
 struct Notice {
     id: i64,
@@ -256,7 +259,7 @@ enum Announced {
 }
 
 fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
-    let (fields, frame) = split_notice(payload);
+    let (fields, carried) = split_notice(payload);
     let notice: Notice = match serde_json::from_str(&fields) {
         Ok(n) => n,
         Err(e) => {
@@ -273,36 +276,65 @@ fn announced(payload: &str, last: i64, metrics: &Metrics) -> Announced {
     if notice.id <= last {
         return Announced::Stale;
     }
-    match (notice.id == last + 1, notice.kind, frame) {
-        (true, Some(kind), Some(frame)) => Announced::Next(Event {
-            id: notice.id,
-            chat_id: notice.chat_id,
-            kind,
-            user_ids: notice.user_ids,
-            message_id: notice.message_id,
-            reply_to_id: notice.reply_to_id,
-            frame: Frame::from(frame),
-        }),
-        _ => Announced::Gap(notice.id),
-    }
+    let (true, Some(kind), Some(carried)) = (notice.id == last + 1, notice.kind, carried) else {
+        return Announced::Gap(notice.id);
+    };
+    let frame = match carried {
+        Carried::Frame(frame) => frame.to_string(),
+        Carried::Body(body) if kind.shows_message() => {
+            match message_frame(kind.as_str(), notice.id, body) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    log::error!("unreadable message body in event {}: {e}", notice.id);
+                    return Announced::Gap(notice.id);
+                }
+            }
+        }
+        Carried::Body(_) => return Announced::Gap(notice.id),
+    };
+    Announced::Next(Event {
+        id: notice.id,
+        chat_id: notice.chat_id,
+        kind,
+        user_ids: notice.user_ids,
+        message_id: notice.message_id,
+        reply_to_id: notice.reply_to_id,
+        frame: Frame::from(frame),
+    })
 }
 
-/// A notice's routing fields (a JSON object) and, when it carries one, its
-/// frame. The fields hold no object, so the frame is where the second `{`
-/// is, right after the marker (found by a byte search, not a string search).
-fn split_notice(payload: &str) -> (Cow<'_, str>, Option<&str>) {
-    let frame = payload
+/// What a notice carries after its routing fields.
+#[derive(Debug, PartialEq)]
+enum Carried<'a> {
+    /// The frame, as clients receive it.
+    Frame(&'a str),
+    /// The REST body of the message the event shows, its frame to be built.
+    Body(&'a str),
+}
+
+/// A notice's routing fields (a JSON object) and what it carries after
+/// them, if anything. The fields hold no object, so what it carries begins
+/// at the second `{`, right after its marker (found by a byte search, not a
+/// string search).
+fn split_notice(payload: &str) -> (Cow<'_, str>, Option<Carried<'_>>) {
+    let split = payload
         .get(1..)
         .and_then(|rest| rest.find('{'))
         .map(|at| payload.split_at(at + 1))
-        .and_then(|(head, tail)| Some((head.strip_suffix(NOTICE_FRAME_MARKER)?, tail)))
-        .and_then(|(fields, tail)| Some((fields, tail.strip_suffix('}')?)));
-    match frame {
-        Some((fields, frame)) => {
+        .and_then(|(head, tail)| {
+            let tail = tail.strip_suffix('}')?;
+            if let Some(fields) = head.strip_suffix(NOTICE_FRAME_MARKER) {
+                Some((fields, Carried::Frame(tail)))
+            } else {
+                Some((head.strip_suffix(NOTICE_BODY_MARKER)?, Carried::Body(tail)))
+            }
+        });
+    match split {
+        Some((fields, carried)) => {
             let mut object = String::with_capacity(fields.len() + 1);
             object.push_str(fields);
             object.push('}');
-            (Cow::Owned(object), Some(frame))
+            (Cow::Owned(object), Some(carried))
         }
         None => (Cow::Borrowed(payload), None),
     }
@@ -453,6 +485,33 @@ mod tests {
         ];
         for (payload, last, want) in cases {
             assert_eq!(frame_of(&payload, last), want, "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_notice_with_a_message_body_gives_the_frame_built_from_it() {
+        let fields = r#"{"id" : 8, "chat_id" : 3, "kind" : "message", "user_ids" : [], "message_id" : 5, "reply_to_id" : null, "at" : 1.5"#;
+        let body = r#"{"id": 5, "chat_id": 3, "content": "a \"body_last\" : {x}", "sender": null}"#;
+        let built = message_frame("message", 8, body).unwrap();
+        let cases = [
+            // As `events::notify_sql` writes it.
+            (format!("{fields}{NOTICE_BODY_MARKER}{body}}}"), Ok(built)),
+            // Not a body: read from the log.
+            (
+                format!("{fields}{NOTICE_BODY_MARKER}{{\"id\": }}}}"),
+                Err("gap to 8".to_string()),
+            ),
+            // A body for a kind that shows no message.
+            (
+                format!(
+                    "{}{NOTICE_BODY_MARKER}{body}}}",
+                    fields.replace(r#""message""#, r#""system""#)
+                ),
+                Err("gap to 8".to_string()),
+            ),
+        ];
+        for (payload, want) in cases {
+            assert_eq!(frame_of(&payload, 7), want, "{payload}");
         }
     }
 }

@@ -5,6 +5,7 @@
 use crate::helpers::realtime::*;
 use crate::helpers::ws::Closed;
 use crate::helpers::*;
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -485,17 +486,22 @@ async fn a_notification_carries_the_frame_last_as_it_is_so_listeners_need_not_re
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let message = app.send_message(&alice, chat, "hello").await;
     let (mut ws, _) = connected(&app, &bob, None).await;
     let (_session, mut notices) =
         pg::listen(&app.database_url, chatapp::events::EVENTS_CHANNEL).await;
 
-    // Act
-    app.send_message(&alice, chat, "hello \"frame_last\" : {}}")
+    // Act: an event that shows no message.
+    let emoji = "%F0%9F%8D%95"; // 🍕
+    let path = format!("/api/v1/messages/{}/reactions/{emoji}", message["id"]);
+    let (status, body) = app
+        .request(Method::PUT, &path, Some(&alice.token), None)
         .await;
+    assert!(status.is_success(), "{status} {body}");
 
     // Assert: the payload is JSON (what nodes of the previous layout read)
     // that ends with the frame the members get, after the marker.
-    let frame = ws.next_of_type("message").await;
+    let frame = ws.next_of_type("reaction_added").await;
     let payload = notices.recv().await.expect("a notification");
     let whole: Value = serde_json::from_str(&payload).expect("the payload is JSON");
     assert_eq!(whole["frame_last"], frame, "{payload}");
@@ -504,6 +510,45 @@ async fn a_notification_carries_the_frame_last_as_it_is_so_listeners_need_not_re
         .expect("the frame's marker");
     let carried: Value = serde_json::from_str(last.strip_suffix('}').unwrap()).unwrap();
     assert_eq!(carried, frame);
+}
+
+#[tokio::test]
+async fn a_message_notification_carries_its_body_last_and_members_get_the_frame_built_from_it() {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (mut ws, _) = connected(&app, &bob, None).await;
+    let (_session, mut notices) =
+        pg::listen(&app.database_url, chatapp::events::EVENTS_CHANNEL).await;
+
+    // Act
+    let sent = app
+        .send_message(&alice, chat, "hello \"body_last\" : {}}")
+        .await;
+
+    // Assert: the payload is JSON that ends with the message's REST body
+    // (without the reader's own part, its reactions), after the marker; the
+    // frame is built from it.
+    let frame = ws.next_of_type("message").await;
+    let payload = notices.recv().await.expect("a notification");
+    let whole: Value = serde_json::from_str(&payload).expect("the payload is JSON");
+    let mut body = sent.clone();
+    body.as_object_mut().unwrap().remove("reactions");
+    assert_eq!(whole["body_last"], body, "{payload}");
+    assert!(whole.get("frame_last").is_none(), "{payload}");
+    let (_, last) = payload
+        .split_once(chatapp::events::NOTICE_BODY_MARKER)
+        .expect("the body's marker");
+    let built = chatapp::message_json::message_frame(
+        "message",
+        frame["payload"]["event_id"].as_i64().unwrap(),
+        last.strip_suffix('}').unwrap(),
+    )
+    .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&built).unwrap(), frame);
+    assert_eq!(frame["payload"]["content"], sent["content"]);
 }
 
 #[tokio::test]
