@@ -12,7 +12,7 @@ use crate::db::{DbThread, Pipeline, Pool};
 use crate::error::{ApiError, FieldError};
 use crate::limits::RateLimits;
 use crate::membership::is_member;
-use crate::message_json::message_rest_sql;
+use crate::message_json::{message_rest_sql, sent_rest};
 use crate::metrics::Metrics;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -42,8 +42,9 @@ pub struct Sent {
     pub message_id: i64,
     pub chat_id: i64,
     pub client_id: Option<String>,
-    /// The message as REST returns it (see `payload`).
-    pub body: String,
+    /// The message's body: as REST returns it for a retry, without its
+    /// `reactions` when just stored (see [`Sent::rest_body`]).
+    body: String,
     /// The `message` event's id; `None` for an idempotent retry (nothing new happened).
     pub event_id: Option<i64>,
     pub duplicate: bool,
@@ -58,6 +59,15 @@ impl Sent {
             body: row.get("body"),
             event_id: if duplicate { None } else { row.get("event_id") },
             duplicate,
+        }
+    }
+
+    /// The message as REST returns it.
+    pub fn rest_body(self) -> String {
+        if self.duplicate {
+            self.body
+        } else {
+            sent_rest(self.body)
         }
     }
 }

@@ -5,9 +5,7 @@
 use super::mentions::mentions_sql;
 use crate::events;
 use crate::membership::lock_members;
-use crate::message_json::{
-    MESSAGE_COLUMNS, logged_payload_sql, message_json_replying_sql, sent_rest_sql,
-};
+use crate::message_json::{MESSAGE_COLUMNS, logged_payload_sql, message_json_replying_sql};
 use std::sync::LazyLock;
 
 /// Sends message `$3` with client id `$4` and search vector `$5` (a
@@ -16,8 +14,8 @@ use std::sync::LazyLock;
 /// statement (one round trip, committed on its own): inserts it if `$2` is
 /// a member whose token of version `$8` is still good, `$6` is null or a
 /// message of the chat, and the client id is new, touches the chat, appends the `message` event and NOTIFYs it;
-/// returns the message (its REST body, id, chat and client id) and
-/// `event_id`, or no row when nothing was inserted.
+/// returns the message (its body as the notice carries it, id, chat and
+/// client id) and `event_id`, or no row when nothing was inserted.
 ///
 /// The sender, chat and membership are locked first (`lock_members`),
 /// before the event_seq row: a deletion or membership change of the chat
@@ -63,15 +61,13 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          ), sent as (
              {notify}
          )
-         select b.id, b.chat_id, b.client_id, {rest}::text as body,
-                (select id from sent) as event_id
-         from b",
+         select b.id, b.chat_id, b.client_id, ev.body, (select id from sent) as event_id
+         from b, ev",
         locked = lock_members("array[$1::int8]", "array[$2::int8]", "array[$8::int4]"),
         mentions = mentions_sql("$7::text", "$1"),
         body = message_json_replying_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
         notify = events::notify_sql("ev"),
-        rest = sent_rest_sql("b.body"),
     )
 });
 
@@ -137,7 +133,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          ), sent as (
              {notify}
          )
-         select req.n, b.id, b.chat_id, b.client_id, {rest}::text as body, ev.id as event_id
+         select req.n, b.id, b.chat_id, b.client_id, ev.body, ev.id as event_id
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
         locked = lock_members("$1::int8[]", "$2::int8[]", "$8::int4[]"),
@@ -145,6 +141,5 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
         body = message_json_replying_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),
         notify = events::notify_sql("ev"),
-        rest = sent_rest_sql("b.body"),
     )
 });
