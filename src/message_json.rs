@@ -5,7 +5,10 @@
 //! notification leaves with the commit, and each node builds the frame (and
 //! a REST send its reply, [`sent_rest`]).
 
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 
 /// SQL for timestamp `col` as the RFC 3339 text every body carries (`time`'s
 /// format: UTC as `Z`, fraction without trailing zeros). The colons are
@@ -144,23 +147,59 @@ pub fn message_body_sql(e: &str) -> String {
 /// [`message_json_sql`]): `{"type": kind, "payload": {...}}`, the payload
 /// being the body's fields with the id, the sender's name and the send time
 /// under the names the seed's clients read (`message_id`, `username`,
-/// `display_name`, `timestamp`) and the `event_id`.
+/// `display_name`, `timestamp`) and the `event_id`, keys in byte order.
+///
+/// Built once per message on every node, so the body's values are copied
+/// as they are, not parsed into a tree: its strings need no unescaping and
+/// escaping again. Objects and arrays (a reply's original, mentions) are
+/// made compact, as the rest of the frame is.
 pub fn message_frame(kind: &str, event_id: i64, body: &str) -> serde_json::Result<String> {
-    let mut payload: serde_json::Map<String, Value> = serde_json::from_str(body)?;
-    let id = payload.remove("id").unwrap_or(Value::Null);
-    let sender = payload.remove("sender").unwrap_or(Value::Null);
-    let timestamp = payload.get("created_at").cloned().unwrap_or(Value::Null);
-    payload.insert("message_id".into(), id);
-    payload.insert("username".into(), sender["username"].clone());
-    payload.insert("display_name".into(), sender["display_name"].clone());
-    payload.insert("timestamp".into(), timestamp);
-    payload.insert("event_id".into(), event_id.into());
+    #[derive(Deserialize)]
+    struct Sender<'a> {
+        #[serde(borrow, default)]
+        username: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        display_name: Option<&'a RawValue>,
+    }
+    let mut fields: BTreeMap<&str, &RawValue> = serde_json::from_str(body)?;
+    let null = RawValue::NULL;
+    let id = fields.remove("id").unwrap_or(null);
+    let sender = match fields.remove("sender") {
+        Some(sender) if sender.get() != "null" => serde_json::from_str(sender.get())?,
+        _ => Sender {
+            username: None,
+            display_name: None,
+        },
+    };
+    let timestamp = fields.get("created_at").copied().unwrap_or(null);
+    let event_id = RawValue::from_string(event_id.to_string())?;
+    fields.insert("message_id", id);
+    fields.insert("username", sender.username.unwrap_or(null));
+    fields.insert("display_name", sender.display_name.unwrap_or(null));
+    fields.insert("timestamp", timestamp);
+    fields.insert("event_id", &event_id);
     // `type` first, as every other frame has it.
-    Ok(format!(
-        "{{\"type\":{},\"payload\":{}}}",
-        serde_json::to_string(kind)?,
-        serde_json::to_string(&payload)?
-    ))
+    let mut frame = String::with_capacity(body.len() + 128);
+    frame.push_str("{\"type\":");
+    frame.push_str(&serde_json::to_string(kind)?);
+    frame.push_str(",\"payload\":{");
+    for (i, (key, value)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        // Borrowed, so written as it came: a key with an escape fails above.
+        frame.push('"');
+        frame.push_str(key);
+        frame.push_str("\":");
+        let raw = value.get();
+        if raw.len() > 2 && (raw.starts_with('{') || raw.starts_with('[')) {
+            frame.push_str(&serde_json::from_str::<Value>(raw)?.to_string());
+        } else {
+            frame.push_str(raw);
+        }
+    }
+    frame.push_str("}}");
+    Ok(frame)
 }
 
 /// SQL (bigint) for the original the message of `message` or
@@ -182,6 +221,7 @@ pub fn logged_payload_sql(m: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_sent_message_is_its_body_with_no_reactions() {
@@ -193,7 +233,27 @@ mod tests {
         expected["reactions"] = serde_json::json!([]);
         assert_eq!(rest, expected);
     }
-    use serde_json::json;
+
+    #[test]
+    fn a_message_frame_is_compact_with_its_keys_in_byte_order_however_the_body_is_spaced() {
+        // As PostgreSQL prints a jsonb body: keys by length, spaces after `,` and `:`.
+        let body = r#"{"id": 5, "sender": {"id": 1, "username": "ann", "display_name": null}, "content": "a \"q\" \\ \n\u0001 ✓", "chat_id": 3, "mentions": [2, 3], "reply_to": {"id": 4, "content": "hi", "deleted": false, "sender_id": 2}, "client_id": null, "is_edited": false, "sender_id": 1, "created_at": "2026-12-06T07:00:00.5Z", "updated_at": "2026-12-06T07:01:00Z"}"#;
+        let payload = json!({"chat_id": 3, "sender_id": 1, "content": "a \"q\" \\ \n\u{1} ✓",
+                             "is_edited": false, "client_id": null,
+                             "created_at": "2026-12-06T07:00:00.5Z",
+                             "updated_at": "2026-12-06T07:01:00Z",
+                             "reply_to": {"id": 4, "sender_id": 2, "content": "hi", "deleted": false},
+                             "mentions": [2, 3], "message_id": 5, "username": "ann",
+                             "display_name": null, "timestamp": "2026-12-06T07:00:00.5Z",
+                             "event_id": 9});
+
+        let frame = message_frame("message", 9, body).unwrap();
+
+        assert_eq!(
+            frame,
+            format!("{{\"type\":\"message\",\"payload\":{payload}}}")
+        );
+    }
 
     #[test]
     fn a_message_frame_is_its_body_renamed_for_the_seed_clients_with_the_event_id() {
