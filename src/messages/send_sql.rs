@@ -5,7 +5,7 @@
 use super::mentions::mentions_sql;
 use crate::events;
 use crate::membership::lock_members;
-use crate::message_json::{MESSAGE_COLUMNS, logged_payload_sql, message_json_replying_sql};
+use crate::message_json::{Json, MESSAGE_COLUMNS, logged_payload_sql, message_json_replying_sql};
 use std::sync::LazyLock;
 
 /// Sends message `$3` with client id `$4` and search vector `$5` (a
@@ -65,7 +65,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
          from b, ev",
         locked = lock_members("array[$1::int8]", "array[$2::int8]", "array[$8::int4]"),
         mentions = mentions_sql("$7::text", "$1"),
-        body = message_json_replying_sql("m", "u", "original"),
+        body = message_json_replying_sql("m", "u", "original", Json::Text),
         logged = logged_payload_sql("b"),
         notify = events::notify_sql("ev"),
     )
@@ -138,7 +138,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
          join req on req.id = b.id",
         locked = lock_members("$1::int8[]", "$2::int8[]", "$8::int4[]"),
         mentions = mentions_sql("req.names", "req.chat_id"),
-        body = message_json_replying_sql("m", "u", "originals"),
+        body = message_json_replying_sql("m", "u", "originals", Json::Text),
         logged = logged_payload_sql("b"),
         notify = events::notify_sql("ev"),
     )
