@@ -77,12 +77,12 @@ impl Json {
     }
 }
 
-/// [`message_json_sql`] as `json`, reading the original of a reply from
-/// `originals` (a relation with the `id`, `sender_id` and `content` of
-/// messages): a send passes the original's row it locked, which is the
-/// latest committed version, where `messages` is read as of the
-/// statement's start and could show the text an edit committed meanwhile
-/// replaced.
+/// [`message_json_sql`] built as `json` says, reading the original of a
+/// reply from `originals` (a relation with the `id`, `sender_id` and
+/// `content` of messages): a send passes the original's row it locked,
+/// which is the latest committed version, where `messages` is read as of
+/// the statement's start and could show the text an edit committed
+/// meanwhile replaced.
 pub fn message_json_replying_sql(m: &str, u: &str, originals: &str, json: Json) -> String {
     format!(
         "{object}(
@@ -112,8 +112,8 @@ pub fn message_rest_sql(m: &str, u: &str, viewer: &str) -> String {
     )
 }
 
-/// A message just sent, as REST returns it: its body (the text of
-/// [`message_json_sql`]) with no `reactions` yet. Added here rather than in
+/// A message just sent, as REST returns it: its body (the JSON text of
+/// [`message_json_replying_sql`]) with no `reactions` yet. Added here rather than in
 /// the send's statement, which returns the body its notice carries: only a
 /// REST send needs this copy, and building it in SQL cost PostgreSQL a
 /// second object and text cast per message.
@@ -138,8 +138,8 @@ fn reactions_sql(m: &str, viewer: &str) -> String {
     )
 }
 
-/// SQL (of type `json`) for the `reply_to` of message row `m`: null, or the
-/// original `{id, sender_id, content, deleted}` with a preview of its
+/// SQL (of the type `json` says) for the `reply_to` of message row `m`:
+/// null, or the original `{id, sender_id, content, deleted}` with a preview of its
 /// current text; once it is deleted, its id alone (`deleted: true`):
 /// nothing of it is kept.
 fn reply_to_sql(m: &str, originals: &str, json: Json) -> String {
@@ -269,8 +269,9 @@ mod tests {
 
     #[test]
     fn a_message_frame_is_compact_with_its_keys_in_byte_order_however_the_body_is_spaced() {
-        // As PostgreSQL prints a jsonb body: keys by length, spaces after `,` and `:`.
-        let body = r#"{"id": 5, "sender": {"id": 1, "username": "ann", "display_name": null}, "content": "a \"q\" \\ \n\u0001 ✓", "chat_id": 3, "mentions": [2, 3], "reply_to": {"id": 4, "content": "hi", "deleted": false, "sender_id": 2}, "client_id": null, "is_edited": false, "sender_id": 1, "created_at": "2026-12-06T07:00:00.5Z", "updated_at": "2026-12-06T07:01:00Z"}"#;
+        // As PostgreSQL prints a jsonb body: keys by length, spaces after
+        // `,` and `:`; a send's json body has a space before `:` too.
+        let jsonb = r#"{"id": 5, "sender": {"id": 1, "username": "ann", "display_name": null}, "content": "a \"q\" \\ \n\u0001 ✓", "chat_id": 3, "mentions": [2, 3], "reply_to": {"id": 4, "content": "hi", "deleted": false, "sender_id": 2}, "client_id": null, "is_edited": false, "sender_id": 1, "created_at": "2026-12-06T07:00:00.5Z", "updated_at": "2026-12-06T07:01:00Z"}"#;
         let payload = json!({"chat_id": 3, "sender_id": 1, "content": "a \"q\" \\ \n\u{1} ✓",
                              "is_edited": false, "client_id": null,
                              "created_at": "2026-12-06T07:00:00.5Z",
@@ -280,12 +281,16 @@ mod tests {
                              "display_name": null, "timestamp": "2026-12-06T07:00:00.5Z",
                              "event_id": 9});
 
-        let frame = message_frame("message", 9, body).unwrap();
+        let json = jsonb.replace("\": ", "\" : ");
 
-        assert_eq!(
-            frame,
-            format!("{{\"type\":\"message\",\"payload\":{payload}}}")
-        );
+        for body in [jsonb, json.as_str()] {
+            let frame = message_frame("message", 9, body).unwrap();
+
+            assert_eq!(
+                frame,
+                format!("{{\"type\":\"message\",\"payload\":{payload}}}")
+            );
+        }
     }
 
     #[test]
