@@ -12,7 +12,8 @@
 //! The storm lasts from the signal until the last of the node's clients has
 //! recovered: it is connected again and has every message of its chat up to
 //! its new `ready.last_event_id`. Figures: that time (target <= 10 s) and
-//! the median client's; send-to-receive p50/p99/max of the clients of the
+//! the median client's, split for each client after its wait into the
+//! attempt up to `ready` and `ready` up to recovered; send-to-receive p50/p99/max of the clients of the
 //! surviving nodes during the storm (target p99 < 100 ms) and before it;
 //! PostgreSQL's CPU over the storm (utime + stime of its processes, from
 //! /proc) and its connections (pg_stat_activity) before and during it; the
@@ -440,6 +441,15 @@ async fn once(
         "s",
         since(recovered_at.at(0.5)),
     );
+    // Where a client's time after its wait goes: its session start (the
+    // handshake, the line of starts and their reads) up to `ready`, then
+    // its presence snapshot's line and the replay.
+    let to_ready = Percentiles::new(totals.attempt_to_ready_ms.clone());
+    let after_ready = Percentiles::new(totals.ready_to_recovered_ms.clone());
+    add(report, "attempt to ready p50", "ms", to_ready.at(0.5));
+    add(report, "attempt to ready p99", "ms", to_ready.at(0.99));
+    add(report, "ready to recovered p50", "ms", after_ready.at(0.5));
+    add(report, "ready to recovered p99", "ms", after_ready.at(0.99));
     add(
         report,
         "reconnects refused or failed",

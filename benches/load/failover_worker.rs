@@ -51,8 +51,9 @@ struct Record {
     /// client has never lost its connection.
     latency: Vec<(f64, f32)>,
     dropped: bool,
-    /// `ready.last_event_id` and arrival of the latest resume.
-    resumed: Option<(i64, f64)>,
+    /// `ready.last_event_id`, arrival of the latest resume's `ready`, and
+    /// when that attempt began (wall ms).
+    resumed: Option<(i64, f64, f64)>,
     pub unrecovered: u64,
     pub failed_attempts: u64,
     retry_after_ms: Option<u64>,
@@ -252,6 +253,7 @@ async fn live(
             // Any other node; a real client's load balancer would pick one.
             let others: Vec<usize> = (0..nodes.len()).filter(|&n| n != node).collect();
             node = others[(c.index + attempt as usize) % others.len()];
+            let began = wall_ms();
             let login = tokio::time::timeout(
                 Duration::from_secs(30),
                 ws_login(nodes[node], source_ip(c.index), &c.user, Some(since)),
@@ -260,7 +262,7 @@ async fn live(
                 Ok(Ok((ws, ready))) => {
                     let mut r = c.record.lock().unwrap();
                     let last = ready["last_event_id"].as_i64().unwrap_or(0);
-                    r.resumed = Some((last, wall_ms()));
+                    r.resumed = Some((last, wall_ms(), began));
                     r.unrecovered += (ready["recovered"] != true) as u64;
                     counters.reconnected.fetch_add(1, SeqCst);
                     break ws;
@@ -419,6 +421,12 @@ pub struct Outcome {
     pub failed_attempts: u64,
     /// Wall-clock ms at which each client that lost its connection had recovered.
     pub recovered_ms: Vec<f64>,
+    /// For each of those, ms from the start of its last attempt to its `ready`
+    /// (the handshake and the session start's line and reads).
+    pub attempt_to_ready_ms: Vec<f64>,
+    /// And ms from that `ready` to having recovered (the presence snapshot's
+    /// line, then the replay).
+    pub ready_to_recovered_ms: Vec<f64>,
     /// What each client closed with 1001 was told to wait.
     pub retry_after_ms: Vec<u64>,
 }
@@ -434,6 +442,9 @@ impl Outcome {
         self.unrecovered += other.unrecovered;
         self.failed_attempts += other.failed_attempts;
         self.recovered_ms.extend(other.recovered_ms);
+        self.attempt_to_ready_ms.extend(other.attempt_to_ready_ms);
+        self.ready_to_recovered_ms
+            .extend(other.ready_to_recovered_ms);
         self.retry_after_ms.extend(other.retry_after_ms);
     }
 
@@ -456,14 +467,17 @@ impl Outcome {
         // Recovered once it has every message of its chat up to what its
         // resume's `ready` reported: replay arrives in order, so when the
         // last of those arrived (or at `ready`, if it had them already).
-        if let Some((upto, ready_at)) = r.resumed {
+        if let Some((upto, ready_at, began)) = r.resumed {
             let last = expected.iter().rev().find(|&&e| e <= upto);
             let arrived = last.and_then(|&e| r.received.iter().find(|&&(g, _)| g == e));
             match (last, arrived) {
                 (Some(_), None) => {}
-                (_, arrived) => self
-                    .recovered_ms
-                    .push(arrived.map_or(ready_at, |&(_, at)| at.max(ready_at))),
+                (_, arrived) => {
+                    let recovered = arrived.map_or(ready_at, |&(_, at)| at.max(ready_at));
+                    self.recovered_ms.push(recovered);
+                    self.attempt_to_ready_ms.push(ready_at - began);
+                    self.ready_to_recovered_ms.push(recovered - ready_at);
+                }
             }
         }
     }
