@@ -393,6 +393,15 @@ pub enum Live {
     },
 }
 
+impl Live {
+    /// Whether `frame`, queued for a connection, is a `presence` frame (the
+    /// payload of a [`Live::Presence`] notification, forwarded as it is).
+    /// Read as a signal: a frame of another type stops at its tag.
+    pub fn is_presence_frame(frame: &str) -> bool {
+        matches!(serde_json::from_str(frame), Ok(Live::Presence { .. }))
+    }
+}
+
 /// NOTIFYs `signals` in order, in one statement.
 pub async fn notify_live_all(
     client: &impl GenericClient,
@@ -435,6 +444,35 @@ mod tests {
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
         }
         assert_eq!(EventKind::parse("message_exploded"), None);
+    }
+
+    #[test]
+    fn presence_frames_are_told_apart_from_every_other_forwarded_frame() {
+        let presence = Live::Presence {
+            user_id: 7,
+            online: true,
+            last_seen: None,
+        };
+        let others = [
+            Live::Typing {
+                chat_id: 1,
+                user_id: 7,
+                username: "presence".into(),
+            },
+            Live::Read {
+                chat_id: 1,
+                user_id: 7,
+                message_id: 3,
+            },
+        ];
+
+        assert!(Live::is_presence_frame(
+            &serde_json::to_string(&presence).unwrap()
+        ));
+        for other in others {
+            let frame = serde_json::to_string(&other).unwrap();
+            assert!(!Live::is_presence_frame(&frame), "{frame}");
+        }
     }
 
     #[test]

@@ -103,8 +103,8 @@ pub enum ServerFrame {
         chat_ids: Vec<i64>,
         recovered: bool,
     },
-    /// Right after `ready`: the presence of the users sharing presence
-    /// with this one (see `ws::presence::snapshot`).
+    /// After `ready`, before any `presence`: the presence of the users
+    /// sharing presence with this one (see `ws::presence::snapshot`).
     PresenceSnapshot {
         users: Vec<PresenceState>,
         /// Whether some were left out (see `SNAPSHOT_USERS`).
@@ -166,6 +166,27 @@ impl From<BadFrame> for ServerFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_frame_this_node_builds_passes_for_a_presence_frame() {
+        let frames = [
+            ServerFrame::PresenceSnapshot {
+                users: vec![PresenceState {
+                    user_id: 7,
+                    online: true,
+                    last_seen: None,
+                }],
+                truncated: false,
+            },
+            ServerFrame::Pong {},
+            ServerFrame::Ack(Value::from("presence")),
+        ];
+
+        for frame in frames {
+            let text = frame.to_text(None);
+            assert!(!crate::events::Live::is_presence_frame(&text), "{text}");
+        }
+    }
 
     #[test]
     fn parses_known_frames_and_keeps_ref() {

@@ -202,6 +202,60 @@ async fn connections_opening_together_each_get_their_own_snapshot() {
 }
 
 #[tokio::test]
+async fn a_resuming_client_gets_what_it_missed_and_live_messages_while_its_snapshot_is_read_and_presence_only_after_it()
+ {
+    // Arrange: alice was connected and saw up to `since`; bob sent m1 after.
+    let app = spawn_app().await;
+    let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let (ws, ready) = connected(&app, &alice, None).await;
+    let since = ready["last_event_id"].as_i64().unwrap();
+    await_sessions(&app.database_url, &alice, 1).await;
+    drop(ws);
+    await_sessions(&app.database_url, &alice, 0).await;
+    let m1 = app.send_message(&bob, chat, "missed").await;
+    // Presence snapshots read presence_sessions: held, they cannot be read.
+    let mut lock = crate::helpers::pg::connect(&app.database_url).await;
+    let tx = lock.transaction().await.unwrap();
+    tx.batch_execute("lock table presence_sessions in access exclusive mode")
+        .await
+        .unwrap();
+
+    // Act: alice resumes; bob sends m2; bob comes online as another node
+    // would announce it.
+    let mut ws = WsClient::connect(app.addr, &alice.token, Some(since)).await;
+    let first = ws.next_json().await;
+    let replayed = ws.next_json().await;
+    let m2 = app.send_message(&bob, chat, "live").await;
+    let live = ws.next_json().await;
+    let online = json!({"type": "presence",
+                        "payload": {"user_id": bob.id, "online": true, "last_seen": null}});
+    let notifier = crate::helpers::pg::connect(&app.database_url).await;
+    notifier
+        .execute(
+            "select pg_notify('chatapp_live', $1)",
+            &[&online.to_string()],
+        )
+        .await
+        .unwrap();
+    let while_held = ws.next_json_within(QUIET).await;
+    tx.commit().await.unwrap();
+    let after = [ws.next_json().await, ws.next_json().await];
+
+    // Assert: the replay and the live message did not wait for the
+    // snapshot; the presence frame did, and came after it.
+    assert_eq!(first["type"], "ready", "{first}");
+    assert_eq!(first["payload"]["recovered"], true, "{first}");
+    assert_eq!(replayed["type"], "message", "{replayed}");
+    assert_eq!(replayed["payload"]["message_id"], m1["id"], "{replayed}");
+    assert_eq!(live["type"], "message", "{live}");
+    assert_eq!(live["payload"]["message_id"], m2["id"], "{live}");
+    assert_eq!(while_held, None, "nothing more before the snapshot is read");
+    assert_eq!(after[0]["type"], "presence_snapshot", "{}", after[0]);
+    assert_eq!(after[1], online);
+}
+
+#[tokio::test]
 async fn a_user_connected_to_another_node_is_online_in_snapshots_presence_and_member_lists() {
     // Arrange: bob is connected to node B only; alice asks node A.
     let a = spawn_app().await;

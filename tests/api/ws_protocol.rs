@@ -132,7 +132,7 @@ async fn connecting_with_authorization_bearer_header_works() {
     let (stream, _) = tokio_tungstenite::connect_async(req)
         .await
         .expect("upgrade with a bearer header");
-    let mut ws = WsClient { stream };
+    let mut ws = WsClient::from_stream(stream);
 
     // Assert
     let ready = ws.next_of_type("ready").await;
@@ -886,15 +886,15 @@ async fn a_frame_sent_with_the_upgrade_request_is_read_after_ready() {
         String::from_utf8_lossy(&head)
     );
     let rest = head.split_off(end);
-    let mut ws = crate::helpers::ws::WsClient {
-        stream: tokio_tungstenite::WebSocketStream::from_partially_read(
+    let mut ws = crate::helpers::ws::WsClient::from_stream(
+        tokio_tungstenite::WebSocketStream::from_partially_read(
             tokio_tungstenite::MaybeTlsStream::Plain(tcp),
             rest,
             Role::Client,
             None,
         )
         .await,
-    };
+    );
 
     // Assert: `ready` first, then the answer to the frame sent early.
     assert_eq!(ws.next_json().await["type"], "ready");

@@ -1,12 +1,14 @@
-//! A connection's writer task: sends `ready` and the `presence_snapshot`,
-//! replays what the client missed, then drains the connection's queue
-//! (pings included) onto the socket until the connection is killed or its
-//! reader is gone.
+//! A connection's writer task: sends `ready`, replays what the client
+//! missed, then drains the connection's queue (pings included) onto the
+//! socket until the connection is killed or its reader is gone; the
+//! `presence_snapshot` goes out when it has been read, ahead of any
+//! `presence` frame.
 
 use super::Services;
 use super::replay::Replay;
 use super::wire::Out;
 use crate::config::WsConfig;
+use crate::events::Live;
 use crate::ws::admission::Turn;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
@@ -25,8 +27,8 @@ pub(super) type Sink = Out<OwnedWriteHalf>;
 /// Queued frames written together: one `writev` carries a burst.
 const WRITE_BATCH: usize = 64;
 
-/// What a connection is sent before its queue: `ready` (serialised), the
-/// presence snapshot of `user_id`, and the replay if one is due.
+/// What a connection is sent before its queue: `ready` (serialised) and the
+/// replay if one is due; and the presence snapshot of `user_id`.
 pub(super) struct Opening {
     pub user_id: i64,
     pub ready: String,
@@ -76,6 +78,10 @@ pub(super) struct Writer {
     /// Scratch space for a burst, kept across writes. Grown on first use:
     /// reserving a burst up front would cost every idle connection memory.
     batch: Vec<Frame>,
+    /// While the presence snapshot is being read: the `presence` frames
+    /// taken from the queue meanwhile, sent after it (see
+    /// [`Writer::until_snapshot`]).
+    held: Option<Vec<Frame>>,
 }
 
 impl Writer {
@@ -94,10 +100,12 @@ impl Writer {
             queued_bytes,
             unsent: Vec::new(),
             batch: Vec::new(),
+            held: None,
         }
     }
 
-    /// Sends `ready` and the presence snapshot, replays, drains the queue;
+    /// Sends `ready`, replays, drains the queue (the presence snapshot
+    /// among it as soon as it is read);
     /// then closes the socket the way the connection ended.
     #[expect(
         clippy::manual_async_fn,
@@ -157,24 +165,17 @@ impl Writer {
         // The presence snapshot waits in its own line, read in batches
         // (`presence::snapshot`), so the next start need not wait for it.
         drop(turn);
-        // After `ready`, so that is not delayed by the read; before anything
-        // queued, so the live presence frames queued meanwhile follow it.
-        let hub = &services.hub;
-        match hub.snapshots.frame(user_id).await {
-            Some(frame) => {
-                if !self.send(frame).await? {
-                    return Ok(false);
-                }
-            }
-            // The batch's failure is logged where it was read.
-            None => {
-                hub.registry.kill(self.conn_id, UNAVAILABLE);
-                return Ok(false);
-            }
-        }
+        // Asked for after `ready`, so that is not delayed by the read. In a
+        // storm of reconnects that line is seconds long; what the client
+        // missed and what happens now need not wait for it, only presence
+        // does.
+        let snapshot = services.hub.snapshots.frame(user_id);
         if let Some(replay) = replay
             && !Box::pin(replay.run(self, services)).await?
         {
+            return Ok(false);
+        }
+        if !Box::pin(self.until_snapshot(snapshot, services)).await? {
             return Ok(false);
         }
         // The writer waits on its queue alone. A kill removes the connection
@@ -183,17 +184,84 @@ impl Writer {
         // write blocks (`send`, `send_queued`). Pings come through the queue
         // too (see `registry::PING`).
         while let Some(frame) = self.rx.recv().await {
-            if self.kill.is_set() {
-                self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                self.unsent.push(frame);
-                return Ok(false);
-            }
-            if !self.send_queued(frame).await? {
+            if !self.send_next(frame).await? {
                 return Ok(false);
             }
         }
         // Killed, or unregistered by the reader (the client went away).
         Ok(!self.kill.is_set())
+    }
+
+    /// Drains the queue until `snapshot` is read, holding back its
+    /// `presence` frames; then sends the snapshot and the frames held, in
+    /// the order queued. A `presence` frame queued meanwhile may be of a
+    /// change committed after the snapshot's read: sent before it, the
+    /// snapshot would undo it. The frames held stay counted in the queue's
+    /// bytes until sent, so the queue's bound still holds.
+    async fn until_snapshot(
+        &mut self,
+        snapshot: impl Future<Output = Option<String>>,
+        services: &Services,
+    ) -> io::Result<bool> {
+        let mut snapshot = std::pin::pin!(snapshot);
+        self.held = Some(Vec::new());
+        let read = loop {
+            tokio::select! {
+                biased;
+                read = &mut snapshot => break read,
+                queued = self.rx.recv() => match queued {
+                    Some(frame) if Live::is_presence_frame(&frame) => {
+                        self.held.get_or_insert_default().push(frame);
+                    }
+                    Some(frame) => {
+                        if !self.send_next(frame).await? {
+                            self.drop_held();
+                            return Ok(false);
+                        }
+                    }
+                    // Killed, or unregistered by the reader.
+                    None => {
+                        self.drop_held();
+                        return Ok(!self.kill.is_set());
+                    }
+                },
+            }
+        };
+        let Some(frame) = read else {
+            // The batch's failure is logged where it was read.
+            self.drop_held();
+            services.hub.registry.kill(self.conn_id, UNAVAILABLE);
+            return Ok(false);
+        };
+        if !self.send(frame).await? {
+            self.drop_held();
+            return Ok(false);
+        }
+        let held = self.held.take().unwrap_or_default();
+        if held.is_empty() {
+            return Ok(true);
+        }
+        self.batch.extend(held);
+        self.write_batch().await
+    }
+
+    /// Forgets the `presence` frames held for a snapshot that will not be
+    /// sent: without it they would only mislead.
+    fn drop_held(&mut self) {
+        let held = self.held.take().unwrap_or_default();
+        let bytes = held.iter().map(|f| f.len()).sum();
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Writes `frame`, taken from the queue, with whatever else is queued;
+    /// false once the connection is killed.
+    async fn send_next(&mut self, frame: Frame) -> io::Result<bool> {
+        if self.kill.is_set() {
+            self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            self.unsent.push(frame);
+            return Ok(false);
+        }
+        self.send_queued(frame).await
     }
 
     /// The id of the connection this writer serves.
@@ -215,6 +283,12 @@ impl Writer {
             tokio::task::yield_now().await;
             self.take_queued();
         }
+        self.write_batch().await
+    }
+
+    /// Writes `batch` (counting it out of the queue's bytes) unless the
+    /// connection is killed; then what was not begun is left in `unsent`.
+    async fn write_batch(&mut self) -> io::Result<bool> {
         let bytes = self.batch.iter().map(|f| f.len()).sum();
         self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if self.kill.is_set() {
@@ -229,11 +303,16 @@ impl Writer {
         written.map(|killed| killed.is_none())
     }
 
+    /// Takes what is queued into `batch`, up to [`WRITE_BATCH`]; while a
+    /// snapshot is read, `presence` frames into `held` instead.
     fn take_queued(&mut self) {
         while self.batch.len() < WRITE_BATCH
             && let Ok(frame) = self.rx.try_recv()
         {
-            self.batch.push(frame);
+            match &mut self.held {
+                Some(held) if Live::is_presence_frame(&frame) => held.push(frame),
+                _ => self.batch.push(frame),
+            }
         }
     }
 

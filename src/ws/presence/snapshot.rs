@@ -1,12 +1,13 @@
 //! What a connection is told of presence when it opens: one
-//! `presence_snapshot` frame right after `ready`, with the presence of the
-//! users it shares presence with (`crate::presence`), so it need not wait
-//! for each of them to change.
+//! `presence_snapshot` frame after `ready`, with the presence of the users
+//! it shares presence with (`crate::presence`), so it need not wait for
+//! each of them to change.
 //!
 //! Read after the connection is subscribed to its chats: a change committed
-//! after this read reaches the connection live, after the snapshot; one
-//! committed before it may arrive live as well, in order, so the last word
-//! on each user is always the latest.
+//! after this read reaches the connection live, after the snapshot (the
+//! writer holds `presence` frames back until it is sent, and nothing else);
+//! one committed before it may arrive live as well, in order, so the last
+//! word on each user is always the latest.
 //!
 //! Snapshots are read in batches, as sends are committed: one task per node
 //! takes every request waiting, reads the chats of all their users in one
@@ -119,11 +120,17 @@ impl Snapshots {
     }
 
     /// The `presence_snapshot` frame for user `user_id`, read after this is
-    /// called; `None` when it could not be read.
-    pub async fn frame(&self, user_id: i64) -> Option<String> {
+    /// called (the request joins the line now, not when first polled);
+    /// `None` when it could not be read.
+    pub fn frame(&self, user_id: i64) -> impl Future<Output = Option<String>> + use<> {
         let (reply, rx) = oneshot::channel();
-        self.requests.send(Request { user_id, reply }).ok()?;
-        rx.await.ok().flatten()
+        let asked = self.requests.send(Request { user_id, reply }).is_ok();
+        async move {
+            if !asked {
+                return None;
+            }
+            rx.await.ok().flatten()
+        }
     }
 }
 

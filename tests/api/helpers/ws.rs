@@ -2,6 +2,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -38,6 +39,9 @@ pub fn server_frame(text: &str) -> Value {
 
 pub struct WsClient {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames already read (looking for another, see [`WsClient::take_first`])
+    /// and not yet returned: the next reads return these first.
+    ahead: VecDeque<Value>,
 }
 
 /// How a connection ended, as seen by the client.
@@ -65,7 +69,35 @@ impl WsClient {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
-        WsClient { stream }
+        WsClient::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: WebSocketStream<MaybeTlsStream<TcpStream>>) -> WsClient {
+        WsClient {
+            stream,
+            ahead: VecDeque::new(),
+        }
+    }
+
+    /// The frames read ahead (see [`WsClient::take_first`]), not yet returned.
+    pub fn read_ahead(&self) -> &VecDeque<Value> {
+        &self.ahead
+    }
+
+    /// The first frame of type `kind`, read ahead of any others, which the
+    /// next reads return in order; panics if none arrives within [`WAIT`].
+    pub async fn take_first(&mut self, kind: &str) -> Value {
+        if let Some(i) = self.ahead.iter().position(|f| f["type"] == kind) {
+            return self.ahead.remove(i).expect("found");
+        }
+        loop {
+            let frame = self.read_json_within(WAIT).await;
+            let frame = frame.unwrap_or_else(|| panic!("no {kind} frame within the wait"));
+            if frame["type"] == kind {
+                return frame;
+            }
+            self.ahead.push_back(frame);
+        }
     }
 
     pub async fn send_json(&mut self, value: Value) {
@@ -84,6 +116,14 @@ impl WsClient {
 
     /// The next JSON frame, or `None` on close/timeout.
     pub async fn next_json_within(&mut self, wait: Duration) -> Option<Value> {
+        match self.ahead.pop_front() {
+            Some(frame) => Some(frame),
+            None => self.read_json_within(wait).await,
+        }
+    }
+
+    /// The next JSON frame off the socket.
+    async fn read_json_within(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.stream.next())
@@ -147,6 +187,9 @@ impl WsClient {
     /// The next JSON frame, or how the connection ended; panics if neither
     /// comes within [`WAIT`].
     pub async fn next_or_close(&mut self) -> Next {
+        if let Some(frame) = self.ahead.pop_front() {
+            return Next::Frame(frame);
+        }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
