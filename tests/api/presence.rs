@@ -6,6 +6,7 @@
 
 use crate::helpers::process::{TempDir, signal, start_server};
 use crate::helpers::realtime::{await_sessions, connected, opened};
+use crate::helpers::ws::Closed;
 use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -228,15 +229,9 @@ async fn a_resuming_client_gets_what_it_missed_and_live_messages_while_its_snaps
     let replayed = ws.next_json().await;
     let m2 = app.send_message(&bob, chat, "live").await;
     let live = ws.next_json().await;
-    let online = json!({"type": "presence",
-                        "payload": {"user_id": bob.id, "online": true, "last_seen": null}});
-    let notifier = crate::helpers::pg::connect(&app.database_url).await;
-    notifier
-        .execute(
-            "select pg_notify('chatapp_live', $1)",
-            &[&online.to_string()],
-        )
+    let [online] = announce(&app.database_url, &bob, 1)
         .await
+        .try_into()
         .unwrap();
     let while_held = ws.next_json_within(QUIET).await;
     tx.commit().await.unwrap();
@@ -253,6 +248,57 @@ async fn a_resuming_client_gets_what_it_missed_and_live_messages_while_its_snaps
     assert_eq!(while_held, None, "nothing more before the snapshot is read");
     assert_eq!(after[0]["type"], "presence_snapshot", "{}", after[0]);
     assert_eq!(after[1], online);
+}
+
+/// Presence frames about `user`, NOTIFYed in one statement as another node
+/// announces them: `n` of them, each with its own `last_seen` (PostgreSQL
+/// drops a transaction's duplicate notifications).
+async fn announce(database_url: &str, user: &TestUser, n: usize) -> Vec<Value> {
+    let frames: Vec<Value> = (0..n)
+        .map(|i| {
+            let seen = (i > 0).then(|| format!("2026-12-06T{:02}:{:02}:00Z", i / 60, i % 60));
+            json!({"type": "presence",
+                   "payload": {"user_id": user.id, "online": true, "last_seen": seen}})
+        })
+        .collect();
+    let texts: Vec<String> = frames.iter().map(Value::to_string).collect();
+    let notifier = crate::helpers::pg::connect(database_url).await;
+    notifier
+        .execute(
+            "select pg_notify('chatapp_live', f) from unnest($1::text[]) with ordinality t(f, n) order by n",
+            &[&texts],
+        )
+        .await
+        .unwrap();
+    frames
+}
+
+#[tokio::test]
+async fn presence_frames_held_for_a_snapshot_count_against_the_queue_bound() {
+    // Arrange: alice's snapshot cannot be read (presence_sessions locked)
+    // and her queue holds 64 KiB.
+    let app = spawn_app_with(|c| c.ws.queue_bytes = 64 * 1024).await;
+    let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
+    app.create_group(&alice, "g", &[&bob]).await;
+    let lock = crate::helpers::pg::connect(&app.database_url).await;
+    lock.batch_execute("begin; lock table presence_sessions in access exclusive mode")
+        .await
+        .unwrap();
+    let mut ws = app.connect_ws(&alice, None).await;
+    assert_eq!(ws.next_json().await["type"], "ready");
+
+    // Act: 1,000 presence frames of about 100 bytes each, held for her, in
+    // bursts small enough for her queue (each taken from it before the next
+    // arrives): only what is held can reach the bound.
+    for _ in 0..20 {
+        announce(&app.database_url, &bob, 50).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert
+    assert_eq!(ws.closed().await, Closed::Code(4008));
+    assert_eq!(app.ws_health().await["slow_consumer_disconnects"], 1);
+    drop(lock);
 }
 
 #[tokio::test]
