@@ -147,19 +147,28 @@ fn assert_own_snapshots(
     }
 }
 
-#[tokio::test]
-async fn snapshots_read_in_one_batch_are_each_users_own() {
-    // Arrange
-    let app = spawn_app().await;
-    let users = four_with_a_block(&app).await;
-    let [alice, bob, carol, dave] = &users;
-    let (_carol, _) = connected(&app, carol, None).await;
-    await_sessions(&app.database_url, carol, 1).await;
+/// [`four_with_a_block`] with carol online (her socket, to keep open), and a
+/// node's start-read connections to read snapshots with, outside a server.
+async fn carol_online_and_start_reads(
+    app: &TestApp,
+) -> ([TestUser; 4], WsClient, chatapp::ws::starts::StartReads) {
+    let users = four_with_a_block(app).await;
+    let (carol, _) = connected(app, &users[2], None).await;
+    await_sessions(&app.database_url, &users[2], 1).await;
     let database = chatapp::config::DatabaseConfig {
         url: app.database_url.clone(),
         ..Default::default()
     };
     let reads = chatapp::ws::starts::StartReads::new(&database, 1).unwrap();
+    (users, carol, reads)
+}
+
+#[tokio::test]
+async fn snapshots_read_in_one_batch_are_each_users_own() {
+    // Arrange
+    let app = spawn_app().await;
+    let (users, _carol, reads) = carol_online_and_start_reads(&app).await;
+    let [alice, bob, _, dave] = &users;
 
     // Act: one batch, alice in it twice.
     let frames = chatapp::ws::presence::snapshot::read_batch(
@@ -178,6 +187,42 @@ async fn snapshots_read_in_one_batch_are_each_users_own() {
         frame["payload"].clone()
     };
     assert_own_snapshots(&users, &[&payload(alice)], &payload(bob), &payload(dave));
+}
+
+#[tokio::test]
+async fn every_connection_waiting_in_one_batch_gets_its_users_snapshot() {
+    // Arrange
+    let app = spawn_app().await;
+    let (users, _carol, reads) = carol_online_and_start_reads(&app).await;
+    let [alice, bob, _, dave] = &users;
+    let (snapshots, requests) = chatapp::ws::presence::Snapshots::new();
+    let (_running, shutdown) = tokio::sync::watch::channel(false);
+
+    // Act: all asked before the reader starts, so its first batch takes
+    // them all, alice's two connections among them.
+    let asked = [alice, alice, bob, dave].map(|user| snapshots.frame(user.id));
+    tokio::spawn(chatapp::ws::presence::snapshot::serve(
+        std::sync::Arc::new(reads),
+        requests,
+        1_000,
+        shutdown,
+    ));
+    let [alice_1, alice_2, bob_s, dave_s] = asked;
+    let (alice_1, alice_2, bob_s, dave_s) = tokio::join!(alice_1, alice_2, bob_s, dave_s);
+
+    // Assert
+    let payload = |frame: Option<String>| {
+        let frame: Value = serde_json::from_str(&frame.expect("a snapshot")).unwrap();
+        assert_eq!(frame["type"], "presence_snapshot", "{frame}");
+        frame["payload"].clone()
+    };
+    let (alice_1, alice_2) = (payload(alice_1), payload(alice_2));
+    assert_own_snapshots(
+        &users,
+        &[&alice_1, &alice_2],
+        &payload(bob_s),
+        &payload(dave_s),
+    );
 }
 
 #[tokio::test]
