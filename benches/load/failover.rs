@@ -345,6 +345,7 @@ async fn once(
     let recovered_at = Percentiles::new(totals.recovered_ms.clone());
     let storm_end = recovered_at.max().max(signalled);
     let mut storm_lat = Vec::new();
+    let mut storm_at = Vec::new();
     let mut steady_lat = Vec::new();
     for w in &mut workers {
         w.send(&format!(
@@ -354,6 +355,7 @@ async fn once(
     for w in &mut workers {
         let r = w.expect("latency", Duration::from_secs(60)).await?;
         storm_lat.extend(floats(&r["storm"]));
+        storm_at.extend(floats(&r["storm_at"]));
         steady_lat.extend(floats(&r["steady"]));
     }
     let replays = replays(&nodes[1..]).await;
@@ -456,6 +458,7 @@ async fn once(
         "count",
         totals.failed_attempts as f64,
     );
+    let seconds = by_second(&storm_at, &storm_lat);
     let storm = Percentiles::new(storm_lat);
     let steady = Percentiles::new(steady_lat);
     add(report, "storm send-to-receive p50", "ms", storm.at(0.5));
@@ -547,7 +550,31 @@ async fn once(
         storm.at(0.99),
         storm.count()
     );
+    eprintln!("failover {case}: {seconds}");
     Ok(())
+}
+
+/// The storm's send-to-receive p99 and deliveries for each second after the
+/// signal (`at`: ms after it, `ms`: latency), to see when its tail happens.
+fn by_second(at: &[f64], ms: &[f64]) -> String {
+    let mut seconds: Vec<Vec<f64>> = Vec::new();
+    for (&at, &ms) in at.iter().zip(ms) {
+        let s = (at / 1e3).max(0.0) as usize;
+        if seconds.len() <= s {
+            seconds.resize_with(s + 1, Vec::new);
+        }
+        seconds[s].push(ms);
+    }
+    let parts: Vec<String> = seconds
+        .into_iter()
+        .enumerate()
+        .map(|(s, ms)| {
+            let n = ms.len();
+            let p = Percentiles::new(ms);
+            format!("{s}-{} s: p99 {:.0} ms of {n}", s + 1, p.at(0.99))
+        })
+        .collect();
+    format!("storm p99 by second: {}", parts.join("; "))
 }
 
 /// One line per client: `user_id chat_id home_node token`.

@@ -484,9 +484,11 @@ impl Outcome {
 }
 
 /// Send-to-receive of the clients that never lost their connection: those
-/// that arrived within `storm`, and within `before` (wall ms).
+/// that arrived within `storm` (with when, in ms after its start), and
+/// within `before` (wall ms).
 fn latency(clients: &[Arc<Client>], storm: (f64, f64), before: (f64, f64)) {
     let (mut in_storm, mut in_before) = (Vec::new(), Vec::new());
+    let mut storm_at = Vec::new();
     for c in clients {
         let r = c.record.lock().unwrap();
         if r.dropped {
@@ -496,10 +498,11 @@ fn latency(clients: &[Arc<Client>], storm: (f64, f64), before: (f64, f64)) {
             let ms = (ms * 100.0).round() / 100.0;
             if at >= storm.0 && at <= storm.1 {
                 in_storm.push(ms);
+                storm_at.push((at - storm.0).round());
             } else if at >= before.0 && at < before.1 {
                 in_before.push(ms);
             }
         }
     }
-    emit(json!({"event": "latency", "storm": in_storm, "steady": in_before}));
+    emit(json!({"event": "latency", "storm": in_storm, "storm_at": storm_at, "steady": in_before}));
 }
