@@ -41,7 +41,7 @@ use crate::report::Report;
 use crate::worker::{Worker, floats};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -346,6 +346,7 @@ async fn once(
     let storm_end = recovered_at.max().max(signalled);
     let mut storm_lat = Vec::new();
     let mut storm_at = Vec::new();
+    let mut storm_event = Vec::new();
     let mut steady_lat = Vec::new();
     for w in &mut workers {
         w.send(&format!(
@@ -356,6 +357,7 @@ async fn once(
         let r = w.expect("latency", Duration::from_secs(60)).await?;
         storm_lat.extend(floats(&r["storm"]));
         storm_at.extend(floats(&r["storm_at"]));
+        storm_event.extend(floats(&r["storm_event"]));
         steady_lat.extend(floats(&r["steady"]));
     }
     let replays = replays(&nodes[1..]).await;
@@ -459,6 +461,7 @@ async fn once(
         totals.failed_attempts as f64,
     );
     let seconds = by_second(&storm_at, &storm_lat);
+    let (first, last) = first_and_last(&storm_event, &storm_lat);
     let storm = Percentiles::new(storm_lat);
     let steady = Percentiles::new(steady_lat);
     add(report, "storm send-to-receive p50", "ms", storm.at(0.5));
@@ -551,7 +554,29 @@ async fn once(
         storm.count()
     );
     eprintln!("failover {case}: {seconds}");
+    eprintln!(
+        "failover {case}: the storm's {} messages: first delivery p50 {:.1} ms, p99 {:.1}; last delivery p50 {:.1}, p99 {:.1}",
+        first.count(),
+        first.at(0.5),
+        first.at(0.99),
+        last.at(0.5),
+        last.at(0.99),
+    );
     Ok(())
+}
+
+/// The send-to-receive of each message's first and last delivery in the
+/// storm (`event`: the event id of each delivery, `ms`: its latency): the
+/// first is the path up to its fan-out, which all its deliveries wait for.
+fn first_and_last(event: &[f64], ms: &[f64]) -> (Percentiles, Percentiles) {
+    let mut by_message: HashMap<i64, (f64, f64)> = HashMap::new();
+    for (&event, &ms) in event.iter().zip(ms) {
+        let (first, last) = by_message.entry(event as i64).or_insert((ms, ms));
+        *first = first.min(ms);
+        *last = last.max(ms);
+    }
+    let (first, last) = by_message.into_values().unzip();
+    (Percentiles::new(first), Percentiles::new(last))
 }
 
 /// The storm's send-to-receive p99 and deliveries for each second after the

@@ -47,9 +47,9 @@ pub fn wall_ms() -> f64 {
 struct Record {
     /// (event id, arrival wall ms) of every message frame, in arrival order.
     received: Vec<(i64, f64)>,
-    /// (arrival wall ms, send-to-receive ms) of live messages while the
-    /// client has never lost its connection.
-    latency: Vec<(f64, f32)>,
+    /// (arrival wall ms, send-to-receive ms, event id) of live messages
+    /// while the client has never lost its connection.
+    latency: Vec<(f64, f32, i64)>,
     dropped: bool,
     /// `ready.last_event_id`, arrival of the latest resume's `ready`, and
     /// when that attempt began (wall ms).
@@ -353,7 +353,7 @@ async fn read(c: &Client, ws: &mut Ws, since: &mut i64) -> Ended {
         let mut r = c.record.lock().unwrap();
         r.received.push((event, now));
         if let (false, Some(ns)) = (r.dropped, sent) {
-            r.latency.push((now, (now - ns / 1e6) as f32));
+            r.latency.push((now, (now - ns / 1e6) as f32, event));
         }
     }
 }
@@ -484,25 +484,32 @@ impl Outcome {
 }
 
 /// Send-to-receive of the clients that never lost their connection: those
-/// that arrived within `storm` (with when, in ms after its start), and
-/// within `before` (wall ms).
+/// that arrived within `storm` (with when, in ms after its start, and the
+/// message's event id), and within `before` (wall ms).
 fn latency(clients: &[Arc<Client>], storm: (f64, f64), before: (f64, f64)) {
     let (mut in_storm, mut in_before) = (Vec::new(), Vec::new());
-    let mut storm_at = Vec::new();
+    let (mut storm_at, mut storm_event) = (Vec::new(), Vec::new());
     for c in clients {
         let r = c.record.lock().unwrap();
         if r.dropped {
             continue;
         }
-        for &(at, ms) in &r.latency {
+        for &(at, ms, event) in &r.latency {
             let ms = (ms * 100.0).round() / 100.0;
             if at >= storm.0 && at <= storm.1 {
                 in_storm.push(ms);
                 storm_at.push((at - storm.0).round());
+                storm_event.push(event);
             } else if at >= before.0 && at < before.1 {
                 in_before.push(ms);
             }
         }
     }
-    emit(json!({"event": "latency", "storm": in_storm, "storm_at": storm_at, "steady": in_before}));
+    emit(json!({
+        "event": "latency",
+        "storm": in_storm,
+        "storm_at": storm_at,
+        "storm_event": storm_event,
+        "steady": in_before,
+    }));
 }
