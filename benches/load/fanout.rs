@@ -9,8 +9,10 @@
 //!   frames/s" can be shown) for `--duration` s. Each content carries its send
 //!   instant (nanoseconds since a process-wide instant; every client lives in
 //!   this process), so each receiver measures send-to-receive latency.
-//!   Figures: p50/p99/max, and the deliveries/s achieved: over the send
-//!   window, or until the last delivery when that came later; CPU per
+//!   Figures: p50/p99/max, each message's first and last delivery (p50,
+//!   p99: the first is its path up to the fan-out), and the deliveries/s
+//!   achieved: over the send window, or until the last delivery when that
+//!   came later; CPU per
 //!   delivery of the server, the clients and PostgreSQL (a write carries
 //!   fewer frames here than at capacity, so each costs more).
 //! - capacity: `--capacity-senders` each keep `--window` messages in flight
@@ -34,6 +36,7 @@ use crate::common::{
 use crate::report::Report;
 use futures_util::stream::{SplitSink, Stream};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -204,6 +207,10 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
     add(report, "p50 send-to-receive", "ms", r.p50);
     add(report, "p99 send-to-receive", "ms", r.p99);
     add(report, "max send-to-receive", "ms", r.max);
+    add(report, "first delivery of a message p50", "ms", r.first_p50);
+    add(report, "first delivery of a message p99", "ms", r.first_p99);
+    add(report, "last delivery of a message p50", "ms", r.last_p50);
+    add(report, "last delivery of a message p99", "ms", r.last_p99);
     for (part, us) in r.rate_us.parts() {
         add(
             report,
@@ -270,6 +277,12 @@ struct CaseResult {
     rate_dps: f64,
     p50: f64,
     p99: f64,
+    /// Over the messages of the fixed rate, each one's first delivery (the
+    /// path up to its fan-out) and its last.
+    first_p50: f64,
+    first_p99: f64,
+    last_p50: f64,
+    last_p99: f64,
     max: f64,
     capacity_dps: f64,
     /// CPU per delivery in the capacity phase.
@@ -366,7 +379,9 @@ struct Received {
     next: Vec<u64>,
     got: u64,
     disorder: u64,
-    latencies_us: Vec<u32>,
+    /// (send-to-receive µs, sender, sequence number) of each message of the
+    /// fixed-rate phase.
+    latencies_us: Vec<(u32, u32, u32)>,
 }
 
 struct Client {
@@ -580,6 +595,7 @@ async fn run_case(
 
     let (messages, rate_dps, capacity_dps, capacity_mps, [capacity_us, rate_us]) = result?;
     let mut latencies = Vec::new();
+    let mut by_message: HashMap<(u32, u32), (u32, u32)> = HashMap::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
         let r = c.received.lock().unwrap_or_else(|p| p.into_inner());
@@ -588,9 +604,19 @@ async fn run_case(
         }
         missing += messages.saturating_sub(r.got);
         disorder += r.disorder;
-        latencies.extend(r.latencies_us.iter().map(|&us| us as f64 / 1e3));
+        for &(us, sender, seq) in &r.latencies_us {
+            latencies.push(us as f64 / 1e3);
+            let (first, last) = by_message.entry((sender, seq)).or_insert((us, us));
+            *first = (*first).min(us);
+            *last = (*last).max(us);
+        }
     }
     let p = Percentiles::new(latencies);
+    let (first, last): (Vec<f64>, Vec<f64>) = by_message
+        .into_values()
+        .map(|(first, last)| (first as f64 / 1e3, last as f64 / 1e3))
+        .unzip();
+    let (first, last) = (Percentiles::new(first), Percentiles::new(last));
     let first_error = shared
         .first_error
         .lock()
@@ -610,6 +636,10 @@ async fn run_case(
         rate_dps,
         p50: p.at(0.50),
         p99: p.at(0.99),
+        first_p50: first.at(0.50),
+        first_p99: first.at(0.99),
+        last_p50: last.at(0.50),
+        last_p99: last.at(0.99),
         max: p.max(),
         capacity_dps,
         capacity_us,
@@ -775,8 +805,8 @@ where
                 r.disorder += 1;
             }
             if phase == b'r' {
-                r.latencies_us
-                    .push((now.saturating_sub(sent_ns) / 1000).min(u32::MAX as u64) as u32);
+                let us = (now.saturating_sub(sent_ns) / 1000).min(u32::MAX as u64) as u32;
+                r.latencies_us.push((us, sender as u32, seq as u32));
             }
         }
         shared.deliveries.fetch_add(1, Relaxed);
