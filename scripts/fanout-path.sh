@@ -11,7 +11,8 @@
 # (scripts/pg.sh, as scripts/callgrind-server.sh does, without valgrind),
 # runs one `fanout` case (chatapp, then the ceiling), scrapes /metrics when
 # chatapp's members have settled and again when its capacity phase begins,
-# and prints the histograms' differences beside the bench's latencies.
+# and prints the histograms' differences beside the bench's latencies
+# (each message's first delivery being its path up to the fan-out).
 set -euo pipefail
 
 CALLGRIND=off
@@ -32,7 +33,8 @@ while kill -0 "$bench_pid" 2>/dev/null; do
   sleep 0.05
 done
 wait "$bench_pid" || true
-grep -E "M=$members +(chatapp|broadcast) +(p50|p99) send-to-receive" "$out/bench.log"
+grep -E "M=$members +(chatapp|broadcast) +((p50|p99) send-to-receive|(first|last) delivery of a message)" \
+  "$out/bench.log"
 python3 - "$out/before.txt" "$out/after.txt" <<'EOF'
 import re, sys
 
