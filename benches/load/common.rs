@@ -798,6 +798,22 @@ impl Percentiles {
     pub fn count(&self) -> usize {
         self.0.len()
     }
+
+    /// Of deliveries (the message's key, send-to-receive), each message's
+    /// first and last, as percentiles over the messages: the first is its
+    /// path up to the fan-out, which all its deliveries wait for.
+    pub fn first_and_last<K: std::hash::Hash + Eq>(
+        deliveries: impl IntoIterator<Item = (K, f64)>,
+    ) -> (Percentiles, Percentiles) {
+        let mut by_message: HashMap<K, (f64, f64)> = HashMap::new();
+        for (key, ms) in deliveries {
+            let (first, last) = by_message.entry(key).or_insert((ms, ms));
+            *first = first.min(ms);
+            *last = last.max(ms);
+        }
+        let (first, last) = by_message.into_values().unzip();
+        (Percentiles::new(first), Percentiles::new(last))
+    }
 }
 
 /// Waits until no frame arrives (`frames_seen` stops moving) and the server

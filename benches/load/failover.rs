@@ -41,7 +41,7 @@ use crate::report::Report;
 use crate::worker::{Worker, floats};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -461,7 +461,12 @@ async fn once(
         totals.failed_attempts as f64,
     );
     let seconds = by_second(&storm_at, &storm_lat);
-    let (first, last) = first_and_last(&storm_event, &storm_lat);
+    let (first, last) = Percentiles::first_and_last(
+        storm_event
+            .iter()
+            .map(|&e| e as i64)
+            .zip(storm_lat.iter().copied()),
+    );
     let storm = Percentiles::new(storm_lat);
     let steady = Percentiles::new(steady_lat);
     add(report, "storm send-to-receive p50", "ms", storm.at(0.5));
@@ -563,20 +568,6 @@ async fn once(
         last.at(0.99),
     );
     Ok(())
-}
-
-/// The send-to-receive of each message's first and last delivery in the
-/// storm (`event`: the event id of each delivery, `ms`: its latency): the
-/// first is the path up to its fan-out, which all its deliveries wait for.
-fn first_and_last(event: &[f64], ms: &[f64]) -> (Percentiles, Percentiles) {
-    let mut by_message: HashMap<i64, (f64, f64)> = HashMap::new();
-    for (&event, &ms) in event.iter().zip(ms) {
-        let (first, last) = by_message.entry(event as i64).or_insert((ms, ms));
-        *first = first.min(ms);
-        *last = last.max(ms);
-    }
-    let (first, last) = by_message.into_values().unzip();
-    (Percentiles::new(first), Percentiles::new(last))
 }
 
 /// The storm's send-to-receive p99 and deliveries for each second after the

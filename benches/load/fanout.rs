@@ -12,9 +12,9 @@
 //!   Figures: p50/p99/max, each message's first and last delivery (p50,
 //!   p99: the first is its path up to the fan-out), and the deliveries/s
 //!   achieved: over the send window, or until the last delivery when that
-//!   came later; CPU per
-//!   delivery of the server, the clients and PostgreSQL (a write carries
-//!   fewer frames here than at capacity, so each costs more).
+//!   came later; CPU per delivery of the server, the clients and PostgreSQL
+//!   (a write carries fewer frames here than at capacity, so each costs
+//!   more).
 //! - capacity: `--capacity-senders` each keep `--window` messages in flight
 //!   for `--capacity` s, a message leaving the window once every member has
 //!   it (acks alone would let senders outrun delivery and overflow the
@@ -36,7 +36,6 @@ use crate::common::{
 use crate::report::Report;
 use futures_util::stream::{SplitSink, Stream};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -595,7 +594,7 @@ async fn run_case(
 
     let (messages, rate_dps, capacity_dps, capacity_mps, [capacity_us, rate_us]) = result?;
     let mut latencies = Vec::new();
-    let mut by_message: HashMap<(u32, u32), (u32, u32)> = HashMap::new();
+    let mut deliveries = Vec::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
         let r = c.received.lock().unwrap_or_else(|p| p.into_inner());
@@ -606,17 +605,11 @@ async fn run_case(
         disorder += r.disorder;
         for &(us, sender, seq) in &r.latencies_us {
             latencies.push(us as f64 / 1e3);
-            let (first, last) = by_message.entry((sender, seq)).or_insert((us, us));
-            *first = (*first).min(us);
-            *last = (*last).max(us);
+            deliveries.push(((sender, seq), us as f64 / 1e3));
         }
     }
     let p = Percentiles::new(latencies);
-    let (first, last): (Vec<f64>, Vec<f64>) = by_message
-        .into_values()
-        .map(|(first, last)| (first as f64 / 1e3, last as f64 / 1e3))
-        .unzip();
-    let (first, last) = (Percentiles::new(first), Percentiles::new(last));
+    let (first, last) = Percentiles::first_and_last(deliveries);
     let first_error = shared
         .first_error
         .lock()
