@@ -256,6 +256,12 @@ impl Config {
             600_000,
         )?;
         check_range("ws.reconnect_spread_ms", ws.reconnect_spread_ms, 0, 600_000)?;
+        check_range(
+            "ws.presence_view_ttl_ms",
+            ws.presence_view_ttl_ms,
+            0,
+            60_000,
+        )?;
         check_range("ws.session_starts", ws.session_starts as u64, 1, 1_000)?;
         check_range(
             "ws.session_start_queue",

@@ -219,6 +219,10 @@ pub struct WsConfig {
     /// `presence` frames, the `presence_snapshot`); members of larger ones
     /// ask for it with `GET /api/v1/chats/:id/presence`.
     pub presence_max_members: usize,
+    /// How long a node keeps the members of a chat it read for presence
+    /// snapshots, following their presence from its notices, before reading
+    /// them again (`ws::presence::View`); 0 reads them for every snapshot.
+    pub presence_view_ttl_ms: u64,
     pub close_flush_timeout_ms: u64,
     /// A node shutting down tells each client it closes to wait a random
     /// time up to this long before reconnecting, and keeps its users online
@@ -316,6 +320,7 @@ impl Default for WsConfig {
             presence_heartbeat_secs: 10,
             presence_timeout_secs: 45,
             presence_max_members: 1_000,
+            presence_view_ttl_ms: 2_000,
             close_flush_timeout_ms: 5_000,
             reconnect_spread_ms: 5_000,
             session_starts: 8,

@@ -12,8 +12,8 @@ use super::close::{ACCOUNT_DELETED, TOKEN_EXPIRED};
 use super::event::{Event, Frame};
 use super::registry::{BlockChange, DISPATCH_BATCH, Hidden, Sender};
 use crate::events::{
-    EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, NOTICE_BODY_MARKER, NOTICE_FRAME_MARKER,
-    READ_EVENTS_SQL,
+    EVENTS_CHANNEL, EventKind, LIVE_CHANNEL, Live, Membership, NOTICE_BODY_MARKER,
+    NOTICE_FRAME_MARKER, READ_EVENTS_SQL,
 };
 use crate::message_json::message_frame;
 use crate::metrics::Metrics;
@@ -177,7 +177,7 @@ async fn serve(
         for n in batch {
             if n.channel() != EVENTS_CHANNEL {
                 // Keep live signals in order with the events around them.
-                hub.registry.dispatch_all(std::mem::take(&mut events));
+                dispatch(hub, std::mem::take(&mut events));
                 on_live(hub, n.payload(), &presence_tx);
                 continue;
             }
@@ -188,13 +188,26 @@ async fn serve(
                 Announced::Next(event) => events.push(Arc::new(event)),
                 Announced::Stale => {}
                 Announced::Gap(upto) => {
-                    hub.registry.dispatch_all(std::mem::take(&mut events));
+                    dispatch(hub, std::mem::take(&mut events));
                     catch_up(hub, client, upto).await.map_err(db)?;
                 }
             }
         }
-        hub.registry.dispatch_all(events);
+        dispatch(hub, events);
     }
+}
+
+/// Dispatches `events`, first telling the presence view which chats'
+/// members they change.
+fn dispatch(hub: &Hub, events: Vec<Arc<Event>>) {
+    for e in &events {
+        if let Some(chat_id) = e.chat_id
+            && e.kind.membership() != Membership::Unchanged
+        {
+            hub.presence_view.membership_changed(chat_id);
+        }
+    }
+    hub.registry.dispatch_all(events);
 }
 
 /// Closes the sockets whose tokens were revoked, or whose accounts were
@@ -359,7 +372,7 @@ async fn catch_up(hub: &Arc<Hub>, client: &Client, upto: i64) -> Result<(), toki
         }
         let events: Vec<Arc<Event>> = page.events.into_iter().map(Arc::new).collect();
         for batch in events.chunks(DISPATCH_BATCH) {
-            hub.registry.dispatch_all(batch.to_vec());
+            dispatch(hub, batch.to_vec());
         }
         // Past any event skipped for its unknown kind, too.
         hub.registry.advance_to(through);
@@ -425,7 +438,14 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
             }
         }
         Live::Read { chat_id, .. } => registry.broadcast_room(chat_id, frame(), None),
-        Live::Presence { user_id, .. } => {
+        Live::Presence {
+            user_id,
+            online,
+            ref last_seen,
+        } => {
+            // Applied to the view before its fan-out starts (see `presence::View`).
+            hub.presence_view
+                .noticed(user_id, online, last_seen.as_deref());
             // Who shares a chat with them is a database question; ask it off this loop.
             let _ = presence.send((user_id, frame()));
         }
@@ -436,6 +456,8 @@ fn on_live(hub: &Arc<Hub>, payload: &str, presence: &mpsc::UnboundedSender<(i64,
             registry.kill_user(user_id, TOKEN_EXPIRED, |v| v < token_version);
         }
         Live::UserDeleted { user_id } => {
+            // Their memberships went without events.
+            hub.presence_view.forget();
             registry.kill_user(user_id, ACCOUNT_DELETED, |_| true);
             registry.recent().forget_sender(user_id);
         }

@@ -68,6 +68,9 @@ pub struct Hub {
     pub starts: Arc<StartReads>,
     /// Where connections ask for their presence snapshot.
     pub snapshots: presence::Snapshots,
+    /// The presence of recently read chats' members, kept from the
+    /// listener's notices for the snapshots (`presence::View`).
+    pub presence_view: Arc<presence::View>,
 }
 
 impl Hub {
@@ -115,6 +118,9 @@ impl Hub {
             admission,
             starts: Arc::new(StartReads::new(&config.database, config.ws.session_starts)?),
             snapshots,
+            presence_view: Arc::new(presence::View::new(Duration::from_millis(
+                config.ws.presence_view_ttl_ms,
+            ))),
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
@@ -123,6 +129,7 @@ impl Hub {
         tokio::spawn(presence::track(hub.clone(), presence_rx));
         tokio::spawn(presence::snapshot::serve(
             hub.starts.clone(),
+            hub.presence_view.clone(),
             snapshot_requests,
             config.ws.presence_max_members,
             hub.shutdown_signal(),
@@ -143,6 +150,8 @@ impl Hub {
 
     fn set_listening(&self, up: bool) {
         self.listening.store(up, Ordering::SeqCst);
+        // Notices missed while it was down left the view behind.
+        self.presence_view.set_listening(up);
     }
 
     /// Session starts waiting for their turn (see `admission`).

@@ -173,6 +173,7 @@ async fn snapshots_read_in_one_batch_are_each_users_own() {
     // Act: one batch, alice in it twice.
     let frames = chatapp::ws::presence::snapshot::read_batch(
         &reads,
+        &chatapp::ws::presence::View::default(),
         &[alice.id, bob.id, alice.id, dave.id],
         1_000,
     )
@@ -203,6 +204,7 @@ async fn every_connection_waiting_in_one_batch_gets_its_users_snapshot() {
     let asked = [alice, alice, bob, dave].map(|user| snapshots.frame(user.id));
     tokio::spawn(chatapp::ws::presence::snapshot::serve(
         std::sync::Arc::new(reads),
+        std::sync::Arc::default(),
         requests,
         1_000,
         shutdown,
@@ -251,7 +253,9 @@ async fn connections_opening_together_each_get_their_own_snapshot() {
 async fn a_resuming_client_gets_what_it_missed_and_live_messages_while_its_snapshot_is_read_and_presence_only_after_it()
  {
     // Arrange: alice was connected and saw up to `since`; bob sent m1 after.
-    let app = spawn_app().await;
+    // The node reads her chat's members again for her snapshot (kept, they
+    // would need no read to hold back).
+    let app = spawn_app_with(|c| c.ws.presence_view_ttl_ms = 0).await;
     let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
     let (ws, ready) = connected(&app, &alice, None).await;
@@ -344,6 +348,111 @@ async fn presence_frames_held_for_a_snapshot_count_against_the_queue_bound() {
     assert_eq!(ws.closed().await, Closed::Code(4008));
     assert_eq!(app.ws_health().await["slow_consumer_disconnects"], 1);
     drop(lock);
+}
+
+/// A node that keeps the members it reads for snapshots for a minute, so
+/// that a test's later snapshots are built from what its first one read.
+async fn spawn_keeping_what_it_reads() -> TestApp {
+    spawn_app_with(|c| c.ws.presence_view_ttl_ms = 60_000).await
+}
+
+#[tokio::test]
+async fn a_snapshot_built_from_what_the_node_kept_shows_a_change_noticed_since() {
+    // Arrange: alice's snapshot has the node read the group, bob offline;
+    // then bob comes online (alice hears it).
+    let app = spawn_keeping_what_it_reads().await;
+    let [alice, bob, carol] = register_all(&app, ["alice", "bob", "carol"]).await;
+    app.create_group(&alice, "g", &[&bob, &carol]).await;
+    let (mut alice_ws, _, first) = opened(app.addr, &alice, None).await;
+    assert_eq!(listed(&first), vec![(bob.id, false), (carol.id, false)]);
+    let (_bob_ws, _) = connected(&app, &bob, None).await;
+    assert_eq!(presence_of(&mut alice_ws, &bob).await["online"], true);
+
+    // Act
+    let (_carol_ws, _, snapshot) = opened(app.addr, &carol, None).await;
+
+    // Assert
+    assert_eq!(listed(&snapshot), vec![(alice.id, true), (bob.id, true)]);
+}
+
+#[tokio::test]
+async fn a_chat_whose_members_changed_since_the_node_read_it_is_read_again() {
+    // Arrange: carol is online outside the group; alice's snapshot has the
+    // node read the group (bob, dave).
+    let app = spawn_keeping_what_it_reads().await;
+    let [alice, bob, carol, dave] = register_all(&app, ["alice", "bob", "carol", "dave"]).await;
+    let chat = app.create_group(&alice, "g", &[&bob, &dave]).await;
+    let (_carol_ws, _) = connected(&app, &carol, None).await;
+    await_sessions(&app.database_url, &carol, 1).await;
+    let (mut alice_ws, _, first) = opened(app.addr, &alice, None).await;
+    assert_eq!(listed(&first), vec![(bob.id, false), (dave.id, false)]);
+
+    // Act: dave out, carol in, so the group has as many members as the node
+    // read; alice hears both; then bob opens.
+    let (status, _) = app
+        .delete(
+            &format!("/api/v1/chats/{chat}/members/{}", dave.id),
+            &alice.token,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/chats/{chat}/members"),
+            &alice.token,
+            json!({"member_ids": [carol.id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    alice_ws.next_of_type("member_removed").await;
+    alice_ws.next_of_type("member_added").await;
+    let (_bob_ws, _, snapshot) = opened(app.addr, &bob, None).await;
+
+    // Assert
+    assert_eq!(listed(&snapshot), vec![(alice.id, true), (carol.id, true)]);
+}
+
+#[tokio::test]
+async fn a_node_whose_listener_reconnected_reads_its_chats_again() {
+    // Arrange: alice's snapshot has the node read the group, bob offline;
+    // then bob gets a session with no notice, as if it had been announced
+    // while the node's listener was away.
+    let app = spawn_keeping_what_it_reads().await;
+    let [alice, bob, carol] = register_all(&app, ["alice", "bob", "carol"]).await;
+    app.create_group(&alice, "g", &[&bob, &carol]).await;
+    let (_alice_ws, _, first) = opened(app.addr, &alice, None).await;
+    assert_eq!(listed(&first), vec![(bob.id, false), (carol.id, false)]);
+    await_sessions(&app.database_url, &alice, 1).await;
+    let db = crate::helpers::pg::connect(&app.database_url).await;
+    db.execute(
+        "insert into presence_sessions (node_id, user_id) select node_id, $1 from presence_nodes",
+        &[&bob.id],
+    )
+    .await
+    .unwrap();
+
+    // Act: the listener loses its connection and opens another.
+    let listener = "select pid from pg_stat_activity
+                    where application_name = 'chatapp-listener' and datname = current_database()";
+    let pids = async || -> Vec<i32> {
+        let rows = db.query(listener, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    let old = pids().await;
+    assert_eq!(
+        crate::helpers::pg::kill_listeners(&app.database_url).await,
+        1
+    );
+    // A new one means the node saw the old one go (and forgot what it kept).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pids().await.iter().all(|pid| old.contains(pid)) {
+        assert!(tokio::time::Instant::now() < deadline, "no new listener");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_carol_ws, _, snapshot) = opened(app.addr, &carol, None).await;
+
+    // Assert
+    assert_eq!(listed(&snapshot), vec![(alice.id, true), (bob.id, true)]);
 }
 
 #[tokio::test]

@@ -15,10 +15,12 @@
 mod fan_out;
 mod nodes;
 pub mod snapshot;
+mod view;
 
 pub use fan_out::fan_out;
 pub use nodes::{beat, drain_grace, leave, maintain, prune_events};
 pub use snapshot::{SNAPSHOT_USERS, Snapshots};
+pub use view::View;
 
 use super::Hub;
 use super::registry::PresenceChange;

@@ -17,7 +17,9 @@
 //! serialised again per viewer. When a node dies, its clients come back at
 //! once and most of them are members of a few large chats; read per
 //! connection, each of them read the same thousand members again, and that
-//! was most of what the database did during the storm.
+//! was most of what the database did during the storm. A chat read by an
+//! earlier batch is not read again while the node's [`View`] keeps it
+//! (`ws.presence_view_ttl_ms`): its members' presence follows the notices.
 //!
 //! The two reads are planned for each batch, not prepared: a plan kept from
 //! the node's first connections, when few users had sessions, scanned every
@@ -26,6 +28,7 @@
 //! the tables' size, and a batch's planning is a small part of it.
 
 use super::rfc3339;
+use super::view::View;
 use crate::error::ApiError;
 use crate::presence::{has_session, shares_presence};
 use crate::ws::protocol::ServerFrame;
@@ -140,6 +143,7 @@ impl Snapshots {
 /// load and the database's share of it stays one statement per node.
 pub async fn serve(
     reads: Arc<StartReads>,
+    view: Arc<View>,
     mut requests: SnapshotRequests,
     max_members: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -157,7 +161,7 @@ pub async fn serve(
         batch.retain(|r| !r.reply.is_closed());
         let users: Vec<i64> = batch.iter().map(|r| r.user_id).collect();
         let started = Instant::now();
-        match read_batch(&reads, &users, max_members).await {
+        match read_batch(&reads, &view, &users, max_members).await {
             Ok(frames) => {
                 for request in batch.drain(..) {
                     let _ = request.reply.send(frames.get(&request.user_id).cloned());
@@ -201,17 +205,19 @@ struct Viewer {
 
 /// A chat member as [`MEMBERS_SQL`] reads them.
 #[derive(Clone)]
-struct Member {
-    user_id: i64,
-    online: bool,
+pub struct Member {
+    pub user_id: i64,
+    pub(super) online: bool,
     last_seen: Option<OffsetDateTime>,
     /// Their entry in the frame's `users`, serialised once for every viewer
     /// of the batch (most of a frame's cost when built per viewer).
-    json: String,
+    /// Shared by its clones: a node's view and every list of a batch hold
+    /// the same member.
+    json: Arc<str>,
 }
 
 impl Member {
-    fn new(user_id: i64, online: bool, last_seen: Option<OffsetDateTime>) -> Member {
+    pub fn new(user_id: i64, online: bool, last_seen: Option<OffsetDateTime>) -> Member {
         let piece = Piece {
             last_seen: rfc3339(last_seen),
             online,
@@ -221,7 +227,7 @@ impl Member {
             user_id,
             online,
             last_seen,
-            json: serde_json::to_string(&piece).unwrap_or_default(),
+            json: serde_json::to_string(&piece).unwrap_or_default().into(),
         }
     }
 }
@@ -244,6 +250,7 @@ struct Piece {
 /// in memory at once).
 pub async fn read_batch(
     reads: &StartReads,
+    view: &View,
     users: &[i64],
     max_members: usize,
 ) -> Result<HashMap<i64, String>, ApiError> {
@@ -276,52 +283,57 @@ pub async fn read_batch(
         .collect();
     let mut frames = HashMap::with_capacity(viewers.len());
     let mut group: Vec<&Viewer> = Vec::new();
-    let mut chats: HashSet<i64> = HashSet::new();
+    let mut chats: HashMap<i64, i64> = HashMap::new();
     let mut rows = 0;
     for viewer in &viewers {
         let more: i64 = viewer
             .chats
             .iter()
-            .filter(|(chat, _)| !chats.contains(chat))
+            .filter(|(chat, _)| !chats.contains_key(chat))
             .map(|(_, members)| members)
             .sum();
         if !group.is_empty() && rows + more > MEMBER_ROWS {
-            frames.extend(frames_for(reads, &group, &chats).await?);
+            frames.extend(frames_for(reads, view, &group, &chats).await?);
             group.clear();
             chats.clear();
             rows = 0;
         }
         rows += more;
-        chats.extend(viewer.chats.iter().map(|(chat, _)| *chat));
+        chats.extend(viewer.chats.iter().copied());
         group.push(viewer);
     }
     if !group.is_empty() {
-        frames.extend(frames_for(reads, &group, &chats).await?);
+        frames.extend(frames_for(reads, view, &group, &chats).await?);
     }
     Ok(frames)
 }
 
-/// The frames of `group`'s users, reading the members of `chats` (theirs)
-/// once. Users in the same chats share one sorted list of their members.
+/// The frames of `group`'s users, with the members of `chats` (theirs,
+/// with their member counts) as the node's [`View`] holds them, reading
+/// those it does not once. Users in the same chats share one sorted list of
+/// their members.
 async fn frames_for(
     reads: &StartReads,
+    view: &View,
     group: &[&Viewer],
-    chats: &HashSet<i64>,
+    chats: &HashMap<i64, i64>,
 ) -> Result<Vec<(i64, String)>, ApiError> {
-    let mut members: HashMap<i64, Vec<Member>> = HashMap::with_capacity(chats.len());
-    if !chats.is_empty() {
-        let chats: Vec<i64> = chats.iter().copied().collect();
+    let (mut members, missing, ticket) = view.cached(chats);
+    if !missing.is_empty() {
         let lent = reads.get().await?;
         let rows = lent
             .conn
             .client
-            .query_typed(&MEMBERS_SQL, &[(&chats, Type::INT8_ARRAY)])
+            .query_typed(&MEMBERS_SQL, &[(&missing, Type::INT8_ARRAY)])
             .await?;
         drop(lent);
+        let mut read: HashMap<i64, Vec<Member>> = HashMap::with_capacity(missing.len());
         for r in &rows {
             let member = Member::new(r.get(1), r.get(2), r.get(3));
-            members.entry(r.get(0)).or_default().push(member);
+            read.entry(r.get(0)).or_default().push(member);
         }
+        view.read_done(ticket, &read);
+        members.extend(read);
     }
     let mut lists: HashMap<&[(i64, i64)], Vec<Member>> = HashMap::new();
     let mut frames = Vec::with_capacity(group.len());
@@ -377,7 +389,7 @@ fn frame(viewer: &Viewer, list: &[Member]) -> String {
     let users: Vec<&str> = peers
         .by_ref()
         .take(SNAPSHOT_USERS)
-        .map(|m| m.json.as_str())
+        .map(|m| &*m.json)
         .collect();
     let truncated = viewer.left_out || peers.next().is_some();
     // The frame around an empty `users`, which is the one `[]` in it.
