@@ -17,7 +17,7 @@
 //! everything when an account is deleted or the listener lost its
 //! connection (notices sent meanwhile are gone), and everything every
 //! `ws.presence_view_ttl_ms`, which bounds how long a `last_seen` touched
-//! without a notice (`POST /users/me/last-seen`) can stay as it was read.
+//! without a notice (`POST /api/v1/users/last-seen`) can stay as it was read.
 //! A TTL of 0 keeps nothing: every snapshot reads its members.
 
 use super::snapshot::Member;
