@@ -269,14 +269,7 @@ async fn a_group_of_the_largest_size_is_filled_and_renamed_without_disconnecting
 
     // Act: filled in two adds (the id cap), then renamed.
     for ids in others.chunks(1000) {
-        let (status, body) = app
-            .post(
-                &format!("/api/v1/chats/{chat}/members"),
-                &alice.token,
-                json!({ "member_ids": ids }),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        app.add_members(&alice, chat, ids).await;
     }
     let (status, body) = app
         .put(

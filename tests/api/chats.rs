@@ -59,18 +59,6 @@ async fn set_admin(app: &TestApp, actor: &TestUser, chat: i64, target: i64, is_a
     assert_eq!(status, 200, "{body}");
 }
 
-async fn add_members(app: &TestApp, actor: &TestUser, chat: i64, ids: &[i64]) -> Value {
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/chats/{chat}/members"),
-            &actor.token,
-            json!({ "member_ids": ids }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 async fn remove_member(
     app: &TestApp,
     actor: &TestUser,
@@ -886,13 +874,13 @@ async fn an_admin_adds_members_and_gets_the_chat_detail() {
     let chat = app.create_group(&alice, "g", &[&bob]).await;
 
     // Duplicates, the caller and an existing member are all fine.
-    let body = add_members(
-        &app,
-        &alice,
-        chat,
-        &[carol.id, dave.id, carol.id, alice.id, bob.id],
-    )
-    .await;
+    let body = app
+        .add_members(
+            &alice,
+            chat,
+            &[carol.id, dave.id, carol.id, alice.id, bob.id],
+        )
+        .await;
 
     assert_eq!(body["id"], chat);
     assert_eq!(
@@ -1090,7 +1078,7 @@ async fn when_the_last_admin_leaves_the_longest_standing_member_becomes_admin() 
     let carol = app.register("carol").await;
     let dave = app.register("dave").await;
     let chat = app.create_group(&alice, "g", &[&dave]).await;
-    add_members(&app, &alice, chat, &[carol.id]).await;
+    app.add_members(&alice, chat, &[carol.id]).await;
 
     let (status, body) = remove_member(&app, &alice, chat, alice.id).await;
 
@@ -1117,7 +1105,7 @@ async fn no_one_is_promoted_when_another_admin_remains() {
     let bob = app.register("bob").await;
     let carol = app.register("carol").await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
-    add_members(&app, &alice, chat, &[carol.id]).await;
+    app.add_members(&alice, chat, &[carol.id]).await;
     set_admin(&app, &alice, chat, carol.id, true).await;
 
     let (status, _) = remove_member(&app, &alice, chat, alice.id).await;

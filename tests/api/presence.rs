@@ -396,14 +396,7 @@ async fn a_chat_whose_members_changed_since_the_node_read_it_is_read_again() {
         )
         .await;
     assert_eq!(status, 204);
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/chats/{chat}/members"),
-            &alice.token,
-            json!({"member_ids": [carol.id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.add_members(&alice, chat, &[carol.id]).await;
     alice_ws.next_of_type("member_removed").await;
     alice_ws.next_of_type("member_added").await;
     let (_bob_ws, _, snapshot) = opened(app.addr, &bob, None).await;

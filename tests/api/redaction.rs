@@ -28,14 +28,7 @@ async fn posted_edited_deleted_then_carol_added(app: &TestApp) -> (TestUser, i64
         .delete(&format!("/api/v1/messages/{id}"), &alice.token)
         .await;
     assert_eq!(status, 204, "{body}");
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/chats/{chat}/members"),
-            &alice.token,
-            json!({"member_ids": [carol.id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.add_members(&alice, chat, &[carol.id]).await;
     (carol, chat, id)
 }
 

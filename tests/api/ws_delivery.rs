@@ -186,14 +186,7 @@ async fn adding_a_member_tells_them_chat_created_and_the_chat_member_added_and_a
     let mut c = connected(&app, &carol).await;
 
     // Act
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/chats/{chat}/members"),
-            &alice.token,
-            json!({"member_ids": [carol.id]}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    app.add_members(&alice, chat, &[carol.id]).await;
 
     // Assert: carol learns of the chat; bob learns of carol.
     let created = next_event(&mut c).await;

@@ -217,6 +217,20 @@ impl TestApp {
         body["id"].as_i64().unwrap()
     }
 
+    /// Adds users `ids` to `chat` as `actor`, which must succeed; returns the
+    /// chat as the answer gives it.
+    pub async fn add_members(&self, actor: &TestUser, chat: i64, ids: &[i64]) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/chats/{chat}/members"),
+                &actor.token,
+                json!({ "member_ids": ids }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "add members failed: {body}");
+        body
+    }
+
     /// Creates (or fetches) the direct message between two users; returns its id.
     pub async fn create_dm(&self, a: &TestUser, b: &TestUser) -> i64 {
         let (status, body) = self
