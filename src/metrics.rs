@@ -65,6 +65,12 @@ pub struct ReplayLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SnapshotLabels {
+    /// `view` (the node's view of recently read chats) or `read`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: &'static str,
 }
@@ -86,6 +92,7 @@ pub struct Metrics {
     pub ws_closed: Family<CloseLabels, Counter>,
     pub replays: Family<ReplayLabels, Counter>,
     pub replayed_events: Counter,
+    pub snapshot_chats: Family<SnapshotLabels, Counter>,
     pub send_batch_size: Histogram,
     pub send_commit: Histogram,
     pub listen_lag: Histogram,
@@ -123,6 +130,7 @@ impl Metrics {
             ws_closed: Family::default(),
             replays: Family::default(),
             replayed_events: Counter::default(),
+            snapshot_chats: Family::default(),
             send_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             send_commit: latency(),
             listen_lag: latency(),
@@ -170,6 +178,11 @@ impl Metrics {
             "ws_replayed_events",
             "Events sent to resuming connections",
             metrics.replayed_events.clone(),
+        );
+        r.register(
+            "presence_snapshot_chats",
+            "Chats whose members presence snapshots took, by source: the node's view or a read",
+            metrics.snapshot_chats.clone(),
         );
         r.register(
             "send_batch_size",
@@ -253,6 +266,14 @@ impl Metrics {
 
     pub fn replay(&self, source: &'static str) {
         self.replays.get_or_create(&ReplayLabels { source }).inc();
+    }
+
+    /// The counter of snapshot chats taken from `source` (`view` or `read`),
+    /// for a holder that counts without the rest of the metrics.
+    pub fn snapshot_chats(&self, source: &'static str) -> Counter {
+        self.snapshot_chats
+            .get_or_create(&SnapshotLabels { source })
+            .clone()
     }
 
     pub fn limited(&self, action: &'static str) {

@@ -113,14 +113,16 @@ impl Hub {
             live_connections: AtomicUsize::new(0),
             all_closed: Notify::new(),
             sockets_per_user: config.limits.sockets_per_user,
+            // Before `metrics` moves into the hub.
+            presence_view: Arc::new(presence::View::for_node(
+                Duration::from_millis(config.ws.presence_view_ttl_ms),
+                &metrics,
+            )),
             metrics,
             listening: AtomicBool::new(false),
             admission,
             starts: Arc::new(StartReads::new(&config.database, config.ws.session_starts)?),
             snapshots,
-            presence_view: Arc::new(presence::View::new(Duration::from_millis(
-                config.ws.presence_view_ttl_ms,
-            ))),
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;

@@ -8,6 +8,7 @@ use crate::helpers::process::{TempDir, signal, start_server};
 use crate::helpers::realtime::{await_sessions, connected, opened};
 use crate::helpers::ws::Closed;
 use crate::helpers::*;
+use crate::ops::{scrape, value};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -373,6 +374,34 @@ async fn a_snapshot_built_from_what_the_node_kept_shows_a_change_noticed_since()
 
     // Assert
     assert_eq!(listed(&snapshot), vec![(alice.id, true), (bob.id, true)]);
+}
+
+#[tokio::test]
+async fn a_chat_the_node_has_read_is_served_to_the_next_snapshot_from_its_view() {
+    // Arrange: the group's creation has reached the node (alice heard it),
+    // then bob's snapshot has the node read the group.
+    let app = spawn_keeping_what_it_reads().await;
+    let [alice, bob, carol] = register_all(&app, ["alice", "bob", "carol"]).await;
+    let (mut alice_ws, _) = connected(&app, &alice, None).await;
+    app.create_group(&alice, "g", &[&bob, &carol]).await;
+    alice_ws.next_of_type("chat_created").await;
+    let before = scrape(&app).await;
+    let (_bob_ws, _, _) = opened(app.addr, &bob, None).await;
+
+    // Act
+    let (_carol_ws, _, snapshot) = opened(app.addr, &carol, None).await;
+
+    // Assert: one read, for bob's; carol's from the view, with the group's
+    // other members.
+    let after = scrape(&app).await;
+    let moved = |source: &str| {
+        let series = format!(r#"chatapp_presence_snapshot_chats_total{{source="{source}"}}"#);
+        value(&after, &series) - value(&before, &series)
+    };
+    assert_eq!(moved("read"), 1.0);
+    assert_eq!(moved("view"), 1.0);
+    let ids: Vec<i64> = listed(&snapshot).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![alice.id, bob.id]);
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@
 //! A TTL of 0 keeps nothing: every snapshot reads its members.
 
 use super::snapshot::Member;
+use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,6 +35,9 @@ pub struct View {
     /// How long what is read is kept before it is read again.
     ttl: Duration,
     inner: Mutex<Inner>,
+    /// Chats served from the view and chats left to read
+    /// (`chatapp_presence_snapshot_chats_total`), when counted.
+    served: Option<(Counter, Counter)>,
 }
 
 #[derive(Default)]
@@ -82,6 +87,20 @@ impl View {
         View {
             ttl,
             inner: Mutex::default(),
+            served: None,
+        }
+    }
+
+    /// A node's view, counting the chats [`View::cached`] serves and leaves
+    /// to be read in `metrics`.
+    pub fn for_node(ttl: Duration, metrics: &Metrics) -> View {
+        let served = (
+            metrics.snapshot_chats("view"),
+            metrics.snapshot_chats("read"),
+        );
+        View {
+            served: Some(served),
+            ..View::new(ttl)
         }
     }
 
@@ -116,6 +135,11 @@ impl View {
         let ticket = Ticket {
             generation: inner.generation,
         };
+        drop(inner);
+        if let Some((from_view, read)) = &self.served {
+            from_view.inc_by(held.len() as u64);
+            read.inc_by(missing.len() as u64);
+        }
         (held, missing, ticket)
     }
 
