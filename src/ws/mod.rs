@@ -9,6 +9,7 @@ pub mod admission;
 pub mod close;
 pub mod conn;
 pub mod event;
+mod health;
 pub mod ids;
 pub mod listener;
 pub mod presence;
@@ -30,7 +31,6 @@ use admission::{Admission, Turn};
 use close::SHUTTING_DOWN;
 use conn::Services;
 use registry::{PING_SLICES, Registry};
-use serde::Serialize;
 use starts::StartReads;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 /// Shared real-time state of one node: the registry plus what its background
 /// tasks (listener, presence, pruning) and connections need.
@@ -298,34 +298,7 @@ pub fn routes(
         sends: sends.clone(),
         rates: ctx.rates.clone(),
     };
-    health(hub).or(connect(ctx, services)).unify()
-}
-
-#[derive(Serialize)]
-struct WsHealth {
-    status: &'static str,
-    node_id: String,
-    #[serde(flatten)]
-    stats: registry::Stats,
-}
-
-/// GET /ws/health
-fn health(hub: &Arc<Hub>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + use<> {
-    warp::path!("ws" / "health")
-        .and(warp::get())
-        .and(with(hub.clone()))
-        .map(|hub: Arc<Hub>| {
-            warp::reply::json(&WsHealth {
-                status: if hub.is_shutting_down() {
-                    "shutting_down"
-                } else {
-                    "ok"
-                },
-                node_id: hub.node_id.clone(),
-                stats: hub.registry.stats(),
-            })
-            .into_response()
-        })
+    health::health(hub).or(connect(ctx, services)).unify()
 }
 
 /// GET /ws?token=...&since=...
