@@ -250,7 +250,8 @@ pub static EMIT_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, chat_id, kind, user_ids, payload
          ), ev as (
              select id, chat_id, kind, user_ids, (payload->>'message_id')::bigint as message_id,
-                    {reply_to_id} as reply_to_id, {frame} as frame, {body} as body
+                    {reply_to_id} as reply_to_id, {frame} as frame, {body} as body,
+                    null::text as sent
              from ins
          )
          {notify}",
@@ -278,10 +279,17 @@ pub const NOTICE_FRAME_MARKER: &str = ", \"frame_last\" : ";
 /// event from the log.
 pub const NOTICE_BODY_MARKER: &str = ", \"body_last\" : ";
 
+/// What precedes, in the same place, the fields of a message a send has
+/// just stored (`message_json::sent_fields_sql`: an array, so found by its
+/// marker rather than by the `{` the other two begin with), of which each
+/// node makes the body and then the frame. A node that knows only the
+/// markers above finds none of them and reads the event from the log.
+pub const NOTICE_SENT_MARKER: &str = ", \"sent_last\" : ";
+
 /// Selects `id` and NOTIFYs each row of the CTE `ev` (id, chat_id, kind,
-/// user_ids, message_id, reply_to_id, frame, body; one of the last two
-/// null): the whole event when it fits a NOTIFY payload, else its id only
-/// (listeners then read it from the log).
+/// user_ids, message_id, reply_to_id, frame, body, sent; at most one of the
+/// last three not null): the whole event when it fits a NOTIFY payload, else
+/// its id only (listeners then read it from the log).
 pub fn notify_sql(ev: &str) -> String {
     format!(
         "select {ev}.id,
@@ -294,7 +302,8 @@ pub fn notify_sql(ev: &str) -> String {
                         'user_ids', {ev}.user_ids, 'message_id', {ev}.message_id,
                         'reply_to_id', {ev}.reply_to_id, 'at', extract(epoch from clock_timestamp())
                     )::text, -1)
-                    || coalesce('{NOTICE_BODY_MARKER}' || {ev}.body,
+                    || coalesce('{NOTICE_SENT_MARKER}' || {ev}.sent,
+                                '{NOTICE_BODY_MARKER}' || {ev}.body,
                                 '{NOTICE_FRAME_MARKER}' || {ev}.frame, '') || '}}' as text
          ) n"
     )

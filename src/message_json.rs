@@ -1,9 +1,10 @@
 //! The one definition of a message as clients see it. REST bodies are built
 //! here, in SQL, and the `message` / `message_updated` event frames (sent
-//! live, through NOTIFY, and replayed) from them, in Rust: a send returns
-//! and NOTIFYs its body in the statement that stores it, so the
-//! notification leaves with the commit, and each node builds the frame (and
-//! a REST send its reply, [`sent_rest`]).
+//! live, through NOTIFY, and replayed) from them, in Rust. A send returns
+//! and NOTIFYs, in the statement that stores it, the message's fields as a
+//! flat array ([`sent_fields_sql`]), so the notification leaves with the
+//! commit; each node makes its body ([`sent_body`]) and frame, and a REST
+//! send its reply ([`sent_rest`]).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,59 +47,141 @@ pub fn reply_preview(content: &str) -> &str {
 /// mentions}`
 /// (the reader's own part, `reactions`, is [`message_rest_sql`]'s).
 pub fn message_json_sql(m: &str, u: &str) -> String {
-    message_json_replying_sql(m, u, "messages", Json::Binary)
-}
-
-/// Which of PostgreSQL's JSON types a message's JSON is built as.
-#[derive(Clone, Copy)]
-pub enum Json {
-    /// `jsonb`: what reads merge with the reader's `reactions` (`||`).
-    Binary,
-    /// `json`, text as written: what a send only passes on (its notice and
-    /// its REST reply). `json_build_object` writes each value out as it
-    /// goes; `jsonb_build_object` encodes the values and sorts the keys
-    /// first, which cost a send's statement about 5 % more.
-    Text,
-}
-
-impl Json {
-    fn object(self) -> &'static str {
-        match self {
-            Json::Binary => "jsonb_build_object",
-            Json::Text => "json_build_object",
-        }
-    }
-
-    fn to(self) -> &'static str {
-        match self {
-            Json::Binary => "to_jsonb",
-            Json::Text => "to_json",
-        }
-    }
-}
-
-/// [`message_json_sql`] built as `json` says, reading the original of a
-/// reply from `originals` (a relation with the `id`, `sender_id` and
-/// `content` of messages): a send passes the original's row it locked,
-/// which is the latest committed version, where `messages` is read as of
-/// the statement's start and could show the text an edit committed
-/// meanwhile replaced.
-pub fn message_json_replying_sql(m: &str, u: &str, originals: &str, json: Json) -> String {
     format!(
-        "{object}(
+        "jsonb_build_object(
              'id', {m}.id, 'chat_id', {m}.chat_id, 'sender_id', {m}.sender_id,
              'content', {m}.content, 'is_edited', {m}.is_edited, 'client_id', {m}.client_id,
              'created_at', {created}, 'updated_at', {updated},
              'sender', case when {u}.id is null then null
-                            else {object}('id', {u}.id, 'username', {u}.username,
-                                          'display_name', {u}.display_name) end,
-             'reply_to', {reply_to}, 'mentions', {to}({m}.mentions))",
-        object = json.object(),
-        to = json.to(),
+                            else jsonb_build_object('id', {u}.id, 'username', {u}.username,
+                                                    'display_name', {u}.display_name) end,
+             'reply_to', {reply_to}, 'mentions', to_jsonb({m}.mentions))",
         created = rfc3339_sql(&format!("{m}.created_at")),
         updated = rfc3339_sql(&format!("{m}.updated_at")),
-        reply_to = reply_to_sql(m, originals, json),
+        reply_to = reply_to_sql(m),
     )
+}
+
+/// SQL (json) for message row `m`, just stored by a send, sent by user row
+/// `u` (left-joined), replying to a row of `originals` (a relation with the
+/// `id`, `sender_id` and `content` of messages): the fields of its body as
+/// a flat array, in [`SentFields`]' order, of which each node makes the
+/// body ([`sent_body`]). A send passes the original's row it locked, which
+/// is the latest committed version, where `messages` is read as of the
+/// statement's start and could show the text an edit committed meanwhile
+/// replaced. An array of plain values is what costs PostgreSQL least to
+/// write: no keys, no nested objects, times printed by `json` itself (UTC,
+/// as `timestamp`s, no zone).
+pub fn sent_fields_sql(m: &str, u: &str, originals: &str) -> String {
+    format!(
+        "json_build_array(
+             {m}.id, {m}.chat_id, {m}.sender_id, {m}.content, {m}.is_edited, {m}.client_id,
+             {m}.created_at at time zone 'UTC', {m}.updated_at at time zone 'UTC',
+             {u}.id, {u}.username, {u}.display_name, {m}.reply_to_id,
+             case when {m}.reply_to_id is not null then (
+                 select json_build_array(reply_of.sender_id,
+                                         left(reply_of.content, {REPLY_PREVIEW_CHARS}))
+                 from {originals} reply_of where reply_of.id = {m}.reply_to_id) end,
+             {m}.mentions)"
+    )
+}
+
+/// The array [`sent_fields_sql`] writes, by position.
+#[derive(Deserialize)]
+struct SentFields<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    chat_id: &'a RawValue,
+    #[serde(borrow)]
+    sender_id: &'a RawValue,
+    #[serde(borrow)]
+    content: &'a RawValue,
+    #[serde(borrow)]
+    is_edited: &'a RawValue,
+    #[serde(borrow)]
+    client_id: &'a RawValue,
+    /// UTC without its zone, as `json` prints a `timestamp`: digits and
+    /// separators only, so borrowed as it is.
+    created_at: &'a str,
+    updated_at: &'a str,
+    /// The sender's user row: all null once the account is gone.
+    #[serde(borrow)]
+    user_id: &'a RawValue,
+    #[serde(borrow)]
+    username: &'a RawValue,
+    #[serde(borrow)]
+    display_name: &'a RawValue,
+    #[serde(borrow)]
+    reply_to_id: &'a RawValue,
+    /// The original's sender and preview; null when it is none or gone.
+    #[serde(borrow)]
+    original: Option<(&'a RawValue, &'a RawValue)>,
+    #[serde(borrow)]
+    mentions: &'a RawValue,
+}
+
+/// The body ([`message_json_sql`]'s shape) of a message a send stored, from
+/// the fields its statement returned and NOTIFYed ([`sent_fields_sql`]).
+pub fn sent_body(fields: &str) -> serde_json::Result<String> {
+    write_sent(fields, false)
+}
+
+/// A message just sent, as REST returns it: [`sent_body`] with no
+/// `reactions` yet.
+pub fn sent_rest(fields: &str) -> serde_json::Result<String> {
+    write_sent(fields, true)
+}
+
+fn write_sent(fields: &str, reactions: bool) -> serde_json::Result<String> {
+    let f: SentFields = serde_json::from_str(fields)?;
+    let time = |t: &str| format!("\"{t}Z\"");
+    let sender = match f.user_id.get() {
+        "null" => "null".to_string(),
+        id => format!(
+            "{{\"id\":{id},\"username\":{},\"display_name\":{}}}",
+            f.username, f.display_name
+        ),
+    };
+    let reply_to = match (f.reply_to_id.get(), f.original) {
+        ("null", _) => "null".to_string(),
+        (id, Some((sender_id, content))) => format!(
+            "{{\"id\":{id},\"sender_id\":{sender_id},\"content\":{content},\"deleted\":false}}"
+        ),
+        (id, None) => {
+            format!("{{\"id\":{id},\"sender_id\":null,\"content\":null,\"deleted\":true}}")
+        }
+    };
+    let (created_at, updated_at) = (time(f.created_at), time(f.updated_at));
+    let pairs = [
+        ("id", f.id.get()),
+        ("chat_id", f.chat_id.get()),
+        ("sender_id", f.sender_id.get()),
+        ("content", f.content.get()),
+        ("is_edited", f.is_edited.get()),
+        ("client_id", f.client_id.get()),
+        ("created_at", &created_at),
+        ("updated_at", &updated_at),
+        ("sender", &sender),
+        ("reply_to", &reply_to),
+        ("mentions", f.mentions.get()),
+        ("reactions", "[]"),
+    ];
+    let pairs = if reactions {
+        &pairs[..]
+    } else {
+        &pairs[..pairs.len() - 1]
+    };
+    let mut body = String::with_capacity(fields.len() + 192);
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        body.push(if i == 0 { '{' } else { ',' });
+        body.push('"');
+        body.push_str(key);
+        body.push_str("\":");
+        body.push_str(value);
+    }
+    body.push('}');
+    Ok(body)
 }
 
 /// SQL (jsonb) for message row `m`, sent by user row `u`, as REST returns
@@ -110,19 +193,6 @@ pub fn message_rest_sql(m: &str, u: &str, viewer: &str) -> String {
         message_json_sql(m, u),
         reactions_sql(m, viewer)
     )
-}
-
-/// A message just sent, as REST returns it: its body (the JSON text of
-/// [`message_json_replying_sql`]) with no `reactions` yet. Added here rather than in
-/// the send's statement, which returns the body its notice carries: only a
-/// REST send needs this copy, and building it in SQL cost PostgreSQL a
-/// second object and text cast per message.
-pub fn sent_rest(mut body: String) -> String {
-    if body.ends_with('}') {
-        body.pop();
-        body.push_str(", \"reactions\": []}");
-    }
-    body
 }
 
 /// SQL (jsonb) for the reactions to message row `m` as user `viewer` sees
@@ -138,20 +208,19 @@ fn reactions_sql(m: &str, viewer: &str) -> String {
     )
 }
 
-/// SQL (of the type `json` says) for the `reply_to` of message row `m`:
-/// null, or the original `{id, sender_id, content, deleted}` with a preview of its
+/// SQL (jsonb) for the `reply_to` of message row `m`: null, or the
+/// original `{id, sender_id, content, deleted}` with a preview of its
 /// current text; once it is deleted, its id alone (`deleted: true`):
 /// nothing of it is kept.
-fn reply_to_sql(m: &str, originals: &str, json: Json) -> String {
+fn reply_to_sql(m: &str) -> String {
     format!(
         "case when {m}.reply_to_id is null then null else coalesce(
-             (select {object}('id', reply_of.id, 'sender_id', reply_of.sender_id,
-                              'content', left(reply_of.content, {REPLY_PREVIEW_CHARS}),
-                              'deleted', false)
-              from {originals} reply_of where reply_of.id = {m}.reply_to_id),
-             {object}('id', {m}.reply_to_id, 'sender_id', null, 'content', null,
-                      'deleted', true)) end",
-        object = json.object(),
+             (select jsonb_build_object('id', reply_of.id, 'sender_id', reply_of.sender_id,
+                                        'content', left(reply_of.content, {REPLY_PREVIEW_CHARS}),
+                                        'deleted', false)
+              from messages reply_of where reply_of.id = {m}.reply_to_id),
+             jsonb_build_object('id', {m}.reply_to_id, 'sender_id', null, 'content', null,
+                                'deleted', true)) end"
     )
 }
 
@@ -257,14 +326,52 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_sent_message_is_its_body_with_no_reactions() {
-        let body = r#"{"id": 7, "content": "hi }", "sender": {"id": 1}, "mentions": []}"#;
+    fn a_sent_messages_fields_make_its_body_and_its_rest_reply() {
+        // As `sent_fields_sql` writes them: json's own spacing, times in UTC
+        // without a zone.
+        let fields = |user: &str, reply: &str| {
+            format!(
+                r#"[7, 3, 1, "hi \"x\" }}] \u0001 ✓", false, "c-1", "2026-12-06T07:00:00.5", "2026-12-06T07:00:01", {user}, {reply}, [2, 4]]"#
+            )
+        };
+        let body = |sender: Value, reply_to: Value| {
+            json!({"id": 7, "chat_id": 3, "sender_id": 1, "content": "hi \"x\" }] \u{1} ✓",
+                   "is_edited": false, "client_id": "c-1",
+                   "created_at": "2026-12-06T07:00:00.5Z", "updated_at": "2026-12-06T07:00:01Z",
+                   "sender": sender, "reply_to": reply_to, "mentions": [2, 4]})
+        };
+        let ann = json!({"id": 1, "username": "ann", "display_name": null});
+        let cases = [
+            (
+                fields(r#"1, "ann", null"#, "null, null"),
+                body(ann.clone(), Value::Null),
+            ),
+            (
+                fields(r#"1, "ann", null"#, r#"5, [2, "the \"original\""]"#),
+                body(
+                    ann.clone(),
+                    json!({"id": 5, "sender_id": 2, "content": "the \"original\"", "deleted": false}),
+                ),
+            ),
+            (
+                fields("null, null, null", "5, null"),
+                body(
+                    Value::Null,
+                    json!({"id": 5, "sender_id": null, "content": null, "deleted": true}),
+                ),
+            ),
+        ];
+        for (fields, expected) in cases {
+            let built: Value = serde_json::from_str(&sent_body(&fields).unwrap()).unwrap();
+            let rest: Value = serde_json::from_str(&sent_rest(&fields).unwrap()).unwrap();
 
-        let rest: Value = serde_json::from_str(&sent_rest(body.to_string())).unwrap();
-
-        let mut expected: Value = serde_json::from_str(body).unwrap();
-        expected["reactions"] = serde_json::json!([]);
-        assert_eq!(rest, expected);
+            assert_eq!(built, expected, "{fields}");
+            let mut with_reactions = expected;
+            with_reactions["reactions"] = json!([]);
+            assert_eq!(rest, with_reactions, "{fields}");
+        }
+        assert!(sent_body("[7, 3]").is_err());
+        assert!(sent_body(r#"{"id": 7}"#).is_err());
     }
 
     #[test]

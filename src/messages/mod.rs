@@ -141,7 +141,10 @@ async fn send_message(
     } else {
         StatusCode::CREATED
     };
-    Ok(warp::reply::with_status(JsonText(sent.rest_body()), status))
+    Ok(warp::reply::with_status(
+        JsonText(sent.rest_body()?),
+        status,
+    ))
 }
 
 async fn get_message(id: i64, user: AuthUser, pool: Pool) -> Result<impl Reply, ApiError> {

@@ -42,8 +42,9 @@ pub struct Sent {
     pub message_id: i64,
     pub chat_id: i64,
     pub client_id: Option<String>,
-    /// The message's body: as REST returns it for a retry, without its
-    /// `reactions` when just stored (see [`Sent::rest_body`]).
+    /// Just stored: the message's fields as the send's statement returned
+    /// them (`message_json::sent_fields_sql`); a retry: the REST body of the
+    /// earlier message. See [`Sent::rest_body`].
     body: String,
     /// The `message` event's id; `None` for an idempotent retry (nothing new happened).
     pub event_id: Option<i64>,
@@ -56,18 +57,19 @@ impl Sent {
             message_id: row.get("id"),
             chat_id: row.get("chat_id"),
             client_id: row.get("client_id"),
-            body: row.get("body"),
+            body: row.get(if duplicate { "body" } else { "fields" }),
             event_id: if duplicate { None } else { row.get("event_id") },
             duplicate,
         }
     }
 
-    /// The message as REST returns it.
-    pub fn rest_body(self) -> String {
+    /// The message as REST returns it. Made here, not by the statement: a
+    /// send over the socket is answered with its ids alone.
+    pub fn rest_body(self) -> Result<String, ApiError> {
         if self.duplicate {
-            self.body
+            Ok(self.body)
         } else {
-            sent_rest(self.body)
+            sent_rest(&self.body).map_err(ApiError::internal)
         }
     }
 }

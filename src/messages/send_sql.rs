@@ -5,7 +5,7 @@
 use super::mentions::mentions_sql;
 use crate::events;
 use crate::membership::lock_members;
-use crate::message_json::{Json, MESSAGE_COLUMNS, logged_payload_sql, message_json_replying_sql};
+use crate::message_json::{MESSAGE_COLUMNS, logged_payload_sql, sent_fields_sql};
 use std::sync::LazyLock;
 
 /// Sends message `$3` with client id `$4` and search vector `$5` (a
@@ -14,8 +14,9 @@ use std::sync::LazyLock;
 /// statement (one round trip, committed on its own): inserts it if `$2` is
 /// a member whose token of version `$8` is still good, `$6` is null or a
 /// message of the chat, and the client id is new, touches the chat, appends the `message` event and NOTIFYs it;
-/// returns the message (its body as the notice carries it, id, chat and
-/// client id) and `event_id`, or no row when nothing was inserted.
+/// returns the message (id, chat, client id, and its fields as the notice
+/// carries them: `message_json::sent_fields_sql`) and `event_id`, or no row
+/// when nothing was inserted.
 ///
 /// The sender, chat and membership are locked first (`lock_members`),
 /// before the event_seq row: a deletion or membership change of the chat
@@ -42,7 +43,7 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning {MESSAGE_COLUMNS}
          ), b as (
-             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {fields} as fields
              from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id = (select chat_id from m)
@@ -56,16 +57,17 @@ pub static SEND_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, b.reply_to_id, null::text as frame, b.body::text as body
+                    b.id as message_id, b.reply_to_id, null::text as frame, null::text as body,
+                    b.fields::text as sent
              from ins, b
          ), sent as (
              {notify}
          )
-         select b.id, b.chat_id, b.client_id, ev.body, (select id from sent) as event_id
+         select b.id, b.chat_id, b.client_id, ev.sent as fields, (select id from sent) as event_id
          from b, ev",
         locked = lock_members("array[$1::int8]", "array[$2::int8]", "array[$8::int4]"),
         mentions = mentions_sql("$7::text", "$1"),
-        body = message_json_replying_sql("m", "u", "original", Json::Text),
+        fields = sent_fields_sql("m", "u", "original"),
         logged = logged_payload_sql("b"),
         notify = events::notify_sql("ev"),
     )
@@ -111,7 +113,7 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              on conflict (sender_id, client_id) where client_id is not null do nothing
              returning {MESSAGE_COLUMNS}
          ), b as (
-             select m.id, m.chat_id, m.client_id, m.reply_to_id, {body} as body
+             select m.id, m.chat_id, m.client_id, m.reply_to_id, {fields} as fields
              from m left join users u on u.id = m.sender_id
          ), touched as (
              update chats set last_activity_at = now() where id in (select chat_id from m)
@@ -128,17 +130,18 @@ pub static SEND_BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
              returning id, (payload->>'message_id')::bigint as message_id
          ), ev as (
              select ins.id, b.chat_id, 'message' as kind, '{{}}'::bigint[] as user_ids,
-                    b.id as message_id, b.reply_to_id, null::text as frame, b.body::text as body
+                    b.id as message_id, b.reply_to_id, null::text as frame, null::text as body,
+                    b.fields::text as sent
              from ins join b on b.id = ins.message_id
          ), sent as (
              {notify}
          )
-         select req.n, b.id, b.chat_id, b.client_id, ev.body, ev.id as event_id
+         select req.n, b.id, b.chat_id, b.client_id, ev.sent as fields, ev.id as event_id
          from sent join ev on ev.id = sent.id join b on b.id = ev.message_id
          join req on req.id = b.id",
         locked = lock_members("$1::int8[]", "$2::int8[]", "$8::int4[]"),
         mentions = mentions_sql("req.names", "req.chat_id"),
-        body = message_json_replying_sql("m", "u", "originals", Json::Text),
+        fields = sent_fields_sql("m", "u", "originals"),
         logged = logged_payload_sql("b"),
         notify = events::notify_sql("ev"),
     )

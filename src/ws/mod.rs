@@ -12,6 +12,7 @@ pub mod event;
 mod health;
 pub mod ids;
 pub mod listener;
+mod notice;
 pub mod presence;
 pub mod protocol;
 pub mod recent;

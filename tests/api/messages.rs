@@ -1156,6 +1156,16 @@ async fn event_timestamps_are_the_text_rest_bodies_carry() {
         "select {}",
         chatapp::messages::rfc3339_sql("$1::timestamptz")
     );
+    // And a sent message's, whose node writes them from its fields.
+    let sent_sql = format!(
+        "with o as (select 0::int8 as id, 0::int8 as sender_id, ''::text as content),
+         m as (select 1::int8 as id, 1::int8 as chat_id, 1::int8 as sender_id,
+                      'x'::text as content, false as is_edited, null::text as client_id,
+                      $1::timestamptz as created_at, $1::timestamptz as updated_at,
+                      null::int8 as reply_to_id, '{{}}'::int8[] as mentions)
+         select {}::text from m left join users u on false",
+        chatapp::message_json::sent_fields_sql("m", "u", "o")
+    );
     for text in [
         "2026-11-25T05:45:10Z",
         "2026-11-25T05:45:10.1Z",
@@ -1168,10 +1178,16 @@ async fn event_timestamps_are_the_text_rest_bodies_carry() {
 
         // Act
         let row = db.query_one(sql.as_str(), &[&t]).await.unwrap();
+        let fields = db.query_one(sent_sql.as_str(), &[&t]).await.unwrap();
+        let sent: Value =
+            serde_json::from_str(&chatapp::message_json::sent_body(fields.get(0)).unwrap())
+                .unwrap();
 
         // Assert
         let rest = json!(t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap());
         assert_eq!(json!(row.get::<_, String>(0)), rest, "{text}");
+        assert_eq!(sent["created_at"], rest, "{text}");
+        assert_eq!(sent["updated_at"], rest, "{text}");
         assert_eq!(ts(&rest), t);
     }
 }

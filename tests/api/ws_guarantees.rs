@@ -518,7 +518,8 @@ async fn a_notification_carries_the_frame_last_as_it_is_so_listeners_need_not_re
 }
 
 #[tokio::test]
-async fn a_message_notification_carries_its_body_last_and_members_get_the_frame_built_from_it() {
+async fn a_sent_messages_notification_carries_its_fields_last_and_members_get_the_frame_built_from_them()
+ {
     // Arrange
     let app = spawn_app().await;
     let alice = app.register("alice").await;
@@ -530,16 +531,66 @@ async fn a_message_notification_carries_its_body_last_and_members_get_the_frame_
 
     // Act
     let sent = app
-        .send_message(&alice, chat, "hello \"body_last\" : {}}")
+        .send_message(&alice, chat, "hello \"sent_last\" : [{}}")
         .await;
+
+    // Assert: the payload is JSON that ends with the message's fields, after
+    // the marker; its body made from them is the REST body (without the
+    // reader's own part, its reactions), and the frame is built from that.
+    let frame = ws.next_of_type("message").await;
+    let payload = notices.recv().await.expect("a notification");
+    let whole: Value = serde_json::from_str(&payload).expect("the payload is JSON");
+    assert!(whole["sent_last"].is_array(), "{payload}");
+    assert!(whole.get("frame_last").is_none(), "{payload}");
+    assert!(whole.get("body_last").is_none(), "{payload}");
+    let (_, last) = payload
+        .split_once(chatapp::events::NOTICE_SENT_MARKER)
+        .expect("the fields' marker");
+    let body = chatapp::message_json::sent_body(last.strip_suffix('}').unwrap()).unwrap();
+    let mut rest = sent.clone();
+    rest.as_object_mut().unwrap().remove("reactions");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), rest);
+    let built = chatapp::message_json::message_frame(
+        "message",
+        frame["payload"]["event_id"].as_i64().unwrap(),
+        &body,
+    )
+    .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&built).unwrap(), frame);
+    assert_eq!(frame["payload"]["content"], sent["content"]);
+}
+
+#[tokio::test]
+async fn an_edited_messages_notification_carries_its_body_last_and_members_get_the_frame_built_from_it()
+ {
+    // Arrange
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let chat = app.create_group(&alice, "g", &[&bob]).await;
+    let sent = app.send_message(&alice, chat, "hello").await;
+    let (mut ws, _) = connected(&app, &bob, None).await;
+    let (_session, mut notices) =
+        pg::listen(&app.database_url, chatapp::events::EVENTS_CHANNEL).await;
+
+    // Act
+    let path = format!("/api/v1/messages/{}", sent["id"]);
+    let (status, edited) = app
+        .put(
+            &path,
+            &alice.token,
+            json!({ "content": "hello \"body_last\" : {}}" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{edited}");
 
     // Assert: the payload is JSON that ends with the message's REST body
     // (without the reader's own part, its reactions), after the marker; the
     // frame is built from it.
-    let frame = ws.next_of_type("message").await;
+    let frame = ws.next_of_type("message_updated").await;
     let payload = notices.recv().await.expect("a notification");
     let whole: Value = serde_json::from_str(&payload).expect("the payload is JSON");
-    let mut body = sent.clone();
+    let mut body = edited.clone();
     body.as_object_mut().unwrap().remove("reactions");
     assert_eq!(whole["body_last"], body, "{payload}");
     assert!(whole.get("frame_last").is_none(), "{payload}");
@@ -547,13 +598,13 @@ async fn a_message_notification_carries_its_body_last_and_members_get_the_frame_
         .split_once(chatapp::events::NOTICE_BODY_MARKER)
         .expect("the body's marker");
     let built = chatapp::message_json::message_frame(
-        "message",
+        "message_updated",
         frame["payload"]["event_id"].as_i64().unwrap(),
         last.strip_suffix('}').unwrap(),
     )
     .unwrap();
     assert_eq!(serde_json::from_str::<Value>(&built).unwrap(), frame);
-    assert_eq!(frame["payload"]["content"], sent["content"]);
+    assert_eq!(frame["payload"]["content"], edited["content"]);
 }
 
 #[tokio::test]
