@@ -6,14 +6,19 @@ times with scripts/statement-cpu.sh, each an edit of the server's text:
     scripts/statement-variants.py /tmp/server.sql /tmp/variants
     scripts/statement-cpu.sh /tmp/variants/*.sql
 
-  no-frame.sql    the frame not built; the notice carries the routing ids only
-  no-json.sql     no-frame, and the message body reduced to its id (so the
-                  REST body returned is that too)
+  no-notice.sql   the notice carries the routing ids only, not the
+                  message's fields (so other nodes would read the log)
+  no-json.sql     no-notice, and the message's fields reduced to its id (so
+                  the REST body returned is that too)
   no-locks.sql    the sends not checked against the locked memberships and
                   token versions (so those locks are not taken)
   storage.sql     what storing a message needs and nothing else: the message
                   row (its search vector and indexes), event_seq, the event
                   row, a NOTIFY of ids
+BENCHMARKS.md's "Where PostgreSQL's CPU per message goes (5c823f9)" ran
+these against that commit's statement, which also built the frame (its
+"no-frame"); since 2ec29dd the statement writes the message's fields as
+one flat array, and the variants edit that.
 A variant fails loudly when the text it edits is gone.
 """
 import os
@@ -32,17 +37,16 @@ def between(text, start, end, new, keep_end=True):
     return text[:i] + new + (text[j:] if keep_end else text[j + len(end):])
 
 
-def no_frame(s):
-    s = between(s, "json_build_object('type', 'message', 'payload',", "as frame", "null::text ")
+def no_notice(s):
     return between(s, "), sent as (", ")\n         select req.n",
                    "), sent as (\n select ev.id, pg_notify('chatapp_events', "
                    "json_build_object('id', ev.id, 'chat_id', ev.chat_id)::text) from ev\n ")
 
 
 def no_json(s):
-    s = no_frame(s)
-    return between(s, "jsonb_build_object(\n             'id', m.id,", "as body\n",
-                   "jsonb_build_object('id', m.id) ")
+    s = no_notice(s)
+    return between(s, "json_build_array(\n             m.id,", "as fields\n",
+                   "json_build_array(m.id) ")
 
 
 def no_locks(s):
@@ -82,7 +86,7 @@ def main():
     server, out = sys.argv[1], sys.argv[2]
     text = open(server).read()
     os.makedirs(out, exist_ok=True)
-    variants = {"no-frame": no_frame(text), "no-json": no_json(text),
+    variants = {"no-notice": no_notice(text), "no-json": no_json(text),
                 "no-locks": no_locks(text), "storage": STORAGE}
     for name, sql in variants.items():
         with open(os.path.join(out, name + ".sql"), "w") as f:
