@@ -86,7 +86,8 @@ pub fn sent_fields_sql(m: &str, u: &str, originals: &str) -> String {
     )
 }
 
-/// The array [`sent_fields_sql`] writes, by position.
+/// The array [`sent_fields_sql`] writes, by position (serde reads a struct
+/// from a JSON array field by field, in the order declared here).
 #[derive(Deserialize)]
 struct SentFields<'a> {
     #[serde(borrow)]
