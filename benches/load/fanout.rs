@@ -18,7 +18,12 @@
 //! - capacity: `--capacity-senders` each keep `--window` messages in flight
 //!   for `--capacity` s, a message leaving the window once every member has
 //!   it (acks alone would let senders outrun delivery and overflow the
-//!   servers' per-connection queues). Figure: deliveries/s.
+//!   servers' per-connection queues). One phase per window of the list
+//!   (default 8,16,32,64): with few messages in flight the rate is bound by
+//!   how long each one is in flight rather than by the machine, so the
+//!   capacity is the highest rate of the phases, each system's own, with
+//!   that phase's CPU per delivery. Figures: deliveries/s, at each window
+//!   too, and the window of the best.
 //!
 //! Also per M: the time to connect everyone, the frames each member heard
 //! before anyone spoke (chatapp's presence notices) and how long the server
@@ -68,7 +73,8 @@ struct Settings {
     capacity_senders: usize,
     duration: Duration,
     capacity: Duration,
-    window: u64,
+    /// Messages each capacity sender keeps in flight: one phase per window.
+    windows: Vec<u64>,
 }
 
 /// A duration option in seconds (fractions allowed).
@@ -102,24 +108,25 @@ pub async fn run(env: &Env, report: &mut Report) {
         capacity_senders: env.opts.num("capacity-senders", 8, 4).max(1) as usize,
         duration: seconds(env, "duration", 10.0, 0.5),
         capacity: seconds(env, "capacity", 5.0, 0.5),
-        window: env.opts.num("window", 8, 8).clamp(1, RING as u64 / 2),
+        windows: env
+            .opts
+            .list("window", &[8, 16, 32, 64], &[4, 8])
+            .into_iter()
+            .map(|w| w.clamp(1, RING as u64 / 2))
+            .collect(),
     };
     report.command(
         SCENARIO,
         format!(
             "cargo bench --bench load -- fanout --members {} --rate {} --senders {} --duration {} \
              --capacity {} --capacity-senders {} --window {} --repeats {}",
-            members
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            join(&members),
             set.rate,
             set.senders,
             set.duration.as_secs_f64(),
             set.capacity.as_secs_f64(),
             set.capacity_senders,
-            set.window,
+            join(&set.windows),
             env.opts.repeats
         ),
     );
@@ -162,6 +169,14 @@ pub async fn run(env: &Env, report: &mut Report) {
         }
     }
     judge(report);
+}
+
+fn join(numbers: &[u64]) -> String {
+    numbers
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResult, String>) {
@@ -219,6 +234,20 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
         );
     }
     add(report, "capacity deliveries/s", "1/s", r.capacity_dps);
+    add(
+        report,
+        "capacity window",
+        "messages",
+        r.capacity_window as f64,
+    );
+    for &(window, dps) in &r.by_window {
+        add(
+            report,
+            &format!("capacity deliveries/s, window {window}"),
+            "1/s",
+            dps,
+        );
+    }
     for (part, us) in r.capacity_us.parts() {
         add(report, &format!("{part} CPU per delivery"), "µs", us);
     }
@@ -290,6 +319,10 @@ struct CaseResult {
     /// frames than at capacity.
     rate_us: PerDelivery,
     capacity_mps: f64,
+    /// The window the capacity was reached at.
+    capacity_window: u64,
+    /// Deliveries/s at each window tried.
+    by_window: Vec<(u64, f64)>,
     frame_bytes: f64,
     /// The fields of a `message` frame a member got, sorted.
     frame_fields: Option<Vec<String>>,
@@ -518,71 +551,29 @@ async fn run_case(
         let rate_dps = expected as f64 / rate_secs.max(window_secs);
         let rate_us = rate_cpu.per_delivery(pid, expected);
 
-        // Capacity.
-        let window = set.window;
-        // A marker for profilers: the capacity phase starts.
-        eprintln!("fanout: {m} members, capacity phase");
-        let cap_cpu = Cpu::now(pid);
-        let start_ns = nanos();
-        let deadline = Instant::now() + set.capacity;
-        let shared2 = shared.clone();
-        let cap_sent = run_senders(
-            &mut sinks,
-            &mut seqs,
-            set.capacity_senders,
-            |s, mut sink, mut seq| {
-                let tag = tag.clone();
-                let shared = shared2.clone();
-                async move {
-                    let result = async {
-                        let track = &shared.senders[s];
-                        let mut sent = 0u64;
-                        while Instant::now() < deadline {
-                            while sent - track.completed.load(Relaxed) >= window {
-                                let wait = tokio::time::timeout(
-                                    Duration::from_secs(30),
-                                    track.notify.notified(),
-                                );
-                                if wait.await.is_err() {
-                                    return Err(format!(
-                                        "sender {s}: no message reached every member within 30 s"
-                                    ));
-                                }
-                            }
-                            send(&mut sink, chat, 'c', s, seq, &tag).await?;
-                            seq += 1;
-                            sent += 1;
-                        }
-                        Ok(sent)
-                    }
-                    .await;
-                    (sink, seq, result)
-                }
-            },
-        )
-        .await?;
-        let cap_expected = cap_sent * m as u64;
-        wait_deliveries(
-            &shared,
-            expected + cap_expected,
-            drain_timeout(cap_expected),
-        )
-        .await?;
-        let cap_secs = (shared
-            .last_delivery_ns
-            .load(Relaxed)
-            .saturating_sub(start_ns)) as f64
-            / 1e9;
-        // CPU per delivery is steadier than deliveries/s on a shared machine:
-        // it does not move when a neighbour takes a core for a while.
-        let cap_us = cap_cpu.per_delivery(pid, cap_expected);
-        Ok::<_, String>((
-            sent + cap_sent,
-            rate_dps,
-            cap_expected as f64 / cap_secs,
-            cap_sent as f64 / cap_secs,
-            [cap_us, rate_us],
-        ))
+        // Capacity, at each window: the highest rate is the capacity.
+        let mut total = sent;
+        let mut expected_so_far = expected;
+        let mut capacity: Option<Capacity> = None;
+        let mut by_window = Vec::new();
+        for &window in &set.windows {
+            let phase = CapacityPhase {
+                shared: &shared,
+                chat,
+                tag: &tag,
+                pid,
+                before: expected_so_far,
+            };
+            let c = phase.run(&mut sinks, &mut seqs, set, window).await?;
+            total += c.sent;
+            expected_so_far += c.sent * m as u64;
+            by_window.push((window, c.dps));
+            if capacity.as_ref().is_none_or(|best| c.dps > best.dps) {
+                capacity = Some(c);
+            }
+        }
+        let capacity = capacity.ok_or("no capacity window")?;
+        Ok::<_, String>((total, rate_dps, capacity, by_window, rate_us))
     }
     .await;
 
@@ -592,7 +583,7 @@ async fn run_case(
     drop(sinks);
     let _ = settle(&shared.frames, pid, Duration::from_secs(60 + m as u64 / 20)).await;
 
-    let (messages, rate_dps, capacity_dps, capacity_mps, [capacity_us, rate_us]) = result?;
+    let (messages, rate_dps, capacity, by_window, rate_us) = result?;
     let mut latencies = Vec::new();
     let mut deliveries = Vec::new();
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
@@ -634,10 +625,12 @@ async fn run_case(
         last_p50: last.at(0.50),
         last_p99: last.at(0.99),
         max: p.max(),
-        capacity_dps,
-        capacity_us,
+        capacity_dps: capacity.dps,
+        capacity_us: capacity.us,
         rate_us,
-        capacity_mps,
+        capacity_mps: capacity.mps,
+        capacity_window: capacity.window,
+        by_window,
         connect_frames,
         frame_bytes: shared.sample.get().map_or(f64::NAN, |f| f.len() as f64),
         frame_fields: shared.sample.get().map(|f| frame_fields(f)),
@@ -660,6 +653,94 @@ fn frame_fields(text: &str) -> Vec<String> {
     );
     fields.sort();
     fields
+}
+
+/// One capacity phase: `capacity_senders` keep `window` messages each in
+/// flight for `--capacity` s on the case's sockets.
+struct CapacityPhase<'a> {
+    shared: &'a Arc<Shared>,
+    chat: i64,
+    tag: &'a str,
+    pid: Option<u32>,
+    /// Deliveries expected before this phase (earlier phases').
+    before: u64,
+}
+
+/// What a capacity phase reached.
+struct Capacity {
+    window: u64,
+    sent: u64,
+    dps: f64,
+    mps: f64,
+    us: PerDelivery,
+}
+
+impl CapacityPhase<'_> {
+    async fn run(
+        &self,
+        sinks: &mut Vec<Sink>,
+        seqs: &mut [u64],
+        set: &Settings,
+        window: u64,
+    ) -> Result<Capacity, String> {
+        let m = self.shared.members as u64;
+        // A marker for profilers: the capacity phase starts.
+        eprintln!("fanout: {m} members, capacity phase");
+        let cpu = Cpu::now(self.pid);
+        let start_ns = nanos();
+        let deadline = Instant::now() + set.capacity;
+        let sent = run_senders(sinks, seqs, set.capacity_senders, |s, mut sink, mut seq| {
+            let tag = self.tag.to_string();
+            let shared = self.shared.clone();
+            let chat = self.chat;
+            async move {
+                let result = async {
+                    let track = &shared.senders[s];
+                    // Completions count every capacity phase's messages;
+                    // the earlier phases' have all completed.
+                    let done_before = track.completed.load(Relaxed);
+                    let mut sent = 0u64;
+                    while Instant::now() < deadline {
+                        while done_before + sent - track.completed.load(Relaxed) >= window {
+                            let wait = tokio::time::timeout(
+                                Duration::from_secs(30),
+                                track.notify.notified(),
+                            );
+                            if wait.await.is_err() {
+                                return Err(format!(
+                                    "sender {s}: no message reached every member within 30 s"
+                                ));
+                            }
+                        }
+                        send(&mut sink, chat, 'c', s, seq, &tag).await?;
+                        seq += 1;
+                        sent += 1;
+                    }
+                    Ok(sent)
+                }
+                .await;
+                (sink, seq, result)
+            }
+        })
+        .await?;
+        let expected = sent * m;
+        wait_deliveries(self.shared, self.before + expected, drain_timeout(expected)).await?;
+        let secs = (self
+            .shared
+            .last_delivery_ns
+            .load(Relaxed)
+            .saturating_sub(start_ns)) as f64
+            / 1e9;
+        Ok(Capacity {
+            window,
+            sent,
+            dps: expected as f64 / secs,
+            mps: sent as f64 / secs,
+            // CPU per delivery is steadier than deliveries/s on a shared
+            // machine: it does not move when a neighbour takes a core for a while.
+            us: cpu.per_delivery(self.pid, expected),
+        })
+    }
 }
 
 /// Generous: the slowest plausible delivery rate, plus a margin.
