@@ -53,27 +53,31 @@ pub fn session_defaults(pg: &mut tokio_postgres::Config) {
     pg.options(options.trim());
 }
 
-/// A thread of its own for the tasks between PostgreSQL and the sockets: the
-/// send commits (with their pipeline connection) and the event listener.
-/// On the main runtime each step of a send — the commit's response, its
-/// NOTIFY — was a task woken by I/O that waited in the run queue behind the
-/// socket writers woken before it, so under fan-out load commits came later
-/// and writers found fewer frames per wake-up. Here the kernel schedules them
-/// beside the runtime's workers. The thread stops when the runtime that started it is dropped.
+/// A thread of its own for a task between PostgreSQL and the sockets: one
+/// runs the send commits (with their pipeline connection), another the
+/// event listener. On the main runtime each step of a send — the commit's
+/// response, its NOTIFY — was a task woken by I/O that waited in the run
+/// queue behind the socket writers woken before it, so under fan-out load
+/// commits came later and writers found fewer frames per wake-up. Here the
+/// kernel schedules them beside the runtime's workers. The two are apart
+/// because the listener's dispatch walks a chat's whole room (10,000 queues
+/// for a 10,000-member chat): on one thread the next commit's answer waited
+/// behind that walk. Each thread stops when the runtime that started it is
+/// dropped.
 pub struct DbThread {
     handle: tokio::runtime::Handle,
 }
 
 impl DbThread {
-    /// Starts the thread; call it on the runtime whose lifetime it shares.
-    pub fn start() -> std::io::Result<DbThread> {
+    /// Starts the thread `name`; call it on the runtime whose lifetime it shares.
+    pub fn start(name: &str) -> std::io::Result<DbThread> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name("chatapp-db".into())
+            .name(name.into())
             .spawn(move || {
                 runtime.block_on(async {
                     let _ = stop_rx.await;
@@ -216,7 +220,7 @@ mod tests {
             .unwrap();
         let (held, dropped) = channel::<()>();
         runtime.block_on(async {
-            let db_thread = DbThread::start().unwrap();
+            let db_thread = DbThread::start("test-db").unwrap();
             db_thread.spawn(async move {
                 let _held = held;
                 std::future::pending::<()>().await

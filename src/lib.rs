@@ -60,7 +60,7 @@ impl std::fmt::Display for StartError {
             StartError::Migrate(_) => f.write_str("cannot migrate the database"),
             StartError::Database(_) => f.write_str("cannot connect to the database"),
             StartError::Bind(_) => f.write_str("cannot listen"),
-            StartError::Thread(_) => f.write_str("cannot start the database thread"),
+            StartError::Thread(_) => f.write_str("cannot start a database thread"),
         }
     }
 }
@@ -125,7 +125,8 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let auth =
         Auth::new(token_key, &config.auth, &config.database).map_err(StartError::database)?;
     auth.warm_up().await;
-    let db_thread = db::DbThread::start().map_err(StartError::Thread)?;
+    let commit_thread = db::DbThread::start("chatapp-commit").map_err(StartError::Thread)?;
+    let listen_thread = db::DbThread::start("chatapp-listen").map_err(StartError::Thread)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let rates = Arc::new(limits::RateLimits::new(
         &config.limits.rate,
@@ -140,12 +141,12 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         rates: rates.clone(),
         metrics: metrics.clone(),
     };
-    let sends = SendQueue::start(setup, &db_thread);
+    let sends = SendQueue::start(setup, &commit_thread);
     let hasher = Hasher::new(config.auth.bcrypt_cost, config.limits.bcrypt_queue)
         .await
         .map_err(StartError::database)?;
     let listener = listen(addr).map_err(StartError::Bind)?;
-    let hub = Hub::start(&config, pool.clone(), metrics.clone(), &db_thread)
+    let hub = Hub::start(&config, pool.clone(), metrics.clone(), &listen_thread)
         .await
         .map_err(StartError::database)?;
     let hasher = Arc::new(hasher);

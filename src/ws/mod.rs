@@ -75,14 +75,14 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Creates the hub and starts its background tasks, the listener on the
-    /// database thread; returns once the listener is LISTENing, so nothing
+    /// Creates the hub and starts its background tasks, the listener on
+    /// `listen_thread`; returns once the listener is LISTENing, so nothing
     /// committed after `build()` is missed.
     pub async fn start(
         config: &Config,
         pool: Pool,
         metrics: Arc<Metrics>,
-        db_thread: &DbThread,
+        listen_thread: &DbThread,
     ) -> Result<Arc<Hub>, ApiError> {
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let (snapshots, snapshot_requests) = presence::Snapshots::new();
@@ -128,7 +128,7 @@ impl Hub {
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        db_thread.spawn(listener::run(hub.clone(), Some(ready_tx)));
+        listen_thread.spawn(listener::run(hub.clone(), Some(ready_tx)));
         tokio::spawn(presence::track(hub.clone(), presence_rx));
         tokio::spawn(presence::snapshot::serve(
             hub.starts.clone(),
