@@ -1,12 +1,14 @@
 //! Server frames written straight to the socket. A server's frames are not
 //! masked (RFC 6455 5.1), so a frame's payload is the same bytes for every
-//! subscriber: a burst goes out as one `writev` of each frame's header and
-//! its shared payload. tungstenite would copy every frame into a buffer of
-//! the connection's own, which must be as large as the burst to make it one
-//! write, and never shrinks. A small burst (a frame or two, what a chat's
-//! members mostly get) is copied into a buffer of the worker thread's and
-//! sent with one `send`: `writev` goes through the file layer on its way to
-//! the socket, which for a few hundred bytes costs more than the copy.
+//! subscriber. tungstenite would copy every frame into a buffer of the
+//! connection's own, which must be as large as the burst to make it one
+//! write, and never shrinks. Here a burst is laid out in a buffer of the
+//! worker thread's and sent with one `send`; only a burst too large for it
+//! goes out as one `writev` of each frame's header and its shared payload.
+//! Copying is cheaper than it looks: `writev` goes through the file layer on
+//! its way to the socket, and the kernel copies each slice on its own, so a
+//! 4-byte header beside every few hundred bytes of payload costs it more
+//! than the copy costs us.
 
 use crate::ws::event::Frame;
 use std::cell::RefCell;
@@ -104,12 +106,13 @@ fn wire_bytes(frame: &Frame) -> Vec<u8> {
 }
 
 /// Bursts of up to this many bytes are sent from one flat buffer (see the
-/// module doc); larger ones, where `writev`'s cost is shared by many
-/// frames and a copy would not be small, go out as they are.
-const FLAT_MAX: usize = 4096;
+/// module doc): a full write batch of message frames (64 of a few hundred
+/// bytes) fits. Larger ones, frames of many kilobytes where the slices are
+/// few for their bytes, go out as they are.
+const FLAT_MAX: usize = 32 * 1024;
 
 thread_local! {
-    /// Where a small burst is laid out flat. Per thread, not per connection:
+    /// Where a burst is laid out flat. Per thread, not per connection:
     /// it is only used by a write that does not wait (see [`TryWrite`]).
     static FLAT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -388,7 +391,7 @@ mod tests {
         // Small bursts (sent flat) and one over FLAT_MAX (sent as slices),
         // into a socket that is full at first or takes a few bytes a call.
         let frame = Frame::from("z".repeat(200));
-        for n in [1, 2, 30] {
+        for n in [1, 2, FLAT_MAX / 200 + 1] {
             let frames = vec![frame.clone(); n];
             for (max, full_first) in [(7, false), (7, true), (1000, false), (1000, true)] {
                 let socket = Trickle {
