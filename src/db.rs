@@ -53,10 +53,9 @@ pub fn session_defaults(pg: &mut tokio_postgres::Config) {
     pg.options(options.trim());
 }
 
-/// A thread of its own for work that must not wait behind the socket
-/// writers: one runs the send commits (with their pipeline connection),
-/// another the event listener, a third the sockets' readers (see
-/// `ws::conn`). On the main runtime each step of a send — the commit's
+/// A thread of its own for a task between PostgreSQL and the sockets: one
+/// runs the send commits (with their pipeline connection), another the
+/// event listener. On the main runtime each step of a send — the commit's
 /// response, its NOTIFY — was a task woken by I/O that waited in the run
 /// queue behind the socket writers woken before it, so under fan-out load
 /// commits came later and writers found fewer frames per wake-up. Here the
@@ -65,7 +64,6 @@ pub fn session_defaults(pg: &mut tokio_postgres::Config) {
 /// for a 10,000-member chat): on one thread the next commit's answer waited
 /// behind that walk. Each thread stops when the runtime that started it is
 /// dropped.
-#[derive(Clone)]
 pub struct DbThread {
     handle: tokio::runtime::Handle,
 }

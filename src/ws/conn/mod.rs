@@ -1,16 +1,7 @@
-//! One WebSocket connection: this task opens the session, then runs a
-//! reader loop ([`reader`]) on the readers' thread (`Hub::readers`) and a
+//! One WebSocket connection: a reader loop ([`reader`], this task) and a
 //! writer task ([`writer`]) that owns the socket's sending half and drains
 //! the connection's bounded queue, after replaying what the client missed
-//! ([`replay`]); it closes the socket when both are done.
-//!
-//! The readers have a thread of their own because a busy chat's dispatch
-//! wakes every member's writer at once, from the listener's thread: on the
-//! runtime a reader woken by its socket then waited behind those writers,
-//! so a message sent into a 10,000-member chat was read tens of
-//! milliseconds after it arrived. Readers are light (a frame parsed, a send
-//! queued, a reply put in the connection's queue); the session start's
-//! reads and the writers stay on the runtime's workers.
+//! ([`replay`]).
 
 mod reader;
 mod replay;
@@ -62,7 +53,7 @@ pub fn run(
     // state kept inline would sit in the memory of every idle connection.
     serve(Session {
         sink: Out::new(socket.write),
-        stream: Box::new(socket.read),
+        stream: socket.read,
         services,
         user,
         since,
@@ -73,9 +64,7 @@ pub fn run(
 /// One connection's parts, moved into the task that serves it.
 struct Session {
     sink: writer::Sink,
-    /// Boxed: it moves to the reader's task, and a field moved out of a
-    /// future still takes its room there.
-    stream: Box<WebSocketStream<ReadSide>>,
+    stream: WebSocketStream<ReadSide>,
     services: Services,
     user: AuthUser,
     since: Option<i64>,
@@ -94,7 +83,7 @@ async fn serve(mut session: Session) {
     if hub.is_shutting_down() {
         hub.registry.kill(id, SHUTTING_DOWN);
     }
-    let stream = match Box::pin(open(&session, id)).await {
+    match Box::pin(open(&session, id)).await {
         Ok(Some((ready, replay))) => {
             let reader_kill = registration.kill.clone();
             let writer = Writer::new(session.sink, registration);
@@ -105,45 +94,29 @@ async fn serve(mut session: Session) {
                 turn: session.live.take_turn(),
             };
             let writer = tokio::spawn(writer.run(session.services.clone(), opening));
-            // On the readers' thread: a client's frame (a message to send)
-            // is read when it arrives, not after every socket writer woken
-            // before it has run.
-            let services = session.services;
-            let user = session.user;
-            let mut stream = session.stream;
-            let read = hub.readers.spawn(async move {
-                let reader = Reader {
-                    services: &services,
-                    user: &user,
-                    id,
-                };
-                reader.run(&mut stream, reader_kill).await;
-                stream
-            });
-            let read = read.await;
+            let reader = Reader {
+                services: &session.services,
+                user: &session.user,
+                id,
+            };
+            reader.run(&mut session.stream, reader_kill).await;
             hub.registry.unregister(id);
             let _ = writer.await;
-            // A reader that panicked took the socket's read half with it.
-            read.ok()
         }
         Ok(None) => {
             // Killed (e.g. the account was deleted) before it was ready.
             let reason = (*registration.kill.borrow()).unwrap_or(TOKEN_EXPIRED);
             Box::pin(close_socket(session.sink, reason, &hub.config)).await;
             hub.metrics.ws_closed(reason.code.to_string());
-            Some(session.stream)
         }
         Err(e) => {
             log::warn!("cannot open WebSocket session: {}", crate::error::chain(&e));
             hub.registry.unregister(id);
             Box::pin(close_socket(session.sink, UNAVAILABLE, &hub.config)).await;
             hub.metrics.ws_closed(UNAVAILABLE.code.to_string());
-            Some(session.stream)
         }
-    };
-    if let Some(mut stream) = stream {
-        linger(&mut stream, &hub).await;
     }
+    linger(&mut session.stream, &hub).await;
 }
 
 /// Reads and drops what the client still sends (a pong, its answer to our
