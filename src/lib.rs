@@ -127,6 +127,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     auth.warm_up().await;
     let commit_thread = db::DbThread::start("chatapp-commit").map_err(StartError::Thread)?;
     let listen_thread = db::DbThread::start("chatapp-listen").map_err(StartError::Thread)?;
+    let read_thread = db::DbThread::start("chatapp-read").map_err(StartError::Thread)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let rates = Arc::new(limits::RateLimits::new(
         &config.limits.rate,
@@ -146,9 +147,15 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         .await
         .map_err(StartError::database)?;
     let listener = listen(addr).map_err(StartError::Bind)?;
-    let hub = Hub::start(&config, pool.clone(), metrics.clone(), &listen_thread)
-        .await
-        .map_err(StartError::database)?;
+    let hub = Hub::start(
+        &config,
+        pool.clone(),
+        metrics.clone(),
+        &listen_thread,
+        read_thread,
+    )
+    .await
+    .map_err(StartError::database)?;
     let hasher = Arc::new(hasher);
     metrics.register_collector(Box::new(ops::NodeState {
         hub: hub.clone(),

@@ -973,7 +973,15 @@ async fn a_client_flooding_garbage_is_closed_with_1008() {
     ws.next_of_type("ready").await;
 
     // Act
-    for _ in 0..10 {
+    send_garbage(&mut ws, 10).await;
+
+    // Assert
+    assert_eq!(ws.closed().await, Closed::Code(1008));
+}
+
+/// Sends `n` frames that are not JSON, or fewer if the server closes first.
+async fn send_garbage(ws: &mut WsClient, n: usize) {
+    for _ in 0..n {
         if ws
             .stream
             .send(Message::Text("garbage".into()))
@@ -983,9 +991,6 @@ async fn a_client_flooding_garbage_is_closed_with_1008() {
             break;
         }
     }
-
-    // Assert
-    assert_eq!(ws.closed().await, Closed::Code(1008));
 }
 
 #[tokio::test]
@@ -1037,6 +1042,87 @@ async fn a_frame_over_64_kib_closes_the_connection_with_1009() {
 
     // Assert
     assert_eq!(ws.closed().await, Closed::Code(1009));
+}
+
+/// What ends a connection, in [`a_connection_keeps_its_limits_after_its_first_message`].
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Garbage,
+    Expiry,
+    PasswordChange,
+    Idle,
+}
+
+#[tokio::test]
+async fn a_connection_keeps_its_limits_after_its_first_message() {
+    // A client's first message moves its reader to the readers' thread
+    // (`ws::conn`); every limit the reader enforces must hold there too.
+    for ending in [
+        Ending::Garbage,
+        Ending::Expiry,
+        Ending::PasswordChange,
+        Ending::Idle,
+    ] {
+        // Arrange
+        let app = spawn_app_with(|c| {
+            c.ws.max_bad_frames = 3;
+            if matches!(ending, Ending::Idle) {
+                c.ws.ping_interval_ms = 200;
+                c.ws.idle_timeout_ms = 1000;
+            }
+        })
+        .await;
+        let alice = app.register("alice").await;
+        let chat = app.create_group(&alice, "g", &[]).await;
+        let user = match ending {
+            Ending::Expiry => TestUser {
+                token: chatapp::auth::issue_token(app.auth.key(), alice.id, &alice.username, 0, 3)
+                    .expect("token issued")
+                    .token,
+                ..alice.clone()
+            },
+            _ => alice.clone(),
+        };
+        let mut ws = app.connect_ws(&user, None).await;
+        ws.next_of_type("ready").await;
+        let send = json!({"type": "message", "payload": {"chat_id": chat, "content": "hi"}});
+        let ack = reply_to(&mut ws, send).await;
+        assert_eq!(ack["type"], "ack", "{ending:?}: {ack}");
+
+        // Act
+        match ending {
+            Ending::Garbage => send_garbage(&mut ws, 10).await,
+            Ending::PasswordChange => app.change_password(&alice, "another good password").await,
+            // The token runs out, or the client stops reading (and so
+            // answering pings) past the idle timeout.
+            Ending::Expiry | Ending::Idle => {}
+        }
+        if matches!(ending, Ending::Idle) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while app.ws_health().await["connections"] != 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the silent client was not dropped"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        // Assert
+        let closed = ws.closed().await;
+        match ending {
+            Ending::Garbage => assert_eq!(closed, Closed::Code(1008)),
+            Ending::Expiry | Ending::PasswordChange => {
+                assert_eq!(closed, Closed::Code(4001), "{ending:?}")
+            }
+            // A close frame, or a reset when the client finally answers
+            // the pings on a socket the server has closed.
+            Ending::Idle => assert!(
+                matches!(closed, Closed::Code(4000) | Closed::Dropped),
+                "{closed:?}"
+            ),
+        }
+    }
 }
 
 #[tokio::test]

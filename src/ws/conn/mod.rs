@@ -2,6 +2,16 @@
 //! writer task ([`writer`]) that owns the socket's sending half and drains
 //! the connection's bounded queue, after replaying what the client missed
 //! ([`replay`]).
+//!
+//! From a client's first `message` frame on, its reader runs on the
+//! readers' thread (`Hub::readers`) instead. A busy chat's dispatch wakes
+//! every member's writer at once, from the listener's thread; on the
+//! runtime a reader woken by its socket waited behind them, so a message
+//! sent into a 10,000-member chat was read tens of milliseconds after it
+//! arrived. Only senders move: with every reader there, the thousands of
+//! sessions a reconnect storm opens and closes each cost that thread a
+//! start and an end, and the storms' delivery got slower (BENCHMARKS.md,
+//! "Sockets read on a thread of their own: tried, not kept").
 
 mod reader;
 mod replay;
@@ -9,7 +19,7 @@ mod wire;
 mod writer;
 
 use super::Hub;
-use super::close::{ACCOUNT_DELETED, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
+use super::close::{ACCOUNT_DELETED, CloseReason, SHUTTING_DOWN, TOKEN_EXPIRED, UNAVAILABLE};
 use super::protocol::ServerFrame;
 use super::registry::{Activation, ConnId};
 use super::starts::{self, StartReads};
@@ -19,12 +29,16 @@ use crate::db::Pool;
 use crate::error::ApiError;
 use crate::limits::RateLimits;
 use crate::messages::SendQueue;
-use reader::Reader;
+use futures_util::StreamExt;
+use reader::{Lane, Reader};
 use replay::Replay;
 use std::future::Future;
 use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use wire::Out;
 use writer::{Opening, Writer, close_socket};
 
@@ -99,7 +113,35 @@ async fn serve(mut session: Session) {
                 user: &session.user,
                 id,
             };
-            reader.run(&mut session.stream, reader_kill).await;
+            let first_send = reader
+                .run(&mut session.stream, reader_kill.clone(), Lane::Runtime)
+                .await;
+            if let Some(first) = first_send {
+                // Built and spawned in a statement that does not await: a
+                // value bound across an await keeps room in every
+                // connection's task, moved out or not.
+                let read = read_on_readers(
+                    session.stream,
+                    Handoff {
+                        first,
+                        services: session.services.clone(),
+                        user: session.user.clone(),
+                        id,
+                        kill: reader_kill,
+                    },
+                );
+                // No await in the arms: the awaited result, a whole read
+                // half, would keep room in every connection's task.
+                match read.await {
+                    Ok(stream) => session.stream = stream,
+                    Err(_) => {
+                        // The reader panicked and took the read half along;
+                        // the writer ends by itself once its queue is gone.
+                        hub.registry.unregister(id);
+                        return;
+                    }
+                }
+            }
             hub.registry.unregister(id);
             let _ = writer.await;
         }
@@ -117,6 +159,44 @@ async fn serve(mut session: Session) {
         }
     }
     linger(&mut session.stream, &hub).await;
+}
+
+/// What a reader takes to the readers' thread.
+struct Handoff {
+    /// The client's first `message` frame, not yet handled.
+    first: Message,
+    services: Services,
+    user: AuthUser,
+    id: ConnId,
+    kill: watch::Receiver<Option<CloseReason>>,
+}
+
+/// Reads the rest of the session on the readers' thread, from the client's
+/// first send: its frames are read when they arrive, not after every writer
+/// a busy chat's dispatch woke before them. The task gives the read half
+/// back when the reader ends.
+fn read_on_readers(
+    mut stream: WebSocketStream<ReadSide>,
+    handoff: Handoff,
+) -> JoinHandle<WebSocketStream<ReadSide>> {
+    let readers = handoff.services.hub.readers.clone();
+    readers.spawn(async move {
+        let Handoff {
+            first,
+            services,
+            user,
+            id,
+            kill,
+        } = handoff;
+        let reader = Reader {
+            services: &services,
+            user: &user,
+            id,
+        };
+        let frames = futures_util::stream::iter([Ok(first)]).chain(&mut stream);
+        reader.run(frames, kill, Lane::Readers).await;
+        stream
+    })
 }
 
 /// Reads and drops what the client still sends (a pong, its answer to our

@@ -15,15 +15,13 @@ use crate::ws::close::{CloseReason, GARBAGE, IDLE, TOKEN_EXPIRED, TOO_BIG};
 use crate::ws::event::Frame;
 use crate::ws::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use crate::ws::registry::ConnId;
-use crate::ws::upgrade::ReadSide;
 use futures_util::future::{self, BoxFuture};
 use futures_util::stream::FuturesOrdered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Bad frames tolerated per window before the client is closed with 1008.
@@ -53,13 +51,28 @@ enum Handled {
     Queued(PendingSend),
 }
 
+/// Where a reader runs: where it may stop (see `conn::serve`).
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Lane {
+    /// On the runtime, until the client sends its first message.
+    Runtime,
+    /// On the readers' thread, until the end.
+    Readers,
+}
+
 impl Reader<'_> {
-    /// Reads until the client goes away or the connection is closed.
-    pub(super) async fn run(
+    /// Reads until the client goes away or the connection is closed, or, in
+    /// [`Lane::Runtime`], until the client's first `message` frame, which
+    /// is returned unhandled.
+    pub(super) async fn run<S>(
         &self,
-        stream: &mut WebSocketStream<ReadSide>,
+        mut stream: S,
         kill: watch::Receiver<Option<CloseReason>>,
-    ) {
+        lane: Lane,
+    ) -> Option<Message>
+    where
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
         let hub = &self.services.hub;
         let idle = Duration::from_millis(hub.config.idle_timeout_ms);
         let mut idle_deadline = Instant::now() + idle;
@@ -77,33 +90,39 @@ impl Reader<'_> {
         let mut replies: FuturesOrdered<BoxFuture<'static, String>> = FuturesOrdered::new();
         loop {
             tokio::select! {
-                _ = &mut killed => return,
+                _ = &mut killed => return None,
                 _ = tokio::time::sleep_until(idle_deadline) => {
                     hub.registry.kill(self.id, IDLE);
-                    return;
+                    return None;
                 }
                 _ = &mut expiry => {
                     hub.registry.kill(self.id, TOKEN_EXPIRED);
-                    return;
+                    return None;
                 }
                 Some(reply) = replies.next(), if !replies.is_empty() => {
                     hub.registry.send_to(self.id, Frame::from(reply));
                 }
                 message = stream.next(), if replies.len() < PIPELINED_SENDS => {
                     let message = match message {
-                        None => return,
+                        None => return None,
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             // tungstenite reports an oversized frame as a capacity error.
                             if matches!(e, WsError::Capacity(_)) {
                                 hub.registry.kill(self.id, TOO_BIG);
                             }
-                            return;
+                            return None;
                         }
                     };
                     idle_deadline = Instant::now() + idle;
                     if message.is_close() {
-                        return;
+                        return None;
+                    }
+                    if lane == Lane::Runtime && is_send(&message) {
+                        // No reply is outstanding before a client's first
+                        // send, so the reader can move without its state
+                        // (its bad-frame count starts afresh, once).
+                        return Some(message);
                     }
                     let reply = if let Message::Ping(payload) = &message {
                         // Answered through the queue: the writer owns the socket.
@@ -134,7 +153,7 @@ impl Reader<'_> {
                             bad_frames += 1;
                             if bad_frames > hub.config.max_bad_frames {
                                 hub.registry.kill(self.id, GARBAGE);
-                                return;
+                                return None;
                             }
                             Reply::Now(error.to_text(None))
                         }
@@ -247,6 +266,17 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// Whether `message` is a well-formed `message` frame (a send).
+fn is_send(message: &Message) -> bool {
+    let Message::Text(text) = message else {
+        return false;
+    };
+    matches!(
+        parse_client_frame(text.as_str()),
+        Ok((ClientFrame::Message(_), _))
+    )
 }
 
 fn ack(sent: &Sent) -> ServerFrame {
