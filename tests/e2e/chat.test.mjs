@@ -237,6 +237,41 @@ describe('web client', { concurrency: false }, () => {
     assert.deepEqual(bob.seen.requests.filter((r) => r.startsWith('GET') && !r.endsWith('/auth/me')), []);
   });
 
+  test('a server that dies: the page waits within the window its ready gave, then resumes', { ...T, skip: !server.managed && 'needs CHATAPP_BIN' }, async () => {
+    // Arrange: hana's page draws the far end of every random wait.
+    const hana = await registerUser(server.base, 'hana', 'Hana');
+    const name = uniqueName('killed');
+    const chat = await rest(server.base, 'POST', '/chats', hana.token, { name, is_group: true, member_ids: [] });
+    const context = await browser.newContext();
+    context.setDefaultTimeout(15000);
+    await context.addInitScript(() => {
+      Math.random = () => 0.999;
+    });
+    const page = await context.newPage();
+    await page.goto(server.base);
+    await signIn(page, hana.username);
+    await connected(page);
+    await openChat(page, name);
+
+    // Act: the node dies without a close frame and is back at once.
+    await server.kill();
+    let shown = '';
+    await eventually(async () => /^Reconnecting in/.test((shown = await statusText(page))));
+    await server.start();
+    const text = `sent while hana was away ${name}`;
+    await rest(server.base, 'POST', '/messages', hana.token, { chat_id: chat.id, content: text });
+
+    // Assert: it waits (nearly) the whole window, `ws.reconnect_spread_ms`
+    // (5 s), not the half second after a refused handshake; then it resumes
+    // with nothing lost or doubled.
+    assert.match(shown, /^Reconnecting in [45] s/);
+    await connected(page, 30000);
+    await seenOnce(page, [text]);
+    await context.close();
+    await connected(alice.page, 30000);
+    await connected(bob.page, 30000);
+  });
+
   test('a send whose ack was lost is re-sent with its client_id after a reconnect, and shown once', T, async () => {
     const dave = await registerUser(server.base, 'dave', 'Dave');
     const name = uniqueName('retry');

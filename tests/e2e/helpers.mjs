@@ -49,12 +49,21 @@ export class Server {
   }
 
   /** SIGTERM, as in production: sockets get 1001 after their queues are flushed. */
-  async stop() {
+  stop() {
+    return this.end('SIGTERM');
+  }
+
+  /** SIGKILL: the node dies with its sockets open, sending no close frame. */
+  kill() {
+    return this.end('SIGKILL');
+  }
+
+  async end(signal) {
     if (!this.proc) return;
     const proc = this.proc;
     this.proc = null;
     if (proc.exitCode == null) {
-      proc.kill('SIGTERM');
+      proc.kill(signal);
       const timer = setTimeout(() => proc.kill('SIGKILL'), 15000);
       await this.exited;
       clearTimeout(timer);
