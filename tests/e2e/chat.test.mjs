@@ -325,7 +325,7 @@ describe('web client', { concurrency: false }, () => {
     await context.close();
   });
 
-  test('close codes: a retry_after_ms hint is honoured, 4001 ends the session', T, async () => {
+  test('close codes: a retry_after_ms hint is honoured, a close frame is no lost connection, 4001 ends the session', T, async () => {
     const erin = await registerUser(server.base, 'erin', 'Erin');
     const opened = [];
     let current = null;
@@ -335,6 +335,10 @@ describe('web client', { concurrency: false }, () => {
       opened.push(Date.now());
       current = ws;
       ws.connectToServer();
+    });
+    // Every random wait at the far end of its range.
+    await context.addInitScript(() => {
+      Math.random = () => 0.999;
     });
     const page = await context.newPage();
     await page.goto(server.base);
@@ -347,6 +351,13 @@ describe('web client', { concurrency: false }, () => {
     await connected(page);
     assert.equal(opened.length, first + 1);
     assert.ok(opened.at(-1) - closedAt >= 1400, `reconnected after ${opened.at(-1) - closedAt} ms, asked to wait 1500`);
+    // A close frame without a hint (4000: idle) is not a lost connection:
+    // the short backoff, not the window `ready` gave for a node that died.
+    current.close({ code: 4000, reason: 'idle' });
+    let shown = '';
+    await eventually(async () => /^Reconnecting in/.test((shown = await statusText(page))));
+    assert.equal(shown, 'Reconnecting in 1 s');
+    await connected(page);
     current.close({ code: 4001, reason: 'token expired or revoked' });
     const alert = page.getByRole('alert');
     await alert.waitFor();

@@ -158,7 +158,8 @@ export class Connection {
     } catch {
       /* already closing */
     }
-    this.closed(4000, why);
+    // No close frame came: to what follows, this socket was lost.
+    this.closed(1006, why);
   }
 
   closed(code, reason) {
@@ -193,8 +194,8 @@ export class Connection {
     }
     let hint = retryAfter(reason);
     if (hint == null && code === 4008) hint = 1000 + Math.random() * 1000;
-    // 1006: no close frame; 4000: given up on here as silent.
-    if (hint == null && wasReady && (code === 1006 || code === 4000)) {
+    // 1006: no close frame (its node may have died, or it went silent here).
+    if (hint == null && wasReady && code === 1006) {
       return this.reconnectLater(lostWait(this.spreadMs), false);
     }
     this.reconnectLater(hint);
