@@ -7,10 +7,7 @@
 //! `retry_after_ms`). Each of its clients reconnects to a live node with
 //! `since` = the last event it saw, as README says a client should: after a
 //! 1001 it waits `retry_after_ms`; after a connection lost without a close
-//! frame, a random time within the `reconnect_spread_ms` of its `ready`
-//! (`--spread-ms` is the nodes' `ws.reconnect_spread_ms`, so both modes
-//! spread over the same window); after a failed attempt it backs off
-//! exponentially with full jitter.
+//! frame, or a failed attempt, it backs off exponentially with full jitter.
 //!
 //! The storm lasts from the signal until the last of the node's clients has
 //! recovered: it is connected again and has every message of its chat up to

@@ -3,8 +3,7 @@
 //! (event id, arrival, send-to-receive), and when its connection ends
 //! reconnects to another node with `since` the way README tells clients to:
 //! after a 1001 it waits `retry_after_ms`; after a connection lost without a
-//! close frame, a random time in 0..=the `reconnect_spread_ms` of its
-//! `ready`; after a failed attempt k, a random time in 0..min(30 s,
+//! close frame, or a failed attempt k, a random time in 0..min(30 s,
 //! 500 ms × 2^k).
 //!
 //! Parent -> worker (stdin): `connect`, `status`, `finish`,
@@ -188,7 +187,8 @@ async fn connect_all(
             match login {
                 Ok((ws, ready)) => {
                     let _ = tx.send(Ok(()));
-                    live(c, ws, &ready, nodes, counters).await;
+                    let since = ready["last_event_id"].as_i64().unwrap_or(0);
+                    live(c, ws, since, nodes, counters).await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -223,12 +223,10 @@ enum Ended {
 async fn live(
     c: Arc<Client>,
     mut ws: Ws,
-    ready: &serde_json::Value,
+    mut since: i64,
     nodes: Arc<Vec<SocketAddr>>,
     counters: Arc<Counters>,
 ) {
-    let mut since = ready["last_event_id"].as_i64().unwrap_or(0);
-    let mut spread_ms = spread_of(ready);
     let mut node = c.home;
     let mut rng = Rng::new(c.index as u64 + 1);
     loop {
@@ -237,7 +235,6 @@ async fn live(
             Ended::Closed(ms) => ms,
             Ended::Lost => None,
         };
-        let lost = matches!(ended, Ended::Lost);
         {
             let mut r = c.record.lock().unwrap();
             if !r.dropped {
@@ -248,9 +245,7 @@ async fn live(
                 counters.reconnected.fetch_sub(1, SeqCst);
             }
         }
-        let mut wait = told
-            .or(lost.then(|| rng.below(spread_ms + 1)))
-            .map(Duration::from_millis);
+        let mut wait = told.map(Duration::from_millis);
         let mut attempt = 0;
         ws = loop {
             let pause = wait.take().unwrap_or_else(|| backoff(attempt, &mut rng));
@@ -267,7 +262,6 @@ async fn live(
                 Ok(Ok((ws, ready))) => {
                     let mut r = c.record.lock().unwrap();
                     let last = ready["last_event_id"].as_i64().unwrap_or(0);
-                    spread_ms = spread_of(&ready);
                     r.resumed = Some((last, wall_ms(), began));
                     r.unrecovered += (ready["recovered"] != true) as u64;
                     counters.reconnected.fetch_add(1, SeqCst);
@@ -288,12 +282,6 @@ async fn live(
             }
         };
     }
-}
-
-/// The window `ready` asks a client to spread its first reconnect over
-/// after a connection lost without a close frame.
-fn spread_of(ready: &serde_json::Value) -> u64 {
-    ready["reconnect_spread_ms"].as_u64().unwrap_or(0)
 }
 
 /// The `retry_after_ms=N` a refusal or close reason carries.

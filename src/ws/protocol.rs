@@ -102,12 +102,6 @@ pub enum ServerFrame {
         last_event_id: i64,
         chat_ids: Vec<i64>,
         recovered: bool,
-        /// How long the client spreads its first reconnect over if this
-        /// connection is lost without a close frame (the node died): the
-        /// same window a stopping node gives in its close reasons, so a
-        /// node's clients come back at the rate the others can take,
-        /// however it went away.
-        reconnect_spread_ms: u64,
     },
     /// After `ready`, before any `presence`: the presence of the users
     /// sharing presence with this one (see `ws::presence::snapshot`).

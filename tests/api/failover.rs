@@ -61,20 +61,6 @@ async fn shutdown_tells_each_client_its_own_wait_within_the_spread_window() {
     );
 }
 
-#[tokio::test]
-async fn ready_tells_each_client_the_window_to_spread_over_if_its_node_dies() {
-    // Arrange: a node whose clients spread their reconnects over 3.5 s.
-    let app = spawn_app_with(|c| c.ws.reconnect_spread_ms = 3_500).await;
-    let user = app.register("lost").await;
-
-    // Act
-    let (_ws, ready) = connected(&app, &user, None).await;
-
-    // Assert: a node that dies sends no close reason, so the window comes
-    // with `ready`, the one a stopping node spreads its close reasons over.
-    assert_eq!(ready["reconnect_spread_ms"], 3_500, "{ready}");
-}
-
 /// The failing node's settings: this suite's key and database, fast
 /// presence (a silent node is dead after 3 s), a short reconnect spread, no
 /// drain delay.

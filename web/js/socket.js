@@ -9,10 +9,7 @@
 //   queued across reconnects and are re-sent until acknowledged; one refused as
 //   `rate_limited` waits the `retry_after_ms` the server gave, then goes again.
 // - A socket that stops answering, the browser going offline, a server restart or
-//   any close leads to a reconnect with exponential backoff and jitter; one lost
-//   without a close frame first waits a random time within the window its
-//   `ready` gave (its node may have died with thousands of other sockets, which
-//   must not all arrive at the other nodes at once).
+//   any close leads to a reconnect with exponential backoff and jitter.
 
 export const WINDOW = 32;
 const PING_AFTER_MS = 15000; // ping when nothing was received for this long
@@ -158,13 +155,11 @@ export class Connection {
     } catch {
       /* already closing */
     }
-    // No close frame came: to what follows, this socket was lost.
-    this.closed(1006, why);
+    this.closed(4000, why);
   }
 
   closed(code, reason) {
     const opened = this.opened;
-    const wasReady = this.state === 'ready';
     this.ws = null;
     this.opened = false;
     // Unanswered durable requests go back to the front of the queue, in order;
@@ -194,23 +189,17 @@ export class Connection {
     }
     let hint = retryAfter(reason);
     if (hint == null && code === 4008) hint = 1000 + Math.random() * 1000;
-    // 1006: no close frame (its node may have died, or it went silent here).
-    if (hint == null && wasReady && code === 1006) {
-      return this.reconnectLater(lostWait(this.spreadMs), false);
-    }
     this.reconnectLater(hint);
   }
 
-  /** jitter: add up to a fifth to a hint (a Retry-After is the same for every client it refuses). */
-  reconnectLater(hintMs, jitter = true) {
+  reconnectLater(hintMs) {
     clearTimeout(this.timer);
     if (this.state === 'stopped') return;
     if (!navigator.onLine) return this.setState('offline');
     const exp = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** this.attempt);
     this.attempt++;
     // Full jitter over the upper half: clients cut off together do not return together.
-    const spread = jitter ? 1 + Math.random() * 0.2 : 1;
-    const delay = hintMs != null ? hintMs * spread : exp / 2 + (Math.random() * exp) / 2;
+    const delay = hintMs != null ? hintMs * (1 + Math.random() * 0.2) : exp / 2 + (Math.random() * exp) / 2;
     this.nextAt = Date.now() + delay;
     this.setState('waiting');
     this.timer = setTimeout(() => this.connect(), delay);
@@ -291,7 +280,6 @@ export class Connection {
     // Not resumed: nothing was replayed; the caller reloads over REST, which
     // covers every event up to now, so resume from here next time.
     if (!resumed) this.lastEventId = p.last_event_id;
-    this.spreadMs = p.reconnect_spread_ms;
     this.attempt = 0;
     this.setState('ready');
     this.o.onReady(p, resumed);
@@ -310,11 +298,6 @@ export class Connection {
       unacked: this.queue.length + this.inflight.size + this.waiting.size,
     });
   }
-}
-
-/** The first wait after a connection lost without a close frame: uniform in 0..spreadMs. */
-export function lostWait(spreadMs) {
-  return Math.random() * Math.max(0, Number(spreadMs) || 0);
 }
 
 /** A close reason may carry a hint: `{"retry_after_ms":N}`, `retry_after_ms=N` or a bare number. */

@@ -263,7 +263,6 @@ async fn open(session: &Session, id: ConnId) -> Result<Option<(String, Option<Re
         last_event_id: snap.last_id,
         chat_ids: snap.chat_ids,
         recovered,
-        reconnect_spread_ms: hub.config.reconnect_spread_ms,
     };
     Ok(Some((ready.to_text(None), replay)))
 }
