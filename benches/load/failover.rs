@@ -19,7 +19,9 @@
 //! /proc) and its connections (pg_stat_activity) before and during it; the
 //! surviving nodes' CPU and how busy the whole machine was (/proc/stat)
 //! over the storm and before it; the surviving nodes' replays by source
-//! (`chatapp_ws_replays_total{source}`);
+//! (`chatapp_ws_replays_total{source}`); printed, the storm's p99 by
+//! second and each storm message's path (its statement's start, its 201,
+//! its first and last delivery; [`message_paths`]);
 //! and how long until users of the dead node who do not come back
 //! (`--leavers`, watched from a surviving node) are shown offline — the
 //! nodes' presence timeout, `--presence-timeout-secs`, the server's default
@@ -41,7 +43,7 @@ use crate::report::Report;
 use crate::worker::{Worker, floats};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -467,6 +469,16 @@ async fn once(
             .map(|&e| e as i64)
             .zip(storm_lat.iter().copied()),
     );
+    let paths = message_paths(
+        &db,
+        storm_event
+            .iter()
+            .map(|&e| e as i64)
+            .zip(storm_lat.iter().copied()),
+        &sent.replies,
+        signalled,
+    )
+    .await;
     let storm = Percentiles::new(storm_lat);
     let steady = Percentiles::new(steady_lat);
     add(report, "storm send-to-receive p50", "ms", storm.at(0.5));
@@ -567,7 +579,83 @@ async fn once(
         last.at(0.5),
         last.at(0.99),
     );
+    eprintln!("failover {case}: {}", paths.unwrap_or_else(|e| e));
     Ok(())
+}
+
+/// Where each storm message's time went, in ms after its POST began: up to
+/// its statement's start (the message's `created_at`, the transaction's
+/// start: the request, the token, the wait in the send queue), up to its
+/// 201 (the statement, the commit and the reply), and up to its first and
+/// last delivery to a surviving client (the NOTIFY, the listener, the
+/// dispatch and the fan-out). Percentiles over the messages, then the
+/// slowest ones by their last delivery, each with its second after the
+/// signal: a second's p99 is set by its slowest message or two.
+async fn message_paths(
+    db: &tokio_postgres::Client,
+    deliveries: impl Iterator<Item = (i64, f64)>,
+    replies: &[(i64, f64, f64)],
+    signalled: f64,
+) -> Result<String, String> {
+    let mut by_event: HashMap<i64, (f64, f64)> = HashMap::new();
+    for (event, ms) in deliveries {
+        let (first, last) = by_event.entry(event).or_insert((ms, ms));
+        *first = first.min(ms);
+        *last = last.max(ms);
+    }
+    let events: Vec<i64> = by_event.keys().copied().collect();
+    let rows = db
+        .query(
+            "select e.id, m.id, (extract(epoch from m.created_at) * 1000)::float8
+             from events e join messages m on m.id = (e.payload->>'message_id')::bigint
+             where e.id = any($1)",
+            &[&events],
+        )
+        .await
+        .map_err(|e| format!("the storm messages' paths: {e}"))?;
+    let replied: HashMap<i64, (f64, f64)> = replies
+        .iter()
+        .map(|&(id, sent, replied)| (id, (sent, replied)))
+        .collect();
+    // (second after the signal, statement began, 201, first, last)
+    let mut paths: Vec<[f64; 5]> = rows
+        .iter()
+        .filter_map(|row| {
+            let (first, last) = by_event.get(&row.get::<_, i64>(0))?;
+            let (sent, done) = replied.get(&row.get::<_, i64>(1))?;
+            let began: f64 = row.get(2);
+            Some([
+                (sent - signalled) / 1e3,
+                began - sent,
+                done - sent,
+                *first,
+                *last,
+            ])
+        })
+        .collect();
+    let column = |k: usize| Percentiles::new(paths.iter().map(|p| p[k]).collect());
+    let mut out = format!(
+        "the paths of {} storm messages (ms after the POST, p50 / p99):",
+        paths.len()
+    );
+    for (k, name) in [
+        (1, "statement began"),
+        (2, "201 received"),
+        (3, "first delivery"),
+        (4, "last delivery"),
+    ] {
+        let p = column(k);
+        out.push_str(&format!(" {name} {:.1} / {:.1};", p.at(0.5), p.at(0.99)));
+    }
+    paths.sort_by(|a, b| b[4].total_cmp(&a[4]));
+    out.push_str(" slowest (second, statement, 201, first, last):");
+    for p in paths.iter().take(8) {
+        out.push_str(&format!(
+            " [{:.1} s: {:.1}, {:.1}, {:.1}, {:.1}]",
+            p[0], p[1], p[2], p[3], p[4]
+        ));
+    }
+    Ok(out)
 }
 
 /// The storm's send-to-receive p99 and deliveries for each second after the
@@ -639,6 +727,9 @@ struct SendStats {
     failed: u64,
     skipped: u64,
     error: Option<String>,
+    /// Each stored message's id, when its POST began and when its 201 came
+    /// (wall-clock ms), to split its path ([`message_paths`]).
+    replies: Vec<(i64, f64, f64)>,
 }
 
 /// Posts `rate` messages/s, round-robin over the chats (each by its first
@@ -655,6 +746,7 @@ async fn send_steady(
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let error = Arc::new(std::sync::Mutex::new(None));
+    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut skipped = 0;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     for i in 0usize.. {
@@ -668,16 +760,24 @@ async fn send_steady(
         };
         let (chat, auth) = &chats[i % chats.len()];
         let url = format!("{}/api/v1/messages", nodes[i % nodes.len()]);
+        let at = failover_worker::wall_nanos();
         let body = json!({
             "chat_id": chat,
-            "content": format!("{MARK}{}~a failover benchmark message of ordinary length", failover_worker::wall_nanos()),
+            "content": format!("{MARK}{at}~a failover benchmark message of ordinary length"),
         });
         let request = http.post(url).header("authorization", auth).json(&body);
         let (sent, failed, error) = (sent.clone(), failed.clone(), error.clone());
+        let replies = replies.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match request.send().await {
-                Ok(r) if r.status() == 201 => sent.fetch_add(1, Relaxed),
+                Ok(r) if r.status() == 201 => {
+                    let replied = wall_ms();
+                    if let Some(id) = r.json::<Value>().await.ok().and_then(|m| m["id"].as_i64()) {
+                        replies.lock().unwrap().push((id, at as f64 / 1e6, replied));
+                    }
+                    sent.fetch_add(1, Relaxed)
+                }
                 outcome => {
                     let why = match outcome {
                         Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
@@ -691,11 +791,13 @@ async fn send_steady(
     }
     let _ = gate.acquire_many(SENDS_IN_FLIGHT as u32).await;
     let error = error.lock().unwrap().take();
+    let replies = std::mem::take(&mut *replies.lock().unwrap());
     SendStats {
         sent: sent.load(Relaxed),
         failed: failed.load(Relaxed),
         skipped,
         error,
+        replies,
     }
 }
 
