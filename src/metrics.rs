@@ -97,6 +97,10 @@ pub struct Metrics {
     pub send_commit: Histogram,
     pub listen_lag: Histogram,
     pub listener_reconnects: Counter,
+    /// Presence updates that failed after their retries (`ws::presence`).
+    pub presence_update_failures: Counter,
+    /// Times the node re-recorded its sessions from its connections after one.
+    pub presence_resyncs: Counter,
     pub rate_limited: Family<ActionLabels, Counter>,
 }
 
@@ -135,6 +139,8 @@ impl Metrics {
             send_commit: latency(),
             listen_lag: latency(),
             listener_reconnects: Counter::default(),
+            presence_update_failures: Counter::default(),
+            presence_resyncs: Counter::default(),
             rate_limited: Family::default(),
         };
         let r = &mut registry;
@@ -205,6 +211,16 @@ impl Metrics {
             "listener_reconnects",
             "Times the node's LISTEN connection was re-established",
             metrics.listener_reconnects.clone(),
+        );
+        r.register(
+            "presence_update_failures",
+            "Presence updates (a batch of changes, or a re-sync) that failed after their retries",
+            metrics.presence_update_failures.clone(),
+        );
+        r.register(
+            "presence_resyncs",
+            "Times this node re-recorded its users' sessions from its connections after a presence update failed",
+            metrics.presence_resyncs.clone(),
         );
         r.register(
             "rate_limited",

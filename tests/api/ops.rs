@@ -43,7 +43,7 @@ pub(crate) fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
 
 /// Scrapes until `series` exceeds `above` (some counters move after the
 /// response that caused them, e.g. once a socket's task ends).
-async fn wait_above(app: &TestApp, series: &str, above: f64) -> f64 {
+pub(crate) async fn wait_above(app: &TestApp, series: &str, above: f64) -> f64 {
     for _ in 0..100 {
         let now = value(&scrape(app).await, series);
         if now > above {
@@ -144,6 +144,8 @@ async fn metrics_count_requests_sockets_messages_replays_and_limits() {
         "chatapp_db_pool_waits_total",
         "chatapp_bcrypt_queue_depth",
         "chatapp_listener_reconnects_total",
+        "chatapp_presence_update_failures_total",
+        "chatapp_presence_resyncs_total",
     ] {
         assert!(after.contains_key(present), "{present} missing");
     }

@@ -8,7 +8,7 @@ use crate::helpers::process::{TempDir, signal, start_server};
 use crate::helpers::realtime::{await_sessions, connected, opened};
 use crate::helpers::ws::Closed;
 use crate::helpers::*;
-use crate::ops::{scrape, value};
+use crate::ops::{scrape, value, wait_above};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -62,6 +62,32 @@ fn online_of(members: &Value) -> Vec<(i64, bool)> {
 fn sorted(mut ids: Vec<i64>) -> Vec<i64> {
     ids.sort();
     ids
+}
+
+/// alice and bob, who share a DM, both connected, and alice's connection
+/// told that bob came online: bob, alice's socket and bob's.
+async fn both_online_in_a_dm(app: &TestApp) -> (TestUser, WsClient, WsClient) {
+    let [alice, bob] = register_all(app, ["alice", "bob"]).await;
+    app.create_dm(&alice, &bob).await;
+    let (mut watcher, _) = connected(app, &alice, None).await;
+    await_sessions(&app.database_url, &alice, 1).await;
+    let (bobs_socket, _) = connected(app, &bob, None).await;
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], true);
+    (bob, watcher, bobs_socket)
+}
+
+/// Puts the sessions' table out of the server's reach (renamed: every
+/// statement recording presence fails with an error no retry mends), or
+/// back.
+async fn presence_table_reachable(db: &tokio_postgres::Client, reachable: bool) {
+    let (from, to) = if reachable {
+        ("presence_sessions_away", "presence_sessions")
+    } else {
+        ("presence_sessions", "presence_sessions_away")
+    };
+    db.batch_execute(&format!("alter table {from} rename to {to}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -789,12 +815,7 @@ async fn a_presence_change_made_while_the_pool_is_exhausted_still_reaches_the_ch
         c.database.connect_timeout_secs = 1;
     })
     .await;
-    let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
-    app.create_dm(&alice, &bob).await;
-    let (mut watcher, _) = connected(&app, &alice, None).await;
-    await_sessions(&app.database_url, &alice, 1).await;
-    let (bobs_socket, _) = connected(&app, &bob, None).await;
-    assert_eq!(presence_of(&mut watcher, &bob).await["online"], true);
+    let (bob, mut watcher, bobs_socket) = both_online_in_a_dm(&app).await;
 
     // Act: bob leaves while the pool's only connection is held, and it is
     // given back only after a wait for it (the presence update's) gave up.
@@ -814,4 +835,49 @@ async fn a_presence_change_made_while_the_pool_is_exhausted_still_reaches_the_ch
     // Assert: alice still hears bob go offline, long before the presence
     // timeout (45 s) would have reaped his session.
     assert_eq!(presence_of(&mut watcher, &bob).await["online"], false);
+}
+
+#[tokio::test]
+async fn a_user_who_left_while_presence_could_not_be_recorded_is_shown_offline_once_it_can() {
+    // Arrange: alice and bob share a DM and are both connected.
+    let app = spawn_app().await;
+    let (bob, mut watcher, bobs_socket) = both_online_in_a_dm(&app).await;
+    await_sessions(&app.database_url, &bob, 1).await;
+
+    // Act: bob leaves while recording presence fails, then it can again.
+    let db = pg::connect(&app.database_url).await;
+    presence_table_reachable(&db, false).await;
+    drop(bobs_socket);
+    wait_above(&app, "chatapp_presence_update_failures_total", 0.0).await;
+    presence_table_reachable(&db, true).await;
+
+    // Assert: bob's session, which the failed update left behind, goes,
+    // and alice hears him go offline, though the node never stopped
+    // heartbeating for it.
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], false);
+    await_sessions(&app.database_url, &bob, 0).await;
+    assert!(value(&scrape(&app).await, "chatapp_presence_resyncs_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn a_user_who_came_while_presence_could_not_be_recorded_is_shown_online_once_it_can() {
+    // Arrange: with a size of 2 the group is large, so carol's connection
+    // reads no one's presence; it only records her own.
+    let app = spawn_app_with(|c| c.ws.presence_max_members = 2).await;
+    let [alice, bob, carol] = register_all(&app, ["alice", "bob", "carol"]).await;
+    let group = app.create_group(&alice, "big", &[&bob, &carol]).await;
+    let db = pg::connect(&app.database_url).await;
+
+    // Act: carol connects while recording presence fails, then it can again.
+    presence_table_reachable(&db, false).await;
+    let (_carol, _) = connected(&app, &carol, None).await;
+    wait_above(&app, "chatapp_presence_update_failures_total", 0.0).await;
+    presence_table_reachable(&db, true).await;
+
+    // Assert: her session is recorded, and her chat shows her online.
+    await_sessions(&app.database_url, &carol, 1).await;
+    assert_eq!(
+        chat_presence(&app, &alice, group).await["online"],
+        json!([carol.id])
+    );
 }

@@ -26,7 +26,9 @@ use super::Hub;
 use super::registry::PresenceChange;
 use crate::error::ApiError;
 use crate::events::{Live, notify_live_all};
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
@@ -51,7 +53,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), ApiError>>,
 {
-    let mut pause = std::time::Duration::from_millis(250);
+    let mut pause = Duration::from_millis(250);
     for _ in 1..ATTEMPTS {
         match attempt().await {
             Err(e @ (ApiError::DatabaseUnavailable | ApiError::QueryTimeout)) => {
@@ -71,12 +73,47 @@ where
 /// stay unrecorded long after they connected.
 const PRESENCE_BATCH: usize = 1000;
 
+/// How long the node waits before re-recording its sessions after a
+/// presence update failed, and between attempts while they fail.
+const RESYNC_PAUSE: Duration = Duration::from_secs(1);
+
 /// Applies this node's presence changes to the database, in order: each
 /// batch takes what has queued up and applies every user's latest change.
+///
+/// A batch that still fails after its retries (the database away for
+/// seconds, or an error no retry mends) is not dropped for good: its
+/// changes were never recorded, so a user who left would stay online for
+/// as long as this node lives, and one who came would stay offline. From
+/// then on the node re-records its sessions as its connections are
+/// ([`resync`]) every [`RESYNC_PAUSE`] until that succeeds, then goes back
+/// to batches.
 pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceChange>) {
     let mut shutdown = hub.shutdown_signal();
     let mut batch = Vec::with_capacity(PRESENCE_BATCH);
+    let mut diverged = false;
     loop {
+        if diverged {
+            tokio::select! {
+                _ = tokio::time::sleep(RESYNC_PAUSE) => {}
+                _ = super::stopping(&mut shutdown) => return,
+            }
+            // Changes queued until now are in the connections the re-sync
+            // reads next (the registry queues them under its lock), so they
+            // need no batch of their own; a later one gets one.
+            while changes.try_recv().is_ok() {}
+            diverged = match retried("presence re-sync", || resync(&hub)).await {
+                Ok(()) => {
+                    hub.metrics.presence_resyncs.inc();
+                    false
+                }
+                Err(e) => {
+                    log::warn!("presence re-sync failed: {e:?}");
+                    hub.metrics.presence_update_failures.inc();
+                    true
+                }
+            };
+            continue;
+        }
         let received = tokio::select! {
             n = changes.recv_many(&mut batch, PRESENCE_BATCH) => n,
             _ = super::stopping(&mut shutdown) => 0,
@@ -92,11 +129,59 @@ pub async fn track(hub: Arc<Hub>, mut changes: mpsc::UnboundedReceiver<PresenceC
         let applied = retried("presence update", || apply(&hub, &online, &offline));
         if let Err(e) = applied.await {
             log::warn!(
-                "presence update for {} users failed: {e:?}",
+                "presence update for {} users failed: {e:?}; re-recording this node's sessions",
                 online.len() + offline.len()
             );
+            hub.metrics.presence_update_failures.inc();
+            diverged = true;
         }
     }
+}
+
+/// Records this node's sessions as its connections are now: a session for
+/// each user connected here that has none, none for each one that has left,
+/// and announces those whose presence across all nodes changed ([`apply`]).
+async fn resync(hub: &Hub) -> Result<(), ApiError> {
+    let connected = hub.registry.connected_users();
+    let recorded: Vec<i64> = {
+        let client = hub.pool.get().await?;
+        client
+            .query_typed(
+                "select user_id from presence_sessions where node_id = $1",
+                &[(&hub.node_id, Type::TEXT)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let (online, mut offline) = differences(&connected, &recorded);
+    // Sockets closed by a shutdown leave their sessions to `leave`.
+    if hub.is_shutting_down() {
+        offline.clear();
+    }
+    if online.is_empty() && offline.is_empty() {
+        return Ok(());
+    }
+    apply(hub, &online, &offline).await
+}
+
+/// Users `connected` but not `recorded`, and `recorded` but not `connected`.
+fn differences(connected: &[i64], recorded: &[i64]) -> (Vec<i64>, Vec<i64>) {
+    let connected_set: HashSet<i64> = connected.iter().copied().collect();
+    let recorded_set: HashSet<i64> = recorded.iter().copied().collect();
+    (
+        connected
+            .iter()
+            .filter(|u| !recorded_set.contains(u))
+            .copied()
+            .collect(),
+        recorded
+            .iter()
+            .filter(|u| !connected_set.contains(u))
+            .copied()
+            .collect(),
+    )
 }
 
 /// Each user's last change wins: an online-offline-online flap within a batch
@@ -200,5 +285,13 @@ mod tests {
         offline.sort();
         assert_eq!(online, vec![2]);
         assert_eq!(offline, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_resync_records_who_came_and_drops_who_left() {
+        let (came, left) = differences(&[1, 2, 4], &[2, 3, 4, 5]);
+        assert_eq!(came, vec![1]);
+        assert_eq!(left, vec![3, 5]);
+        assert_eq!(differences(&[7], &[7]), (vec![], vec![]));
     }
 }
