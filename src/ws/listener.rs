@@ -15,15 +15,16 @@ use super::registry::{BlockChange, DISPATCH_BATCH, Hidden, Sender};
 use crate::events::{EVENTS_CHANNEL, LIVE_CHANNEL, Live, Membership, READ_EVENTS_SQL};
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 
 /// Connects, LISTENs and dispatches until the hub shuts down, reconnecting with backoff.
 pub async fn run(hub: Arc<Hub>, mut ready: Option<tokio::sync::oneshot::Sender<()>>) {
     let mut backoff = Duration::from_millis(100);
+    let mut heard = Instant::now();
     loop {
-        let result = listen_once(&hub, &mut ready).await;
+        let result = listen_once(&hub, &mut ready, &mut heard).await;
         hub.set_listening(false);
         match result {
             Ok(()) => return,
@@ -40,9 +41,21 @@ pub async fn run(hub: Arc<Hub>, mut ready: Option<tokio::sync::oneshot::Sender<(
     }
 }
 
+/// How much earlier than the listener last heard from the database a
+/// presence change it may have missed can be stamped: the stamp is taken
+/// before the change commits, a notice sent just before may still have been
+/// on its way, and notices received but not yet handled when the connection
+/// failed are dropped with it.
+const MISSED_MARGIN: Duration = Duration::from_secs(5);
+
+/// `heard`: when the connection last answered (its `listen`, or the
+/// liveness check every [`LIVENESS_INTERVAL`]), kept across reconnects: the
+/// presence changes announced since, less [`MISSED_MARGIN`], are announced
+/// again after a reconnect.
 async fn listen_once(
     hub: &Arc<Hub>,
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    heard: &mut Instant,
 ) -> Result<(), String> {
     let mut pg: tokio_postgres::Config = hub
         .database_url
@@ -70,7 +83,7 @@ async fn listen_once(
             }
         }
     });
-    let result = serve(hub, &client, &mut rx, ready).await;
+    let result = serve(hub, &client, &mut rx, ready, heard).await;
     driver.abort();
     result
 }
@@ -80,12 +93,19 @@ async fn serve(
     client: &Client,
     rx: &mut mpsc::UnboundedReceiver<Notification>,
     ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    heard: &mut Instant,
 ) -> Result<(), String> {
     let db = |e: tokio_postgres::Error| e.to_string();
     client
         .batch_execute(&format!("listen {EVENTS_CHANNEL}; listen {LIVE_CHANNEL}"))
         .await
         .map_err(db)?;
+    // Notices from here on arrive; those before it may be gone.
+    let away = heard.elapsed() + MISSED_MARGIN;
+    *heard = Instant::now();
+    // Presence fan-outs need a query, so they run off this loop, but in
+    // order: a user's offline and online must not reach clients swapped.
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel::<(i64, Frame)>();
     if let Some(ready) = ready.take() {
         // First start: begin at the current head; older events are history.
         let head: i64 = client
@@ -111,11 +131,17 @@ async fn serve(
         hub.registry.recent().clear();
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
         recheck_sessions(hub, client).await.map_err(db)?;
+        // So are the presence changes announced while it was away: each
+        // user whose presence may have changed meanwhile is announced as
+        // they are now, ahead of every notice received since `listen`.
+        let missed = super::presence::changed_within(client, away.as_secs_f64())
+            .await
+            .map_err(|e| e.to_string())?;
+        for (user_id, notice) in missed {
+            let _ = presence_tx.send((user_id, Frame::from(notice.as_str())));
+        }
     }
     hub.set_listening(true);
-    // Presence fan-outs need a query, so they run off this loop, but in
-    // order: a user's offline and online must not reach clients swapped.
-    let (presence_tx, presence_rx) = mpsc::unbounded_channel::<(i64, Frame)>();
     tokio::spawn(super::presence::fan_out(hub.clone(), presence_rx));
     let mut shutdown = hub.shutdown_signal();
     let mut check = tokio::time::interval_at(
@@ -127,6 +153,7 @@ async fn serve(
             n = rx.recv() => n,
             _ = check.tick() => {
                 check_head(hub, client).await?;
+                *heard = Instant::now();
                 continue;
             }
             _ = super::stopping(&mut shutdown) => return Ok(()),

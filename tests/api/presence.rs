@@ -881,3 +881,49 @@ async fn a_user_who_came_while_presence_could_not_be_recorded_is_shown_online_on
         json!([carol.id])
     );
 }
+
+#[tokio::test]
+async fn presence_changes_a_disconnected_listener_missed_are_announced_once_it_is_back() {
+    // Arrange: alice and bob share a DM; alice is connected here, bob nowhere.
+    let app = spawn_app().await;
+    let [alice, bob] = register_all(&app, ["alice", "bob"]).await;
+    app.create_dm(&alice, &bob).await;
+    let (mut watcher, _) = connected(&app, &alice, None).await;
+    await_sessions(&app.database_url, &alice, 1).await;
+    let db = pg::connect(&app.database_url).await;
+    let kill_listener = || async {
+        assert_eq!(pg::kill_listeners(&app.database_url).await, 1);
+    };
+
+    // Act: bob comes online on another node, written without a
+    // notification (as if it was sent while this node's listener was
+    // away), and the listener loses its connection and comes back.
+    db.batch_execute("insert into presence_nodes (node_id) values ('elsewhere')")
+        .await
+        .unwrap();
+    db.execute(
+        "insert into presence_sessions (node_id, user_id) values ('elsewhere', $1)",
+        &[&bob.id],
+    )
+    .await
+    .unwrap();
+    kill_listener().await;
+
+    // Assert
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], true);
+
+    // Act: bob leaves the same way.
+    db.execute(
+        "with gone as (delete from presence_sessions where user_id = $1)
+         update users set last_seen = clock_timestamp() where id = $1",
+        &[&bob.id],
+    )
+    .await
+    .unwrap();
+    kill_listener().await;
+
+    // Assert
+    let offline = presence_of(&mut watcher, &bob).await;
+    assert_eq!(offline["online"], false);
+    assert!(offline["last_seen"].is_string(), "{offline}");
+}

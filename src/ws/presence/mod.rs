@@ -198,6 +198,42 @@ fn latest_states(changes: impl Iterator<Item = PresenceChange>) -> (Vec<i64>, Ve
     )
 }
 
+/// The presence notice of every user whose presence may have changed in
+/// the last `secs` seconds by the database's clock: whose session began,
+/// or who was last seen (went offline), since then. A node whose listener
+/// was away announces them again (`ws::listener`): the notices sent
+/// meanwhile are gone. A user listed whose presence did not change is
+/// announced as it is, which changes nothing for a client. `(user id,
+/// notice)`, each notice as `notify_live` sends it.
+pub async fn changed_within(
+    client: &impl tokio_postgres::GenericClient,
+    secs: f64,
+) -> Result<Vec<(i64, String)>, ApiError> {
+    let rows = client
+        .query_typed(
+            "with since as (select clock_timestamp() - make_interval(secs => $1) as t)
+             select u.id, exists (select 1 from presence_sessions s where s.user_id = u.id),
+                    u.last_seen
+             from users u, since
+             where u.last_seen >= since.t
+                or u.id in (select s.user_id from presence_sessions s, since
+                            where s.began_at >= since.t)",
+            &[(&secs, Type::FLOAT8)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let user_id = r.get(0);
+            let notice = Live::Presence {
+                user_id,
+                online: r.get(1),
+                last_seen: rfc3339(r.get(2)),
+            };
+            Ok((user_id, serde_json::to_string(&notice)?))
+        })
+        .collect()
+}
+
 /// Records sessions for `online` and drops them for `offline`, and announces
 /// each user whose presence across all nodes changed, in one transaction.
 ///
@@ -245,7 +281,7 @@ async fn apply(hub: &Hub, online: &[i64], offline: &[i64]) -> Result<(), ApiErro
                 "with del as (
                      delete from presence_sessions where node_id = $1 and user_id = any($2)
                  )
-                 update users set last_seen = now()
+                 update users set last_seen = clock_timestamp()
                  where id = any($2)
                    and not exists (select 1 from presence_sessions s where s.user_id = users.id and s.node_id <> $1)
                  returning id, last_seen",

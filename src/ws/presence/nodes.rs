@@ -89,7 +89,7 @@ async fn reap(hub: &Hub, client: &impl tokio_postgres::GenericClient) -> Result<
              ), gone as (
                  select distinct s.user_id from presence_sessions s join dead d on d.node_id = s.node_id
              ), offline as (
-                 update users set last_seen = now()
+                 update users set last_seen = clock_timestamp()
                  where id in (select user_id from gone)
                    and not exists (select 1 from presence_sessions s
                                    where s.user_id = users.id
