@@ -131,6 +131,7 @@ async fn serve(
         hub.registry.recent().clear();
         catch_up(hub, client, i64::MAX).await.map_err(db)?;
         recheck_sessions(hub, client).await.map_err(db)?;
+        reload_blocks(hub, client).await.map_err(db)?;
         // So are the presence changes announced while it was away: each
         // user whose presence may have changed meanwhile is announced as
         // they are now, ahead of every notice received since `listen`.
@@ -231,6 +232,26 @@ async fn recheck_sessions(hub: &Arc<Hub>, client: &Client) -> Result<(), tokio_p
                 .kill_user(user_id, TOKEN_EXPIRED, |version| version < current),
         }
     }
+    Ok(())
+}
+
+/// Reads again every block involving a user connected here: a block or
+/// unblock announced while this listener was away is gone with its notice,
+/// and the connections would go on showing (or hiding) what it changed.
+async fn reload_blocks(hub: &Arc<Hub>, client: &Client) -> Result<(), tokio_postgres::Error> {
+    let users = hub.registry.connected_users();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "select blocker_id, blocked_id from blocks
+             where blocker_id = any($1) or blocked_id = any($1)",
+            &[&users],
+        )
+        .await?;
+    let pairs: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    hub.registry.reload_blocks(&pairs);
     Ok(())
 }
 

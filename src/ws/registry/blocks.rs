@@ -7,6 +7,7 @@
 
 use super::{ConnId, Inner, Registry};
 use crate::ws::ids::IdSet;
+use std::collections::HashMap;
 
 /// `blocker` blocked (`on`) or unblocked `blocked`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,37 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+impl Registry {
+    /// Sets every active connection's blocks to those of `pairs` (blocker,
+    /// blocked) that involve its user: all the blocks of this node's users,
+    /// read again after the listener reconnected (a block announced while
+    /// it was away is gone with the notice). A connection still opening
+    /// keeps what its session start reads and hears.
+    pub fn reload_blocks(&self, pairs: &[(i64, i64)]) {
+        let mut blocked: HashMap<i64, Vec<i64>> = HashMap::new();
+        let mut blocked_by: HashMap<i64, Vec<i64>> = HashMap::new();
+        for &(blocker, target) in pairs {
+            blocked.entry(blocker).or_default().push(target);
+            blocked_by.entry(target).or_default().push(blocker);
+        }
+        let of = |map: &HashMap<i64, Vec<i64>>, user_id: i64| {
+            map.get(&user_id).cloned().unwrap_or_default()
+        };
+        let mut inner = self.lock();
+        let mut in_use = false;
+        for conn in inner.conns.values_mut() {
+            if conn.blocks.heard.is_some() {
+                continue;
+            }
+            let user_id = conn.outbox.user_id;
+            conn.blocks
+                .activate(&of(&blocked, user_id), &of(&blocked_by, user_id), user_id);
+            in_use |= !conn.blocks.is_empty();
+        }
+        inner.blocks_in_use |= in_use;
     }
 }
 

@@ -419,3 +419,32 @@ fn spawn_reaper(bindir: &Path, data: &Path, dir: &Path, root: bool) {
         .spawn()
         .expect("spawn cluster reaper");
 }
+
+/// Waits until the node's LISTEN connection, after a reconnect, has done
+/// what it does before reading notices again: its last statement is then
+/// the read of the presence changes it may have missed, and it is idle.
+pub async fn await_listener_back(url: &str) {
+    let db = connect(url).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let back: bool = db
+            .query_one(
+                "select exists (select 1 from pg_stat_activity
+                                where application_name = 'chatapp-listener'
+                                  and datname = current_database() and state = 'idle'
+                                  and query like '%s.began_at >= since.t%')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if back {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
