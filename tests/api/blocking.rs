@@ -215,42 +215,52 @@ async fn unblocking_lets_typing_through_again() {
     assert!(heard, "typing still hidden after the unblock");
 }
 
-#[tokio::test]
-async fn a_block_made_while_the_listener_was_away_hides_typing_once_it_is_back() {
+/// Whether alice hears bob typing (before his next message) after a change
+/// to her blocks written without a notification, as if it was announced
+/// while the node's listener was away, and the listener's return; alice
+/// blocked bob first when `blocked_before`.
+async fn hears_typing_after_a_missed_block_change(blocked_before: bool, change: &str) -> bool {
     // Arrange: alice and bob share a group, both connected.
     let app = spawn_app_with(|c| c.ws.typing_interval_ms = 0).await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let chat = app.create_group(&alice, "g", &[&bob]).await;
+    if blocked_before {
+        assert_eq!(block(&app, &alice, bob.id).await, 204);
+    }
     let (mut a, _) = connected(&app, &alice, None).await;
     let (mut b, _) = connected(&app, &bob, None).await;
 
-    // Act: alice blocks bob, written without a notification (as if it was
-    // announced while the node's listener was away), the listener comes
-    // back, and bob types, then says something.
+    // Act: the change, the listener gone and back, then bob types and
+    // says something.
     let db = pg::connect(&app.database_url).await;
-    db.execute(
-        "insert into blocks (blocker_id, blocked_id) values ($1, $2)",
-        &[&alice.id, &bob.id],
-    )
-    .await
-    .unwrap();
+    db.execute(change, &[&alice.id, &bob.id]).await.unwrap();
     assert_eq!(pg::kill_listeners(&app.database_url).await, 1);
     pg::await_listener_back(&app.database_url).await;
     b.send_json(json!({"type": "typing", "payload": {"chat_id": chat}}))
         .await;
-    app.send_message(&bob, chat, "after the block").await;
+    app.send_message(&bob, chat, "after the change").await;
 
-    // Assert: alice gets bob's message, and no typing of his before it.
+    // Every frame alice gets up to bob's message.
+    let mut heard = false;
     loop {
         let frame = a.next_json().await;
-        assert!(
-            !(frame["type"] == "typing" && frame["payload"]["user_id"] == bob.id),
-            "heard {frame}"
-        );
+        heard |= frame["type"] == "typing" && frame["payload"]["user_id"] == bob.id;
         if frame["type"] == "message" {
-            assert_eq!(frame["payload"]["content"], "after the block");
-            break;
+            assert_eq!(frame["payload"]["content"], "after the change");
+            return heard;
         }
     }
+}
+
+#[tokio::test]
+async fn a_block_made_while_the_listener_was_away_hides_typing_once_it_is_back() {
+    let change = "insert into blocks (blocker_id, blocked_id) values ($1, $2)";
+    assert!(!hears_typing_after_a_missed_block_change(false, change).await);
+}
+
+#[tokio::test]
+async fn an_unblock_made_while_the_listener_was_away_lets_typing_through_once_it_is_back() {
+    let change = "delete from blocks where blocker_id = $1 and blocked_id = $2";
+    assert!(hears_typing_after_a_missed_block_change(true, change).await);
 }

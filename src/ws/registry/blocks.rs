@@ -106,9 +106,7 @@ impl Registry {
             }
         }
     }
-}
 
-impl Registry {
     /// Sets every active connection's blocks to those of `pairs` (blocker,
     /// blocked) that involve its user: all the blocks of this node's users,
     /// read again after the listener reconnected (a block announced while
