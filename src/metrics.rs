@@ -97,7 +97,7 @@ pub struct Metrics {
     pub send_commit: Histogram,
     pub listen_lag: Histogram,
     pub listener_reconnects: Counter,
-    /// Presence updates that failed after their retries (`ws::presence`).
+    /// Presence updates and fan-outs that failed after their retries (`ws::presence`).
     pub presence_update_failures: Counter,
     /// Times the node re-recorded its sessions from its connections after one.
     pub presence_resyncs: Counter,
@@ -214,7 +214,7 @@ impl Metrics {
         );
         r.register(
             "presence_update_failures",
-            "Presence updates (a batch of changes, or a re-sync) that failed after their retries",
+            "Presence updates (a batch of changes, a re-sync, or a fan-out to this node's sockets) that failed after their retries",
             metrics.presence_update_failures.clone(),
         );
         r.register(

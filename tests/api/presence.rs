@@ -927,3 +927,26 @@ async fn presence_changes_a_disconnected_listener_missed_are_announced_once_it_i
     assert_eq!(offline["online"], false);
     assert!(offline["last_seen"].is_string(), "{offline}");
 }
+
+#[tokio::test]
+async fn a_presence_change_whose_fan_out_failed_still_reaches_the_chat_once_it_can() {
+    // Arrange: alice and bob share a DM and are both connected.
+    let app = spawn_app().await;
+    let (bob, mut watcher, bobs_socket) = both_online_in_a_dm(&app).await;
+    let db = pg::connect(&app.database_url).await;
+
+    // Act: bob leaves while the node cannot read whom to tell (the
+    // memberships out of reach: an error no retry mends), then it can.
+    db.batch_execute("alter table chat_members rename to chat_members_away")
+        .await
+        .unwrap();
+    drop(bobs_socket);
+    await_sessions(&app.database_url, &bob, 0).await;
+    wait_above(&app, "chatapp_presence_update_failures_total", 0.0).await;
+    db.batch_execute("alter table chat_members_away rename to chat_members")
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(presence_of(&mut watcher, &bob).await["online"], false);
+}

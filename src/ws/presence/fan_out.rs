@@ -20,12 +20,30 @@ const FAN_OUT_BATCH: usize = 1000;
 /// connected to another node), one query per batch; who is subscribed here
 /// comes from the registry, so the cost follows the users' small chats, not
 /// the number of connections on the node nor the size of a large chat.
+///
+/// A batch that still fails after its retries is tried again every
+/// [`super::RESYNC_PAUSE`], and the frames after it wait: dropped, its
+/// changes would stay unseen until each user's next one, and sent later
+/// out of turn, an older frame would undo a newer one. It is given up, with
+/// every frame behind it, only when the listener that queued them has gone:
+/// the listener that replaces it announces again every change since the
+/// old one last answered (`ws::listener`), which takes them in.
 pub async fn fan_out(hub: Arc<Hub>, mut frames: mpsc::UnboundedReceiver<(i64, Frame)>) {
     let mut batch = Vec::with_capacity(FAN_OUT_BATCH);
     while frames.recv_many(&mut batch, FAN_OUT_BATCH).await > 0 {
-        let sent = super::retried("presence fan-out", || fan_out_batch(&hub, &batch));
-        if let Err(e) = sent.await {
-            log::warn!("presence fan-out of {} frames failed: {e:?}", batch.len());
+        loop {
+            let sent = super::retried("presence fan-out", || fan_out_batch(&hub, &batch));
+            let Err(e) = sent.await else { break };
+            hub.metrics.presence_update_failures.inc();
+            if frames.is_closed() || hub.is_shutting_down() {
+                log::warn!("presence fan-out of {} frames dropped: {e:?}", batch.len());
+                return;
+            }
+            log::warn!(
+                "presence fan-out of {} frames failed, trying again: {e:?}",
+                batch.len()
+            );
+            tokio::time::sleep(super::RESYNC_PAUSE).await;
         }
         batch.clear();
     }

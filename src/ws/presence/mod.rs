@@ -75,7 +75,7 @@ const PRESENCE_BATCH: usize = 1000;
 
 /// How long the node waits before re-recording its sessions after a
 /// presence update failed, and between attempts while they fail.
-const RESYNC_PAUSE: Duration = Duration::from_secs(1);
+pub(super) const RESYNC_PAUSE: Duration = Duration::from_secs(1);
 
 /// Applies this node's presence changes to the database, in order: each
 /// batch takes what has queued up and applies every user's latest change.
