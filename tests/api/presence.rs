@@ -76,14 +76,14 @@ async fn both_online_in_a_dm(app: &TestApp) -> (TestUser, WsClient, WsClient) {
     (bob, watcher, bobs_socket)
 }
 
-/// Puts the sessions' table out of the server's reach (renamed: every
-/// statement recording presence fails with an error no retry mends), or
-/// back.
-async fn presence_table_reachable(db: &tokio_postgres::Client, reachable: bool) {
+/// Puts `table` out of the server's reach (renamed: every statement that
+/// reads or writes it fails with an error no retry mends), or back.
+async fn table_reachable(db: &tokio_postgres::Client, table: &str, reachable: bool) {
+    let away = format!("{table}_away");
     let (from, to) = if reachable {
-        ("presence_sessions_away", "presence_sessions")
+        (away.as_str(), table)
     } else {
-        ("presence_sessions", "presence_sessions_away")
+        (table, away.as_str())
     };
     db.batch_execute(&format!("alter table {from} rename to {to}"))
         .await
@@ -846,10 +846,10 @@ async fn a_user_who_left_while_presence_could_not_be_recorded_is_shown_offline_o
 
     // Act: bob leaves while recording presence fails, then it can again.
     let db = pg::connect(&app.database_url).await;
-    presence_table_reachable(&db, false).await;
+    table_reachable(&db, "presence_sessions", false).await;
     drop(bobs_socket);
     wait_above(&app, "chatapp_presence_update_failures_total", 0.0).await;
-    presence_table_reachable(&db, true).await;
+    table_reachable(&db, "presence_sessions", true).await;
 
     // Assert: bob's session, which the failed update left behind, goes,
     // and alice hears him go offline, though the node never stopped
@@ -869,10 +869,10 @@ async fn a_user_who_came_while_presence_could_not_be_recorded_is_shown_online_on
     let db = pg::connect(&app.database_url).await;
 
     // Act: carol connects while recording presence fails, then it can again.
-    presence_table_reachable(&db, false).await;
+    table_reachable(&db, "presence_sessions", false).await;
     let (_carol, _) = connected(&app, &carol, None).await;
     wait_above(&app, "chatapp_presence_update_failures_total", 0.0).await;
-    presence_table_reachable(&db, true).await;
+    table_reachable(&db, "presence_sessions", true).await;
 
     // Assert: her session is recorded, and her chat shows her online.
     await_sessions(&app.database_url, &carol, 1).await;
@@ -937,15 +937,11 @@ async fn a_presence_change_whose_fan_out_failed_still_reaches_the_chat_once_it_c
 
     // Act: bob leaves while the node cannot read whom to tell (the
     // memberships out of reach: an error no retry mends), then it can.
-    db.batch_execute("alter table chat_members rename to chat_members_away")
-        .await
-        .unwrap();
+    table_reachable(&db, "chat_members", false).await;
     drop(bobs_socket);
     await_sessions(&app.database_url, &bob, 0).await;
     wait_above(&app, "chatapp_presence_update_failures_total", 0.0).await;
-    db.batch_execute("alter table chat_members_away rename to chat_members")
-        .await
-        .unwrap();
+    table_reachable(&db, "chat_members", true).await;
 
     // Assert
     assert_eq!(presence_of(&mut watcher, &bob).await["online"], false);
