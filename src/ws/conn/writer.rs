@@ -12,7 +12,7 @@ use crate::events::Live;
 use crate::ws::admission::Turn;
 use crate::ws::close::{CloseReason, IDLE, UNAVAILABLE};
 use crate::ws::event::Frame;
-use crate::ws::registry::{ConnId, Registration};
+use crate::ws::registry::{ConnId, QueueRx, Registration};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::io;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub(super) type Sink = Out<OwnedWriteHalf>;
 
@@ -69,7 +69,7 @@ pub(super) async fn killed(mut reason: watch::Receiver<Option<CloseReason>>) {
 pub(super) struct Writer {
     conn_id: ConnId,
     sink: Sink,
-    rx: mpsc::Receiver<Frame>,
+    rx: QueueRx,
     kill: Kill,
     queued_bytes: Arc<AtomicUsize>,
     /// Frames taken from the queue but not written when the connection was
@@ -183,7 +183,7 @@ impl Writer {
         // writer wakes to `None`; the kill signal is polled only while a
         // write blocks (`send`, `send_queued`). Pings come through the queue
         // too (see `registry::PING`).
-        while let Some(frame) = self.rx.recv().await {
+        while let Some(frame) = self.rx.pop().await {
             if !self.send_next(frame).await? {
                 return Ok(false);
             }
@@ -209,7 +209,7 @@ impl Writer {
             tokio::select! {
                 biased;
                 read = &mut snapshot => break read,
-                queued = self.rx.recv() => match queued {
+                queued = self.rx.pop() => match queued {
                     Some(frame) if Live::is_presence_frame(&frame) => {
                         self.held.get_or_insert_default().push(frame);
                     }
@@ -307,7 +307,7 @@ impl Writer {
     /// snapshot is read, `presence` frames into `held` instead.
     fn take_queued(&mut self) {
         while self.batch.len() < WRITE_BATCH
-            && let Ok(frame) = self.rx.try_recv()
+            && let Ok(frame) = self.rx.try_pop()
         {
             match &mut self.held {
                 Some(held) if Live::is_presence_frame(&frame) => held.push(frame),
@@ -349,7 +349,7 @@ impl Writer {
             ..
         } = self;
         let flush = async {
-            while let Ok(frame) = rx.try_recv() {
+            while let Ok(frame) = rx.try_pop() {
                 queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
                 unsent.push(frame);
             }

@@ -2,11 +2,11 @@
 //! full queue marks its connection as too slow), and the ephemeral
 //! broadcasts (typing, read, presence) that skip the event log.
 
+use super::queue::PushError;
 use super::{ConnId, Inner, Outbox, Registry, SLOW_CONSUMER, Sender};
 use crate::ws::event::Frame;
 use crate::ws::ids::IdSet;
 use std::sync::atomic::Ordering;
-use tokio::sync::mpsc;
 
 impl Registry {
     /// Tries to queue without waiting; false means the consumer is too slow.
@@ -15,13 +15,13 @@ impl Registry {
         if outbox.queued_bytes.load(Ordering::Relaxed) + len > self.queue_bytes {
             return false;
         }
-        match outbox.tx.try_send(frame.clone()) {
+        match outbox.tx.try_push(frame.clone()) {
             Ok(()) => {
                 outbox.queued_bytes.fetch_add(len, Ordering::Relaxed);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => false,
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Err(PushError::Full) => false,
+            Err(PushError::Closed) => true,
         }
     }
 

@@ -4,7 +4,7 @@
 //! have not paused it with `leave_chat`); `users` maps a user to their
 //! connections on this node. Each connection has a bounded queue drained by
 //! its writer task. Everything sits behind one mutex held only for
-//! non-blocking work (`try_send`), so dispatch never waits on a socket.
+//! non-blocking work (`try_push`), so dispatch never waits on a socket.
 //!
 //! Membership follows the event stream: `chat_created`/`member_added` subscribe
 //! the addressed users' connections, `member_removed`/`chat_deleted`
@@ -17,9 +17,11 @@
 mod blocks;
 mod deliver;
 mod dispatch;
+mod queue;
 
 pub use blocks::{BlockChange, Hidden, Sender};
 pub use dispatch::DISPATCH_BATCH;
+pub use queue::{PopError, QueueRx};
 
 use crate::ws::close::{CloseReason, SLOW_CONSUMER};
 use crate::ws::event::{Event, Frame};
@@ -50,7 +52,7 @@ const PENDING_LIMIT: usize = 10_000;
 /// The receiving half a connection's tasks own.
 pub struct Registration {
     pub id: ConnId,
-    pub rx: mpsc::Receiver<Frame>,
+    pub rx: QueueRx,
     pub kill: watch::Receiver<Option<CloseReason>>,
     pub queued_bytes: Arc<AtomicUsize>,
 }
@@ -60,7 +62,7 @@ pub struct Registration {
 struct Outbox {
     id: ConnId,
     user_id: i64,
-    tx: mpsc::Sender<Frame>,
+    tx: queue::QueueTx,
     queued_bytes: Arc<AtomicUsize>,
     /// The snapshot id it was activated at: events up to it reach the client
     /// by replay (or predate it), so a late dispatch of one must not repeat it.
@@ -188,7 +190,7 @@ impl Registry {
     /// Registers a connection that buffers events until [`Registry::activate`].
     pub fn register(&self, user_id: i64, token_version: i32) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_frames);
+        let (tx, rx) = queue::queue(self.queue_frames);
         let (kill_tx, kill_rx) = watch::channel(None);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut inner = self.lock();
@@ -348,7 +350,7 @@ impl Registry {
         let inner = self.lock();
         for conn in inner.conns.values() {
             if conn.outbox.id % PING_SLICES == slice {
-                let _ = conn.outbox.tx.try_send(PING);
+                let _ = conn.outbox.tx.try_push(PING);
             }
         }
     }
@@ -448,8 +450,8 @@ mod tests {
         })
     }
 
-    pub(super) fn received(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
-        std::iter::from_fn(|| rx.try_recv().ok())
+    pub(super) fn received(rx: &mut QueueRx) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_pop().ok())
             .map(|f| f.to_string())
             .collect()
     }
@@ -509,8 +511,8 @@ mod tests {
             vec![frames(&[1])[0].clone(), "reply".into()]
         );
         assert_eq!(
-            a.rx.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected),
+            a.rx.try_pop(),
+            Err(PopError::Closed),
             "a writer waiting on the queue wakes to its end"
         );
         assert_eq!(*a.kill.borrow(), Some(TOKEN_EXPIRED));

@@ -1,0 +1,249 @@
+//! A connection's frame queue: the dispatch pushes, the writer pops.
+//!
+//! A bounded `VecDeque` behind a lock rather than `tokio::sync::mpsc`: a
+//! big room's dispatch pushes into thousands of queues in a row on one
+//! thread while their writers pop on others, and an mpsc channel's linked
+//! blocks of slots, its semaphore and its per-slot ready bits make each push
+//! and pop touch several cache lines another core wrote last. Here a push
+//! or a pop is one short uncontended lock and the deque's own memory, and
+//! an idle connection's queue holds no allocation at all.
+//!
+//! Semantics are the channel's: bounded in frames; the writer gets the
+//! frames queued before the sender's drop, then `None`; a push after the
+//! writer is gone reports `Closed`.
+
+use super::Frame;
+use futures_util::task::AtomicWaker;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+/// Frames a drained queue may keep room for; a burst beyond it is given
+/// back once written, so a busy moment does not stay in every connection.
+const KEPT_CAPACITY: usize = 64;
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer, when it waits on an empty queue.
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    /// The sending side was dropped: once `frames` is empty, the end.
+    sender_gone: bool,
+    /// The receiving side was dropped: pushes are refused.
+    receiver_gone: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves a deque in a valid state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    Full,
+    Closed,
+}
+
+/// Why nothing was taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PopError {
+    Empty,
+    Closed,
+}
+
+/// The pushing side, owned by the connection's outbox.
+pub struct QueueTx {
+    shared: Arc<Shared>,
+    capacity: usize,
+}
+
+/// The popping side, owned by the connection's writer.
+pub struct QueueRx {
+    shared: Arc<Shared>,
+}
+
+/// A queue holding at most `capacity` frames.
+pub fn queue(capacity: usize) -> (QueueTx, QueueRx) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        waker: AtomicWaker::new(),
+    });
+    let rx = QueueRx {
+        shared: shared.clone(),
+    };
+    (QueueTx { shared, capacity }, rx)
+}
+
+impl QueueTx {
+    /// Queues `frame` without waiting.
+    pub fn try_push(&self, frame: Frame) -> Result<(), PushError> {
+        let was_empty = {
+            let mut state = self.shared.lock();
+            if state.receiver_gone {
+                return Err(PushError::Closed);
+            }
+            if state.frames.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            state.frames.push_back(frame);
+            state.frames.len() == 1
+        };
+        // A writer only waits after finding the queue empty, so only the
+        // push that ends the emptiness needs to wake it.
+        if was_empty {
+            self.shared.waker.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        self.shared.lock().sender_gone = true;
+        self.shared.waker.wake();
+    }
+}
+
+impl QueueRx {
+    /// Takes the oldest frame without waiting.
+    pub fn try_pop(&mut self) -> Result<Frame, PopError> {
+        let mut state = self.shared.lock();
+        match state.frames.pop_front() {
+            Some(frame) => {
+                if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
+                    state.frames = VecDeque::new();
+                }
+                Ok(frame)
+            }
+            None if state.sender_gone => Err(PopError::Closed),
+            None => Err(PopError::Empty),
+        }
+    }
+
+    /// Waits for the oldest frame; `None` once the sending side is gone and
+    /// everything queued before was taken. Cancel-safe: a frame is only
+    /// taken by the poll that returns it. Like tokio's own channels it
+    /// spends the task's cooperative budget, so a writer whose queue never
+    /// runs dry still lets the other tasks on its worker run.
+    pub async fn pop(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| {
+            let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            let taken = match self.try_pop() {
+                Err(PopError::Empty) => {
+                    // Registered before looking again, so a push in between
+                    // wakes it.
+                    self.shared.waker.register(cx.waker());
+                    self.try_pop()
+                }
+                taken => taken,
+            };
+            match taken {
+                Ok(frame) => {
+                    budget.made_progress();
+                    Poll::Ready(Some(frame))
+                }
+                Err(PopError::Closed) => {
+                    budget.made_progress();
+                    Poll::Ready(None)
+                }
+                Err(PopError::Empty) => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.receiver_gone = true;
+        state.frames = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    fn frame(s: &'static str) -> Frame {
+        Frame::from_static(s)
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_a_full_queue_refuses_more() {
+        let (tx, mut rx) = queue(2);
+        assert_eq!(tx.try_push(frame("a")), Ok(()));
+        assert_eq!(tx.try_push(frame("b")), Ok(()));
+        assert_eq!(tx.try_push(frame("c")), Err(PushError::Full));
+        assert_eq!(rx.try_pop(), Ok(frame("a")));
+        assert_eq!(tx.try_push(frame("c")), Ok(()));
+        assert_eq!(rx.try_pop(), Ok(frame("b")));
+        assert_eq!(rx.try_pop(), Ok(frame("c")));
+        assert_eq!(rx.try_pop(), Err(PopError::Empty));
+    }
+
+    #[test]
+    fn the_end_comes_after_the_frames_queued_before_it() {
+        let (tx, mut rx) = queue(4);
+        tx.try_push(frame("a")).unwrap();
+        drop(tx);
+        assert_eq!(rx.try_pop(), Ok(frame("a")));
+        assert_eq!(rx.try_pop(), Err(PopError::Closed));
+    }
+
+    #[test]
+    fn a_push_after_the_writer_is_gone_is_refused() {
+        let (tx, rx) = queue(4);
+        drop(rx);
+        assert_eq!(tx.try_push(frame("a")), Err(PushError::Closed));
+    }
+
+    /// Counts its wakes.
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_writer_is_woken_by_a_push_and_by_the_end() {
+        let (tx, mut rx) = queue(4);
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        {
+            let mut pop = std::pin::pin!(rx.pop());
+            assert!(pop.as_mut().poll(&mut cx).is_pending());
+            tx.try_push(frame("a")).unwrap();
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken by the push");
+            assert_eq!(pop.as_mut().poll(&mut cx), Poll::Ready(Some(frame("a"))));
+        }
+        let mut pop = std::pin::pin!(rx.pop());
+        assert!(pop.as_mut().poll(&mut cx).is_pending());
+        drop(tx);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "woken by the end");
+        assert_eq!(pop.as_mut().poll(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_a_burst_beyond_what_it_keeps() {
+        let (tx, mut rx) = queue(1024);
+        for _ in 0..KEPT_CAPACITY * 2 {
+            tx.try_push(frame("a")).unwrap();
+        }
+        while rx.try_pop().is_ok() {}
+        assert_eq!(rx.shared.lock().frames.capacity(), 0);
+    }
+}
