@@ -16,8 +16,7 @@ use crate::ws::registry::{ConnId, QueueRx, Registration};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
@@ -71,7 +70,6 @@ pub(super) struct Writer {
     sink: Sink,
     rx: QueueRx,
     kill: Kill,
-    queued_bytes: Arc<AtomicUsize>,
     /// Frames taken from the queue but not written when the connection was
     /// killed; a draining close writes them first.
     unsent: Vec<Frame>,
@@ -86,18 +84,12 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(sink: Sink, registration: Registration) -> Writer {
-        let Registration {
-            id,
-            rx,
-            kill,
-            queued_bytes,
-        } = registration;
+        let Registration { id, rx, kill } = registration;
         Writer {
             conn_id: id,
             sink,
             rx,
             kill: Kill::new(kill),
-            queued_bytes,
             unsent: Vec::new(),
             batch: Vec::new(),
             held: None,
@@ -250,14 +242,14 @@ impl Writer {
     fn drop_held(&mut self) {
         let held = self.held.take().unwrap_or_default();
         let bytes = held.iter().map(|f| f.len()).sum();
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.rx.release(bytes);
     }
 
     /// Writes `frame`, taken from the queue, with whatever else is queued;
     /// false once the connection is killed.
     async fn send_next(&mut self, frame: Frame) -> io::Result<bool> {
         if self.kill.is_set() {
-            self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            self.rx.release(frame.len());
             self.unsent.push(frame);
             return Ok(false);
         }
@@ -290,7 +282,7 @@ impl Writer {
     /// connection is killed; then what was not begun is left in `unsent`.
     async fn write_batch(&mut self) -> io::Result<bool> {
         let bytes = self.batch.iter().map(|f| f.len()).sum();
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.rx.release(bytes);
         if self.kill.is_set() {
             self.unsent.append(&mut self.batch);
             return Ok(false);
@@ -338,19 +330,15 @@ impl Writer {
         written.map(|killed| killed.is_none())
     }
 
-    /// Writes `unsent` (counted out of `queued_bytes` already), then what is
+    /// Writes `unsent` (released from the queue's bytes already), then what is
     /// still queued, within the flush timeout.
     async fn drain(&mut self, flush_ms: u64) {
         let Writer {
-            sink,
-            rx,
-            queued_bytes,
-            unsent,
-            ..
+            sink, rx, unsent, ..
         } = self;
         let flush = async {
             while let Ok(frame) = rx.try_pop() {
-                queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                rx.release(frame.len());
                 unsent.push(frame);
             }
             let _ = sink.write_after_cut(unsent).await;

@@ -28,7 +28,7 @@ use crate::ws::event::{Event, Frame};
 use crate::ws::ids::{IdMap, IdSet};
 use crate::ws::recent::ReplayCache;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch};
 
@@ -54,7 +54,6 @@ pub struct Registration {
     pub id: ConnId,
     pub rx: QueueRx,
     pub kill: watch::Receiver<Option<CloseReason>>,
-    pub queued_bytes: Arc<AtomicUsize>,
 }
 
 /// What delivering to a connection takes, shared by the rooms it is in, so a
@@ -63,7 +62,6 @@ struct Outbox {
     id: ConnId,
     user_id: i64,
     tx: queue::QueueTx,
-    queued_bytes: Arc<AtomicUsize>,
     /// The snapshot id it was activated at: events up to it reach the client
     /// by replay (or predate it), so a late dispatch of one must not repeat it.
     snapshot_id: AtomicI64,
@@ -190,9 +188,8 @@ impl Registry {
     /// Registers a connection that buffers events until [`Registry::activate`].
     pub fn register(&self, user_id: i64, token_version: i32) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = queue::queue(self.queue_frames);
+        let (tx, rx) = queue::queue(self.queue_frames, self.queue_bytes);
         let (kill_tx, kill_rx) = watch::channel(None);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut inner = self.lock();
         inner.conns.insert(
             id,
@@ -201,7 +198,6 @@ impl Registry {
                     id,
                     user_id,
                     tx,
-                    queued_bytes: queued_bytes.clone(),
                     snapshot_id: AtomicI64::new(0),
                 }),
                 token_version,
@@ -225,7 +221,6 @@ impl Registry {
             id,
             rx,
             kill: kill_rx,
-            queued_bytes,
         }
     }
 

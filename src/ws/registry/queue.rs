@@ -10,7 +10,11 @@
 //!
 //! Semantics are the channel's: bounded in frames; the writer gets the
 //! frames queued before the sender's drop, then `None`; a push after the
-//! writer is gone reports `Closed`.
+//! writer is gone reports `Closed`. The queue is bounded in bytes too,
+//! counted beside the frames: a frame stays counted after it is taken
+//! until the writer [`QueueRx::release`]s it, so what a writer holds on to
+//! (a burst being written, frames held back for a snapshot) stays within
+//! the bound.
 
 use super::Frame;
 use futures_util::task::AtomicWaker;
@@ -31,6 +35,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     frames: VecDeque<Frame>,
+    /// The bytes of the frames queued or taken and not yet released.
+    bytes: usize,
     /// The sending side was dropped: once `frames` is empty, the end.
     sender_gone: bool,
     /// The receiving side was dropped: pushes are refused.
@@ -61,7 +67,8 @@ pub enum PopError {
 /// The pushing side, owned by the connection's outbox.
 pub struct QueueTx {
     shared: Arc<Shared>,
-    capacity: usize,
+    max_frames: usize,
+    max_bytes: usize,
 }
 
 /// The popping side, owned by the connection's writer.
@@ -69,8 +76,8 @@ pub struct QueueRx {
     shared: Arc<Shared>,
 }
 
-/// A queue holding at most `capacity` frames.
-pub fn queue(capacity: usize) -> (QueueTx, QueueRx) {
+/// A queue holding at most `max_frames` frames and `max_bytes` bytes.
+pub fn queue(max_frames: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         waker: AtomicWaker::new(),
@@ -78,7 +85,12 @@ pub fn queue(capacity: usize) -> (QueueTx, QueueRx) {
     let rx = QueueRx {
         shared: shared.clone(),
     };
-    (QueueTx { shared, capacity }, rx)
+    let tx = QueueTx {
+        shared,
+        max_frames,
+        max_bytes,
+    };
+    (tx, rx)
 }
 
 impl QueueTx {
@@ -89,9 +101,10 @@ impl QueueTx {
             if state.receiver_gone {
                 return Err(PushError::Closed);
             }
-            if state.frames.len() >= self.capacity {
+            if state.frames.len() >= self.max_frames || state.bytes + frame.len() > self.max_bytes {
                 return Err(PushError::Full);
             }
+            state.bytes += frame.len();
             state.frames.push_back(frame);
             state.frames.len() == 1
         };
@@ -112,6 +125,12 @@ impl Drop for QueueTx {
 }
 
 impl QueueRx {
+    /// Counts `bytes` of frames taken earlier out of the bound.
+    pub fn release(&self, bytes: usize) {
+        let mut state = self.shared.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
+    }
+
     /// Takes the oldest frame without waiting.
     pub fn try_pop(&mut self) -> Result<Frame, PopError> {
         let mut state = self.shared.lock();
@@ -181,7 +200,7 @@ mod tests {
 
     #[test]
     fn frames_come_out_in_order_and_a_full_queue_refuses_more() {
-        let (tx, mut rx) = queue(2);
+        let (tx, mut rx) = queue(2, 1 << 20);
         assert_eq!(tx.try_push(frame("a")), Ok(()));
         assert_eq!(tx.try_push(frame("b")), Ok(()));
         assert_eq!(tx.try_push(frame("c")), Err(PushError::Full));
@@ -193,8 +212,23 @@ mod tests {
     }
 
     #[test]
+    fn bytes_stay_counted_until_released() {
+        let (tx, mut rx) = queue(8, 2);
+        assert_eq!(tx.try_push(frame("a")), Ok(()));
+        assert_eq!(tx.try_push(frame("bc")), Err(PushError::Full));
+        assert_eq!(rx.try_pop(), Ok(frame("a")));
+        assert_eq!(
+            tx.try_push(frame("bc")),
+            Err(PushError::Full),
+            "a frame taken is counted until released"
+        );
+        rx.release(1);
+        assert_eq!(tx.try_push(frame("bc")), Ok(()));
+    }
+
+    #[test]
     fn the_end_comes_after_the_frames_queued_before_it() {
-        let (tx, mut rx) = queue(4);
+        let (tx, mut rx) = queue(4, 1 << 20);
         tx.try_push(frame("a")).unwrap();
         drop(tx);
         assert_eq!(rx.try_pop(), Ok(frame("a")));
@@ -203,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_push_after_the_writer_is_gone_is_refused() {
-        let (tx, rx) = queue(4);
+        let (tx, rx) = queue(4, 1 << 20);
         drop(rx);
         assert_eq!(tx.try_push(frame("a")), Err(PushError::Closed));
     }
@@ -219,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_waiting_writer_is_woken_by_a_push_and_by_the_end() {
-        let (tx, mut rx) = queue(4);
+        let (tx, mut rx) = queue(4, 1 << 20);
         let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
@@ -239,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_drained_queue_gives_back_a_burst_beyond_what_it_keeps() {
-        let (tx, mut rx) = queue(1024);
+        let (tx, mut rx) = queue(1024, 1 << 20);
         for _ in 0..KEPT_CAPACITY * 2 {
             tx.try_push(frame("a")).unwrap();
         }
