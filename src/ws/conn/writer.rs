@@ -16,7 +16,6 @@ use crate::ws::registry::{ConnId, QueueRx, Registration};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use std::io;
-
 use std::time::Duration;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::watch;
