@@ -272,6 +272,49 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_on_another_thread_gets_every_frame_in_order_and_then_the_end() {
+        // Pushes race the writer's pops and waits on two workers; a lost
+        // wake would leave the writer waiting with frames queued (the
+        // timeout below), a reordering would fail the comparison.
+        const FRAMES: usize = 100_000;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = queue(8, 1 << 20);
+        let writer = runtime.spawn(async move {
+            let mut taken = Vec::with_capacity(FRAMES);
+            while let Some(frame) = rx.pop().await {
+                rx.release(frame.len());
+                taken.push(frame);
+            }
+            taken
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let pusher = std::thread::spawn(move || {
+            for i in 0..FRAMES {
+                let frame = Frame::from(i.to_string());
+                while let Err(e) = tx.try_push(frame.clone()) {
+                    assert_eq!(e, PushError::Full);
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the writer was left waiting on a full queue"
+                    );
+                    std::thread::yield_now();
+                }
+            }
+        });
+        pusher.join().expect("every frame pushed");
+        let taken = runtime
+            .block_on(async { tokio::time::timeout_at(deadline.into(), writer).await })
+            .expect("the writer was left waiting for the end")
+            .unwrap();
+        let expected: Vec<Frame> = (0..FRAMES).map(|i| Frame::from(i.to_string())).collect();
+        assert!(taken == expected, "frames lost or out of order");
+    }
+
+    #[test]
     fn a_drained_queue_gives_back_a_burst_beyond_what_it_keeps() {
         let (tx, mut rx) = queue(1024, 1 << 20);
         for _ in 0..KEPT_CAPACITY * 2 {
