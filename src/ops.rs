@@ -221,6 +221,12 @@ impl Collector for NodeState {
             "Queued password checks skipped because their client had gone",
             self.hasher.skipped(),
         )?;
+        counter(
+            e,
+            "bcrypt_jobs",
+            "Password hashes and checks run",
+            self.hasher.done(),
+        )?;
         Ok(())
     }
 }

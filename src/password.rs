@@ -72,11 +72,13 @@ pub struct Hasher {
     load: Arc<Load>,
 }
 
-/// How many jobs are waiting or running, and how many were skipped.
+/// How many jobs are waiting or running, how many were skipped, and how
+/// many ran.
 #[derive(Default)]
 struct Load {
     queued: AtomicUsize,
     skipped: AtomicU64,
+    done: AtomicU64,
 }
 
 impl Hasher {
@@ -123,6 +125,11 @@ impl Hasher {
         self.load.skipped.load(Ordering::Relaxed)
     }
 
+    /// Hashes and checks run so far.
+    pub fn done(&self) -> u64 {
+        self.load.done.load(Ordering::Relaxed)
+    }
+
     /// Runs `f` on a hashing thread, if the queue has room.
     async fn run<T: Send + 'static>(
         &self,
@@ -146,8 +153,9 @@ impl Hasher {
                 load.queued.fetch_sub(1, Ordering::AcqRel);
             } else {
                 let done = f();
-                // Counted out before the answer goes, so the caller never
-                // sees its own finished job still in the queue.
+                // Counted before the answer goes, so the caller never sees
+                // its own finished job still in the queue or not yet run.
+                load.done.fetch_add(1, Ordering::Relaxed);
                 load.queued.fetch_sub(1, Ordering::AcqRel);
                 let _ = tx.send(done);
             }
@@ -194,6 +202,22 @@ mod tests {
         assert!(hashed.starts_with("$2"));
         assert!(after_verify > 1, "the runtime was blocked while verifying");
         assert!(during_hash > 1, "the runtime was blocked while hashing");
+    }
+
+    /// A login for an unknown user is checked against the dummy hash, which
+    /// must cost what a stored hash costs: made at the configured cost.
+    #[tokio::test]
+    async fn the_dummy_hash_is_made_at_the_configured_cost() {
+        for cost in [4, 6] {
+            let hasher = Hasher::new(cost, 16).await.unwrap();
+            let prefix = format!("$2b${cost:02}$");
+            assert!(
+                hasher.dummy_hash.starts_with(&prefix),
+                "{}",
+                hasher.dummy_hash
+            );
+            assert!(!hasher.verify_nobody("dummy".into()).await.unwrap());
+        }
     }
 
     /// The hashing threads run at the lowest priority, so a burst of logins

@@ -143,6 +143,7 @@ async fn metrics_count_requests_sockets_messages_replays_and_limits() {
         "chatapp_db_pool_connections_idle",
         "chatapp_db_pool_waits_total",
         "chatapp_bcrypt_queue_depth",
+        "chatapp_bcrypt_jobs_total",
         "chatapp_listener_reconnects_total",
         "chatapp_presence_update_failures_total",
         "chatapp_presence_resyncs_total",
