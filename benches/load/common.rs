@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -23,7 +24,7 @@ scenarios: send fanout arrival idle history login recovery replay-cost search fa
 options (comma lists run each size; `--<scenario>.<option>` sets one for that scenario alone):
   send      --clients 1,16,64 --chats 4 --duration 10 --pool N (server pool; default its own)
             --limits both (rate limits off and on, alternated; or off, on)
-  fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10
+  fanout    --members 100,1000,10000 --rate 50 --senders 2 --duration 10 --stamps off
   arrival   --users 10000 --presence-max-members 1000
   idle      --connections 10000,50000 --per-node 18000 --ping-rate 5000
   history   --messages 10000,1000000 --requests 2000 --concurrency 8
@@ -609,8 +610,18 @@ pub async fn seed_chat(db: &tokio_postgres::Client, name: &str, members: &[i64])
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// A WebSocket client from `source` with small buffers (so the client side of
-/// tens of thousands of sockets fits in memory too).
-pub async fn ws_connect(server: SocketAddr, source: Ipv4Addr, path: &str) -> Result<Ws, String> {
+/// tens of thousands of sockets fits in memory too), over the stream `wrap`
+/// makes of the TCP connection.
+pub async fn ws_connect<S, W>(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    path: &str,
+    wrap: W,
+) -> Result<WebSocketStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    W: FnOnce(TcpStream) -> std::io::Result<S>,
+{
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
         .bind(SocketAddr::new(source.into(), 0))
@@ -620,6 +631,7 @@ pub async fn ws_connect(server: SocketAddr, source: Ipv4Addr, path: &str) -> Res
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    let stream = wrap(stream).map_err(|e| format!("socket: {e}"))?;
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
@@ -649,11 +661,26 @@ pub async fn ws_login(
     user: &User,
     since: Option<i64>,
 ) -> Result<(Ws, serde_json::Value), String> {
+    ws_login_over(server, source, user, since, Ok).await
+}
+
+/// [`ws_login`] over the stream `wrap` makes of the TCP connection.
+pub async fn ws_login_over<S, W>(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    user: &User,
+    since: Option<i64>,
+    wrap: W,
+) -> Result<(WebSocketStream<S>, serde_json::Value), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    W: FnOnce(TcpStream) -> std::io::Result<S>,
+{
     let path = match since {
         Some(s) => format!("/ws?token={}&since={s}", user.token),
         None => format!("/ws?token={}", user.token),
     };
-    let mut ws = ws_connect(server, source, &path).await?;
+    let mut ws = ws_connect(server, source, &path, wrap).await?;
     loop {
         let frame = next_json(&mut ws, Duration::from_secs(60)).await?;
         if frame["type"] == "ready" {
@@ -663,7 +690,13 @@ pub async fn ws_login(
 }
 
 /// The next text frame as JSON (answering pings on the way).
-pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Result<serde_json::Value, String> {
+pub async fn next_json<S>(
+    ws: &mut WebSocketStream<S>,
+    timeout: Duration,
+) -> Result<serde_json::Value, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let msg = tokio::time::timeout_at(deadline, ws.next())

@@ -10,7 +10,10 @@
 //!   instant (nanoseconds since a process-wide instant; every client lives in
 //!   this process), so each receiver measures send-to-receive latency.
 //!   Figures: p50/p99/max, each message's first and last delivery (p50,
-//!   p99: the first is its path up to the fan-out), and the deliveries/s
+//!   p99: the first is its path up to the fan-out), with `--stamps on` each
+//!   delivery split at the kernel's receive stamp (`stamp.rs`) into
+//!   send-to-socket (the server's part) and socket-to-read (the client's),
+//!   and the deliveries/s
 //!   achieved: over the send window, or until the last delivery when that
 //!   came later; CPU per delivery of the server, the clients and PostgreSQL
 //!   (a write carries fewer frames here than at capacity, so each costs
@@ -36,9 +39,10 @@
 use crate::broadcast;
 use crate::common::{
     Env, Percentiles, ServerOpts, User, connect_db, postgres_cpu_secs, proc_cpu_secs, seed_chat,
-    seed_users, settle, source_ip, ws_login,
+    seed_users, settle, source_ip, ws_login_over,
 };
 use crate::report::Report;
+use crate::stamp::{Stamped, wall_nanos};
 use futures_util::stream::{SplitSink, Stream};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -47,6 +51,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 const SCENARIO: &str = "fanout";
@@ -56,13 +61,23 @@ const PAD: &str = "a benchmark message of ordinary length";
 const RING: usize = 256;
 const CONNECT_CONCURRENCY: usize = 64;
 
-type Sink = SplitSink<crate::common::Ws, Message>;
+type Sink = SplitSink<WebSocketStream<Stamped>, Message>;
 
-/// The instant send times are measured from, shared by every client.
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The instant send times are measured from, shared by every client, and
+/// the wall clock's reading then (the kernel's receive stamps are on it).
+static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
+
+fn epoch() -> &'static (Instant, u64) {
+    EPOCH.get_or_init(|| (Instant::now(), wall_nanos()))
+}
 
 fn nanos() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    epoch().0.elapsed().as_nanos() as u64
+}
+
+/// A kernel receive stamp on the clock of [`nanos`].
+fn stamp_nanos(wall: u64) -> u64 {
+    wall.saturating_sub(epoch().1)
 }
 
 struct Settings {
@@ -75,6 +90,9 @@ struct Settings {
     capacity: Duration,
     /// Messages each capacity sender keeps in flight: one phase per window.
     windows: Vec<u64>,
+    /// Whether clients ask for the kernel's receive stamps (`--stamps on`),
+    /// which split each delivery's time between the server and the client.
+    stamps: bool,
 }
 
 /// A duration option in seconds (fractions allowed).
@@ -114,12 +132,13 @@ pub async fn run(env: &Env, report: &mut Report) {
             .into_iter()
             .map(|w| w.clamp(1, RING as u64 / 2))
             .collect(),
+        stamps: env.opts.get("stamps").is_some_and(|v| v == "on"),
     };
     report.command(
         SCENARIO,
         format!(
             "cargo bench --bench load -- fanout --members {} --rate {} --senders {} --duration {} \
-             --capacity {} --capacity-senders {} --window {} --repeats {}",
+             --capacity {} --capacity-senders {} --window {} --repeats {}{}",
             join(&members),
             set.rate,
             set.senders,
@@ -127,7 +146,8 @@ pub async fn run(env: &Env, report: &mut Report) {
             set.capacity.as_secs_f64(),
             set.capacity_senders,
             join(&set.windows),
-            env.opts.repeats
+            env.opts.repeats,
+            if set.stamps { " --stamps on" } else { "" }
         ),
     );
     let db_url = env.database().await;
@@ -225,6 +245,12 @@ fn record(report: &mut Report, case: &str, system: &str, result: Result<CaseResu
     add(report, "first delivery of a message p99", "ms", r.first_p99);
     add(report, "last delivery of a message p50", "ms", r.last_p50);
     add(report, "last delivery of a message p99", "ms", r.last_p99);
+    if let Some(split) = &r.split {
+        add(report, "send-to-socket p50", "ms", split.socket_p50);
+        add(report, "send-to-socket p99", "ms", split.socket_p99);
+        add(report, "socket-to-read p50", "ms", split.read_p50);
+        add(report, "socket-to-read p99", "ms", split.read_p99);
+    }
     for (part, us) in r.rate_us.parts() {
         add(
             report,
@@ -311,6 +337,8 @@ struct CaseResult {
     first_p99: f64,
     last_p50: f64,
     last_p99: f64,
+    /// With `--stamps on`: send-to-receive split at the kernel's stamp.
+    split: Option<Split>,
     max: f64,
     capacity_dps: f64,
     /// CPU per delivery in the capacity phase.
@@ -381,9 +409,20 @@ impl Cpu {
     }
 }
 
+/// Send-to-receive split at the kernel's receive stamp (`stamp.rs`).
+struct Split {
+    /// From the send to the stamp: the server's part.
+    socket_p50: f64,
+    socket_p99: f64,
+    /// From the stamp to the client's task reading the frame: the client's.
+    read_p50: f64,
+    read_p99: f64,
+}
+
 /// What every client of one case shares.
 struct Shared {
     members: u32,
+    stamps: bool,
     /// Every text frame received (to see when the servers have gone quiet).
     frames: AtomicU64,
     /// `message` frames from the benchmark's senders.
@@ -411,9 +450,9 @@ struct Received {
     next: Vec<u64>,
     got: u64,
     disorder: u64,
-    /// (send-to-receive µs, sender, sequence number) of each message of the
-    /// fixed-rate phase.
-    latencies_us: Vec<(u32, u32, u32)>,
+    /// (send-to-receive µs, send-to-socket µs, sender, sequence number) of
+    /// each message of the fixed-rate phase.
+    latencies_us: Vec<(u32, u32, u32, u32)>,
 }
 
 struct Client {
@@ -453,6 +492,7 @@ async fn run_case(
     let m = users.len();
     let shared = Arc::new(Shared {
         members: m as u32,
+        stamps: set.stamps,
         frames: AtomicU64::new(0),
         deliveries: AtomicU64::new(0),
         last_delivery_ns: AtomicU64::new(0),
@@ -586,6 +626,7 @@ async fn run_case(
     let (messages, rate_dps, capacity, by_window, rate_us) = result?;
     let mut latencies = Vec::new();
     let mut deliveries = Vec::new();
+    let (mut to_socket, mut to_read) = (Vec::new(), Vec::new());
     let (mut complete, mut missing, mut disorder) = (0, 0, 0);
     for c in &clients {
         let r = c.received.lock().unwrap_or_else(|p| p.into_inner());
@@ -594,12 +635,23 @@ async fn run_case(
         }
         missing += messages.saturating_sub(r.got);
         disorder += r.disorder;
-        for &(us, sender, seq) in &r.latencies_us {
+        for &(us, socket_us, sender, seq) in &r.latencies_us {
             latencies.push(us as f64 / 1e3);
+            to_socket.push(socket_us as f64 / 1e3);
+            to_read.push(us.saturating_sub(socket_us) as f64 / 1e3);
             deliveries.push(((sender, seq), us as f64 / 1e3));
         }
     }
     let p = Percentiles::new(latencies);
+    let split = set.stamps.then(|| {
+        let (socket, read) = (Percentiles::new(to_socket), Percentiles::new(to_read));
+        Split {
+            socket_p50: socket.at(0.50),
+            socket_p99: socket.at(0.99),
+            read_p50: read.at(0.50),
+            read_p99: read.at(0.99),
+        }
+    });
     let (first, last) = Percentiles::first_and_last(deliveries);
     let first_error = shared
         .first_error
@@ -624,6 +676,7 @@ async fn run_case(
         first_p99: first.at(0.99),
         last_p50: last.at(0.50),
         last_p99: last.at(0.99),
+        split,
         max: p.max(),
         capacity_dps: capacity.dps,
         capacity_us: capacity.us,
@@ -817,9 +870,17 @@ async fn connect(
     senders: usize,
     shared: Arc<Shared>,
 ) -> Result<(Client, Option<Sink>), String> {
-    let (ws, _ready) = ws_login(addr, source_ip(i), user, None)
+    let mut landed = None;
+    let stamped = |tcp| {
+        Stamped::new(tcp, shared.stamps).map(|(stream, last)| {
+            landed = Some(last);
+            stream
+        })
+    };
+    let (ws, _ready) = ws_login_over(addr, source_ip(i), user, None, stamped)
         .await
         .map_err(|e| format!("client {i}: {e}"))?;
+    let landed = landed.ok_or_else(|| format!("client {i}: no socket"))?;
     let received = Arc::new(Mutex::new(Received {
         next: vec![0; senders],
         got: 0,
@@ -829,10 +890,11 @@ async fn connect(
     let readers = shared.clone();
     let (task, sink) = if i < senders {
         let (sink, stream) = ws.split();
-        let task = tokio::spawn(receive(stream, received.clone(), shared));
+        let task = tokio::spawn(receive(stream, landed, received.clone(), shared));
         (task, Some(sink))
     } else {
-        (tokio::spawn(receive(ws, received.clone(), shared)), None)
+        let task = tokio::spawn(receive(ws, landed, received.clone(), shared));
+        (task, None)
     };
     readers
         .readers
@@ -842,9 +904,13 @@ async fn connect(
     Ok((Client { received }, sink))
 }
 
-/// A member's reading loop.
-async fn receive<S>(mut stream: S, me: Arc<Mutex<Received>>, shared: Arc<Shared>)
-where
+/// A member's reading loop; `landed` holds the kernel's stamp of its last read.
+async fn receive<S>(
+    mut stream: S,
+    landed: Arc<AtomicU64>,
+    me: Arc<Mutex<Received>>,
+    shared: Arc<Shared>,
+) where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     while let Some(Ok(message)) = stream.next().await {
@@ -879,8 +945,14 @@ where
                 r.disorder += 1;
             }
             if phase == b'r' {
-                let us = (now.saturating_sub(sent_ns) / 1000).min(u32::MAX as u64) as u32;
-                r.latencies_us.push((us, sender as u32, seq as u32));
+                let micros = |ns: u64| (ns / 1000).min(u32::MAX as u64) as u32;
+                let us = micros(now.saturating_sub(sent_ns));
+                // The stamp of the read that completed this frame; never
+                // after the read itself on a sane clock.
+                let at_socket = stamp_nanos(landed.load(Relaxed)).min(now);
+                let socket_us = micros(at_socket.saturating_sub(sent_ns));
+                r.latencies_us
+                    .push((us, socket_us, sender as u32, seq as u32));
             }
         }
         shared.deliveries.fetch_add(1, Relaxed);

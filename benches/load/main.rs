@@ -29,6 +29,7 @@ mod replay_cost;
 mod report;
 mod search;
 mod send;
+mod stamp;
 mod worker;
 
 use common::{Env, Opts};
