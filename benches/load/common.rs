@@ -33,7 +33,7 @@ options (comma lists run each size; `--<scenario>.<option>` sets one for that sc
   replay-cost --events 10000,1000000 --messages 100 --replays 20
   search    --messages 10000,1000000 --requests 2000 --concurrency 8 --duration 5
   failover  --modes kill,term --clients 30000 --chat-sizes 10,100,1000 --rate 20 --warm-ms 5000
-            --tail-ms 2000 --per-worker 15000 --leavers 20 --spread-ms 5000
+            --tail-ms 2000 --per-worker 15000 --leavers 20 --spread-ms 5000 --stamps off
             [--presence-heartbeat-secs 10 --presence-timeout-secs 45 (default: the server's)]";
 
 /// Parsed command line. Anything `--name value` not known here is a scenario

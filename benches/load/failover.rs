@@ -14,8 +14,9 @@
 //! its new `ready.last_event_id`. Figures: that time (target <= 10 s) and
 //! the median client's, split for each client after its wait into the
 //! attempt up to `ready` and `ready` up to recovered; send-to-receive p50/p99/max of the clients of the
-//! surviving nodes during the storm (target p99 < 100 ms) and before it;
-//! PostgreSQL's CPU over the storm (utime + stime of its processes, from
+//! surviving nodes during the storm (target p99 < 100 ms) and before it,
+//! with `--stamps on` the storm's split at the kernel's receive stamp
+//! (`stamp.rs`) into send-to-socket and socket-to-read; PostgreSQL's CPU over the storm (utime + stime of its processes, from
 //! /proc) and its connections (pg_stat_activity) before and during it; the
 //! surviving nodes' CPU and how busy the whole machine was (/proc/stat)
 //! over the storm and before it; the surviving nodes' replays by source
@@ -70,6 +71,8 @@ struct Params {
     leavers: usize,
     spread_ms: u64,
     presence: Option<(u64, u64)>,
+    /// Kernel receive stamps on the clients' sockets (`--stamps on`).
+    stamps: bool,
 }
 
 pub async fn run(env: &Env, report: &mut Report) {
@@ -111,12 +114,13 @@ pub async fn run(env: &Env, report: &mut Report) {
         leavers: env.opts.num("leavers", 20, 3).max(1) as usize,
         spread_ms: env.opts.num("spread-ms", 5_000, 500),
         presence: presence_timeout.or(smoke.then_some((1, 2))),
+        stamps: env.opts.get("stamps").is_some_and(|v| v == "on"),
     };
     report.command(
         SCENARIO,
         format!(
             "cargo bench --bench load -- failover --modes {} --clients {} --chat-sizes {} --rate {} \
-             --warm-ms {} --tail-ms {} --per-worker {} --leavers {} --spread-ms {}{} --repeats {}",
+             --warm-ms {} --tail-ms {} --per-worker {} --leavers {} --spread-ms {}{}{} --repeats {}",
             modes.join(","),
             p.clients,
             crate::common::join(&p.chat_sizes),
@@ -131,6 +135,7 @@ pub async fn run(env: &Env, report: &mut Report) {
                     " --presence-heartbeat-secs {b} --presence-timeout-secs {t}"
                 ))
                 .unwrap_or_default(),
+            if p.stamps { " --stamps on" } else { "" },
             env.opts.repeats
         ),
     );
@@ -251,6 +256,7 @@ async fn once(
                     ("count", (on_home * (w + 1) / k - from).to_string()),
                     ("nodes", node_list.clone()),
                     ("db", db_url.clone()),
+                    ("stamps", if p.stamps { "on" } else { "off" }.to_string()),
                 ],
             )?);
         }
@@ -349,6 +355,7 @@ async fn once(
     let mut storm_lat = Vec::new();
     let mut storm_at = Vec::new();
     let mut storm_event = Vec::new();
+    let mut storm_socket = Vec::new();
     let mut steady_lat = Vec::new();
     for w in &mut workers {
         w.send(&format!(
@@ -360,6 +367,7 @@ async fn once(
         storm_lat.extend(floats(&r["storm"]));
         storm_at.extend(floats(&r["storm_at"]));
         storm_event.extend(floats(&r["storm_event"]));
+        storm_socket.extend(floats(&r["storm_socket"]));
         steady_lat.extend(floats(&r["steady"]));
     }
     let replays = replays(&nodes[1..]).await;
@@ -479,6 +487,17 @@ async fn once(
         signalled,
     )
     .await;
+    if p.stamps {
+        // The storm's delays split at the kernel's receive stamp: until the
+        // server's write landed, and from there until the worker read it.
+        let to_read = storm_lat.iter().zip(&storm_socket).map(|(all, s)| all - s);
+        let to_read = Percentiles::new(to_read.collect());
+        let to_socket = Percentiles::new(storm_socket);
+        add(report, "storm send-to-socket p50", "ms", to_socket.at(0.5));
+        add(report, "storm send-to-socket p99", "ms", to_socket.at(0.99));
+        add(report, "storm socket-to-read p50", "ms", to_read.at(0.5));
+        add(report, "storm socket-to-read p99", "ms", to_read.at(0.99));
+    }
     let storm = Percentiles::new(storm_lat);
     let steady = Percentiles::new(steady_lat);
     add(report, "storm send-to-receive p50", "ms", storm.at(0.5));

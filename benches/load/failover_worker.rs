@@ -10,7 +10,8 @@
 //! `latency <storm from> <storm to> <before from> <before to>` (wall ms), `exit`.
 //! Worker -> parent (stdout): `{"event":"loaded"|"connected"|"status"|"finished"|"latency", ...}`.
 
-use crate::common::{Opts, Rng, User, Ws, connect_db, source_ip, ws_login};
+use crate::common::{Opts, Rng, User, connect_db, source_ip, ws_login_over};
+use crate::stamp::Stamped;
 use crate::worker::emit;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,11 +19,12 @@ use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 pub const WORKER: &str = "failover-worker";
@@ -47,9 +49,9 @@ pub fn wall_ms() -> f64 {
 struct Record {
     /// (event id, arrival wall ms) of every message frame, in arrival order.
     received: Vec<(i64, f64)>,
-    /// (arrival wall ms, send-to-receive ms, event id) of live messages
-    /// while the client has never lost its connection.
-    latency: Vec<(f64, f32, i64)>,
+    /// (arrival wall ms, send-to-receive ms, send-to-socket ms, event id)
+    /// of live messages while the client has never lost its connection.
+    latency: Vec<(f64, f32, f32, i64)>,
     dropped: bool,
     /// `ready.last_event_id`, arrival of the latest resume's `ready`, and
     /// when that attempt began (wall ms).
@@ -57,6 +59,36 @@ struct Record {
     pub unrecovered: u64,
     pub failed_attempts: u64,
     retry_after_ms: Option<u64>,
+}
+
+/// Whether this worker's sockets ask for the kernel's receive stamps
+/// (`--stamps on`), splitting a delivery's time between the server and
+/// this worker (`stamp.rs`).
+static STAMPS: OnceLock<bool> = OnceLock::new();
+
+/// A client's socket and the kernel's stamp of its last read.
+struct Conn {
+    ws: WebSocketStream<Stamped>,
+    landed: Arc<AtomicU64>,
+}
+
+/// Connects to `node` as `c` and waits for `ready`.
+async fn login(
+    node: SocketAddr,
+    c: &Client,
+    since: Option<i64>,
+) -> Result<(Conn, serde_json::Value), String> {
+    let mut landed = None;
+    let stamps = STAMPS.get().copied().unwrap_or(false);
+    let stamped = |tcp| {
+        Stamped::new(tcp, stamps).map(|(stream, last)| {
+            landed = Some(last);
+            stream
+        })
+    };
+    let (ws, ready) = ws_login_over(node, source_ip(c.index), &c.user, since, stamped).await?;
+    let landed = landed.ok_or("no socket")?;
+    Ok((Conn { ws, landed }, ready))
 }
 
 struct Client {
@@ -93,6 +125,7 @@ async fn worker(opts: &Opts) -> Result<(), String> {
         .map(|a| a.parse().map_err(|e| format!("--nodes {a}: {e}")))
         .collect::<Result<_, _>>()?;
     let db_url = arg("db")?;
+    let _ = STAMPS.set(opts.get("stamps").is_some_and(|v| v == "on"));
     let text = std::fs::read_to_string(arg("clients")?).map_err(|e| format!("clients: {e}"))?;
     let clients: Vec<Arc<Client>> = text
         .lines()
@@ -177,18 +210,15 @@ async fn connect_all(
         tokio::spawn(async move {
             let login = {
                 let _permit = gate.acquire().await;
-                tokio::time::timeout(
-                    Duration::from_secs(60),
-                    ws_login(nodes[c.home], source_ip(c.index), &c.user, None),
-                )
-                .await
-                .unwrap_or_else(|_| Err("no ready within 60 s".into()))
+                tokio::time::timeout(Duration::from_secs(60), login(nodes[c.home], &c, None))
+                    .await
+                    .unwrap_or_else(|_| Err("no ready within 60 s".into()))
             };
             match login {
-                Ok((ws, ready)) => {
+                Ok((conn, ready)) => {
                     let _ = tx.send(Ok(()));
                     let since = ready["last_event_id"].as_i64().unwrap_or(0);
-                    live(c, ws, since, nodes, counters).await;
+                    live(c, conn, since, nodes, counters).await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -222,7 +252,7 @@ enum Ended {
 /// Reads the connection; when it ends, reconnects elsewhere and goes on.
 async fn live(
     c: Arc<Client>,
-    mut ws: Ws,
+    mut conn: Conn,
     mut since: i64,
     nodes: Arc<Vec<SocketAddr>>,
     counters: Arc<Counters>,
@@ -230,7 +260,7 @@ async fn live(
     let mut node = c.home;
     let mut rng = Rng::new(c.index as u64 + 1);
     loop {
-        let ended = read(&c, &mut ws, &mut since).await;
+        let ended = read(&c, &mut conn, &mut since).await;
         let told = match ended {
             Ended::Closed(ms) => ms,
             Ended::Lost => None,
@@ -247,25 +277,23 @@ async fn live(
         }
         let mut wait = told.map(Duration::from_millis);
         let mut attempt = 0;
-        ws = loop {
+        conn = loop {
             let pause = wait.take().unwrap_or_else(|| backoff(attempt, &mut rng));
             tokio::time::sleep(pause).await;
             // Any other node; a real client's load balancer would pick one.
             let others: Vec<usize> = (0..nodes.len()).filter(|&n| n != node).collect();
             node = others[(c.index + attempt as usize) % others.len()];
             let began = wall_ms();
-            let login = tokio::time::timeout(
-                Duration::from_secs(30),
-                ws_login(nodes[node], source_ip(c.index), &c.user, Some(since)),
-            );
+            let login =
+                tokio::time::timeout(Duration::from_secs(30), login(nodes[node], &c, Some(since)));
             match login.await {
-                Ok(Ok((ws, ready))) => {
+                Ok(Ok((conn, ready))) => {
                     let mut r = c.record.lock().unwrap();
                     let last = ready["last_event_id"].as_i64().unwrap_or(0);
                     r.resumed = Some((last, wall_ms(), began));
                     r.unrecovered += (ready["recovered"] != true) as u64;
                     counters.reconnected.fetch_add(1, SeqCst);
-                    break ws;
+                    break conn;
                 }
                 Ok(Err(refused)) => {
                     c.record.lock().unwrap().failed_attempts += 1;
@@ -321,9 +349,9 @@ struct FramePayload<'a> {
 
 /// Records message frames until the connection ends (answering pings:
 /// tungstenite queues the pong and sends it on the next read).
-async fn read(c: &Client, ws: &mut Ws, since: &mut i64) -> Ended {
+async fn read(c: &Client, conn: &mut Conn, since: &mut i64) -> Ended {
     loop {
-        let text = match ws.next().await {
+        let text = match conn.ws.next().await {
             None | Some(Err(_)) => return Ended::Lost,
             Some(Ok(Message::Close(frame))) => {
                 let retry = frame.and_then(|f| told_ms(f.reason.as_str()));
@@ -353,7 +381,13 @@ async fn read(c: &Client, ws: &mut Ws, since: &mut i64) -> Ended {
         let mut r = c.record.lock().unwrap();
         r.received.push((event, now));
         if let (false, Some(ns)) = (r.dropped, sent) {
-            r.latency.push((now, (now - ns / 1e6) as f32, event));
+            // The stamp of the read that completed this frame (0 without
+            // stamps: then the whole delay counts as the server's).
+            let landed = conn.landed.load(Relaxed) as f64 / 1e6;
+            let at_socket = if landed > 0.0 { landed.min(now) } else { now };
+            let sent = ns / 1e6;
+            r.latency
+                .push((now, (now - sent) as f32, (at_socket - sent) as f32, event));
         }
     }
 }
@@ -484,20 +518,22 @@ impl Outcome {
 }
 
 /// Send-to-receive of the clients that never lost their connection: those
-/// that arrived within `storm` (with when, in ms after its start, and the
-/// message's event id), and within `before` (wall ms).
+/// that arrived within `storm` (with when, in ms after its start, the
+/// message's event id and its send-to-socket), and within `before` (wall ms).
 fn latency(clients: &[Arc<Client>], storm: (f64, f64), before: (f64, f64)) {
     let (mut in_storm, mut in_before) = (Vec::new(), Vec::new());
-    let (mut storm_at, mut storm_event) = (Vec::new(), Vec::new());
+    let (mut storm_at, mut storm_event, mut storm_socket) = (Vec::new(), Vec::new(), Vec::new());
     for c in clients {
         let r = c.record.lock().unwrap();
         if r.dropped {
             continue;
         }
-        for &(at, ms, event) in &r.latency {
-            let ms = (ms * 100.0).round() / 100.0;
+        for &(at, ms, socket_ms, event) in &r.latency {
+            let round = |ms: f32| (ms * 100.0).round() / 100.0;
+            let ms = round(ms);
             if at >= storm.0 && at <= storm.1 {
                 in_storm.push(ms);
+                storm_socket.push(round(socket_ms));
                 storm_at.push((at - storm.0).round());
                 storm_event.push(event);
             } else if at >= before.0 && at < before.1 {
@@ -510,6 +546,7 @@ fn latency(clients: &[Arc<Client>], storm: (f64, f64), before: (f64, f64)) {
         "storm": in_storm,
         "storm_at": storm_at,
         "storm_event": storm_event,
+        "storm_socket": storm_socket,
         "steady": in_before,
     }));
 }
