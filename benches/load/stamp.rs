@@ -107,6 +107,10 @@ impl AsyncRead for Stamped {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            // A read into no room would return 0, which reads as the end.
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(this.tcp.poll_read_ready(cx))?;
             let fd = this.tcp.as_raw_fd();
@@ -118,6 +122,7 @@ impl AsyncRead for Stamped {
                 .try_io(Interest::READABLE, || recv_stamped(fd, dst))
             {
                 Ok((n, stamp)) => {
+                    // SAFETY: recvmsg wrote these `n` bytes.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     if let Some(s) = stamp {
@@ -127,6 +132,7 @@ impl AsyncRead for Stamped {
                 }
                 // try_io has cleared the readiness: wait for the next.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
