@@ -13,23 +13,24 @@
 //! recovered: it is connected again and has every message of its chat up to
 //! its new `ready.last_event_id`. Figures: that time (target <= 10 s) and
 //! the median client's, split for each client after its wait into the
-//! attempt up to `ready` and `ready` up to recovered; send-to-receive p50/p99/max of the clients of the
-//! surviving nodes during the storm (target p99 < 100 ms) and before it,
-//! with `--stamps on` the storm's split at the kernel's receive stamp
-//! (`stamp.rs`) into send-to-socket and socket-to-read; PostgreSQL's CPU over the storm (utime + stime of its processes, from
-//! /proc) and its connections (pg_stat_activity) before and during it; the
-//! surviving nodes' CPU and how busy the whole machine was (/proc/stat)
-//! over the storm and before it; the surviving nodes' replays by source
-//! (`chatapp_ws_replays_total{source}`); printed, the storm's p99 by
-//! second and each storm message's path (its statement's start, its 201,
-//! its first and last delivery; [`message_paths`]);
-//! and how long until users of the dead node who do not come back
-//! (`--leavers`, watched from a surviving node) are shown offline — the
-//! nodes' presence timeout, `--presence-timeout-secs`, the server's default
-//! unless given. Checks: every client has every message of its chat exactly
-//! once and in event order; every resume was `recovered`; every send
-//! succeeded; after SIGTERM every client of the node was told a
-//! `retry_after_ms` within `ws.reconnect_spread_ms`.
+//! attempt up to `ready` and `ready` up to recovered; send-to-receive
+//! p50/p99/max of the clients of the surviving nodes during the storm
+//! (target p99 < 100 ms) and before it, with `--stamps on` the storm's
+//! split at the kernel's receive stamp (`stamp.rs`) into send-to-socket and
+//! socket-to-read; PostgreSQL's CPU over the storm (utime + stime of its
+//! processes, from /proc) and its connections (pg_stat_activity) before and
+//! during it; the surviving nodes' CPU and how busy the whole machine was
+//! (/proc/stat) over the storm and before it; the surviving nodes' replays
+//! by source (`chatapp_ws_replays_total{source}`); printed, the storm's p99
+//! by second and each storm message's path (its statement's start, its 201,
+//! its first and last delivery; [`message_paths`]); and how long until
+//! users of the dead node who do not come back (`--leavers`, watched from a
+//! surviving node) are shown offline — the nodes' presence timeout,
+//! `--presence-timeout-secs`, the server's default unless given. Checks:
+//! every client has every message of its chat exactly once and in event
+//! order; every resume was `recovered`; every send succeeded; after SIGTERM
+//! every client of the node was told a `retry_after_ms` within
+//! `ws.reconnect_spread_ms`.
 //!
 //! Clients live in worker processes (`failover-worker`, see
 //! `failover_worker.rs`), at most `--per-worker` each, each holding the
