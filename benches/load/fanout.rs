@@ -637,8 +637,10 @@ async fn run_case(
         disorder += r.disorder;
         for &(us, socket_us, sender, seq) in &r.latencies_us {
             latencies.push(us as f64 / 1e3);
-            to_socket.push(socket_us as f64 / 1e3);
-            to_read.push(us.saturating_sub(socket_us) as f64 / 1e3);
+            if set.stamps {
+                to_socket.push(socket_us as f64 / 1e3);
+                to_read.push(us.saturating_sub(socket_us) as f64 / 1e3);
+            }
             deliveries.push(((sender, seq), us as f64 / 1e3));
         }
     }
