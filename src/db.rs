@@ -54,17 +54,19 @@ pub fn session_defaults(pg: &mut tokio_postgres::Config) {
 }
 
 /// A thread of its own for work that must not wait behind the socket
-/// writers: one runs the send commits (with their pipeline connection),
-/// another the event listener, a third the readers of the sockets that send
-/// messages (see `ws::conn`). On the main runtime each step of a send — the
-/// commit's response, its NOTIFY, the sender's frame — was a task woken by
-/// I/O that waited in the run queue behind the socket writers woken before
-/// it, so under fan-out load commits came later and writers found fewer
-/// frames per wake-up. Here the kernel schedules them beside the runtime's
-/// workers. The commits and the listener are apart because the dispatch
-/// walks a chat's whole room (10,000 queues for a 10,000-member chat): on
-/// one thread the next commit's answer waited behind that walk. Each thread
-/// stops when the runtime that started it is dropped.
+/// writers: one reads the sockets that send messages (see `ws::conn`) and
+/// runs the send commits (with their pipeline connection), another the
+/// event listener. On the main runtime each step of a send — the commit's
+/// response, its NOTIFY, the sender's frame — was a task woken by I/O that
+/// waited in the run queue behind the socket writers woken before it, so
+/// under fan-out load commits came later and writers found fewer frames
+/// per wake-up. Here the kernel schedules them beside the runtime's
+/// workers. A send read and its commit share a thread: on a full machine
+/// every hand-over to another thread waits for a core. The commits and the
+/// listener are apart because the dispatch walks a chat's whole room
+/// (10,000 queues for a 10,000-member chat): on one thread the next
+/// commit's answer waited behind that walk. Each thread stops when the
+/// runtime that started it is dropped.
 #[derive(Clone)]
 pub struct DbThread {
     handle: tokio::runtime::Handle,

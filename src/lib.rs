@@ -125,9 +125,8 @@ pub async fn build(config: Config) -> Result<App, StartError> {
     let auth =
         Auth::new(token_key, &config.auth, &config.database).map_err(StartError::database)?;
     auth.warm_up().await;
-    let commit_thread = db::DbThread::start("chatapp-commit").map_err(StartError::Thread)?;
     let listen_thread = db::DbThread::start("chatapp-listen").map_err(StartError::Thread)?;
-    let read_thread = db::DbThread::start("chatapp-read").map_err(StartError::Thread)?;
+    let send_thread = db::DbThread::start("chatapp-send").map_err(StartError::Thread)?;
     let metrics = Arc::new(metrics::Metrics::new());
     let rates = Arc::new(limits::RateLimits::new(
         &config.limits.rate,
@@ -142,7 +141,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         rates: rates.clone(),
         metrics: metrics.clone(),
     };
-    let sends = SendQueue::start(setup, &commit_thread);
+    let sends = SendQueue::start(setup, &send_thread);
     let hasher = Hasher::new(config.auth.bcrypt_cost, config.limits.bcrypt_queue)
         .await
         .map_err(StartError::database)?;
@@ -152,7 +151,7 @@ pub async fn build(config: Config) -> Result<App, StartError> {
         pool.clone(),
         metrics.clone(),
         &listen_thread,
-        read_thread,
+        send_thread,
     )
     .await
     .map_err(StartError::database)?;

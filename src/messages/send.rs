@@ -230,10 +230,10 @@ pub struct SendSetup {
 }
 
 impl SendQueue {
-    /// Starts the committing task on `pipeline`, on `commit_thread`. It
+    /// Starts the committing task on `pipeline`, on `send_thread`. It
     /// connects and prepares right away, so the first sends do not wait for
     /// it; a failure is retried by the first send.
-    pub fn start(setup: SendSetup, commit_thread: &DbThread) -> SendQueue {
+    pub fn start(setup: SendSetup, send_thread: &DbThread) -> SendQueue {
         let SendSetup {
             pipeline,
             pool,
@@ -242,7 +242,7 @@ impl SendQueue {
             metrics,
         } = setup;
         let (jobs, queued) = mpsc::channel(MAX_BATCH * 8);
-        commit_thread.spawn(async move {
+        send_thread.spawn(async move {
             if let Err(e) = pipeline.get().await {
                 log::warn!("cannot prepare the send pipeline yet: {e:?}");
             }

@@ -72,21 +72,22 @@ pub struct Hub {
     /// The presence of recently read chats' members, kept from the
     /// listener's notices for the snapshots (`presence::View`).
     pub presence_view: Arc<presence::View>,
-    /// Where the readers of the sockets that send messages run (see `conn`).
+    /// Where the readers of the sockets that send messages run (see
+    /// `conn`), beside the sends' commits.
     pub readers: DbThread,
 }
 
 impl Hub {
     /// Creates the hub and starts its background tasks, the listener on
     /// `listen_thread`; the sockets that send messages will be read on
-    /// `read_thread`. Returns once the listener is LISTENing, so nothing
+    /// `send_thread`. Returns once the listener is LISTENing, so nothing
     /// committed after `build()` is missed.
     pub async fn start(
         config: &Config,
         pool: Pool,
         metrics: Arc<Metrics>,
         listen_thread: &DbThread,
-        read_thread: DbThread,
+        send_thread: DbThread,
     ) -> Result<Arc<Hub>, ApiError> {
         let (presence_tx, presence_rx) = tokio::sync::mpsc::unbounded_channel();
         let (snapshots, snapshot_requests) = presence::Snapshots::new();
@@ -128,7 +129,7 @@ impl Hub {
             admission,
             starts: Arc::new(StartReads::new(&config.database, config.ws.session_starts)?),
             snapshots,
-            readers: read_thread,
+            readers: send_thread,
         });
         // Register the node before any connection can record a session on it.
         presence::beat(&hub).await?;
