@@ -10,7 +10,7 @@
 //! `latency <storm from> <storm to> <before from> <before to>` (wall ms), `exit`.
 //! Worker -> parent (stdout): `{"event":"loaded"|"connected"|"status"|"finished"|"latency", ...}`.
 
-use crate::common::{Opts, Rng, User, connect_db, source_ip, ws_login_over};
+use crate::common::{Opts, Rng, User, connect_db, source_ip};
 use crate::stamp::Stamped;
 use crate::worker::emit;
 use futures_util::StreamExt;
@@ -78,16 +78,9 @@ async fn login(
     c: &Client,
     since: Option<i64>,
 ) -> Result<(Conn, serde_json::Value), String> {
-    let mut landed = None;
     let stamps = STAMPS.get().copied().unwrap_or(false);
-    let stamped = |tcp| {
-        Stamped::new(tcp, stamps).map(|(stream, last)| {
-            landed = Some(last);
-            stream
-        })
-    };
-    let (ws, ready) = ws_login_over(node, source_ip(c.index), &c.user, since, stamped).await?;
-    let landed = landed.ok_or("no socket")?;
+    let (ws, ready, landed) =
+        crate::stamp::login(node, source_ip(c.index), &c.user, since, stamps).await?;
     Ok((Conn { ws, landed }, ready))
 }
 

@@ -39,7 +39,7 @@
 use crate::broadcast;
 use crate::common::{
     Env, Percentiles, ServerOpts, User, connect_db, postgres_cpu_secs, proc_cpu_secs, seed_chat,
-    seed_users, settle, source_ip, ws_login_over,
+    seed_users, settle, source_ip,
 };
 use crate::report::Report;
 use crate::stamp::{Stamped, wall_nanos};
@@ -872,17 +872,9 @@ async fn connect(
     senders: usize,
     shared: Arc<Shared>,
 ) -> Result<(Client, Option<Sink>), String> {
-    let mut landed = None;
-    let stamped = |tcp| {
-        Stamped::new(tcp, shared.stamps).map(|(stream, last)| {
-            landed = Some(last);
-            stream
-        })
-    };
-    let (ws, _ready) = ws_login_over(addr, source_ip(i), user, None, stamped)
+    let (ws, _ready, landed) = crate::stamp::login(addr, source_ip(i), user, None, shared.stamps)
         .await
         .map_err(|e| format!("client {i}: {e}"))?;
-    let landed = landed.ok_or_else(|| format!("client {i}: no socket"))?;
     let received = Arc::new(Mutex::new(Received {
         next: vec![0; senders],
         got: 0,

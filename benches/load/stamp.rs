@@ -8,8 +8,10 @@
 //! `recvmsg` reports the stamp of the last segment it consumed: the moment
 //! the server's write landed, which splits the two.
 
+use crate::common::{User, ws_login_over};
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +20,28 @@ use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+
+/// Logs `user` in over a [`Stamped`] socket from `source` and waits for
+/// `ready`; also returns the handle to the stamp of the socket's last read.
+pub async fn login(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    user: &User,
+    since: Option<i64>,
+    stamps: bool,
+) -> Result<(WebSocketStream<Stamped>, serde_json::Value, Arc<AtomicU64>), String> {
+    let mut landed = None;
+    let stamped = |tcp| {
+        Stamped::new(tcp, stamps).map(|(stream, last)| {
+            landed = Some(last);
+            stream
+        })
+    };
+    let (ws, ready) = ws_login_over(server, source, user, since, stamped).await?;
+    let landed = landed.ok_or("no socket")?;
+    Ok((ws, ready, landed))
+}
 
 /// A TCP stream whose reads record their kernel receive stamp.
 pub struct Stamped {
