@@ -5,13 +5,6 @@ use chatapp::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Every frame, request and queue entry is a small allocation made on one
-/// thread and often freed on another (a frame built by the listener, written
-/// and dropped by a connection's writer on a worker); mimalloc's per-thread
-/// free lists serve that with fewer instructions than glibc's arenas.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// chatapp: a self-hosted real-time chat backend (REST + WebSocket over PostgreSQL).
 #[derive(FromArgs)]
 struct Cli {
